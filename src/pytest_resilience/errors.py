@@ -17,9 +17,7 @@ class ConfigError(ResilienceError):
     def __init__(self, message: str, *, source: str | None = None, field: str | None = None):
         self.source = source
         self.field = field
-        where = ", ".join(
-            part for part in (source, f"field {field!r}" if field else None) if part
-        )
+        where = ", ".join(part for part in (source, f"field {field!r}" if field else None) if part)
         super().__init__(f"{where}: {message}" if where else message)
 
 

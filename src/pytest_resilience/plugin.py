@@ -1,9 +1,209 @@
-"""pytest glue only: options, markers, fixtures and hooks. Logic lives in the rooms."""
+"""pytest glue only: options, markers, fixtures and hooks. Logic lives in the rooms.
+
+Heavy clients (kubernetes, locust, prometheus-api-client) are imported inside the
+fixtures that need them, so installing this plugin costs other test suites nothing.
+"""
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
+
+from .errors import ResilienceError
+from .faults.base import FaultSession, revert_every_session
+from .run import ChaosRun
+from .settings import ChaosSettings, add_options
+from .slo import SLOMonitor
+from .targets.base import Target, TargetEvent
+from .timeline import Timeline
+
+RUN_KEY = pytest.StashKey[ChaosRun]()
+TIMELINE_KEY = pytest.StashKey[Timeline]()
+SLO_KEY = pytest.StashKey[SLOMonitor]()
+OUTCOME_KEY = pytest.StashKey[str]()
+_PREVIOUS_SIGTERM = pytest.StashKey[Any]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "chaos: a chaos scenario (fault under load, SLO checks)")
+    config.stash[RUN_KEY] = ChaosRun(ChaosSettings.from_config(config))
+    # SIGTERM (CI cancelling a job) becomes KeyboardInterrupt, so pytest runs every
+    # fixture teardown and each fault is reverted, as on Ctrl-C.
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        config.stash[_PREVIOUS_SIGTERM] = signal.signal(signal.SIGTERM, _sigterm)
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    revert_every_session()
+    if _PREVIOUS_SIGTERM in config.stash:
+        signal.signal(signal.SIGTERM, config.stash[_PREVIOUS_SIGTERM])
+    if RUN_KEY in config.stash:
+        config.stash[RUN_KEY].close()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    run = config.stash.get(RUN_KEY, None)
+    if run is None or not run.settings.cleanup:
+        return None
+    from .cleanup import cleanup
+
+    return cleanup(run, config)
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix in (".yaml", ".yml") and "scenarios" in file_path.parts:
+        from .collect import ScenarioFile
+
+        return ScenarioFile.from_parent(parent, path=file_path)
+    return None
+
+
+# -- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def chaos_target(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Target]:
+    """The system under test: the embedded local target, or a Kubernetes cluster."""
+    run = request.config.stash[RUN_KEY]
+    target = _or_fail(lambda: run.open_target(tmp_path_factory.mktemp("chaos-target")))
+    try:
+        run.settle_leftovers(target)
+        yield target
+    finally:
+        revert_every_session()
+        target.close()
+
+
+@pytest.fixture
+def timeline(request: pytest.FixtureRequest, chaos_target: Target) -> Iterator[Timeline]:
+    """Events and series of this scenario; the platform's pod events land here too."""
+    line = Timeline(request.node.nodeid)
+    request.node.stash[TIMELINE_KEY] = line
+    unsubscribe = chaos_target.subscribe(lambda e: _mark_target_event(line, e))
+    yield line
+    unsubscribe()
+
+
+def _mark_target_event(line: Timeline, event: TargetEvent) -> None:
+    line.mark(
+        str(event.kind),
+        event.pod or event.node or event.workload or "",
+        at=event.at,
+        workload=event.workload,
+        node=event.node,
+        restarts=event.restarts,
+        detail=event.detail,
+    )
+
+
+@pytest.fixture
+def slo(request: pytest.FixtureRequest, timeline: Timeline) -> Iterator[SLOMonitor]:
+    """Declare objectives (error rate, latency, availability); assert they hold or recover."""
+    monitor = SLOMonitor(timeline)
+    request.node.stash[SLO_KEY] = monitor
+    yield monitor
+    monitor.close()
+
+
+@pytest.fixture
+def load(request: pytest.FixtureRequest, chaos_target: Target, timeline: Timeline):
+    """``load(users=20)`` starts Locust out of process; stopped at teardown."""
+    from .load import start_load
+
+    run = request.config.stash[RUN_KEY]
+    started = []
+
+    def start(*, host: str | None = None, **options: Any):
+        load_run = start_load(
+            host=host or chaos_target.endpoint(run.settings.entry), timeline=timeline, **options
+        )
+        started.append(load_run)
+        return load_run
+
+    yield start
+    for load_run in started:
+        load_run.stop()
+
+
+@pytest.fixture
+def _chaos_faults(
+    request: pytest.FixtureRequest, chaos_target: Target, timeline: Timeline
+) -> Iterator[FaultSession]:
+    run = request.config.stash[RUN_KEY]
+    session = FaultSession(
+        chaos_target, ledger=run.ledger, timeline=timeline, dry_run=run.settings.dry_run
+    )
+    yield session
+    session.revert_all()
+
+
+@pytest.fixture
+def pod_kill(_chaos_faults: FaultSession) -> Callable[..., Any]:
+    """``pod_kill("app=api", count=1)``; ``.revert()`` waits for the replacement."""
+    from .faults.pod_kill import PodKill
+
+    return lambda selector, **options: _chaos_faults.inject(PodKill(selector, **options))
+
+
+# -- reporting ------------------------------------------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    report = yield
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        item.stash[OUTCOME_KEY] = "error" if report.when == "setup" else report.outcome
+    if report.when == "teardown" and TIMELINE_KEY in item.stash:
+        from .results import scenario_result
+
+        outcome = item.stash.get(OUTCOME_KEY, "error")
+        if report.outcome == "failed" and outcome == "passed":
+            outcome = "error"
+        result = scenario_result(
+            item, item.stash[TIMELINE_KEY], item.stash.get(SLO_KEY, None), outcome
+        )
+        item.config.stash[RUN_KEY].results.append(result)
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    run = session.config.stash.get(RUN_KEY, None)
+    if run is None or run.settings.report is None or not run.results:
+        return
+    from .results import write_report
+
+    write_report(run)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    run = config.stash.get(RUN_KEY, None)
+    if run is None or not (run.results or run.notices):
+        return
+    from .results import summary_lines
+
+    terminalreporter.section("resilience")
+    for line in [*run.notices, *summary_lines(run)]:
+        terminalreporter.write_line(line)
+
+
+def _or_fail(make: Callable[[], Target]) -> Target:
+    # A target that cannot start fails its tests with the reason, not a traceback.
+    try:
+        return make()
+    except ResilienceError as exc:
+        pytest.fail(f"chaos target did not start: {exc}", pytrace=False)

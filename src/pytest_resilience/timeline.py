@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,8 @@ class Timeline:
         self._lock = threading.Lock()
         self._events: list[Event] = []
         self._series: dict[str, list[Sample]] = {}
+        self._changed = threading.Condition()  # its own lock: predicates take self._lock
+        self._listeners: list[Callable[[str, Sample], None]] = []
         self.started_at = clock()
 
     def now(self) -> float:
@@ -82,19 +84,53 @@ class Timeline:
         event = Event(at=self._clock() if at is None else at, kind=kind, name=name, detail=detail)
         with self._lock:
             self._events.append(event)
+        self._notify()
         return event
 
     def record(self, series: str, values: dict[str, float], *, at: float | None = None) -> Sample:
         sample = Sample(at=self._clock() if at is None else at, values=dict(values))
         with self._lock:
             self._series.setdefault(series, []).append(sample)
+            listeners = list(self._listeners)
+        self._notify()
+        for listener in listeners:
+            listener(series, sample)
         return sample
+
+    def on_record(self, listener: Callable[[str, Sample], None]) -> Callable[[], None]:
+        """Call ``listener`` for each new sample (the SLO monitor evaluates live this way)."""
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def wait_for(self, predicate: Callable[[], bool], *, timeout: float) -> bool:
+        """Block until ``predicate()`` holds, re-checked whenever an event or sample lands."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(min(remaining, 0.5))
+            return True
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
 
     def events(self, kind: str | None = None, *, since: float | None = None) -> list[Event]:
         with self._lock:
             found = sorted(self._events, key=lambda e: e.at)
         return [
-            e for e in found if (kind is None or e.kind == kind) and (since is None or e.at >= since)
+            e
+            for e in found
+            if (kind is None or e.kind == kind) and (since is None or e.at >= since)
         ]
 
     def first(self, *kinds: str, since: float | None = None) -> Event | None:
@@ -141,7 +177,9 @@ class Timeline:
         recoveries = self.events(SLO_RECOVERED, since=t0)
         breaches = self.events(SLO_BREACHED, since=t0)
         if breaches:
-            recovered = recoveries[-1].at if recoveries and recoveries[-1].at >= breaches[-1].at else None
+            recovered = (
+                recoveries[-1].at if recoveries and recoveries[-1].at >= breaches[-1].at else None
+            )
         else:
             recovered = mitigated[0] if mitigated else None
         return Figures(

@@ -1,0 +1,216 @@
+"""What every fault shares: ledger first, timeline marks, idempotent revert, dry run.
+
+A fault subclass only says how to act and how to undo. :class:`FaultSession` owns the
+order that makes faults safe: the ledger entry is written before the fault acts, the
+entry is closed only after the revert is confirmed, and :meth:`FaultSession.revert_all`
+undoes everything still active whatever ended the test (failure, Ctrl-C, SIGTERM).
+After a SIGKILL the ledger entry survives, and :func:`revert_entries` undoes it from the
+recorded spec alone, using the reverter registered for the fault's kind.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..errors import FaultError, ResilienceError
+from ..ledger import Ledger, LedgerEntry
+from ..targets.base import Target
+from ..timeline import FAULT_INJECTED, FAULT_REVERTED, Timeline
+
+__all__ = ["ActiveFault", "Fault", "FaultContext", "FaultSession", "register_reverter"]
+
+log = logging.getLogger("pytest_resilience.faults")
+
+Reverter = Callable[[dict[str, Any], "FaultContext"], None]
+_REVERTERS: dict[str, Reverter] = {}
+_SESSIONS: weakref.WeakSet[FaultSession] = weakref.WeakSet()
+
+
+@dataclass
+class FaultContext:
+    target: Target
+    timeline: Timeline | None = None
+    dry_run: bool = False
+
+
+class Fault(abc.ABC):
+    """One reversible injection. Subclasses keep their own state for :meth:`revert`."""
+
+    kind: ClassVar[str]
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """One line for logs, the timeline and the ledger: what, where, how much."""
+
+    @abc.abstractmethod
+    def inject(self, ctx: FaultContext) -> dict[str, Any]:
+        """Act; return the spec a later process needs to undo it (JSON-able)."""
+
+    @abc.abstractmethod
+    def revert(self, ctx: FaultContext) -> None:
+        """Undo; called at most once per successful inject, must tolerate a half-done inject."""
+
+    def plan(self) -> dict[str, Any]:
+        """What is known before acting; written to the ledger ahead of :meth:`inject`."""
+        return {}
+
+
+def register_reverter(kind: str) -> Callable[[Reverter], Reverter]:
+    """Register how to undo a ``kind`` fault from its ledger spec alone (after SIGKILL)."""
+
+    def decorator(func: Reverter) -> Reverter:
+        _REVERTERS[kind] = func
+        return func
+
+    return decorator
+
+
+class ActiveFault:
+    """The handle a fault fixture returns: a context manager, or reverted at teardown."""
+
+    def __init__(self, session: FaultSession, fault: Fault, entry_id: int | None) -> None:
+        self.fault = fault
+        self.entry_id = entry_id
+        self.spec: dict[str, Any] = {}
+        self.injected_at: float | None = None
+        self.reverted_at: float | None = None
+        self._session = session
+        self._lock = threading.Lock()
+
+    @property
+    def active(self) -> bool:
+        return self.injected_at is not None and self.reverted_at is None
+
+    def revert(self) -> None:
+        """Undo the fault; a second call does nothing."""
+        self._session._revert(self)
+
+    def __enter__(self) -> ActiveFault:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.revert()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "reverted"
+        return f"<{self.fault.kind} {self.fault.describe()!r} {state}>"
+
+
+class FaultSession:
+    """The faults of one test: injects in order, reverts in reverse order."""
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        ledger: Ledger | None,
+        timeline: Timeline | None = None,
+        dry_run: bool = False,
+    ) -> None:
+        self.ctx = FaultContext(target=target, timeline=timeline, dry_run=dry_run)
+        self.ledger = ledger
+        self._faults: list[ActiveFault] = []
+        _SESSIONS.add(self)
+
+    def inject(self, fault: Fault) -> ActiveFault:
+        description = fault.describe()
+        if self.ctx.dry_run:
+            log.warning("dry run: would inject %s: %s", fault.kind, description)
+            self._mark(FAULT_INJECTED, fault, dry_run=True)
+            return ActiveFault(self, fault, None)
+        entry_id = None
+        if self.ledger is not None:
+            entry_id = self.ledger.open(
+                fault.kind, target=self.ctx.target.name, description=description, spec=fault.plan()
+            )
+        handle = ActiveFault(self, fault, entry_id)
+        self._faults.append(handle)
+        try:
+            handle.spec = fault.inject(self.ctx) or {}
+        except BaseException as exc:
+            # A half-done inject is still a fault on the system: undo what we can.
+            handle.injected_at = self.ctx.timeline.now() if self.ctx.timeline else 0.0
+            self._revert(handle)
+            if isinstance(exc, ResilienceError | KeyboardInterrupt | SystemExit):
+                raise
+            raise FaultError(f"could not inject {fault.kind} ({description}): {exc}") from exc
+        if self.ledger is not None and entry_id is not None and handle.spec:
+            self.ledger.update_spec(entry_id, {**fault.plan(), **handle.spec})
+        handle.injected_at = self._mark(FAULT_INJECTED, fault)
+        log.info("injected %s: %s", fault.kind, description)
+        return handle
+
+    def _revert(self, handle: ActiveFault) -> None:
+        with handle._lock:
+            if handle.injected_at is None and not self.ctx.dry_run:
+                return
+            if handle.reverted_at is not None:
+                return
+            if not self.ctx.dry_run:
+                handle.fault.revert(self.ctx)
+                if self.ledger is not None and handle.entry_id is not None:
+                    self.ledger.close(handle.entry_id)
+            handle.reverted_at = self._mark(FAULT_REVERTED, handle.fault, dry_run=self.ctx.dry_run)
+            log.info("reverted %s: %s", handle.fault.kind, handle.fault.describe())
+
+    def revert_all(self) -> None:
+        """Revert every active fault, newest first; report all failures, not just the first."""
+        errors: list[str] = []
+        for handle in reversed(self._faults):
+            try:
+                self._revert(handle)
+            except Exception as exc:
+                log.exception("revert of %s failed", handle.fault.kind)
+                errors.append(f"{handle.fault.kind} ({handle.fault.describe()}): {exc}")
+        if errors:
+            raise FaultError(
+                "could not revert: " + "; ".join(errors) + ". The ledger keeps these entries; "
+                "run `pytest --chaos-cleanup` once the cause is fixed."
+            )
+
+    @property
+    def active(self) -> list[ActiveFault]:
+        return [h for h in self._faults if h.active]
+
+    def _mark(self, kind: str, fault: Fault, **detail: Any) -> float:
+        if self.ctx.timeline is None:
+            import time
+
+            return time.time()
+        event = self.ctx.timeline.mark(kind, fault.kind, description=fault.describe(), **detail)
+        return event.at
+
+
+def revert_every_session() -> None:
+    """Last resort at interpreter or session end: nothing stays injected."""
+    for session in list(_SESSIONS):
+        try:
+            session.revert_all()
+        except FaultError:
+            log.exception("revert at session end failed")
+
+
+def revert_entries(
+    entries: list[LedgerEntry], ledger: Ledger, ctx: FaultContext
+) -> list[tuple[LedgerEntry, str]]:
+    """Undo what a killed run left open, from the ledger specs alone."""
+    outcomes: list[tuple[LedgerEntry, str]] = []
+    for entry in entries:
+        reverter = _REVERTERS.get(entry.kind)
+        if reverter is None:
+            outcomes.append((entry, f"no reverter registered for kind {entry.kind!r}: left open"))
+            continue
+        try:
+            reverter(entry.spec, ctx)
+        except Exception as exc:
+            outcomes.append((entry, f"revert failed: {exc}"))
+            continue
+        ledger.close(entry.id, outcome="reverted by cleanup")
+        outcomes.append((entry, "reverted"))
+    return outcomes

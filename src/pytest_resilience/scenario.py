@@ -1,0 +1,239 @@
+"""YAML chaos scenarios: the Chaos Toolkit shape, run by the same fixtures as Python tests.
+
+A scenario file reads like an experiment::
+
+    title: Kill one API replica under load
+    load: {users: 20, spawn_rate: 20}
+    steady-state-hypothesis:
+      duration_s: 5
+      slos:
+        - error_rate: {below: 0.01, window_s: 5}
+        - latency: {percentile: 99, below_ms: 2000, window_s: 5}
+    method:
+      - fault: pod_kill
+        args: {selector: app=api, count: 1}
+    recovery:
+      within_s: 30
+      failed_requests_budget: 200
+
+The plugin turns each file into a test item whose body is :func:`run_scenario`, fed the
+same fixtures a Python scenario asks for, so teardown, ledger and report are one path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .slo import Objective, SLOMonitor
+from .yamlfile import YamlDocument, load_yaml
+
+__all__ = ["FaultStep", "Scenario", "load_scenario", "run_scenario"]
+
+FAULTS = ("pod_kill", "network_block", "latency", "disk_fill", "memory_stress", "node_failure")
+_TOP_KEYS = {
+    "title",
+    "description",
+    "tags",
+    "load",
+    "steady-state-hypothesis",
+    "method",
+    "recovery",
+    "remediation",
+}
+
+
+@dataclass(frozen=True)
+class FaultStep:
+    fault: str
+    args: Mapping[str, Any]
+    duration_s: float = 0.0
+    #: SLO names that must hold while the fault is active (graceful degradation)
+    hold_during: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    path: Path
+    title: str
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    load: Mapping[str, Any] = field(default_factory=dict)
+    steady_state_s: float = 5.0
+    slos: tuple[Objective, ...] = ()
+    method: tuple[FaultStep, ...] = ()
+    recover_within_s: float = 30.0
+    failed_requests_budget: int | None = None
+    remediation: bool = False
+
+
+def load_scenario(path: Path) -> Scenario:
+    doc = load_yaml(path)
+    data = doc.data
+    if not isinstance(data, dict):
+        raise doc.error("a scenario is a mapping with at least 'title' and 'method'")
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise doc.error(f"unknown key {key!r}; expected one of {sorted(_TOP_KEYS)}", [key])
+    title = _typed(doc, data, ["title"], str, required=True)
+    load = _typed(doc, data, ["load"], dict, default={})
+    for key in load:
+        if key not in ("users", "spawn_rate", "locustfile", "host"):
+            raise doc.error(f"unknown load option {key!r}", ["load", key])
+    steady = _typed(doc, data, ["steady-state-hypothesis"], dict, default={})
+    recovery = _typed(doc, data, ["recovery"], dict, default={})
+    method = _typed(doc, data, ["method"], list, required=True)
+    if not method:
+        raise doc.error("method needs at least one fault step", ["method"])
+    slos = tuple(
+        _objective(doc, item, ["steady-state-hypothesis", "slos", i])
+        for i, item in enumerate(
+            _typed(doc, steady, ["steady-state-hypothesis", "slos"], list, default=[])
+        )
+    )
+    names = {o.name for o in slos}
+    steps = tuple(_step(doc, step, ["method", i], names) for i, step in enumerate(method))
+    return Scenario(
+        path=doc.path,
+        title=title,
+        description=_typed(doc, data, ["description"], str, default=""),
+        tags=tuple(_typed(doc, data, ["tags"], list, default=[])),
+        load=load,
+        steady_state_s=float(
+            _typed(doc, steady, ["steady-state-hypothesis", "duration_s"], (int, float), default=5)
+        ),
+        slos=slos,
+        method=steps,
+        recover_within_s=float(
+            _typed(doc, recovery, ["recovery", "within_s"], (int, float), default=30)
+        ),
+        failed_requests_budget=_typed(
+            doc, recovery, ["recovery", "failed_requests_budget"], int, default=None
+        ),
+        remediation=bool(_typed(doc, data, ["remediation"], bool, default=False)),
+    )
+
+
+def _typed(
+    doc: YamlDocument,
+    mapping: Mapping[str, Any],
+    field_path: list[str | int],
+    kind: type | tuple[type, ...],
+    *,
+    required: bool = False,
+    default: Any = None,
+) -> Any:
+    key = field_path[-1]
+    if key not in mapping:
+        if required:
+            raise doc.error("is required", field_path)
+        return default
+    value = mapping[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise doc.error(f"must be {names}, got {value!r}", field_path)
+    return value
+
+
+_SLO_ARGS = {
+    "error_rate": {"below", "window_s", "name"},
+    "latency": {"below_ms", "percentile", "window_s", "name"},
+    "availability": {"above", "window_s", "name"},
+}
+
+
+def _objective(doc: YamlDocument, item: Any, where: list[str | int]) -> Objective:
+    if not isinstance(item, dict) or len(item) != 1:
+        raise doc.error(f"an SLO is one of {sorted(_SLO_ARGS)} with its arguments", where)
+    ((signal, args),) = item.items()
+    if signal not in _SLO_ARGS:
+        raise doc.error(f"unknown SLO {signal!r}; use one of {sorted(_SLO_ARGS)}", where)
+    if not isinstance(args, dict):
+        raise doc.error("SLO arguments must be a mapping", [*where, signal])
+    for key in args:
+        if key not in _SLO_ARGS[signal]:
+            raise doc.error(
+                f"unknown argument {key!r}; {signal} takes {sorted(_SLO_ARGS[signal])}",
+                [*where, signal, key],
+            )
+    window = float(args.get("window_s", 5))
+    try:
+        if signal == "error_rate":
+            return Objective(
+                args.get("name", "error_rate"), "error_rate", float(args["below"]), window
+            )
+        if signal == "latency":
+            percentile = int(args.get("percentile", 99))
+            return Objective(
+                args.get("name", f"p{percentile}_latency"),
+                "latency",
+                float(args["below_ms"]),
+                window,
+                percentile,
+            )
+        return Objective(
+            args.get("name", "availability"), "availability", float(args["above"]), window
+        )
+    except KeyError as exc:
+        raise doc.error(f"missing argument {exc.args[0]!r}", [*where, signal]) from None
+    except ConfigError as exc:
+        raise doc.error(str(exc), [*where, signal]) from None
+
+
+def _step(doc: YamlDocument, step: Any, where: list[str | int], slo_names: set[str]) -> FaultStep:
+    if not isinstance(step, dict):
+        raise doc.error("a method step is a mapping with 'fault' and 'args'", where)
+    for key in step:
+        if key not in ("fault", "args", "duration_s", "hold_during"):
+            raise doc.error(f"unknown key {key!r} in a method step", [*where, key])
+    fault = _typed(doc, step, [*where, "fault"], str, required=True)
+    if fault not in FAULTS:
+        raise doc.error(f"unknown fault {fault!r}; use one of {list(FAULTS)}", [*where, "fault"])
+    hold = tuple(_typed(doc, step, [*where, "hold_during"], list, default=[]))
+    for name in hold:
+        if name not in slo_names:
+            raise doc.error(
+                f"hold_during names SLO {name!r}, not declared in the steady-state hypothesis",
+                [*where, "hold_during"],
+            )
+    return FaultStep(
+        fault=fault,
+        args=_typed(doc, step, [*where, "args"], dict, default={}),
+        duration_s=float(_typed(doc, step, [*where, "duration_s"], (int, float), default=0)),
+        hold_during=hold,
+    )
+
+
+def run_scenario(
+    scenario: Scenario,
+    *,
+    fixture: Callable[[str], Any],
+    load: Callable[..., Any],
+    slo: SLOMonitor,
+) -> None:
+    """Steady state, then each fault in order, then recovery: the experiment's method."""
+    for objective in scenario.slos:
+        slo.add(objective)
+    with load(**scenario.load) as run:
+        run.wait_for_samples(
+            max(1, int(scenario.steady_state_s)), timeout=scenario.steady_state_s + 30
+        )
+        if scenario.slos:
+            slo.assert_holds()  # the steady-state hypothesis: no point breaking a broken system
+        for step in scenario.method:
+            handle = fixture(step.fault)(**step.args)
+            started = time.time()
+            if step.duration_s:
+                time.sleep(step.duration_s)  # the fault's stated duration, not a synchronisation
+            if step.hold_during:
+                slo.assert_holds(*step.hold_during, since=started)
+            handle.revert()
+        if scenario.slos:
+            slo.assert_recovers(within_s=scenario.recover_within_s)
+        if scenario.failed_requests_budget is not None:
+            slo.assert_failures_within(scenario.failed_requests_budget)

@@ -1,0 +1,121 @@
+"""The plugin's options, read once from the command line and their ini twins.
+
+Kept out of plugin.py so the rest of the package can take a typed settings object
+instead of a pytest Config, and so every option is validated in one place with an
+error that names the option and the accepted values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+__all__ = ["OPTIONS", "ChaosSettings", "add_options"]
+
+TARGETS = ("local", "kubernetes")
+_DEMO_SERVICES = Path(__file__).parent / "demo" / "services.yaml"
+
+
+@dataclass(frozen=True)
+class _Option:
+    flag: str
+    help: str
+    default: str | None = None
+    is_flag: bool = False
+    multiple: bool = False
+
+    @property
+    def ini(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+OPTIONS = (
+    _Option("--chaos-target", f"where faults land: {' or '.join(TARGETS)}", "local"),
+    _Option("--chaos-services", "services YAML for the local target (default: the demo)"),
+    _Option("--chaos-entry", "service whose endpoint the load fixture hits by default", "api"),
+    _Option("--kube-context", "kubeconfig context for --chaos-target=kubernetes"),
+    _Option("--chaos-namespace", "namespace to run chaos in (kubernetes)", "default"),
+    _Option(
+        "--chaos-allow",
+        "also allow a context or namespace: context:NAME or namespace:NAME (repeatable)",
+        multiple=True,
+    ),
+    _Option("--prometheus-url", "Prometheus to evaluate PromQL SLOs against"),
+    _Option("--toxiproxy-url", "Toxiproxy server to use instead of the embedded one"),
+    _Option("--chaos-ledger", "ledger of injected faults", ".pytest-resilience/ledger.sqlite"),
+    _Option("--chaos-cleanup", "revert every fault the ledger holds open, then exit", is_flag=True),
+    _Option("--resilience-report", "write the standalone resilience report (HTML + JSON) here"),
+    _Option("--resilience-history", "directory of earlier runs' summaries, for the trend"),
+    _Option("--chaos-dry-run", "log what each fault would do; touch nothing", is_flag=True),
+)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("resilience", "chaos scenarios (pytest-resilience)")
+    for option in OPTIONS:
+        if option.is_flag:
+            group.addoption(option.flag, action="store_true", default=None, help=option.help)
+            parser.addini(option.ini, option.help, type="bool", default=False)
+        elif option.multiple:
+            group.addoption(option.flag, action="append", default=None, help=option.help)
+            parser.addini(option.ini, option.help, type="args", default=[])
+        else:
+            group.addoption(option.flag, default=None, help=option.help)
+            parser.addini(option.ini, option.help, default=option.default)
+
+
+@dataclass(frozen=True)
+class ChaosSettings:
+    target: str = "local"
+    services: Path = _DEMO_SERVICES
+    entry: str = "api"
+    kube_context: str | None = None
+    namespace: str = "default"
+    allow: tuple[str, ...] = ()
+    prometheus_url: str | None = None
+    toxiproxy_url: str | None = None
+    ledger: Path = Path(".pytest-resilience/ledger.sqlite")
+    cleanup: bool = False
+    report: Path | None = None
+    history: Path | None = None
+    dry_run: bool = False
+    rootdir: Path = field(default_factory=Path.cwd)
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> ChaosSettings:
+        def get(name: str):
+            value = config.getoption(name)
+            return config.getini(name) if value is None else value
+
+        target = get("chaos_target")
+        if target not in TARGETS:
+            raise pytest.UsageError(
+                f"--chaos-target={target!r} is not a known target; use one of: {', '.join(TARGETS)}"
+            )
+        root = Path(config.rootpath)
+
+        def path(name: str) -> Path | None:
+            value = get(name)
+            return (root / value) if value else None
+
+        services = path("chaos_services") or _DEMO_SERVICES
+        if target == "local" and not services.is_file():
+            raise pytest.UsageError(f"--chaos-services: no such file: {services}")
+        return cls(
+            target=target,
+            services=services,
+            entry=get("chaos_entry"),
+            kube_context=get("kube_context") or None,
+            namespace=get("chaos_namespace"),
+            allow=tuple(get("chaos_allow") or ()),
+            prometheus_url=get("prometheus_url") or None,
+            toxiproxy_url=get("toxiproxy_url") or None,
+            ledger=path("chaos_ledger") or root / ".pytest-resilience/ledger.sqlite",
+            cleanup=bool(get("chaos_cleanup")),
+            report=path("resilience_report"),
+            history=path("resilience_history"),
+            dry_run=bool(get("chaos_dry_run")),
+            rootdir=root,
+        )

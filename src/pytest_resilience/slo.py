@@ -1,0 +1,384 @@
+"""Service level objectives over the scenario's recorded series.
+
+An SLO is a signal, a bound and a window. The monitor evaluates each objective at every
+new sample of its series (one second of load, or one probe reading) over the trailing
+window, marks breaches and recoveries on the timeline as they happen (the built-in
+detection path), and the assertions read the same evaluations afterwards, so what the
+report shows and what the test asserted are one computation.
+
+Latency over a window is the worst per-second percentile in it: conservative, and exact
+for a 1 s window, without shipping every request's latency out of the Locust process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .errors import ConfigError, SLOViolation
+from .timeline import SLO_BREACHED, SLO_RECOVERED, Sample, Timeline
+
+__all__ = ["Evaluation", "Objective", "SLOMonitor"]
+
+Signal = Literal["error_rate", "latency", "availability", "probe"]
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    signal: Signal
+    bound: float
+    window_s: float = 5.0
+    percentile: int = 99
+    series: str = "load"
+    #: probes only: "below" means value <= bound is good
+    direction: Literal["below", "above"] = "below"
+
+    def __post_init__(self) -> None:
+        if self.window_s <= 0:
+            raise ConfigError(f"window_s must be > 0, got {self.window_s!r}", field=self.name)
+        if self.signal == "error_rate" and not 0 <= self.bound <= 1:
+            raise ConfigError(
+                f"error rate bound is a fraction in 0..1 (0.01 = 1%), got {self.bound!r}",
+                field=self.name,
+            )
+        if self.signal == "latency" and self.percentile not in (50, 95, 99):
+            raise ConfigError(
+                f"latency percentile must be 50, 95 or 99, got {self.percentile!r}", field=self.name
+            )
+
+    def describe(self) -> str:
+        window = f"over {self.window_s:g} s"
+        if self.signal == "error_rate":
+            return f"error rate <= {self.bound:.2%} {window}"
+        if self.signal == "latency":
+            return f"p{self.percentile} latency <= {self.bound:g} ms {window}"
+        if self.signal == "availability":
+            return f"availability >= {self.bound:.2%} {window}"
+        op = "<=" if self.direction == "below" else ">="
+        return f"{self.series} {op} {self.bound:g} {window}"
+
+    def evaluate(self, window: Sequence[Sample]) -> float | None:
+        """The signal's value over one window of samples; ``None`` when there is no data."""
+        if not window:
+            return None
+        if self.signal == "error_rate":
+            requests = sum(s.values.get("requests", 0) for s in window)
+            failures = sum(s.values.get("failures", 0) for s in window)
+            return failures / requests if requests else None
+        if self.signal == "latency":
+            key = f"p{self.percentile}"
+            values = [s.values[key] for s in window if s.values.get("requests") and key in s.values]
+            return max(values) if values else None
+        if self.signal == "availability":
+            # A second with no successful answer is a second the service was down for users.
+            up = sum(
+                1 for s in window if s.values.get("requests", 0) - s.values.get("failures", 0) > 0
+            )
+            return up / len(window)
+        values = [s.values["value"] for s in window if s.values.get("value") is not None]
+        return values[-1] if values else None
+
+    def holds(self, value: float) -> bool:
+        if self.signal == "availability" or (self.signal == "probe" and self.direction == "above"):
+            return value >= self.bound
+        return value <= self.bound
+
+    def format(self, value: float) -> str:
+        if self.signal in ("error_rate", "availability"):
+            return f"{value:.2%}"
+        if self.signal == "latency":
+            return f"{value:.0f} ms"
+        return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    at: float
+    value: float | None
+    held: bool | None  # None: no data in the window
+
+
+@dataclass
+class _State:
+    breached: bool = False
+    evaluations: list[Evaluation] = field(default_factory=list)
+
+
+class SLOMonitor:
+    """The objectives of one scenario, evaluated live on the timeline's series."""
+
+    def __init__(self, timeline: Timeline) -> None:
+        self.timeline = timeline
+        self._objectives: dict[str, Objective] = {}
+        self._states: dict[str, _State] = {}
+        self._lock = threading.Lock()
+        self._unsubscribe = timeline.on_record(self._on_sample)
+
+    # -- declaring objectives -------------------------------------------------------------
+
+    def error_rate(
+        self, *, below: float, window_s: float = 5.0, name: str | None = None
+    ) -> Objective:
+        return self.add(Objective(name or "error_rate", "error_rate", below, window_s))
+
+    def latency(
+        self,
+        *,
+        below_ms: float,
+        percentile: int = 99,
+        window_s: float = 5.0,
+        name: str | None = None,
+    ) -> Objective:
+        return self.add(
+            Objective(name or f"p{percentile}_latency", "latency", below_ms, window_s, percentile)
+        )
+
+    def availability(
+        self, *, above: float, window_s: float = 10.0, name: str | None = None
+    ) -> Objective:
+        return self.add(Objective(name or "availability", "availability", above, window_s))
+
+    def add(self, objective: Objective) -> Objective:
+        with self._lock:
+            if objective.name in self._objectives:
+                raise ConfigError(f"an SLO named {objective.name!r} is already declared")
+            self._objectives[objective.name] = objective
+            self._states[objective.name] = _State()
+        for sample in self.timeline.series(objective.series):
+            self._evaluate(objective, sample.at)
+        return objective
+
+    @property
+    def objectives(self) -> list[Objective]:
+        with self._lock:
+            return list(self._objectives.values())
+
+    def close(self) -> None:
+        self._unsubscribe()
+
+    # -- evaluation -----------------------------------------------------------------------
+
+    def _on_sample(self, series: str, sample: Sample) -> None:
+        for objective in self.objectives:
+            if objective.series == series:
+                self._evaluate(objective, sample.at)
+
+    def _evaluate(self, objective: Objective, at: float) -> Evaluation:
+        window = [
+            s
+            for s in self.timeline.series(objective.series)
+            if at - objective.window_s < s.at <= at
+        ]
+        value = objective.evaluate(window)
+        evaluation = Evaluation(at, value, None if value is None else objective.holds(value))
+        with self._lock:
+            state = self._states[objective.name]
+            state.evaluations.append(evaluation)
+            transition = None
+            if evaluation.held is False and not state.breached:
+                state.breached, transition = True, SLO_BREACHED
+            elif evaluation.held and state.breached:
+                state.breached, transition = False, SLO_RECOVERED
+        if transition:
+            self.timeline.mark(
+                transition,
+                objective.name,
+                at=at,
+                objective=objective.describe(),
+                value=value,
+            )
+        return evaluation
+
+    def evaluations(
+        self, objective: Objective | str, *, since: float | None = None, until: float | None = None
+    ) -> list[Evaluation]:
+        name = objective if isinstance(objective, str) else objective.name
+        with self._lock:
+            if name not in self._states:
+                raise ConfigError(f"no SLO named {name!r}; declared: {sorted(self._states)}")
+            found = list(self._states[name].evaluations)
+        return [
+            e
+            for e in sorted(found, key=lambda e: e.at)
+            if (since is None or e.at >= since) and (until is None or e.at <= until)
+        ]
+
+    def verdicts(self) -> list[dict[str, object]]:
+        """Per objective: did it hold after the fault, the worst value and when (for the report)."""
+        t0 = self.timeline.t0
+        out: list[dict[str, object]] = []
+        for objective in self.objectives:
+            evaluations = self.evaluations(objective)
+            failing = [e for e in evaluations if e.held is False]
+            worst = _worst(objective, evaluations)
+            out.append(
+                {
+                    "name": objective.name,
+                    "objective": objective.describe(),
+                    "held": not failing,
+                    "worst_value": worst.value if worst else None,
+                    "worst_at": _rel(worst.at, t0) if worst else None,
+                    "breached_s": round(_breached_seconds(evaluations), 3),
+                }
+            )
+        return out
+
+    # -- assertions -----------------------------------------------------------------------
+
+    def assert_holds(
+        self,
+        *objectives: Objective | str,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> None:
+        """Fail if any evaluation in [since, until] broke its objective."""
+        for objective in self._resolve(objectives):
+            evaluations = self.evaluations(objective, since=since, until=until)
+            if not any(e.held is not None for e in evaluations):
+                raise SLOViolation(
+                    f"SLO {objective.name!r} ({objective.describe()}): no data to judge; "
+                    "is load running (the `load` fixture) for this scenario?"
+                )
+            failing = [e for e in evaluations if e.held is False]
+            if failing:
+                worst = _worst(objective, failing)
+                assert worst is not None and worst.value is not None
+                raise SLOViolation(
+                    f"SLO {objective.name!r} ({objective.describe()}) did not hold: worst "
+                    f"{objective.format(worst.value)} at {self._when(worst.at)}; "
+                    f"{len(failing)} of {len(evaluations)} evaluations failed, first at "
+                    f"{self._when(failing[0].at)}"
+                )
+
+    def assert_recovers(
+        self,
+        *objectives: Objective | str,
+        within_s: float,
+        since: float | None = None,
+        stable_s: float | None = None,
+    ) -> float:
+        """Wait until every objective holds again and keeps holding; return seconds from T0.
+
+        Recovery is the first evaluation from which the objective held through the end;
+        it must come within ``within_s`` of ``since`` (default T0, the first fault), and
+        hold for ``stable_s`` (default: the longest window) to count.
+        """
+        chosen = self._resolve(objectives)
+        start = since if since is not None else self.timeline.t0
+        if start is None:
+            raise SLOViolation(
+                "assert_recovers: no fault was injected, so there is nothing to recover from"
+            )
+        stable = stable_s if stable_s is not None else max(o.window_s for o in chosen)
+        deadline_at = start + within_s
+
+        def recovered() -> bool:
+            return all(self._recovered_at(o, start, stable) is not None for o in chosen)
+
+        self.timeline.wait_for(
+            recovered, timeout=max(0.0, deadline_at + stable - self.timeline.now()) + 1.0
+        )
+        slowest = 0.0
+        for objective in chosen:
+            at = self._recovered_at(objective, start, stable)
+            evaluations = self.evaluations(objective, since=start)
+            if at is None or at > deadline_at:
+                failing = [e for e in evaluations if e.held is False]
+                worst = _worst(objective, failing)
+                detail = (
+                    f"worst {objective.format(worst.value)} at {self._when(worst.at)}, "
+                    f"last failing at {self._when(failing[-1].at)}"
+                    if worst and worst.value is not None
+                    else "no data after the fault"
+                )
+                when = "never" if at is None else f"only at {self._when(at)}"
+                raise SLOViolation(
+                    f"SLO {objective.name!r} ({objective.describe()}) did not recover within "
+                    f"{within_s:g} s (recovered {when}): {detail}"
+                )
+            slowest = max(slowest, at - start)
+        return round(slowest, 3)
+
+    def failed_requests(self, *, since: float | None = None, series: str = "load") -> int:
+        return int(
+            sum(
+                s.values.get("failures", 0)
+                for s in self.timeline.series(series)
+                if since is None or s.at >= since
+            )
+        )
+
+    def assert_failures_within(self, budget: int, *, since: float | None = None) -> int:
+        """Fail if more than ``budget`` requests failed since ``since`` (default T0)."""
+        start = since if since is not None else self.timeline.t0
+        failed = self.failed_requests(since=start)
+        if failed > budget:
+            raise SLOViolation(
+                f"{failed} requests failed since {self._when(start) if start else 'the start'}; "
+                f"the error budget for this scenario is {budget}"
+            )
+        return failed
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _recovered_at(self, objective: Objective, start: float, stable: float) -> float | None:
+        evaluations = [e for e in self.evaluations(objective, since=start) if e.held is not None]
+        if not evaluations or not evaluations[-1].held:
+            return None
+        first_good = evaluations[-1].at
+        for e in reversed(evaluations):
+            if not e.held:
+                break
+            first_good = e.at
+        if evaluations[-1].at - first_good < stable:
+            return None
+        return first_good
+
+    def _resolve(self, objectives: Sequence[Objective | str]) -> list[Objective]:
+        names = [o if isinstance(o, str) else o.name for o in objectives]
+        with self._lock:
+            if not self._objectives:
+                raise ConfigError(
+                    "no SLO declared: declare one with slo.error_rate(...), slo.latency(...) "
+                    "or slo.availability(...)"
+                )
+            unknown = [n for n in names if n not in self._objectives]
+            if unknown:
+                raise ConfigError(f"unknown SLO(s) {unknown}; declared: {sorted(self._objectives)}")
+            return (
+                [self._objectives[n] for n in names] if names else list(self._objectives.values())
+            )
+
+    def _when(self, at: float) -> str:
+        t0 = self.timeline.t0
+        if t0 is None:
+            return f"{at - self.timeline.started_at:+.1f} s from start"
+        return f"T0{at - t0:+.1f} s"
+
+
+def _worst(objective: Objective, evaluations: Sequence[Evaluation]) -> Evaluation | None:
+    scored = [e for e in evaluations if e.value is not None]
+    if not scored:
+        return None
+    higher_is_better = objective.holds(float("inf")) and not objective.holds(float("-inf"))
+    pick = min if higher_is_better else max
+    return pick(scored, key=lambda e: e.value)
+
+
+def _breached_seconds(evaluations: Sequence[Evaluation]) -> float:
+    total = 0.0
+    for before, after in itertools.pairwise(evaluations):
+        if before.held is False:
+            total += after.at - before.at
+    return total
+
+
+def _rel(at: float, t0: float | None) -> float:
+    return round(at - t0, 3) if t0 is not None else at
+
+
+ProbeFn = Callable[[], float | None]
