@@ -1,0 +1,549 @@
+"""Load from Locust, run out of process, streamed back one sample per second.
+
+Locust monkey-patches the interpreter with gevent on import, which breaks asyncio, threads
+and urllib3; so it never enters the pytest process. ``start_load`` runs
+``python -m pytest_resilience._locust_driver`` and a reader thread turns its JSON lines into
+``LoadSample`` objects and ``timeline.record("load", ...)`` samples, so the SLO monitor and
+the report see what the users saw, second by second.
+
+The driver dies with its parent: ``PR_SET_PDEATHSIG`` on Linux (set in ``preexec_fn``) when
+started from the main thread, since the kernel ties it to the creating *thread*; in every
+case the driver also checks once a second that its parent is still the one that started it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import json
+import logging
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .errors import ConfigError, FaultError
+from .timeline import LOAD_STARTED, LOAD_STOPPED, Timeline
+
+__all__ = [
+    "DEFAULT_LOCUSTFILE",
+    "SERIES",
+    "LoadError",
+    "LoadRun",
+    "LoadSample",
+    "LoadTotals",
+    "LocustfileError",
+    "start_load",
+]
+
+logger = logging.getLogger("pytest_resilience.load")
+
+DEFAULT_LOCUSTFILE = Path(__file__).resolve().parent / "demo" / "locustfile.py"
+SERIES = "load"
+"""Name of the timeline series the samples are recorded under."""
+
+_DRIVER_MODULE = "pytest_resilience._locust_driver"
+_STDERR_TAIL_LINES = 40
+_PR_SET_PDEATHSIG = 1
+# Locust/gevent chatter that says nothing about why a run failed.
+_NOISE = re.compile(
+    r"MonkeyPatchWarning|monkey\.patch_all\(\)|Ramping to \d+ users|All users spawned"
+    r"|Shape worker|Starting Locust|^\s*$"
+)
+
+
+class LoadError(FaultError):
+    """The load generator could not start, or stopped on its own (driver crash)."""
+
+
+class LocustfileError(LoadError, ConfigError):
+    """The locustfile is missing, cannot be imported, or defines no User class."""
+
+
+@dataclass(frozen=True)
+class LoadSample:
+    """What the users saw in one interval (one wall-clock second, shorter at the edges).
+
+    ``at`` is the end of the interval; latencies are milliseconds, exact over the requests
+    that completed in the interval and ``None`` when none did. ``histogram`` maps response
+    times rounded as Locust rounds them to counts, so intervals can be merged.
+    """
+
+    at: float
+    interval_s: float
+    requests: int
+    failures: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    max_ms: float | None
+    rps: float
+    users: int
+    total_requests: int
+    total_failures: int
+    histogram: dict[int, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def start(self) -> float:
+        return self.at - self.interval_s
+
+    @property
+    def error_rate(self) -> float:
+        """Failures / requests; NaN when nothing completed (no answer is not a good answer)."""
+        return self.failures / self.requests if self.requests else math.nan
+
+    def values(self) -> dict[str, float]:
+        """The timeline's view: numbers only, undefined figures left out."""
+        values: dict[str, float] = {
+            "requests": self.requests,
+            "failures": self.failures,
+            "rps": self.rps,
+            "users": self.users,
+            "total_requests": self.total_requests,
+            "total_failures": self.total_failures,
+        }
+        if self.requests:
+            values["error_rate"] = self.error_rate
+        for name in ("p50", "p95", "p99", "max_ms"):
+            value = getattr(self, name)
+            if value is not None:
+                values[name] = value
+        return values
+
+    @classmethod
+    def from_line(cls, line: Mapping[str, Any]) -> LoadSample:
+        return cls(
+            at=float(line["at"]),
+            interval_s=float(line["interval_s"]),
+            requests=int(line["requests"]),
+            failures=int(line["failures"]),
+            p50=line.get("p50"),
+            p95=line.get("p95"),
+            p99=line.get("p99"),
+            max_ms=line.get("max"),
+            rps=float(line["rps"]),
+            users=int(line["users"]),
+            total_requests=int(line["total_requests"]),
+            total_failures=int(line["total_failures"]),
+            histogram={int(k): int(v) for k, v in line.get("histogram", {}).items()},
+        )
+
+
+@dataclass(frozen=True)
+class LoadTotals:
+    requests: int
+    failures: int
+
+    @property
+    def error_rate(self) -> float:
+        return self.failures / self.requests if self.requests else math.nan
+
+
+_live_runs: weakref.WeakSet[LoadRun] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_forgotten_runs() -> None:
+    for run in list(_live_runs):
+        run.stop(timeout=2)
+
+
+class LoadRun:
+    """One Locust run in a child process; a context manager that stops it on exit.
+
+    Built by ``start_load``. Thread-safe: the reader thread appends while tests read.
+    """
+
+    def __init__(
+        self,
+        process: subprocess.Popen[str],
+        *,
+        host: str,
+        users: int,
+        spawn_rate: float,
+        locustfile: Path,
+        timeline: Timeline,
+    ) -> None:
+        self.host = host
+        self.users = users
+        self.spawn_rate = spawn_rate
+        self.locustfile = locustfile
+        self.timeline = timeline
+        self._process = process
+        self._cond = threading.Condition()
+        self._samples: list[LoadSample] = []
+        self._started: dict[str, Any] | None = None
+        self._final: dict[str, Any] | None = None
+        self._error: LoadError | None = None
+        self._stopping = False
+        self._ended = False
+        self._stop_lock = threading.Lock()
+        self._stderr_tail: deque[str] = deque(maxlen=_STDERR_TAIL_LINES)
+        self._stderr_reader = threading.Thread(
+            target=self._read_stderr, name=f"locust-stderr-{process.pid}", daemon=True
+        )
+        self._stdout_reader = threading.Thread(
+            target=self._read_stdout, name=f"locust-stats-{process.pid}", daemon=True
+        )
+        self._stderr_reader.start()
+        self._stdout_reader.start()
+        _live_runs.add(self)
+
+    # -- reading the driver ------------------------------------------------------------
+
+    def _read_stderr(self) -> None:
+        assert self._process.stderr is not None
+        for raw in self._process.stderr:
+            line = raw.rstrip("\n")
+            if _NOISE.search(line):
+                continue
+            self._stderr_tail.append(line)
+            logger.debug("locust[%d]: %s", self._process.pid, line)
+
+    def _read_stdout(self) -> None:
+        assert self._process.stdout is not None
+        for raw in self._process.stdout:
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                logger.debug("locust[%d] stdout: %s", self._process.pid, raw.rstrip())
+                continue
+            if isinstance(message, dict):
+                self._handle(message)
+        self._stderr_reader.join()
+        self._on_exit(self._process.wait())
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        if "error" in message:
+            error: LoadError
+            if message.get("kind") == "locustfile":
+                error = LocustfileError(message["error"], source=message.get("locustfile"))
+            else:
+                error = LoadError(f"Locust driver: {message['error']}")
+            with self._cond:
+                self._error = error
+                self._cond.notify_all()
+        elif message.get("started"):
+            self.timeline.mark(
+                LOAD_STARTED,
+                "locust",
+                at=float(message["at"]),
+                host=self.host,
+                users=self.users,
+                spawn_rate=self.spawn_rate,
+                locustfile=str(self.locustfile),
+                user_classes=message.get("user_classes", []),
+                pid=self._process.pid,
+            )
+            with self._cond:
+                self._started = message
+                self._cond.notify_all()
+        elif message.get("final"):
+            with self._cond:
+                self._final = message
+                self._cond.notify_all()
+        elif "at" in message and "requests" in message:
+            sample = LoadSample.from_line(message)
+            self.timeline.record(SERIES, sample.values(), at=sample.at)
+            with self._cond:
+                self._samples.append(sample)
+                self._cond.notify_all()
+
+    def _on_exit(self, returncode: int) -> None:
+        with self._cond:
+            if self._final is not None:
+                reason = "stopped" if self._stopping else "run_time"
+            elif self._error is not None:
+                reason = "failed"
+            elif self._stopping:
+                reason = "killed" if returncode == -signal.SIGKILL else "stopped"
+            else:
+                reason = "crashed"
+            if reason == "crashed" and self._error is None:
+                self._error = LoadError(
+                    f"Locust driver (pid {self._process.pid}, locustfile {self.locustfile}) "
+                    f"exited with code {returncode} before it was stopped; stderr tail:\n"
+                    + self.stderr_tail()
+                )
+            started = self._started is not None
+            at = float(self._final["at"]) if self._final else time.time()
+            totals = self._totals_locked()
+        if started:
+            self.timeline.mark(
+                LOAD_STOPPED,
+                "locust",
+                at=at,
+                reason=reason,
+                returncode=returncode,
+                total_requests=totals.requests,
+                total_failures=totals.failures,
+            )
+        if reason == "killed":
+            logger.warning(
+                "Locust driver (pid %d) did not stop in time and was killed", self._process.pid
+            )
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+        _live_runs.discard(self)
+
+    # -- public API --------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        """The driver process id."""
+        return self._process.pid
+
+    @property
+    def running(self) -> bool:
+        with self._cond:
+            return not self._ended
+
+    @property
+    def error(self) -> LoadError | None:
+        """Why the run failed (crash, bad locustfile), or ``None``."""
+        with self._cond:
+            return self._error
+
+    @property
+    def samples(self) -> list[LoadSample]:
+        with self._cond:
+            return list(self._samples)
+
+    @property
+    def totals(self) -> LoadTotals:
+        with self._cond:
+            return self._totals_locked()
+
+    def _totals_locked(self) -> LoadTotals:
+        if self._final is not None:
+            final = self._final
+            return LoadTotals(int(final["total_requests"]), int(final["total_failures"]))
+        if self._samples:
+            last = self._samples[-1]
+            return LoadTotals(last.total_requests, last.total_failures)
+        return LoadTotals(0, 0)
+
+    def stderr_tail(self) -> str:
+        """The driver's last stderr lines, Locust's routine chatter removed."""
+        return "\n".join(self._stderr_tail) or "(empty)"
+
+    def wait_for_samples(self, n: int, timeout: float = 30.0) -> list[LoadSample]:
+        """Block until at least ``n`` samples arrived; returns all samples so far.
+
+        Raises the run's ``LoadError`` if the driver died first, ``LoadError`` if the run
+        ended normally with fewer samples, ``TimeoutError`` after ``timeout`` seconds.
+        """
+        with self._cond:
+            self._cond.wait_for(lambda: len(self._samples) >= n or self._ended, timeout)
+            if len(self._samples) >= n:
+                return list(self._samples)
+            if self._error is not None:
+                raise self._error
+            have = len(self._samples)
+            if self._ended:
+                raise LoadError(f"load run ended after {have} of the {n} samples waited for")
+        raise TimeoutError(f"{have} of {n} load samples arrived within {timeout} s")
+
+    def _wait_started(self, timeout: float) -> None:
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._started is not None or self._error is not None or self._ended,
+                timeout,
+            )
+            started, error = self._started is not None, self._error
+        if started:
+            return
+        self.stop(timeout=5)
+        if error is None:
+            error = self.error
+        if error is not None:
+            raise error
+        raise LoadError(
+            f"Locust driver (pid {self.pid}) did not start within {timeout} s; stderr tail:\n"
+            + self.stderr_tail()
+        )
+
+    def stop(self, timeout: float = 10.0) -> LoadTotals:
+        """SIGTERM the driver (it flushes its last interval), wait, then SIGKILL. Idempotent."""
+        with self._stop_lock:
+            with self._cond:
+                self._stopping = True
+            if self._process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+                    self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._stdout_reader.join(timeout)
+            for stream in (self._process.stdout, self._process.stderr):
+                if stream is not None and not self._stdout_reader.is_alive():
+                    stream.close()
+        return self.totals
+
+    def error_rate(self, since: float | None = None) -> float:
+        """Failures / requests over the samples wholly after ``since`` (all if ``None``).
+
+        NaN when no request completed there, so ``assert rate < 0.01`` cannot pass on silence.
+        """
+        chosen = self._since(since)
+        requests = sum(s.requests for s in chosen)
+        return sum(s.failures for s in chosen) / requests if requests else math.nan
+
+    def percentile(self, p: float, since: float | None = None) -> float:
+        """The ``p``-th percentile response time (ms) over the samples wholly after ``since``.
+
+        Merged from the per-interval histograms, so it is as exact as Locust's own rounding
+        (1 ms under 100 ms, 10 ms under 1 s, 100 ms under 10 s). NaN when nothing completed.
+        """
+        if not 0 < p <= 100:
+            raise ValueError(f"percentile p must be in (0, 100], got {p!r}")
+        return _histogram_percentile((s.histogram for s in self._since(since)), p)
+
+    def _since(self, since: float | None) -> list[LoadSample]:
+        samples = self.samples
+        if since is None:
+            return samples
+        return [s for s in samples if s.start >= since - 1e-6]
+
+    def __enter__(self) -> LoadRun:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        if exc_type is None and self.error is not None:
+            raise self.error
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "ended"
+        return f"<LoadRun pid={self.pid} host={self.host!r} users={self.users} {state}>"
+
+
+def _histogram_percentile(histograms: Iterable[Mapping[int, int]], p: float) -> float:
+    merged: dict[int, int] = {}
+    for histogram in histograms:
+        for ms, count in histogram.items():
+            merged[ms] = merged.get(ms, 0) + count
+    total = sum(merged.values())
+    if not total:
+        return math.nan
+    rank = max(1, math.ceil(p / 100.0 * total))
+    seen = 0
+    for ms in sorted(merged):
+        seen += merged[ms]
+        if seen >= rank:
+            return float(ms)
+    return float(max(merged))
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the kernel SIGKILL the child when this thread dies."""
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None  # a worker thread's exit would kill the driver; the ppid watch covers it
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork, not in the child
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+def start_load(
+    *,
+    host: str,
+    users: int = 10,
+    spawn_rate: float = 10.0,
+    locustfile: str | os.PathLike[str] | None = None,
+    timeline: Timeline | None = None,
+    env: Mapping[str, str] | None = None,
+    run_time: float | None = None,
+    start_timeout: float = 60.0,
+) -> LoadRun:
+    """Start Locust against ``host`` in a child process; returns once users are spawning.
+
+    ``locustfile`` defaults to the demo system's (``DEFAULT_LOCUSTFILE``). ``env`` adds
+    environment variables for the driver (and so for the locustfile). ``run_time`` stops the
+    run by itself after that many seconds. An unreachable host is not an error: its
+    requests are counted as failures, which is what a chaos test wants to see.
+    """
+    if not isinstance(host, str) or not re.match(r"^https?://[^/\s]+", host):
+        raise ConfigError(f"host must be an http(s):// URL, got {host!r}", field="host")
+    if isinstance(users, bool) or not isinstance(users, int) or users < 1:
+        raise ConfigError(f"users must be a positive integer, got {users!r}", field="users")
+    if not spawn_rate > 0:
+        raise ConfigError(f"spawn_rate must be > 0, got {spawn_rate!r}", field="spawn_rate")
+    if run_time is not None and not run_time > 0:
+        raise ConfigError(f"run_time must be > 0 seconds, got {run_time!r}", field="run_time")
+    path = Path(locustfile if locustfile is not None else DEFAULT_LOCUSTFILE).absolute()
+    if not path.is_file():
+        raise LocustfileError(
+            "locustfile not found; pass locustfile= the path of a Locust file that defines "
+            "at least one User class",
+            source=str(path),
+        )
+    command = [
+        sys.executable,
+        "-m",
+        _DRIVER_MODULE,
+        "--host",
+        host,
+        "--users",
+        str(users),
+        "--spawn-rate",
+        repr(float(spawn_rate)),
+        "--locustfile",
+        str(path),
+        "--parent-pid",
+        str(os.getpid()),
+    ]
+    if run_time is not None:
+        command += ["--run-time", repr(float(run_time))]
+    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        bufsize=1,
+        env=child_env,
+        preexec_fn=_die_with_parent(),
+        start_new_session=True,  # the terminal's Ctrl-C goes to pytest, which stops us
+    )
+    run = LoadRun(
+        process,
+        host=host,
+        users=users,
+        spawn_rate=float(spawn_rate),
+        locustfile=path,
+        timeline=timeline if timeline is not None else Timeline("load"),
+    )
+    run._wait_started(start_timeout)
+    logger.debug("load started: %r", run)
+    return run
