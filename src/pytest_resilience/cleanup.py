@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-
 from .faults.base import FaultContext, revert_entries
 from .run import ChaosRun
 
 __all__ = ["cleanup"]
 
 
-def cleanup(run: ChaosRun, config: pytest.Config) -> int:
+def cleanup(run: ChaosRun) -> int:
     entries = run.ledger.open_entries()
     write = print
     if not entries:

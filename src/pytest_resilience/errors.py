@@ -15,6 +15,7 @@ class ConfigError(ResilienceError):
     """A configuration file, option or scenario is malformed."""
 
     def __init__(self, message: str, *, source: str | None = None, field: str | None = None):
+        self.message = message
         self.source = source
         self.field = field
         where = ", ".join(part for part in (source, f"field {field!r}" if field else None) if part)

@@ -55,12 +55,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
-    run = config.stash.get(RUN_KEY, None)
-    if run is None or not run.settings.cleanup:
+    # Runs before pytest_configure: read the options here, then leave.
+    if not config.getoption("chaos_cleanup") and not config.getini("chaos_cleanup"):
         return None
     from .cleanup import cleanup
 
-    return cleanup(run, config)
+    run = ChaosRun(ChaosSettings.from_config(config))
+    try:
+        return cleanup(run)
+    finally:
+        run.close()
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

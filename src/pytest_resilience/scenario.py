@@ -182,7 +182,7 @@ def _objective(doc: YamlDocument, item: Any, where: list[str | int]) -> Objectiv
     except KeyError as exc:
         raise doc.error(f"missing argument {exc.args[0]!r}", [*where, signal]) from None
     except ConfigError as exc:
-        raise doc.error(str(exc), [*where, signal]) from None
+        raise doc.error(exc.message, [*where, signal]) from None
 
 
 def _step(doc: YamlDocument, step: Any, where: list[str | int], slo_names: set[str]) -> FaultStep:
