@@ -54,10 +54,10 @@ def _round_ms(ms: float) -> int:
     if ms < 100:
         return round(ms)
     if ms < 1000:
-        return round(ms, -1)
+        return int(round(ms, -1))
     if ms < 10000:
-        return round(ms, -2)
-    return round(ms, -3)
+        return int(round(ms, -2))
+    return int(round(ms, -3))
 
 
 def _nearest_rank(ordered: list[float], p: float) -> float:

@@ -220,8 +220,12 @@ class LoadRun:
             except ValueError:
                 logger.debug("locust[%d] stdout: %s", self._process.pid, raw.rstrip())
                 continue
-            if isinstance(message, dict):
+            if not isinstance(message, dict):
+                continue
+            try:
                 self._handle(message)
+            except (KeyError, TypeError, ValueError) as exc:  # keep draining the pipe
+                logger.warning("unreadable line from Locust driver %r: %s", raw.rstrip(), exc)
         self._stderr_reader.join()
         self._on_exit(self._process.wait())
 
