@@ -42,6 +42,10 @@ class Pod:
     pid: int | None = None
     ready: bool = False
     version: str = ""
+    #: TCP ports this pod listens on (its service port and its own), for network faults
+    ports: tuple[int, ...] = ()
+    #: cgroup v2 path of a local pod (iptables ``-m cgroup --path``), None elsewhere
+    cgroup: str | None = None
 
 
 @dataclass(frozen=True)
