@@ -1,0 +1,74 @@
+"""Fail a node: every pod on it hangs, as on a kernel lock-up or a lost kubelet.
+
+On the local target the pods on the node are paused (SIGSTOP), so they hold their
+sockets and answer nothing, which is what clients of a NodeNotReady node see; revert
+resumes them. On Kubernetes the node is cordoned and drained by the target.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import psutil
+
+from ..errors import FaultError, SelectorMatchedNothing
+from .base import Fault, FaultContext, register_reverter
+
+__all__ = ["NodeFailure"]
+
+
+class NodeFailure(Fault):
+    kind = "node_failure"
+
+    def __init__(self, node: str) -> None:
+        if not node or not isinstance(node, str):
+            raise FaultError(f"node_failure needs a node name, got {node!r}")
+        self.node = node
+        self._paused: list[Any] = []
+        self._record: dict[str, Any] = {}
+
+    def describe(self) -> str:
+        return f"fail node {self.node!r}"
+
+    def plan(self) -> dict[str, Any]:
+        return {"node": self.node}
+
+    def inject(self, ctx: FaultContext) -> dict[str, Any]:
+        known = [n.name for n in ctx.target.nodes()]
+        if self.node not in known:
+            raise SelectorMatchedNothing(
+                f"node_failure: no node named {self.node!r}; the target has {known}"
+            )
+        if ctx.target.name == "kubernetes":
+            self._record = ctx.target.fail_node(self.node)  # cordon + drain
+            return {"node": self.node, "record": self._record}
+        pods = [p for p in ctx.target.pods() if p.node == self.node]
+        for pod in pods:
+            ctx.target.pause_pod(pod)
+            self._paused.append(pod)
+        return {"node": self.node, "pids": [p.pid for p in pods if p.pid]}
+
+    def revert(self, ctx: FaultContext) -> None:
+        if self._record:
+            ctx.target.undo(self._record)
+            return
+        for pod in reversed(self._paused):
+            ctx.target.resume_pod(pod)
+        self._paused.clear()
+
+
+@register_reverter(NodeFailure.kind)
+def _revert_from_ledger(spec: dict[str, Any], ctx: FaultContext) -> None:
+    if "record" in spec:
+        ctx.target.undo(spec["record"])
+        return
+    # A killed run's local pods died with it; resume any that is still stopped.
+    for pid in spec.get("pids", []):
+        try:
+            process = psutil.Process(pid)
+            if process.status() == psutil.STATUS_STOPPED:
+                for member in [process, *process.children(recursive=True)]:
+                    member.send_signal(signal.SIGCONT)
+        except psutil.NoSuchProcess:
+            continue
