@@ -18,10 +18,12 @@ import gc
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 from aiohttp import web
@@ -51,6 +53,8 @@ class ApiSettings:
     redis_url: str
     pool_max: int = 10
     memory_limit_mb: int | None = None
+    data_dir: Path | None = None
+    disk_quota_mb: int | None = None
     db_timeout_s: float = 1.0
     breaker_failures: int = 5
     breaker_cooldown_s: float = 2.0
@@ -71,6 +75,8 @@ class ApiSettings:
             redis_url=env.get("DEMO_REDIS_URL", "redis://127.0.0.1:6379/0"),
             pool_max=_opt_int(env, "DEMO_POOL_MAX", minimum=1) or 10,
             memory_limit_mb=_opt_int(env, "DEMO_MEMORY_LIMIT_MB", minimum=1),
+            data_dir=Path(env["DATA_DIR"]) if env.get("DATA_DIR") else None,
+            disk_quota_mb=_opt_int(env, "DEMO_DISK_QUOTA_MB", minimum=1),
             db_timeout_s=_opt_float(env, "DEMO_DB_TIMEOUT_S") or 1.0,
             breaker_failures=_opt_int(env, "DEMO_BREAKER_FAILURES", minimum=1) or 5,
             breaker_cooldown_s=_opt_float(env, "DEMO_BREAKER_COOLDOWN_S") or 2.0,
@@ -143,8 +149,10 @@ class DemoService:
         self._ballast: list[bytearray] = []
         self._process = psutil.Process()
         self._prepare_task: asyncio.Task[None] | None = None
+        # Without a configured limit the process may grow to the machine's memory, as a
+        # container without limits may; never 0, which would make usage/limit infinite.
         limit = settings.memory_limit_mb
-        self.metrics.memory_limit.set(limit * _MIB if limit else 0)
+        self.metrics.memory_limit.set(limit * _MIB if limit else psutil.virtual_memory().total)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -231,6 +239,8 @@ class DemoService:
         m.pool_max.set(self.store.pool_max)
         m.resident_memory.set(self._process.memory_info().rss)
         m.breaker_open.set(1 if self.breaker.is_open else 0)
+        if self.settings.data_dir is not None:
+            m.disk_used.set(_disk_used_ratio(self.settings.data_dir, self.settings.disk_quota_mb))
         return web.Response(body=m.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     # -- items -------------------------------------------------------------------------------
@@ -367,6 +377,18 @@ class DemoService:
 
     def _held_mb(self) -> int:
         return sum(len(chunk) for chunk in self._ballast) // _MIB
+
+
+def _disk_used_ratio(data_dir: Path, quota_mb: int | None) -> float:
+    """Bytes under data_dir over the quota if one is set, else the filesystem's used share."""
+    try:
+        if quota_mb is None:
+            usage = shutil.disk_usage(data_dir)
+            return usage.used / usage.total
+        used = sum(p.stat().st_size for p in data_dir.rglob("*") if p.is_file())
+    except OSError:
+        return 0.0
+    return used / (quota_mb * _MIB)
 
 
 def _path_id(request: web.Request) -> int:

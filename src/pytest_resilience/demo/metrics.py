@@ -6,7 +6,14 @@ app in the same interpreter, as a test might, never trips over duplicated metric
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "DemoMetrics"]
@@ -20,6 +27,8 @@ class DemoMetrics:
     def __init__(self, *, version: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # process_cpu_seconds_total and friends, which the HighCPU alert reads.
+        ProcessCollector(registry=r)
         self.requests = Counter(
             "demo_requests", "HTTP requests served", ["route", "status"], registry=r
         )
@@ -42,7 +51,14 @@ class DemoMetrics:
             "demo_process_resident_memory_bytes", "Resident set size of this process", registry=r
         )
         self.memory_limit = Gauge(
-            "demo_memory_limit_bytes", "Configured memory limit (0: none)", registry=r
+            "demo_memory_limit_bytes",
+            "Memory limit of this process (the machine's memory when none is configured)",
+            registry=r,
+        )
+        self.disk_used = Gauge(
+            "demo_disk_used_ratio",
+            "Share of the pod's data directory quota (or its filesystem) in use",
+            registry=r,
         )
         self.breaker_open = Gauge(
             "demo_circuit_breaker_open",
