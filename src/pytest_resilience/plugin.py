@@ -164,6 +164,30 @@ def pod_kill(_chaos_faults: FaultSession) -> Callable[..., Any]:
     return lambda selector, **options: _chaos_faults.inject(PodKill(selector, **options))
 
 
+@pytest.fixture
+def network_block(_chaos_faults: FaultSession) -> Callable[..., Any]:
+    """``network_block("app=postgres", direction="ingress", action="drop")`` or ``(port=5432)``."""
+    from .faults.network import NetworkBlock
+
+    return lambda selector=None, **options: _chaos_faults.inject(NetworkBlock(selector, **options))
+
+
+@pytest.fixture
+def disk_fill(_chaos_faults: FaultSession) -> Callable[..., Any]:
+    """``disk_fill("postgres", percent=90)``: a real file on the service's bounded volume."""
+    from .faults.disk import DiskFill
+
+    return lambda service, **options: _chaos_faults.inject(DiskFill(service, **options))
+
+
+@pytest.fixture
+def node_failure(_chaos_faults: FaultSession) -> Callable[..., Any]:
+    """``node_failure("node-a")``: every pod on the node hangs (local) or is drained (k8s)."""
+    from .faults.node import NodeFailure
+
+    return lambda node: _chaos_faults.inject(NodeFailure(node))
+
+
 # -- reporting ------------------------------------------------------------------------------
 
 
