@@ -1,0 +1,258 @@
+"""Remediation actions: Python functions registered by name, called by playbook steps.
+
+An action speaks only to the :class:`~pytest_resilience.targets.base.Target` protocol and,
+for application-level fixes, to the pod's HTTP admin hooks (``POST /admin/gc`` ...). It
+returns a short detail string for the record and raises to report failure. Teams add
+their own with the decorator::
+
+    @action("flush_queue")
+    def flush_queue(ctx: ActionContext, *, queue: str = "jobs") -> str: ...
+
+Register before the playbooks are loaded; an unknown name fails the load (ConfigError).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import TargetError
+from ..targets.base import Pod, Target
+from .alerts import Alert, Probe
+
+__all__ = ["REGISTRY", "ActionContext", "AdminUrl", "action", "default_admin_url"]
+
+ActionFn = Callable[..., str | None]
+AdminUrl = Callable[[Target, Pod], str]
+REGISTRY: dict[str, ActionFn] = {}
+
+
+def action(name: str) -> Callable[[ActionFn], ActionFn]:
+    """Register ``fn(ctx, **params)`` under ``name`` for playbooks to call."""
+
+    def register(fn: ActionFn) -> ActionFn:
+        REGISTRY[name] = fn
+        return fn
+
+    return register
+
+
+def default_admin_url(target: Target, pod: Pod) -> str:
+    """``http://<pod.host>:<pod port>``: the local target's per-pod private port.
+
+    Targets without ``pod_port(pod)`` (Kubernetes) need an ``admin_url`` passed to the
+    Engine that knows where the admin port lives there.
+    """
+    pod_port = getattr(target, "pod_port", None)
+    port = pod_port(pod) if callable(pod_port) else None
+    if not port:
+        raise TargetError(
+            f"no admin port known for pod {pod.name!r} on target {target.name!r}: "
+            "give the Engine an admin_url(target, pod) function"
+        )
+    return f"http://{pod.host}:{port}"
+
+
+@dataclass
+class ActionContext:
+    """What an action may touch; ``state`` is shared by the actions of one incident."""
+
+    target: Target
+    alert: Alert
+    incident_id: str
+    probes: Mapping[str, Probe] = field(default_factory=dict)
+    admin_url: AdminUrl = default_admin_url
+    stop: threading.Event = field(default_factory=threading.Event)
+    state: dict[str, Any] = field(default_factory=dict)
+    http_timeout_s: float = 5.0
+
+    @property
+    def workload(self) -> str:
+        return self.alert.labels.get("workload") or self.alert.target
+
+    def pods(self) -> list[Pod]:
+        """The alert's pod if it names one that still exists, else the workload's pods."""
+        pods = [p for p in self.target.pods() if p.workload == self.workload]
+        named = self.alert.labels.get("pod")
+        chosen = [p for p in pods if p.name == named] if named else []
+        if not (chosen or pods):
+            raise TargetError(f"workload {self.workload!r} has no pods on {self.target.name!r}")
+        return chosen or pods
+
+    def probe(self, name: str) -> float | None:
+        fn = self.probes.get(name)
+        return None if fn is None else fn()
+
+    def wait(self, seconds: float) -> None:
+        if self.stop.wait(seconds):
+            raise TargetError("engine stopping")
+
+    def admin(self, pod: Pod, path: str) -> dict[str, Any]:
+        """POST an admin hook of ``pod``; a non-2xx answer is a failed action."""
+        url = self.admin_url(self.target, pod) + path
+        request = urllib.request.Request(url, data=b"", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.http_timeout_s) as response:
+                body = response.read()
+        except urllib.error.HTTPError as exc:
+            raise TargetError(f"POST {url} answered {exc.code}") from None
+        except OSError as exc:
+            raise TargetError(f"POST {url} failed: {exc}") from None
+        try:
+            data = json.loads(body) if body else {}
+        except ValueError:
+            data = {}
+        return data if isinstance(data, dict) else {"result": data}
+
+    def admin_all(self, path: str) -> list[dict[str, Any]]:
+        return [self.admin(pod, path) for pod in self.pods()]
+
+    def replicas(self) -> int:
+        for w in self.target.workloads():
+            if w.name == self.workload:
+                return w.replicas
+        raise TargetError(f"workload {self.workload!r} not found on {self.target.name!r}")
+
+
+# -- built-in actions -------------------------------------------------------------------
+
+
+@action("restart_pod")
+def restart_pod(ctx: ActionContext, *, timeout: float = 60.0) -> str:
+    """Kill the alert's pod gracefully (the platform starts a fresh one); else restart all."""
+    named = ctx.alert.labels.get("pod")
+    pods = [p for p in ctx.target.pods() if p.workload == ctx.workload and p.name == named]
+    if pods:
+        ctx.target.kill_pod(pods[0], sig=signal.SIGTERM)
+        detail = f"killed pod {pods[0].name} (SIGTERM)"
+    else:
+        ctx.target.restart(ctx.workload)
+        detail = f"restarted workload {ctx.workload}"
+    ctx.target.wait_ready(ctx.workload, timeout=timeout)
+    return detail
+
+
+@action("graceful_restart")
+def graceful_restart(ctx: ActionContext, *, timeout: float = 60.0) -> str:
+    ctx.target.restart(ctx.workload)
+    ctx.target.wait_ready(ctx.workload, timeout=timeout)
+    return f"rolling restart of {ctx.workload}"
+
+
+@action("trigger_gc")
+def trigger_gc(ctx: ActionContext, *, settle: float = 0.0) -> str:
+    pods = ctx.pods()
+    for pod in pods:
+        ctx.admin(pod, "/admin/gc")
+    if settle:
+        ctx.wait(settle)
+    return f"GC triggered on {', '.join(p.name for p in pods)}"
+
+
+@action("scale_up")
+def scale_up(
+    ctx: ActionContext, *, by: int = 1, max_replicas: int = 20, timeout: float = 60.0
+) -> str:
+    current = ctx.replicas()
+    ctx.state.setdefault("pods_before", [p.name for p in ctx.pods()])
+    wanted = min(current + by, max_replicas)
+    if wanted <= current:
+        raise TargetError(f"{ctx.workload} already at max_replicas={max_replicas}")
+    ctx.target.scale(ctx.workload, wanted)
+    ctx.target.wait_ready(ctx.workload, timeout=timeout, replicas=wanted)
+    return f"scaled {ctx.workload} {current} -> {wanted}"
+
+
+@action("scale_down")
+def scale_down(ctx: ActionContext, *, by: int = 1, min_replicas: int = 1) -> str:
+    current = ctx.replicas()
+    wanted = max(current - by, min_replicas)
+    ctx.target.scale(ctx.workload, wanted)
+    return f"scaled {ctx.workload} {current} -> {wanted}"
+
+
+@action("drain_pod")
+def drain_pod(ctx: ActionContext, *, timeout: float = 60.0) -> str:
+    """Replace the old (leaking) pod: the alert's pod, else the oldest one before scale-up."""
+    pods = [p for p in ctx.target.pods() if p.workload == ctx.workload]
+    names = [ctx.alert.labels.get("pod"), *ctx.state.get("pods_before", [])]
+    old = next((p for name in names for p in pods if name and p.name == name), None)
+    if old is None:
+        raise TargetError(f"no old pod of {ctx.workload!r} left to drain")
+    ctx.target.kill_pod(old, sig=signal.SIGTERM)
+    ctx.target.wait_ready(ctx.workload, timeout=timeout)
+    return f"drained pod {old.name}"
+
+
+@action("close_idle_connections")
+def close_idle_connections(ctx: ActionContext) -> str:
+    answers = ctx.admin_all("/admin/pool/reset")
+    sizes = [a.get("max") for a in answers if isinstance(a.get("max"), int)]
+    if sizes:
+        ctx.state["pool_max"] = max(sizes)
+    return f"closed idle connections on {len(answers)} pod(s)"
+
+
+@action("grow_pool")
+def grow_pool(ctx: ActionContext, *, factor: float = 1.5, current: int | None = None) -> str:
+    """Grow the pool by ``factor``; current size from the pod, the alert, or ``current``."""
+    size = (
+        ctx.state.get("pool_max")
+        or _int(ctx.alert.labels.get("pool_max"))
+        or _int(ctx.alert.annotations.get("pool_max"))
+        or current
+        or _int(ctx.probe("pool_max"))
+    )
+    if not size:
+        raise TargetError("current pool size unknown: give grow_pool a 'current' parameter")
+    wanted = math.ceil(size * factor)
+    for pod in ctx.pods():
+        ctx.admin(pod, f"/admin/pool/resize?max={wanted}")
+    ctx.state["pool_max"] = wanted
+    return f"pool max {size} -> {wanted}"
+
+
+@action("invalidate_cache")
+def invalidate_cache(ctx: ActionContext) -> str:
+    return f"invalidated stale keys on {len(ctx.admin_all('/admin/cache/invalidate'))} pod(s)"
+
+
+@action("warm_cache")
+def warm_cache(ctx: ActionContext) -> str:
+    return f"warmed hot keys on {len(ctx.admin_all('/admin/cache/warm'))} pod(s)"
+
+
+@action("rollback")
+def rollback(ctx: ActionContext, *, timeout: float = 60.0) -> str:
+    version = ctx.target.rollback(ctx.workload)
+    ctx.target.wait_ready(ctx.workload, timeout=timeout)
+    return f"rolled {ctx.workload} back to {version or 'previous revision'}"
+
+
+@action("drain_and_replace_node")
+def drain_and_replace_node(ctx: ActionContext, *, timeout: float = 60.0) -> str:
+    """Cordon and drain the node; its workloads are ready again elsewhere when this returns."""
+    node = ctx.alert.labels.get("node") or ctx.alert.target
+    if node not in {n.name for n in ctx.target.nodes()}:
+        raise TargetError(f"node {node!r} not found on {ctx.target.name!r}")
+    affected = sorted({p.workload for p in ctx.target.pods() if p.node == node})
+    ctx.state["workloads"] = affected
+    ctx.target.cordon(node)
+    ctx.target.drain(node)
+    for workload in affected:
+        ctx.target.wait_ready(workload, timeout=timeout)
+    return f"drained node {node}; replaced pods of {', '.join(affected) or 'nothing'}"
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(float(value)) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,509 @@
+"""Remediation playbooks: YAML files in ``remediators/``, validated when loaded.
+
+Schema (one playbook per file; every duration is ``500ms``, ``5s``, ``2m`` or a number of
+seconds)::
+
+    playbook: High Error Rate          # required, unique name
+    alerts: [ErrorRateHighCritical]    # required: alert names this playbook handles
+    description: free text
+    rules:                             # optional: alerts the engine raises itself from probes
+      - {alert: HighMemoryUsage, probe: memory_share, above: 0.9, for: 10s,
+         target: api, severity: warning, labels: {resource: memory}}
+    steps:                             # required, tried in order until one is verified fixed
+      - name: roll back                # required
+        options:                       # first option whose `when` matches the alert wins
+          - when: {alert: [DeploymentFailure], labels: {error_type: [deploy, 5xx]},
+                   value: ">= 0.95", severity: critical}   # all given keys must match
+            actions: [rollback, {action: scale_up, by: 1}]
+            verify: {...}              # optional, overrides the step's verify
+          - actions: [graceful_restart]  # no `when`: the default option
+        # or, without options:  actions: [...]
+        verify:
+          wait: 5s                     # settle time before looking
+          window: 10s                  # the condition must hold over this window
+          interval: 1s                 # probe sampling period
+          condition: {probe: error_rate, below: 0.01}  # or {ready: true} or {resolved: true};
+                                       # omitted: the alert's own rule, else workload ready
+          on_fixed: resolve            # resolve
+          on_not_fixed: next           # next | escalate | warn
+          on_inconclusive: escalate    # next | escalate | warn | resolve (probe gave no data)
+    escalate: {severity: critical, summary: "text for the page"}
+    follow_up:                         # recorded on every incident as follow-up items
+      prevention: [...]
+      rca: [...]
+
+Actions name Python functions registered with :func:`~.actions.action`; an unknown action
+or parameter is a :class:`~pytest_resilience.errors.ConfigError` naming file, line, field.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+from .actions import REGISTRY
+from .alerts import _OPS, Alert, Rule, compare
+
+__all__ = [
+    "ActionCall",
+    "Condition",
+    "Option",
+    "Playbook",
+    "Step",
+    "VerifySpec",
+    "load_playbook",
+    "load_playbooks",
+    "parse_duration",
+]
+
+_POLICIES_NOT_FIXED = ("next", "escalate", "warn")
+_POLICIES_INCONCLUSIVE = ("next", "escalate", "warn", "resolve")
+_CMP = re.compile(r"^\s*(>=|<=|>|<)\s*(-?\d+(?:\.\d+)?)\s*$")
+_CMP_OPS = {">": "above", "<": "below", ">=": "at_least", "<=": "at_most"}
+
+
+@dataclass(frozen=True)
+class ActionCall:
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{self.name}({args})"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What "fixed" means: a probe bound, the workload ready, or the alert resolved."""
+
+    kind: str  # "probe" | "ready" | "resolved" | "default"
+    probe: str = ""
+    op: str = ""
+    threshold: float = 0.0
+
+    def holds(self, value: float) -> bool:
+        return compare(self.op, value, self.threshold)
+
+
+@dataclass(frozen=True)
+class VerifySpec:
+    wait_s: float = 5.0
+    window_s: float = 10.0
+    interval_s: float = 1.0
+    condition: Condition = Condition("default")
+    on_fixed: str = "resolve"
+    on_not_fixed: str = "next"
+    on_inconclusive: str = "escalate"
+
+
+@dataclass(frozen=True)
+class When:
+    alerts: tuple[str, ...] = ()
+    labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    value: tuple[str, float] | None = None
+    severity: tuple[str, ...] = ()
+
+    def matches(self, alert: Alert) -> bool:
+        if self.alerts and alert.name not in self.alerts:
+            return False
+        if self.severity and alert.severity not in self.severity:
+            return False
+        for key, wanted in self.labels.items():
+            if str(alert.labels.get(key, alert.annotations.get(key, ""))) not in wanted:
+                return False
+        if self.value is not None:
+            return alert.value is not None and compare(self.value[0], alert.value, self.value[1])
+        return True
+
+
+@dataclass(frozen=True)
+class Option:
+    when: When | None
+    actions: tuple[ActionCall, ...]
+    verify: VerifySpec | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    options: tuple[Option, ...]
+    verify: VerifySpec = VerifySpec()
+
+    def choose(self, alert: Alert) -> Option | None:
+        return next((o for o in self.options if o.when is None or o.when.matches(alert)), None)
+
+
+@dataclass(frozen=True)
+class Playbook:
+    name: str
+    alerts: tuple[str, ...]
+    steps: tuple[Step, ...]
+    source: str = ""
+    description: str = ""
+    rules: tuple[Rule, ...] = ()
+    escalate_severity: str = "critical"
+    escalate_summary: str = ""
+    follow_up: tuple[str, ...] = ()
+
+
+# -- YAML with line numbers ------------------------------------------------------------
+
+
+class _Map(dict):
+    """A mapping that remembers the line of each key, for error messages."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+
+
+class _Seq(list):
+    line: int = 0
+    item_lines: list[int]
+
+
+class _Loader(yaml.SafeLoader):
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        mapping = _Map(super().construct_mapping(node, deep=True))
+        mapping.line = node.start_mark.line + 1
+        mapping.key_lines = {
+            str(k.value): k.start_mark.line + 1 for k, _ in node.value if hasattr(k, "value")
+        }
+        return mapping
+
+    def construct_sequence(self, node, deep=False):  # type: ignore[override]
+        seq = _Seq(super().construct_sequence(node, deep=True))
+        seq.line = node.start_mark.line + 1
+        seq.item_lines = [item.start_mark.line + 1 for item in node.value]
+        return seq
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _Loader.construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _Loader.construct_sequence)
+
+
+class _Reader:
+    """Reads one file and raises ConfigError naming ``file:line`` and the dotted field."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def error(self, message: str, path: str, node: Any = None, key: str | int | None = None):
+        line = 0
+        if isinstance(node, _Map) and isinstance(key, str):
+            line = node.key_lines.get(key, node.line)
+        elif isinstance(node, _Seq) and isinstance(key, int) and key < len(node.item_lines):
+            line = node.item_lines[key]
+        elif isinstance(node, _Map | _Seq):
+            line = node.line
+        source = f"{self.path}:{line}" if line else str(self.path)
+        return ConfigError(message, source=source, field=path)
+
+    def get(self, node: _Map, key: str, path: str, kind: type | tuple, *, required=False):
+        if key not in node:
+            if required:
+                raise self.error(f"missing required field {key!r}", _join(path, key), node)
+            return None
+        value = node[key]
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise self.error(
+                f"expected {names}, got {type(value).__name__} {value!r}",
+                _join(path, key),
+                node,
+                key,
+            )
+        return value
+
+    def known(self, node: _Map, allowed: Iterable[str], path: str) -> None:
+        allowed = set(allowed)
+        for key in node:
+            if key not in allowed:
+                raise self.error(
+                    f"unknown field {key!r}; expected one of {sorted(allowed)}",
+                    _join(path, str(key)),
+                    node,
+                    str(key),
+                )
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def parse_duration(value: Any, *, field: str = "duration", source: str | None = None) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", value)
+        if match:
+            scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
+            return float(match.group(1)) * scale
+    raise ConfigError(
+        f"invalid duration {value!r}: use e.g. 500ms, 5s, 2m or a number of seconds",
+        source=source,
+        field=field,
+    )
+
+
+def load_playbooks(directory: str | Path) -> list[Playbook]:
+    """Every ``*.yaml``/``*.yml`` in ``directory``; names and alert routes must be unique."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigError(
+            f"playbook directory {str(directory)!r} does not exist", field="playbooks"
+        )
+    books: list[Playbook] = []
+    by_alert: dict[str, Playbook] = {}
+    names: dict[str, Playbook] = {}
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        book = load_playbook(path)
+        if book.name in names:
+            raise ConfigError(
+                f"playbook name {book.name!r} also used in {names[book.name].source}",
+                source=str(path),
+                field="playbook",
+            )
+        for alert in book.alerts:
+            if alert in by_alert:
+                raise ConfigError(
+                    f"alert {alert!r} is already handled by playbook "
+                    f"{by_alert[alert].name!r} ({by_alert[alert].source})",
+                    source=str(path),
+                    field="alerts",
+                )
+            by_alert[alert] = book
+        names[book.name] = book
+        books.append(book)
+    return books
+
+
+def load_playbook(path: str | Path) -> Playbook:
+    path = Path(path)
+    r = _Reader(path)
+    try:
+        doc = yaml.load(path.read_text(), Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", source=where) from None
+    if not isinstance(doc, _Map):
+        raise ConfigError("a playbook file must be a mapping", source=str(path))
+    r.known(
+        doc, ("playbook", "alerts", "description", "rules", "steps", "escalate", "follow_up"), ""
+    )
+    name = r.get(doc, "playbook", "", str, required=True)
+    alerts = r.get(doc, "alerts", "", list, required=True)
+    if not alerts or not all(isinstance(a, str) and a for a in alerts):
+        raise r.error("must be a non-empty list of alert names", "alerts", doc, "alerts")
+    steps_node = r.get(doc, "steps", "", list, required=True)
+    if not steps_node:
+        raise r.error("a playbook needs at least one step", "steps", doc, "steps")
+    steps = tuple(_step(r, node, _join("steps", i)) for i, node in enumerate(steps_node))
+    rules = tuple(
+        _rule(r, node, _join("rules", i))
+        for i, node in enumerate(r.get(doc, "rules", "", list) or [])
+    )
+    esc = r.get(doc, "escalate", "", dict) or _Map()
+    r.known(esc, ("severity", "summary"), "escalate")
+    follow = r.get(doc, "follow_up", "", dict) or _Map()
+    r.known(follow, ("prevention", "rca"), "follow_up")
+    items: list[str] = []
+    for kind in ("prevention", "rca"):
+        for item in r.get(follow, kind, "follow_up", list) or []:
+            items.append(f"{kind}: {item}")
+    return Playbook(
+        name=name,
+        alerts=tuple(alerts),
+        steps=steps,
+        source=str(path),
+        description=str(doc.get("description", "")),
+        rules=rules,
+        escalate_severity=str(esc.get("severity", "critical")),
+        escalate_summary=str(esc.get("summary", "")),
+        follow_up=tuple(items),
+    )
+
+
+def _step(r: _Reader, node: Any, path: str) -> Step:
+    if not isinstance(node, _Map):
+        raise r.error(f"a step must be a mapping, got {node!r}", path, node)
+    r.known(node, ("name", "options", "actions", "verify"), path)
+    name = r.get(node, "name", path, str, required=True)
+    verify = _verify(r, node["verify"], _join(path, "verify")) if "verify" in node else VerifySpec()
+    if ("options" in node) == ("actions" in node):
+        raise r.error("give either 'options' or 'actions'", _join(path, "options"), node)
+    if "actions" in node:
+        options = (Option(None, _actions(r, node, _join(path, "actions"))),)
+    else:
+        opts = r.get(node, "options", path, list)
+        options = tuple(_option(r, o, _join(_join(path, "options"), i)) for i, o in enumerate(opts))
+    return Step(name=name, options=options, verify=verify)
+
+
+def _option(r: _Reader, node: Any, path: str) -> Option:
+    if not isinstance(node, _Map):
+        raise r.error(f"an option must be a mapping, got {node!r}", path, node)
+    r.known(node, ("when", "actions", "verify"), path)
+    when = _when(r, node["when"], _join(path, "when")) if "when" in node else None
+    verify = _verify(r, node["verify"], _join(path, "verify")) if "verify" in node else None
+    return Option(when, _actions(r, node, _join(path, "actions")), verify)
+
+
+def _when(r: _Reader, node: Any, path: str) -> When:
+    if not isinstance(node, _Map):
+        raise r.error("'when' must be a mapping", path, node)
+    r.known(node, ("alert", "labels", "value", "severity"), path)
+
+    def names(key: str) -> tuple[str, ...]:
+        value = node.get(key)
+        if value is None:
+            return ()
+        return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+
+    labels = r.get(node, "labels", path, dict) or {}
+    value = None
+    if "value" in node:
+        match = _CMP.match(str(node["value"]))
+        if not match:
+            raise r.error(
+                f"expected a comparison like '>= 0.95', got {node['value']!r}",
+                _join(path, "value"),
+                node,
+                "value",
+            )
+        value = (_CMP_OPS[match.group(1)], float(match.group(2)))
+    return When(
+        alerts=names("alert"),
+        labels={
+            str(k): (tuple(str(x) for x in v) if isinstance(v, list) else (str(v),))
+            for k, v in labels.items()
+        },
+        value=value,
+        severity=names("severity"),
+    )
+
+
+def _actions(r: _Reader, node: _Map, path: str) -> tuple[ActionCall, ...]:
+    items = node.get("actions")
+    if not isinstance(items, list) or not items:
+        raise r.error("must be a non-empty list of actions", path, node, "actions")
+    calls = []
+    for i, item in enumerate(items):
+        where = _join(path, i)
+        if isinstance(item, str):
+            name, params = item, {}
+        elif isinstance(item, _Map) and isinstance(item.get("action"), str):
+            name, params = item["action"], {k: v for k, v in item.items() if k != "action"}
+        else:
+            raise r.error(
+                f"an action is a name or a mapping with 'action:', got {item!r}", where, items, i
+            )
+        fn = REGISTRY.get(name)
+        if fn is None:
+            raise r.error(
+                f"unknown action {name!r}; registered: {', '.join(sorted(REGISTRY))}",
+                _join(where, "action"),
+                item if isinstance(item, _Map) else items,
+                "action" if isinstance(item, _Map) else i,
+            )
+        try:
+            inspect.signature(fn).bind(None, **params)
+        except TypeError as exc:
+            raise r.error(f"bad parameters for action {name!r}: {exc}", where, item) from None
+        calls.append(ActionCall(name, dict(params)))
+    return tuple(calls)
+
+
+def _verify(r: _Reader, node: Any, path: str) -> VerifySpec:
+    if not isinstance(node, _Map):
+        raise r.error("'verify' must be a mapping", path, node)
+    keys = (
+        "wait",
+        "window",
+        "interval",
+        "condition",
+        "on_fixed",
+        "on_not_fixed",
+        "on_inconclusive",
+    )
+    r.known(node, keys, path)
+
+    def duration(key: str, default: float) -> float:
+        if key not in node:
+            return default
+        try:
+            return parse_duration(node[key])
+        except ConfigError as exc:
+            raise r.error(str(exc), _join(path, key), node, key) from None
+
+    def policy(key: str, allowed: tuple[str, ...], default: str) -> str:
+        value = node.get(key, default)
+        if value not in allowed:
+            raise r.error(
+                f"expected one of {list(allowed)}, got {value!r}", _join(path, key), node, key
+            )
+        return value
+
+    condition = Condition("default")
+    if "condition" in node:
+        condition = _condition(r, node["condition"], _join(path, "condition"))
+    return VerifySpec(
+        wait_s=duration("wait", 5.0),
+        window_s=duration("window", 10.0),
+        interval_s=max(0.01, duration("interval", 1.0)),
+        condition=condition,
+        on_fixed=policy("on_fixed", ("resolve",), "resolve"),
+        on_not_fixed=policy("on_not_fixed", _POLICIES_NOT_FIXED, "next"),
+        on_inconclusive=policy("on_inconclusive", _POLICIES_INCONCLUSIVE, "escalate"),
+    )
+
+
+def _condition(r: _Reader, node: Any, path: str) -> Condition:
+    if not isinstance(node, _Map):
+        raise r.error("'condition' must be a mapping", path, node)
+    if node.get("ready") is True:
+        r.known(node, ("ready",), path)
+        return Condition("ready")
+    if node.get("resolved") is True:
+        r.known(node, ("resolved",), path)
+        return Condition("resolved")
+    r.known(node, ("probe", *_OPS), path)
+    probe = r.get(node, "probe", path, str, required=True)
+    ops = [k for k in _OPS if k in node]
+    if len(ops) != 1:
+        raise r.error(f"give exactly one of {list(_OPS)}", path, node)
+    threshold = r.get(node, ops[0], path, (int, float))
+    return Condition("probe", probe=probe, op=ops[0], threshold=float(threshold))
+
+
+def _rule(r: _Reader, node: Any, path: str) -> Rule:
+    if not isinstance(node, _Map):
+        raise r.error("a rule must be a mapping", path, node)
+    r.known(node, ("alert", "probe", "for", "target", "severity", "labels", *_OPS), path)
+    ops = [k for k in _OPS if k in node]
+    if len(ops) != 1:
+        raise r.error(f"give exactly one of {list(_OPS)}", path, node)
+    try:
+        for_s = parse_duration(node.get("for", 0))
+    except ConfigError as exc:
+        raise r.error(str(exc), _join(path, "for"), node, "for") from None
+    labels = r.get(node, "labels", path, dict) or {}
+    return Rule(
+        alert=r.get(node, "alert", path, str, required=True),
+        probe=r.get(node, "probe", path, str, required=True),
+        op=ops[0],
+        threshold=float(r.get(node, ops[0], path, (int, float))),
+        target=r.get(node, "target", path, str, required=True),
+        for_s=for_s,
+        severity=str(node.get("severity", "warning")),
+        labels={str(k): str(v) for k, v in labels.items()},
+    )

@@ -1,0 +1,558 @@
+"""The Engine: alert in -> playbook step -> action(s) -> verify -> resolve or escalate.
+
+One dispatcher thread takes alerts off a bounded queue and decides (de-duplicate,
+route to a playbook, safety), writing every decision to the store before acting.
+Remediations run on a small worker pool, one per open incident; the outbox sends pages
+on its own thread; the optional webhook receiver runs on its own asyncio loop. A
+restarted engine resumes open incidents: a step whose action already ran is verified
+again rather than acted on twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import timeline as tl
+from ..targets.base import Target
+from .actions import REGISTRY, ActionContext, AdminUrl, default_admin_url
+from .alerts import Alert, EventAlerts, Probe, Rule, RuleEvaluator
+from .escalation import Channel, Outbox
+from .playbooks import Option, Playbook, Step, load_playbooks
+from .postmortem import Postmortem, build_postmortem
+from .redaction import LOGGER
+from .safety import Safety, SafetyPolicy
+from .store import (
+    DRY_RUN,
+    ESCALATED,
+    OPEN,
+    RESOLVED,
+    WARNED,
+    ActionRecord,
+    Incident,
+    OutboxItem,
+    Store,
+)
+from .verify import FIXED, INCONCLUSIVE, NOT_FIXED, Interrupted, VerifyResult, verify
+
+__all__ = ["Engine", "StrategyRun", "make_engine"]
+
+
+@dataclass(frozen=True)
+class StrategyRun:
+    """One playbook step as it ran for an incident (derived from the action log)."""
+
+    incident_id: str
+    alert: str
+    target: str
+    strategy: str
+    step: str
+    actions: tuple[str, ...]
+    ok: bool
+    outcome: str  # fixed | not_fixed | inconclusive | dry_run | action_failed | running
+
+
+@dataclass
+class _Run:
+    incident: Incident
+    resolved: threading.Event = field(default_factory=threading.Event)
+    resumed: bool = False
+
+
+class _Capped(Exception):
+    pass
+
+
+class Engine:
+    """Auto-remediation engine; see the module docstring for its threads."""
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        playbooks_dir: str | Path,
+        store_path: str | Path,
+        timeline: tl.Timeline | None = None,
+        dry_run: bool = False,
+        escalation: Sequence[Channel] = (),
+        probes: Mapping[str, Probe] | None = None,
+        rules: Sequence[Rule] = (),
+        safety: SafetyPolicy | None = None,
+        admin_url: AdminUrl = default_admin_url,
+        listen: str | None = None,
+        webhook_token: str | None = None,
+        max_queue: int = 10_000,
+        workers: int = 4,
+        eval_interval_s: float = 1.0,
+        crashloop_restarts: int = 3,
+        crashloop_window_s: float = 60.0,
+    ) -> None:
+        self.target = target
+        self.timeline = timeline
+        self.dry_run = dry_run
+        self.probes: dict[str, Probe] = dict(probes or {})
+        self.admin_url = admin_url
+        self.listen = listen
+        self.webhook_token = webhook_token
+        self.playbooks: list[Playbook] = load_playbooks(playbooks_dir)
+        self._routes = {name: book for book in self.playbooks for name in book.alerts}
+        self.store = Store(store_path)
+        self.safety = Safety(self.store, safety or SafetyPolicy())
+        self.outbox = Outbox(self.store, escalation)
+        all_rules = [*rules, *(r for book in self.playbooks for r in book.rules)]
+        self.rules = RuleEvaluator(all_rules, self.probes, self.submit)
+        self.event_alerts = EventAlerts(
+            self.submit, restarts=crashloop_restarts, window_s=crashloop_window_s
+        )
+        self.eval_interval_s = eval_interval_s
+        self._queue: queue.Queue[Alert | None] = queue.Queue(maxsize=max_queue)
+        self._workers = workers
+        self._lock = threading.Lock()
+        self._open: dict[tuple[str, str], _Run] = {}
+        self._escalated: dict[tuple[str, str], str] = {}
+        self._busy = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._webhook = None
+        self.webhook_url: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> Engine:
+        self._stop.clear()
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="engine-remediate")
+        self._resume()
+        self._spawn(self._dispatch, "engine-dispatch")
+        if self.rules.rules:
+            self._spawn(self._evaluate, "engine-rules")
+        self.outbox.start()
+        subscribe = getattr(self.target, "subscribe", None)
+        if callable(subscribe):
+            self._unsubscribe = subscribe(self.event_alerts)
+        if self.listen is not None:
+            from .webhook import WebhookServer
+
+            self._webhook = WebhookServer(self, self.listen, token=self.webhook_token)
+            self.webhook_url = self._webhook.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop taking alerts and acting; open incidents stay open for the next start."""
+        if self._webhook is not None:
+            self._webhook.stop()
+            self._webhook = None
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self._stop.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)  # wake the dispatcher
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self.outbox.stop()
+        with self._lock:
+            self._open.clear()
+
+    def close(self) -> None:
+        self.stop()
+        self.store.close()
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _spawn(self, fn: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=fn, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # -- alerts in ---------------------------------------------------------------------
+
+    def submit(self, alert: Alert) -> bool:
+        """Queue an alert; False when the queue is full (the webhook answers 503)."""
+        try:
+            self._queue.put_nowait(alert)
+        except queue.Full:
+            return False
+        return True
+
+    def idle(self) -> bool:
+        """No alert waiting and no remediation running (for callers that poll)."""
+        with self._lock:
+            return self._queue.unfinished_tasks == 0 and self._busy == 0
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.idle():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)  # polling with a deadline
+        return True
+
+    def _evaluate(self) -> None:
+        while not self._stop.wait(self.eval_interval_s):
+            self.rules.tick()
+
+    def _dispatch(self) -> None:
+        while not self._stop.is_set():
+            alert = self._queue.get()
+            try:
+                if alert is not None:
+                    self._decide(alert)
+            except Exception:
+                LOGGER.exception("deciding on alert failed")
+            finally:
+                self._queue.task_done()
+
+    def _decide(self, alert: Alert) -> None:
+        key = alert.key
+        with self._lock:
+            run = self._open.get(key)
+            escalated = self._escalated.get(key)
+        if not alert.firing:
+            self._mark(tl.ALERT_RESOLVED, alert.name, target=alert.target)
+            if run is not None:
+                run.resolved.set()
+                self.store.add_alert(alert, "resolved", run.incident.id)
+            elif escalated is not None:
+                self.store.add_alert(alert, "resolved", escalated)
+                self._close_escalated(key, escalated)
+            else:
+                self.store.add_alert(alert, "resolved")
+            return
+        if run is not None or escalated is not None:
+            self.store.add_alert(alert, "duplicate", run.incident.id if run else escalated)
+            return
+        now = time.time()
+        book = self._routes.get(alert.name)
+        if book is None:
+            incident = self._open_incident(alert, None, now)
+            self._escalate(incident, f"no playbook handles alert {alert.name!r}")
+            return
+        decision = self.safety.admit(alert.name, alert.target, now)
+        if not decision.allowed and decision.reason.startswith("cooldown"):
+            self.store.add_alert(alert, "suppressed: " + decision.reason)
+            return
+        incident = self._open_incident(alert, book, now)
+        if not decision.allowed:
+            self._escalate(incident, f"auto-remediation refused: {decision.reason}")
+            return
+        self.safety.begin(alert.name, alert.target, now)
+        self._launch(_Run(incident))
+
+    def _open_incident(self, alert: Alert, book: Playbook | None, now: float) -> Incident:
+        incident = Incident(
+            id=f"inc-{uuid.uuid4().hex[:12]}",
+            alert_name=alert.name,
+            target=alert.target,
+            fingerprint=alert.fingerprint,
+            playbook=book.name if book else "",
+            status=OPEN,
+            step=0,
+            severity=book.escalate_severity if book else alert.severity,
+            summary=(book.escalate_summary if book and book.escalate_summary else "")
+            or alert.annotations.get("summary", "")
+            or f"{alert.name} on {alert.target}",
+            reason="",
+            alert=alert,
+            follow_up=book.follow_up if book else (),
+            dry_run=self.dry_run,
+            opened_at=now,
+            detected_at=alert.received_at,
+            updated_at=now,
+            closed_at=None,
+        )
+        self.store.open_incident(incident)
+        self.store.add_alert(alert, "incident", incident.id)
+        self.store.note(
+            incident.id, "alert", f"{alert.name} firing on {alert.target} ({alert.source})"
+        )
+        self._mark(
+            tl.ALERT_FIRED,
+            alert.name,
+            at=alert.received_at,
+            target=alert.target,
+            incident=incident.id,
+            source=alert.source,
+            severity=alert.severity,
+        )
+        return incident
+
+    # -- remediation -------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        interrupted = self.store.interrupt_running_actions()
+        for incident in self.store.incidents(status=OPEN):
+            self.store.note(
+                incident.id,
+                "resumed",
+                f"engine restarted; resuming at step {incident.step + 1}"
+                + (f" ({interrupted} interrupted action(s) marked)" if interrupted else ""),
+            )
+            if incident.playbook not in {b.name for b in self.playbooks}:
+                self._escalate(incident, f"playbook {incident.playbook!r} no longer loaded")
+                continue
+            self._launch(_Run(incident, resumed=True))
+        for incident in self.store.incidents(status=ESCALATED):
+            with self._lock:
+                self._escalated[(incident.alert_name, incident.target)] = incident.id
+
+    def _launch(self, run: _Run) -> None:
+        with self._lock:
+            self._open[(run.incident.alert_name, run.incident.target)] = run
+            self._busy += 1
+        assert self._pool is not None
+        self._pool.submit(self._remediate, run)
+
+    def _remediate(self, run: _Run) -> None:
+        incident = run.incident
+        keep_open = False
+        try:
+            self._run_steps(run)
+        except Interrupted:
+            keep_open = True
+            self.store.note(incident.id, "interrupted", "engine stopped mid-remediation")
+        except _Capped as capped:
+            self._escalate(incident, f"auto-remediation stopped: {capped}")
+        except Exception as exc:
+            LOGGER.exception("remediation of %s failed", incident.id)
+            self._escalate(incident, f"engine error: {type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                if not keep_open:
+                    self._open.pop((incident.alert_name, incident.target), None)
+                self._busy -= 1
+
+    def _run_steps(self, run: _Run) -> None:
+        incident = run.incident
+        book = next(b for b in self.playbooks if b.name == incident.playbook)
+        ctx = ActionContext(
+            target=self.target,
+            alert=incident.alert,
+            incident_id=incident.id,
+            probes=self.probes,
+            admin_url=self.admin_url,
+            stop=self._stop,
+        )
+        rule = self.rules.rule_for(incident.alert)
+        done = {a.step for a in self.store.actions(incident.id)} if run.resumed else set()
+        for index in range(incident.step, len(book.steps)):
+            step = book.steps[index]
+            self.store.update_incident(incident.id, step=index)
+            option = step.choose(incident.alert)
+            if option is None:
+                self.store.note(incident.id, "skipped", f"step {step.name!r}: no option matches")
+                continue
+            spec = option.verify or step.verify
+            if index in done:
+                self.store.note(incident.id, "resumed", f"step {step.name!r} already acted: verify")
+                acted = True
+            else:
+                acted = self._act(incident, book, index, option, ctx)
+            if self.dry_run:
+                self._close(incident, DRY_RUN, f"dry run: would have run step {step.name!r}")
+                return
+            if acted:
+                started = time.time()
+                result = verify(spec, ctx, rule=rule, resolved=run.resolved)
+            else:
+                started = time.time()
+                result = VerifyResult(NOT_FIXED, "action", "action failed; not verified")
+            self.store.add_verification(
+                incident.id, index, result.condition, result.outcome, result.detail, started
+            )
+            self._mark(
+                tl.VERIFIED,
+                incident.alert_name,
+                target=incident.target,
+                incident=incident.id,
+                outcome=result.outcome,
+                strategy=book.name,
+                step=step.name,
+                detail=result.detail,
+            )
+            policy = {
+                FIXED: spec.on_fixed,
+                NOT_FIXED: spec.on_not_fixed,
+                INCONCLUSIVE: spec.on_inconclusive,
+            }[result.outcome]
+            if policy == "resolve":
+                self.safety.record_outcome(True, time.time())
+                self._close(incident, RESOLVED, f"{result.outcome} after step {step.name!r}")
+                return
+            if policy == "warn":
+                self._close(incident, WARNED, f"warning: {result.condition}: {result.detail}")
+                LOGGER.warning("%s on %s: %s", incident.alert_name, incident.target, result.detail)
+                return
+            if policy == "escalate":
+                break
+        reason = f"still failing after playbook {book.name!r}"
+        self._escalate(incident, reason)
+        if self.safety.record_outcome(False, time.time()):
+            self.store.note(
+                incident.id, "breaker", "circuit breaker opened: auto-remediation paused"
+            )
+            LOGGER.warning("circuit breaker opened after repeated failed remediations")
+
+    def _act(
+        self, incident: Incident, book: Playbook, index: int, option: Option, ctx: ActionContext
+    ) -> bool:
+        step: Step = book.steps[index]
+        for call in option.actions:
+            decision = self.safety.allow_action(incident.target, time.time())
+            if not decision.allowed:
+                raise _Capped(decision.reason)
+            detail = dict(
+                strategy=book.name, step=step.name, incident=incident.id, target=incident.target
+            )
+            if self.dry_run:
+                self._mark(tl.ACTION_STARTED, call.name, dry_run=True, **detail)
+                self.store.action_started(
+                    incident.id,
+                    incident.target,
+                    index,
+                    book.name,
+                    call.name,
+                    call.params,
+                    result="dry_run",
+                    detail=f"would have done: {call.describe()}",
+                )
+                self._mark(tl.ACTION_FINISHED, call.name, ok=False, dry_run=True, **detail)
+                continue
+            self._mark(tl.ACTION_STARTED, call.name, **detail)
+            action_id = self.store.action_started(
+                incident.id, incident.target, index, book.name, call.name, call.params
+            )
+            try:
+                text = REGISTRY[call.name](ctx, **call.params) or ""
+                result = "ok"
+            except Exception as exc:
+                if self._stop.is_set():
+                    self.store.action_finished(action_id, "interrupted", "engine stopped")
+                    raise Interrupted from None
+                text, result = f"{type(exc).__name__}: {exc}", "failed"
+            self.store.action_finished(action_id, result, text)
+            self._mark(tl.ACTION_FINISHED, call.name, ok=result == "ok", result=text, **detail)
+            if result != "ok":
+                LOGGER.warning("action %s for %s failed: %s", call.name, incident.id, text)
+                return False
+        return True
+
+    def _close(self, incident: Incident, status: str, reason: str) -> None:
+        self.store.update_incident(incident.id, status=status, reason=reason, closed_at=time.time())
+        self.store.note(incident.id, status, reason)
+
+    def _escalate(self, incident: Incident, reason: str) -> None:
+        self.store.update_incident(incident.id, status=ESCALATED, reason=reason)
+        self.store.note(incident.id, "escalated", reason)
+        with self._lock:
+            self._escalated[(incident.alert_name, incident.target)] = incident.id
+        fresh = self.store.incident(incident.id) or incident
+        self.outbox.enqueue(fresh, "trigger")
+        self._mark(
+            tl.ESCALATED,
+            incident.alert_name,
+            target=incident.target,
+            incident=incident.id,
+            reason=reason,
+        )
+
+    def _close_escalated(self, key: tuple[str, str], incident_id: str) -> None:
+        """The alert resolved after a page: close the incident and resolve the page."""
+        with self._lock:
+            self._escalated.pop(key, None)
+        self._close(self.store.incident(incident_id), RESOLVED, "alert resolved after escalation")
+        incident = self.store.incident(incident_id)
+        if incident is not None:
+            self.outbox.enqueue(incident, "resolve")
+
+    def _mark(self, kind: str, name: str, **detail: object) -> None:
+        if self.timeline is not None:
+            at = detail.pop("at", None)
+            self.timeline.mark(kind, name, at=at, **detail)  # type: ignore[arg-type]
+
+    # -- results -----------------------------------------------------------------------
+
+    def incidents(self) -> list[Incident]:
+        return self.store.incidents()
+
+    def actions(self) -> list[ActionRecord]:
+        return self.store.actions()
+
+    def strategies_run(self) -> list[StrategyRun]:
+        incidents = {i.id: i for i in self.store.incidents()}
+        books = {b.name: b for b in self.playbooks}
+        runs: list[StrategyRun] = []
+        grouped: dict[tuple[str, int], list[ActionRecord]] = {}
+        for record in self.store.actions():
+            grouped.setdefault((record.incident_id, record.step), []).append(record)
+        for (incident_id, index), records in grouped.items():
+            incident = incidents[incident_id]
+            verdicts = [v for v in self.store.verifications(incident_id) if v.step == index]
+            results = {r.result for r in records}
+            if "dry_run" in results:
+                outcome = "dry_run"
+            elif results & {"failed", "interrupted"}:
+                outcome = "action_failed"
+            else:
+                outcome = verdicts[-1].outcome if verdicts else "running"
+            book = books.get(records[0].strategy)
+            runs.append(
+                StrategyRun(
+                    incident_id=incident_id,
+                    alert=incident.alert_name,
+                    target=incident.target,
+                    strategy=records[0].strategy,
+                    step=book.steps[index].name if book and index < len(book.steps) else str(index),
+                    actions=tuple(r.action for r in records),
+                    ok=results == {"ok"},
+                    outcome=outcome,
+                )
+            )
+        return runs
+
+    def pages_sent(self) -> list[OutboxItem]:
+        """Escalations delivered (trigger events accepted by their channel)."""
+        return [i for i in self.store.outbox(status="delivered") if i.event_action == "trigger"]
+
+    def postmortem(self, incident_id: str) -> Postmortem:
+        return build_postmortem(self.store, incident_id)
+
+
+def make_engine(
+    target: Target,
+    *,
+    store_path: str | Path,
+    playbooks_dir: str | Path | None = None,
+    rootdir: str | Path | None = None,
+    timeline: tl.Timeline | None = None,
+    **options: object,
+) -> Engine:
+    """The factory the pytest plugin calls: playbooks from ``<rootdir>/remediators``.
+
+    Returns an Engine not yet started; the fixture starts it and closes it at teardown.
+    """
+    if playbooks_dir is None:
+        playbooks_dir = Path(rootdir or Path.cwd()) / "remediators"
+    return Engine(
+        target,
+        playbooks_dir=playbooks_dir,
+        store_path=store_path,
+        timeline=timeline,
+        **options,  # type: ignore[arg-type]
+    )
