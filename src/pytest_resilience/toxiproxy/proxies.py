@@ -68,7 +68,8 @@ class Proxy:
         try:
             self._server = await asyncio.start_server(self._accept, host, port)
         except OSError as exc:
-            raise apierrors.ApiError(f"listen tcp {self.listen}: {exc.strerror or exc}", 500)
+            message = f"listen tcp {self.listen}: {exc.strerror or exc}"
+            raise apierrors.ApiError(message, 500) from exc
         bound = self._server.sockets[0].getsockname()
         self.listen = join_address(bound[0], bound[1])  # port 0 becomes the real port
         self.enabled = True
