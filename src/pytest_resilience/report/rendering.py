@@ -1,0 +1,102 @@
+"""The Jinja2 environment and the formatting every report view shares.
+
+Jinja2 (already required by pytest-html) autoescapes every value, so text from timelines
+(event names, error messages) cannot inject markup; only the SVG charts are marked safe.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import jinja2
+
+from .model import SLOVerdict
+
+__all__ = ["environment", "format_seconds", "format_worst", "healed_label", "template_text"]
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+HEALED_LABELS = {
+    "engine": "engine (auto-remediation)",
+    "platform": "platform (restart / replacement)",
+    "fault_end": "fault end (nothing healed it)",
+    None: "not healed",
+}
+
+
+def format_seconds(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.1f} s" if abs(value) < 600 else f"{value / 60:.1f} min"
+
+
+def format_rate(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
+def format_number(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:g}" if float(value).is_integer() else f"{value:.3g}"
+
+
+def format_signed(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:+g}" if float(value).is_integer() else f"{value:+.3g}"
+
+
+def format_metric(value: float | None, key: str) -> str:
+    """A trend figure in its unit: rates in %, durations in s, counts and scores plain."""
+    if key.endswith("_rate"):
+        return format_rate(value)
+    if key.endswith("_s"):
+        return format_seconds(value)
+    return format_number(value)
+
+
+def format_score(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def format_worst(verdict: SLOVerdict) -> str:
+    """Worst value in the objective's own unit (error rate in %, latency in ms)."""
+    value = verdict.worst_value
+    if value is None:
+        return "—"
+    objective = verdict.objective.lower()
+    if objective.startswith(("error rate", "availability")):
+        return f"{value:.2%}"
+    if "latency" in objective:
+        return f"{value:.0f} ms"
+    return f"{value:g}"
+
+
+def healed_label(healed_by: str | None) -> str:
+    return HEALED_LABELS.get(healed_by, str(healed_by))
+
+
+@functools.cache
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=False,
+    )
+    env.filters.update(
+        secs=format_seconds,
+        rate=format_rate,
+        score=format_score,
+        num=format_number,
+        signed=format_signed,
+        metric=format_metric,
+    )
+    env.globals.update(worst=format_worst, healed_label=healed_label)
+    return env
+
+
+@functools.cache
+def template_text(name: str) -> str:
+    return (TEMPLATES / name).read_text(encoding="utf-8")
