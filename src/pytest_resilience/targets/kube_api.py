@@ -1,0 +1,233 @@
+"""Connecting the official ``kubernetes`` client, and one ladder of its API errors.
+
+``import kubernetes.client`` costs about a quarter of a second, so nothing here imports it
+at module level: the plugin can import this module for every pytest run for free.
+
+The client raises one ``ApiException`` for every HTTP failure; callers would then compare
+status codes all over the place. :func:`call` turns it into a typed error whose message
+says what to do: a 403 names the RBAC verb and resource to grant, an unreachable server
+says how to check the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ..errors import NotAllowed, TargetError
+
+__all__ = [
+    "KubeApiError",
+    "KubeConflict",
+    "KubeConnection",
+    "KubeForbidden",
+    "KubeInvalid",
+    "KubeNotFound",
+    "KubeServerError",
+    "KubeTooManyRequests",
+    "KubeUnreachable",
+    "call",
+    "connect",
+    "translate",
+]
+
+log = logging.getLogger("pytest_resilience.targets.kubernetes")
+T = TypeVar("T")
+
+
+class KubeApiError(TargetError):
+    """The API server refused or failed a request; ``status`` is the HTTP status (0: none)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        reason: str = "",
+        verb: str = "",
+        resource: str = "",
+        namespace: str | None = None,
+        name: str | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.verb = verb
+        self.resource = resource
+        self.namespace = namespace
+        self.name = name
+
+
+class KubeNotFound(KubeApiError):
+    """404: the object (or the API/subresource) does not exist."""
+
+
+class KubeForbidden(KubeApiError, NotAllowed):
+    """403: RBAC or an admission policy refused the request."""
+
+
+class KubeConflict(KubeApiError):
+    """409: already exists, or a write raced another writer."""
+
+
+class KubeInvalid(KubeApiError):
+    """400/422: the server rejected the object as malformed or not permitted in that shape."""
+
+
+class KubeTooManyRequests(KubeApiError):
+    """429: throttled, or an eviction blocked by a PodDisruptionBudget; retry after back-off."""
+
+
+class KubeServerError(KubeApiError):
+    """5xx from the API server."""
+
+
+class KubeUnreachable(KubeApiError):
+    """No HTTP answer at all: connection refused, DNS, TLS, timeout."""
+
+
+@dataclass(frozen=True)
+class KubeConnection:
+    """A resolved kubeconfig context and the client configuration built from it."""
+
+    context: str
+    configuration: Any  # kubernetes.client.Configuration (imported lazily)
+    kubeconfig: str
+
+    @property
+    def host(self) -> str:
+        return str(self.configuration.host)
+
+    def api_client(self) -> Any:
+        """A fresh ``ApiClient``: each watch thread and the exec path get their own."""
+        import kubernetes.client
+
+        return kubernetes.client.ApiClient(self.configuration)
+
+
+def connect(*, kubeconfig: str | None = None, context: str | None = None) -> KubeConnection:
+    """Resolve the kubeconfig file and context without contacting the cluster.
+
+    The context name must be known before anything is sent, so the safety policy can
+    refuse it first.
+    """
+    import kubernetes.client
+    import kubernetes.config
+    from kubernetes.config.config_exception import ConfigException
+
+    path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+    path = os.path.expanduser(path or "~/.kube/config")
+    if not os.path.exists(path):
+        raise TargetError(
+            f"no kubeconfig at {path!r}: create a cluster first (kind create cluster "
+            "--name chaos --config kind-config.yaml) or point KUBECONFIG at your kubeconfig"
+        )
+    try:
+        contexts, active = kubernetes.config.list_kube_config_contexts(config_file=path)
+    except ConfigException as exc:
+        raise TargetError(f"kubeconfig {path!r} is unusable: {exc}") from None
+    names = [c["name"] for c in contexts or ()]
+    chosen = context or (active or {}).get("name")
+    if not chosen:
+        raise TargetError(
+            f"kubeconfig {path!r} has no current-context: pass --kube-context "
+            f"(known contexts: {', '.join(names) or 'none'})"
+        )
+    if chosen not in names:
+        raise TargetError(
+            f"context {chosen!r} not found in kubeconfig {path!r}; known contexts: "
+            f"{', '.join(names) or 'none'} (kind names its contexts kind-<cluster>)"
+        )
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_kube_config(
+            config_file=path, context=chosen, client_configuration=configuration
+        )
+    except ConfigException as exc:
+        raise TargetError(f"context {chosen!r} in {path!r} is unusable: {exc}") from None
+    return KubeConnection(context=chosen, configuration=configuration, kubeconfig=path)
+
+
+def call(
+    fn: Callable[..., T],
+    *args: Any,
+    verb: str,
+    resource: str,
+    namespace: str | None = None,
+    name: str | None = None,
+    **kwargs: Any,
+) -> T:
+    """Run one client call; any failure comes out as a :class:`KubeApiError` subclass."""
+    import urllib3.exceptions
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return fn(*args, **kwargs)
+    except ApiException as exc:
+        raise translate(exc, verb=verb, resource=resource, namespace=namespace, name=name) from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise KubeUnreachable(
+            f"{verb} {resource}: API server unreachable ({exc}); is the cluster up? "
+            "(kind get clusters; kubectl cluster-info)",
+            verb=verb,
+            resource=resource,
+            namespace=namespace,
+            name=name,
+        ) from None
+
+
+def translate(
+    exc: Any, *, verb: str, resource: str, namespace: str | None = None, name: str | None = None
+) -> KubeApiError:
+    """Map an ``ApiException`` to the ladder, with the server's own message kept."""
+    status = int(getattr(exc, "status", 0) or 0)
+    reason = str(getattr(exc, "reason", "") or "")
+    server_msg = reason
+    body = getattr(exc, "body", None)
+    if body:
+        try:
+            parsed = json.loads(body)
+            server_msg = parsed.get("message") or server_msg
+            reason = parsed.get("reason") or reason
+        except (ValueError, AttributeError):
+            server_msg = str(body)[:300]
+    if status == 0 and "Handshake status" in reason:  # websocket (exec) failures
+        try:
+            status = int(reason.split("Handshake status", 1)[1].split()[0])
+        except (IndexError, ValueError):
+            pass
+    base, _, sub = resource.partition("/")
+    where = "/".join(filter(None, (base, name, sub)))
+    where += f" in namespace {namespace!r}" if namespace else ""
+    fields = dict(
+        status=status, reason=reason, verb=verb, resource=resource, namespace=namespace, name=name
+    )
+    if status == 404:
+        return KubeNotFound(f"{verb} {where}: not found ({server_msg})", **fields)
+    if status == 403:
+        scope = f"-n {namespace} " if namespace else ""
+        kind = "role" if namespace else "clusterrole"
+        return KubeForbidden(
+            f"{verb} {where}: forbidden ({server_msg}); grant the kube user verb {verb!r} on "
+            f"{resource!r}, e.g. kubectl create {kind} chaos {scope}--verb={verb} "
+            f"--resource={resource} and bind it (kubectl create {kind}binding ...)",
+            **fields,
+        )
+    if status == 409:
+        return KubeConflict(f"{verb} {where}: conflict ({server_msg})", **fields)
+    if status in (400, 422):
+        return KubeInvalid(f"{verb} {where}: rejected as invalid ({server_msg})", **fields)
+    if status == 429:
+        return KubeTooManyRequests(f"{verb} {where}: too many requests ({server_msg})", **fields)
+    if status >= 500:
+        return KubeServerError(f"{verb} {where}: server error {status} ({server_msg})", **fields)
+    if status == 0:
+        return KubeUnreachable(
+            f"{verb} {where}: no answer from the API server ({server_msg}); is the cluster up?",
+            **fields,
+        )
+    return KubeApiError(f"{verb} {where}: HTTP {status} ({server_msg})", **fields)

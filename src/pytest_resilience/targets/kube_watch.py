@@ -1,0 +1,293 @@
+"""List-then-watch loops that turn API object changes into :class:`TargetEvent` values.
+
+Why not ``kubernetes.watch.Watch``: with ``deserialize=False`` it crashes on an ERROR
+event (it reads a key it only sets when deserializing), and deserializing every pod of a
+1,000-pod namespace into models is wasted work. So this is the informer pattern in
+miniature: list once (the baseline, no events), then watch from the list's
+resourceVersion; when the server ends the stream (timeout) watch again from the last
+version; on ``410 Gone`` list again. Never a polling loop over all pods.
+
+Each loop keeps the last state of every object and emits events only on transitions, so a
+stream that replays objects as ADDED (servers and emulators do on re-watch) is harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .base import EventKind, TargetEvent
+
+__all__ = ["ResourceWatch", "diff_deployment", "diff_node", "diff_pod", "pod_is_ready"]
+
+log = logging.getLogger("pytest_resilience.targets.kubernetes")
+
+Obj = Mapping[str, Any]
+Differ = Callable[[Obj | None, Obj | None], list[TargetEvent]]
+
+_CRASH_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "InvalidImageName",
+        "RunContainerError",
+    }
+)
+
+
+class _Gone(Exception):
+    """The watch's resourceVersion is too old (410): list again."""
+
+
+@dataclass
+class ResourceWatch:
+    """One resource's list+watch loop in a daemon thread.
+
+    ``list_fn`` is a bound client list method with its scope (namespace, selectors)
+    already applied, e.g. ``functools.partial(core.list_namespaced_pod, "ns")``.
+    """
+
+    name: str
+    list_fn: Callable[..., Any]
+    differ: Differ
+    emit: Callable[[TargetEvent], None]
+    key: Callable[[Obj], str] = lambda o: o["metadata"]["name"]
+    accept: Callable[[Obj], bool] = lambda o: True
+    timeout_s: int = 300
+
+    def __post_init__(self) -> None:
+        self.state: dict[str, Obj] = {}
+        self.synced = threading.Event()
+        self.requests = 0
+        self._stop = threading.Event()
+        self._resp: Any = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"kube-watch-{self.name}", daemon=True
+        )
+
+    def start(self) -> ResourceWatch:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        _abort(self._resp)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                version = self._relist()
+                backoff = 0.2
+                while not self._stop.is_set():
+                    version = self._watch(version)
+            except _Gone:
+                log.debug("watch %s: 410 Gone, listing again", self.name)
+            except Exception as exc:  # noqa: BLE001 - a watch thread must survive to retry
+                if self._stop.is_set():
+                    return
+                log.warning("watch %s failed (%s); retrying in %.1fs", self.name, exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _relist(self) -> str:
+        self.requests += 1
+        resp = self.list_fn(_preload_content=False)
+        data = json.loads(resp.data)
+        fresh = {self.key(o): o for o in data.get("items") or () if self.accept(o)}
+        if self.synced.is_set():  # a re-list after 410: report what changed meanwhile
+            for k in self.state.keys() | fresh.keys():
+                self._apply(k, self.state.get(k), fresh.get(k))
+        self.state = fresh
+        self.synced.set()
+        return str((data.get("metadata") or {}).get("resourceVersion") or "")
+
+    def _watch(self, version: str) -> str:
+        kwargs: dict[str, Any] = dict(
+            watch=True,
+            timeout_seconds=self.timeout_s,
+            allow_watch_bookmarks=True,
+            _preload_content=False,
+        )
+        if version:
+            kwargs["resource_version"] = version
+        self.requests += 1
+        resp = self._resp = self.list_fn(**kwargs)
+        if self._stop.is_set():
+            _abort(resp)
+        from kubernetes.watch.watch import iter_resp_lines
+
+        try:
+            for line in iter_resp_lines(resp):
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                obj = event.get("object") or {}
+                kind = event.get("type")
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise _Gone()
+                    raise RuntimeError(f"watch error: {obj.get('message') or obj}")
+                version = str(obj.get("metadata", {}).get("resourceVersion") or version)
+                if kind == "BOOKMARK" or not self.accept(obj):
+                    continue
+                k = self.key(obj)
+                new = None if kind == "DELETED" else obj
+                self._apply(k, self.state.get(k), new)
+                if new is None:
+                    self.state.pop(k, None)
+                else:
+                    self.state[k] = new
+        finally:
+            self._resp = None
+            resp.release_conn()
+        return version
+
+    def _apply(self, key: str, old: Obj | None, new: Obj | None) -> None:
+        if old is None and new is None:
+            return
+        for event in self.differ(old, new):
+            try:
+                self.emit(event)
+            except Exception:  # noqa: BLE001 - one bad subscriber must not kill the watch
+                log.exception("event subscriber failed on %s", event)
+
+
+def _abort(resp: Any) -> None:
+    """Unblock a thread stuck reading a stream: shut the socket down under it."""
+    if resp is None:
+        return
+    conn = getattr(resp, "connection", None)
+    sock = getattr(conn, "sock", None) if conn else None
+    try:
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _condition(obj: Obj | None, kind: str) -> bool | None:
+    for cond in (obj or {}).get("status", {}).get("conditions") or ():
+        if cond.get("type") == kind:
+            return cond.get("status") == "True"
+    return None
+
+
+def pod_is_ready(obj: Obj | None) -> bool:
+    if not obj or obj.get("metadata", {}).get("deletionTimestamp"):
+        return False
+    return bool(_condition(obj, "Ready"))
+
+
+def pod_workload(obj: Obj) -> str:
+    """The owning workload's name: Deployment (via its ReplicaSet), other owner, or label."""
+    meta = obj.get("metadata", {})
+    labels = meta.get("labels") or {}
+    for ref in meta.get("ownerReferences") or ():
+        owner = str(ref.get("name", ""))
+        template_hash = labels.get("pod-template-hash")
+        if ref.get("kind") == "ReplicaSet" and template_hash and owner.endswith("-" + template_hash):
+            return owner[: -len(template_hash) - 1]
+        return owner
+    return labels.get("app.kubernetes.io/name") or labels.get("app") or str(meta.get("name", ""))
+
+
+def _restarts(obj: Obj | None) -> dict[str, int]:
+    statuses = (obj or {}).get("status", {}).get("containerStatuses") or ()
+    return {s.get("name", ""): int(s.get("restartCount") or 0) for s in statuses}
+
+
+def _waiting_reasons(obj: Obj | None) -> set[str]:
+    statuses = (obj or {}).get("status", {}).get("containerStatuses") or ()
+    reasons = {((s.get("state") or {}).get("waiting") or {}).get("reason") for s in statuses}
+    return {r for r in reasons if r in _CRASH_REASONS}
+
+
+def diff_pod(old: Obj | None, new: Obj | None) -> list[TargetEvent]:
+    """Pod transitions: started, ready/not ready, died (deleted, restarted, failed)."""
+    ref = new or old or {}
+    name = ref.get("metadata", {}).get("name")
+    common = dict(workload=pod_workload(ref), pod=name, node=ref.get("spec", {}).get("nodeName"))
+    events: list[TargetEvent] = []
+    if new is None:
+        if not (old or {}).get("metadata", {}).get("deletionTimestamp"):
+            events.append(TargetEvent(EventKind.POD_DIED, detail="deleted", **common))
+        return events
+    if old is None:
+        events.append(TargetEvent(EventKind.POD_STARTED, **common))
+    if new.get("metadata", {}).get("deletionTimestamp") and not (old or {}).get(
+        "metadata", {}
+    ).get("deletionTimestamp"):
+        events.append(TargetEvent(EventKind.POD_DIED, detail="terminating", **common))
+    before, after = _restarts(old), _restarts(new)
+    for container, count in after.items():
+        if old is not None and count > before.get(container, 0):
+            events.append(
+                TargetEvent(
+                    EventKind.POD_DIED,
+                    detail=f"container {container} restarted",
+                    restarts=count,
+                    **common,
+                )
+            )
+    if new.get("status", {}).get("phase") == "Failed" and (old or {}).get("status", {}).get(
+        "phase"
+    ) != "Failed":
+        events.append(TargetEvent(EventKind.POD_DIED, detail="phase Failed", **common))
+    for reason in sorted(_waiting_reasons(new) - _waiting_reasons(old)):
+        events.append(
+            TargetEvent(
+                EventKind.POD_FAILED_TO_START,
+                detail=reason,
+                restarts=max(after.values(), default=0),
+                **common,
+            )
+        )
+    was, now = pod_is_ready(old), pod_is_ready(new)
+    if now and not was:
+        events.append(TargetEvent(EventKind.POD_READY, **common))
+    elif was and not now and not new.get("metadata", {}).get("deletionTimestamp"):
+        events.append(TargetEvent(EventKind.POD_NOT_READY, **common))
+    return events
+
+
+def diff_node(old: Obj | None, new: Obj | None) -> list[TargetEvent]:
+    name = (new or old or {}).get("metadata", {}).get("name")
+    was = _condition(old, "Ready") if old else None
+    now = _condition(new, "Ready") if new else False
+    if now is False and was is not False and old is not None:
+        return [TargetEvent(EventKind.NODE_NOT_READY, node=name)]
+    if now and was is False:
+        return [TargetEvent(EventKind.NODE_READY, node=name)]
+    return []
+
+
+_RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+
+
+def diff_deployment(old: Obj | None, new: Obj | None) -> list[TargetEvent]:
+    if old is None or new is None:
+        return []
+    name = new.get("metadata", {}).get("name")
+    events: list[TargetEvent] = []
+    before = old.get("spec", {}).get("replicas")
+    after = new.get("spec", {}).get("replicas")
+    if before != after:
+        events.append(TargetEvent(EventKind.SCALED, workload=name, detail=f"{before}->{after}"))
+
+    def stamp(o: Obj) -> Any:
+        tmpl = o.get("spec", {}).get("template", {}).get("metadata") or {}
+        return (tmpl.get("annotations") or {}).get(_RESTARTED_AT)
+
+    if stamp(new) and stamp(new) != stamp(old):
+        events.append(TargetEvent(EventKind.RESTARTED, workload=name, detail=str(stamp(new))))
+    return events

@@ -1,0 +1,812 @@
+"""The Kubernetes target: a real cluster through the official ``kubernetes`` client.
+
+Pods are found by label selector in one namespace; a SIGKILL is a delete with grace 0,
+other signals are ``kill -<SIG> 1`` by exec; events come from list+watch streams
+(:mod:`.kube_watch`), never from polling all pods; rollback re-applies the previous
+ReplicaSet's template the way ``kubectl rollout undo`` does; drain goes through the
+Eviction API so PodDisruptionBudgets are honoured.
+
+Safety first (:mod:`.kube_safety`): the context and namespace are checked when the target
+is built, and each changing call checks its namespace again before anything is sent.
+``dry_run=True`` logs every change it would make (and keeps them in ``dry_run_calls``)
+and sends none.
+
+The client library is imported inside functions only: ``import kubernetes.client`` costs
+~0.27 s and most pytest runs never build this target.
+
+Note on signals: inside a container PID 1 ignores any signal it installed no handler
+for (SIGSTOP/SIGKILL included), so ``kill -TERM 1`` needs an app that handles SIGTERM
+and pause/resume (``kill -STOP/-CONT 1``) needs an init (tini, shareProcessNamespace) in
+front of the app.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import json
+import logging
+import signal as _signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from ..errors import SelectorMatchedNothing, TargetError
+from .base import EventKind, ExecResult, Node, Pod, TargetEvent, Workload, parse_selector
+from .base import match_labels
+from .kube_api import (
+    KubeConnection,
+    KubeNotFound,
+    KubeTooManyRequests,
+    call,
+    connect,
+    translate,
+)
+from .kube_faults import KubeFaults
+from .kube_safety import ChaosPolicy
+from .kube_watch import (
+    ResourceWatch,
+    diff_deployment,
+    diff_node,
+    diff_pod,
+    pod_is_ready,
+    pod_workload,
+)
+
+__all__ = ["KubernetesTarget"]
+
+log = logging.getLogger("pytest_resilience.targets.kubernetes")
+
+_HASH_LABELS = ("pod-template-hash", "controller-revision-hash", "statefulset.kubernetes.io/pod-name")
+_REVISION = "deployment.kubernetes.io/revision"
+_RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+
+
+class KubernetesTarget(KubeFaults):
+    """:class:`~pytest_resilience.targets.base.Target` on a Kubernetes cluster.
+
+    ``context``/``kubeconfig`` pick the cluster (default: the kubeconfig's current
+    context); ``namespace`` is where workloads live; ``allow`` takes ``--chaos-allow``
+    values (syntax in :mod:`.kube_safety`).
+    """
+
+    name = "kubernetes"
+
+    def __init__(
+        self,
+        *,
+        context: str | None = None,
+        namespace: str = "default",
+        allow: Iterable[str] | str | None = (),
+        kubeconfig: str | None = None,
+        dry_run: bool = False,
+        watch_timeout_s: int = 300,
+        net_image: str = "nicolaka/netshoot:v0.13",
+    ):
+        self.policy = ChaosPolicy.parse(allow)
+        self.conn: KubeConnection = connect(kubeconfig=kubeconfig, context=context)
+        self.policy.check_context(self.conn.context)
+        self.policy.check_namespace(namespace)
+        self.context = self.conn.context
+        self.namespace = namespace
+        self.dry_run = dry_run
+        self.dry_run_calls: list[str] = []
+        self.net_image = net_image
+        self._watch_timeout_s = watch_timeout_s
+        import kubernetes.client as kc
+
+        self._client = self.conn.api_client()
+        self._core = kc.CoreV1Api(self._client)
+        self._apps = kc.AppsV1Api(self._client)
+        self._net = kc.NetworkingV1Api(self._client)
+        self._exec_client = self.conn.api_client()  # stream() patches its ApiClient: keep it apart
+        self._exec_lock = threading.Lock()
+        self._subscribers: list[Callable[[TargetEvent], None]] = []
+        self._sub_lock = threading.Lock()
+        self._watches: list[ResourceWatch] = []
+        self._watch_clients: list[Any] = []
+        self._kill_times: dict[tuple[str, str], float] = {}
+
+    # ------------------------------------------------------------------ reading
+
+    def pods(
+        self, selector: str | Mapping[str, str] = "", *, namespace: str | None = None
+    ) -> list[Pod]:
+        wanted = parse_selector(selector)
+        ns = namespace or self.namespace
+        data = self._read(
+            self._core.list_namespaced_pod,
+            ns,
+            label_selector=_selector_string(wanted),
+            verb="list",
+            resource="pods",
+            namespace=ns,
+        )
+        items = [o for o in data.get("items") or () if match_labels(_labels(o), wanted)]
+        return [_pod(o) for o in sorted(items, key=lambda o: o["metadata"]["name"])]
+
+    def select(
+        self, selector: str | Mapping[str, str], *, namespace: str | None = None
+    ) -> list[Pod]:
+        """Like :meth:`pods`, but a selector that matches nothing is an error, not a no-op."""
+        found = self.pods(selector, namespace=namespace)
+        if not found:
+            raise SelectorMatchedNothing(
+                f"selector {_selector_string(parse_selector(selector))!r} matched no pod in "
+                f"namespace {namespace or self.namespace!r} (context {self.context!r}); "
+                "check the labels with kubectl get pods --show-labels"
+            )
+        return found
+
+    def workloads(self) -> list[Workload]:
+        data = self._read(
+            self._apps.list_namespaced_deployment,
+            self.namespace,
+            verb="list",
+            resource="deployments",
+            namespace=self.namespace,
+        )
+        return [_workload(o) for o in data.get("items") or ()]
+
+    def nodes(self) -> list[Node]:
+        data = self._read(self._core.list_node, verb="list", resource="nodes")
+        return [_node(o) for o in data.get("items") or ()]
+
+    def endpoint(self, workload: str) -> str:
+        """Where clients reach a workload: an explicit annotation, a NodePort, or cluster DNS."""
+        svc = self._read(
+            self._core.read_namespaced_service,
+            workload,
+            self.namespace,
+            verb="get",
+            resource="services",
+            namespace=self.namespace,
+            name=workload,
+        )
+        annotations = svc.get("metadata", {}).get("annotations") or {}
+        if annotations.get("pytest-resilience/endpoint"):
+            return str(annotations["pytest-resilience/endpoint"])
+        ports = svc.get("spec", {}).get("ports") or [{}]
+        if svc.get("spec", {}).get("type") == "NodePort" and ports[0].get("nodePort"):
+            for node in self._read(self._core.list_node, verb="list", resource="nodes")["items"]:
+                for addr in node.get("status", {}).get("addresses") or ():
+                    if addr.get("type") == "InternalIP":
+                        return f"http://{addr['address']}:{ports[0]['nodePort']}"
+        port = ports[0].get("port", 80)
+        return f"http://{workload}.{self.namespace}.svc.cluster.local:{port}"
+
+    # ---------------------------------------------------------------- changing
+
+    def kill_pod(self, pod: Pod, *, sig: int = _signal.SIGKILL) -> None:
+        """SIGKILL: delete with grace 0 (the controller replaces it); else ``kill -SIG 1``."""
+        self.policy.check_namespace(pod.namespace)
+        if sig == _signal.SIGKILL:
+            self._kill_times[(pod.namespace, pod.name)] = time.time()
+            self._change(
+                f"DELETE pod {pod.namespace}/{pod.name} gracePeriodSeconds=0",
+                self._core.delete_namespaced_pod,
+                pod.name,
+                pod.namespace,
+                grace_period_seconds=0,
+                verb="delete",
+                resource="pods",
+                namespace=pod.namespace,
+                name=pod.name,
+            )
+            return
+        name = _signal.Signals(sig).name.removeprefix("SIG")
+        result = self.exec(pod, ["kill", f"-{name}", "1"])
+        if result.exit_code != 0:
+            raise TargetError(
+                f"kill -{name} 1 in pod {pod.namespace}/{pod.name} exited {result.exit_code}: "
+                f"{result.stderr.strip() or result.stdout.strip()}"
+            )
+
+    def pause_pod(self, pod: Pod) -> None:
+        self.kill_pod(pod, sig=_signal.SIGSTOP)
+
+    def resume_pod(self, pod: Pod) -> None:
+        self.kill_pod(pod, sig=_signal.SIGCONT)
+
+    def exec(
+        self,
+        pod: Pod,
+        argv: Sequence[str],
+        *,
+        timeout: float = 30.0,
+        container: str | None = None,
+    ) -> ExecResult:
+        """Run ``argv`` in the pod (``kubernetes.stream``); exec can change anything, so it
+        is subject to the namespace rules and to dry-run."""
+        self.policy.check_namespace(pod.namespace)
+        where = f"{pod.namespace}/{pod.name}" + (f" container {container}" if container else "")
+        if self._dry(f"EXEC in pod {where}: {' '.join(argv)}"):
+            return ExecResult(0, "", "dry-run: not executed")
+        import kubernetes.client as kc
+        from kubernetes.client.exceptions import ApiException
+        from kubernetes.stream import stream
+
+        kwargs: dict[str, Any] = dict(
+            command=list(argv), stderr=True, stdin=False, stdout=True, tty=False
+        )
+        if container:
+            kwargs["container"] = container
+        fields = dict(verb="create", resource="pods/exec", namespace=pod.namespace, name=pod.name)
+        with self._exec_lock:
+            try:
+                ws = stream(
+                    kc.CoreV1Api(self._exec_client).connect_get_namespaced_pod_exec,
+                    pod.name,
+                    pod.namespace,
+                    _preload_content=False,
+                    **kwargs,
+                )
+            except ApiException as exc:
+                raise translate(exc, **fields) from None
+        try:
+            ws.run_forever(timeout=timeout)
+            if ws.is_open():
+                raise TargetError(f"exec in pod {where} did not finish within {timeout}s: {argv}")
+            stdout, stderr = ws.read_stdout() or "", ws.read_stderr() or ""
+            try:
+                code = ws.returncode
+            except (TypeError, KeyError, ValueError, IndexError):
+                code = -1  # no status on the error channel: the connection broke
+        finally:
+            ws.close()
+        return ExecResult(int(code if code is not None else -1), stdout, stderr)
+
+    def scale(self, workload: str, replicas: int) -> None:
+        """Through the scale subresource, so only the replica count is touched."""
+        self.policy.check_namespace(self.namespace)
+        if replicas < 0:
+            raise TargetError(f"scale {workload}: replicas must be >= 0, got {replicas}")
+        self._change(
+            f"PATCH deployment {self.namespace}/{workload}/scale replicas={replicas}",
+            self._apps.patch_namespaced_deployment_scale,
+            workload,
+            self.namespace,
+            {"spec": {"replicas": replicas}},
+            verb="patch",
+            resource="deployments/scale",
+            namespace=self.namespace,
+            name=workload,
+        )
+
+    def restart(self, workload: str) -> None:
+        """What ``kubectl rollout restart`` does: stamp the pod template."""
+        self.policy.check_namespace(self.namespace)
+        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        patch = {"spec": {"template": {"metadata": {"annotations": {_RESTARTED_AT: stamp}}}}}
+        self._change(
+            f"PATCH deployment {self.namespace}/{workload} template {_RESTARTED_AT}={stamp}",
+            self._apps.patch_namespaced_deployment,
+            workload,
+            self.namespace,
+            patch,
+            verb="patch",
+            resource="deployments",
+            namespace=self.namespace,
+            name=workload,
+        )
+
+    def rollback(self, workload: str) -> str:
+        """Re-apply the previous ReplicaSet revision's template (``kubectl rollout undo``).
+
+        Returns the revision rolled back to, e.g. ``"2"``.
+        """
+        self.policy.check_namespace(self.namespace)
+        ns = self.namespace
+        dep = self._deployment(workload)
+        uid = dep["metadata"].get("uid")
+        match = (dep.get("spec", {}).get("selector") or {}).get("matchLabels") or {}
+        sets = self._read(
+            self._apps.list_namespaced_replica_set,
+            ns,
+            label_selector=_selector_string(match),
+            verb="list",
+            resource="replicasets",
+            namespace=ns,
+        )
+        owned = [
+            rs
+            for rs in sets.get("items") or ()
+            if match_labels(_labels(rs), match)
+            and any(
+                ref.get("kind") == "Deployment"
+                and (ref.get("uid") == uid if uid and ref.get("uid") else ref.get("name") == workload)
+                for ref in rs["metadata"].get("ownerReferences") or ()
+            )
+        ]
+        revisions = sorted(
+            ((_revision(rs), rs) for rs in owned if _revision(rs) > 0), key=lambda p: p[0]
+        )
+        current = _revision(dep) or (revisions[-1][0] if revisions else 0)
+        older = [(rev, rs) for rev, rs in revisions if rev < current]
+        if not older:
+            raise TargetError(
+                f"rollback {ns}/{workload}: no revision older than {current} among its "
+                f"ReplicaSets ({[r for r, _ in revisions]}); nothing to roll back to"
+            )
+        rev, rs = older[-1]
+        template = json.loads(json.dumps(rs["spec"]["template"]))
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        labels.pop("pod-template-hash", None)
+        patch = [{"op": "replace", "path": "/spec/template", "value": template}]
+        self._change(
+            f"PATCH deployment {ns}/{workload} template := ReplicaSet "
+            f"{rs['metadata']['name']} (revision {rev})",
+            self._apps.patch_namespaced_deployment,
+            workload,
+            ns,
+            patch,
+            verb="patch",
+            resource="deployments",
+            namespace=ns,
+            name=workload,
+        )
+        self._emit(TargetEvent(EventKind.ROLLED_BACK, workload=workload, detail=f"revision {rev}"))
+        return str(rev)
+
+    def cordon(self, node: str) -> None:
+        self._set_unschedulable(node, True)
+
+    def uncordon(self, node: str) -> None:
+        self._set_unschedulable(node, False)
+
+    def drain(self, node: str, *, timeout: float = 120.0) -> list[Pod]:
+        """Cordon, then evict every pod on the node through the Eviction API.
+
+        DaemonSet pods and mirror (static) pods are skipped, as ``kubectl drain`` does;
+        so are pods in namespaces the safety rules protect (logged). A 429 (a
+        PodDisruptionBudget says not now) is retried with back-off until ``timeout``.
+        Returns the pods whose eviction was accepted.
+        """
+        self.cordon(node)
+        data = self._read(
+            self._core.list_pod_for_all_namespaces,
+            field_selector=f"spec.nodeName={node}",
+            verb="list",
+            resource="pods",
+        )
+        deadline = time.monotonic() + timeout
+        evicted: list[Pod] = []
+        for obj in data.get("items") or ():
+            if obj.get("spec", {}).get("nodeName") != node or not _evictable(obj):
+                continue
+            pod = _pod(obj)
+            try:
+                self.policy.check_namespace(pod.namespace)
+            except TargetError as refusal:
+                log.warning("drain %s: leaving pod %s/%s: %s", node, pod.namespace, pod.name, refusal)
+                continue
+            if self._evict(pod, deadline):
+                evicted.append(pod)
+        return evicted
+
+    def _evict(self, pod: Pod, deadline: float) -> bool:
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": pod.name, "namespace": pod.namespace},
+        }
+        delay = 0.1
+        while True:
+            try:
+                self._change(
+                    f"CREATE eviction for pod {pod.namespace}/{pod.name}",
+                    self._core.create_namespaced_pod_eviction,
+                    pod.name,
+                    pod.namespace,
+                    body,
+                    verb="create",
+                    resource="pods/eviction",
+                    namespace=pod.namespace,
+                    name=pod.name,
+                )
+                return True
+            except KubeNotFound:
+                return False  # already gone
+            except KubeTooManyRequests as exc:
+                if time.monotonic() + delay > deadline:
+                    raise TargetError(
+                        f"drain: eviction of pod {pod.namespace}/{pod.name} still refused at "
+                        f"the deadline (a PodDisruptionBudget allows no disruption): {exc}"
+                    ) from None
+                log.info("eviction of %s refused (429), retrying in %.1fs", pod.name, delay)
+                time.sleep(delay)  # back-off demanded by the server, not synchronisation
+                delay = min(delay * 2, 5.0)
+
+    # ------------------------------------------------------------------ waiting
+
+    def wait_ready(
+        self, workload: str, *, timeout: float = 60.0, replicas: int | None = None
+    ) -> None:
+        """Watch the Deployment until its updated and ready replicas reach the spec."""
+        deadline = time.monotonic() + timeout
+        dep = self._deployment(workload)
+        version = dep["metadata"].get("resourceVersion", "")
+        while not _deployment_ready(dep, replicas):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TargetError(_not_ready_message(dep, replicas, timeout))
+            found = self._watch_until(
+                self._apps.list_namespaced_deployment,
+                lambda o: o["metadata"]["name"] == workload,
+                lambda o: _deployment_ready(o, replicas),
+                field_selector=f"metadata.name={workload}",
+                resource="deployments",
+                version=version,
+                remaining=remaining,
+            )
+            if found is None:
+                raise TargetError(_not_ready_message(dep, replicas, timeout))
+            dep = found
+
+    def wait_replaced(self, pod: Pod, *, timeout: float = 60.0) -> Pod:
+        """After killing ``pod``: watch its siblings until a replacement is Ready.
+
+        A replacement has the killed pod's labels (minus the template hashes) and was
+        created no earlier than the kill.
+        """
+        deadline = time.monotonic() + timeout
+        since = self._kill_times.get((pod.namespace, pod.name), time.time())
+        wanted = {k: v for k, v in pod.labels.items() if k not in _HASH_LABELS}
+
+        def is_replacement(o: Mapping[str, Any]) -> bool:
+            meta = o.get("metadata", {})
+            created = _timestamp(meta.get("creationTimestamp"))
+            return (
+                pod_is_ready(o)
+                and match_labels(meta.get("labels") or {}, wanted)
+                and created >= int(since)
+            )
+
+        found = self._watch_until(
+            functools.partial(self._core.list_namespaced_pod, label_selector=_selector_string(wanted)),
+            lambda o: True,
+            is_replacement,
+            resource="pods",
+            namespace=pod.namespace,
+            remaining=deadline - time.monotonic(),
+            list_first=True,
+        )
+        if found is None:
+            raise TargetError(
+                f"no Ready replacement for pod {pod.namespace}/{pod.name} within {timeout}s "
+                f"(selector {_selector_string(wanted)})"
+            )
+        return _pod(found)
+
+    def _watch_until(
+        self,
+        list_fn: Callable[..., Any],
+        accept: Callable[[Mapping[str, Any]], bool],
+        done: Callable[[Mapping[str, Any]], bool],
+        *,
+        resource: str,
+        remaining: float,
+        namespace: str | None = None,
+        field_selector: str | None = None,
+        version: str = "",
+        list_first: bool = False,
+    ) -> Mapping[str, Any] | None:
+        """One watch (plus an optional list) until ``done`` holds for an object, or timeout."""
+        import urllib3.exceptions
+        from kubernetes.watch.watch import iter_resp_lines
+
+        ns = namespace or self.namespace
+        deadline = time.monotonic() + remaining
+        extra = {"field_selector": field_selector} if field_selector else {}
+        while time.monotonic() < deadline:
+            if list_first:
+                data = self._read(list_fn, ns, verb="list", resource=resource, namespace=ns, **extra)
+                for obj in data.get("items") or ():
+                    if accept(obj) and done(obj):
+                        return obj
+                version = str((data.get("metadata") or {}).get("resourceVersion") or "")
+            left = max(deadline - time.monotonic(), 0.1)
+            kwargs: dict[str, Any] = dict(
+                watch=True,
+                timeout_seconds=max(int(left), 1),
+                _preload_content=False,
+                _request_timeout=(10, left),
+                **extra,
+            )
+            if version:
+                kwargs["resource_version"] = version
+            resp = call(list_fn, ns, verb="watch", resource=resource, namespace=ns, **kwargs)
+            try:
+                for line in iter_resp_lines(resp):
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        if obj.get("code") == 410:
+                            list_first, version = True, ""
+                            break
+                        raise TargetError(f"watch {resource}: {obj.get('message') or obj}")
+                    version = str(obj.get("metadata", {}).get("resourceVersion") or version)
+                    if event.get("type") in ("ADDED", "MODIFIED") and accept(obj) and done(obj):
+                        return obj
+                    if time.monotonic() >= deadline:
+                        return None
+            except (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.ProtocolError):
+                return None
+            finally:
+                resp.release_conn()
+        return None
+
+    # ------------------------------------------------------------------- events
+
+    def subscribe(self, callback: Callable[[TargetEvent], None]) -> Callable[[], None]:
+        """Call ``callback`` (from a watch thread) for every pod/node/deployment transition.
+
+        The watches start on the first subscription and run until :meth:`close`.
+        """
+        with self._sub_lock:
+            self._subscribers.append(callback)
+            if not self._watches:
+                self._start_watches()
+
+        def unsubscribe() -> None:
+            with self._sub_lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def wait_watching(self, timeout: float = 10.0) -> bool:
+        """True once every watch has its baseline list (events after that are not missed)."""
+        deadline = time.monotonic() + timeout
+        return all(w.synced.wait(max(deadline - time.monotonic(), 0)) for w in self._watches)
+
+    def _start_watches(self) -> None:
+        import kubernetes.client as kc
+
+        def client() -> Any:
+            c = self.conn.api_client()
+            self._watch_clients.append(c)
+            return c
+
+        ns = self.namespace
+        specs = [
+            ("pods", functools.partial(kc.CoreV1Api(client()).list_namespaced_pod, ns), diff_pod),
+            (
+                "deployments",
+                functools.partial(kc.AppsV1Api(client()).list_namespaced_deployment, ns),
+                diff_deployment,
+            ),
+            ("nodes", kc.CoreV1Api(client()).list_node, diff_node),
+        ]
+        for name, fn, differ in specs:
+            watch = ResourceWatch(
+                name=name, list_fn=fn, differ=differ, emit=self._emit, timeout_s=self._watch_timeout_s
+            )
+            self._watches.append(watch.start())
+
+    def _emit(self, event: TargetEvent) -> None:
+        with self._sub_lock:
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            try:
+                callback(event)
+            except Exception:  # noqa: BLE001 - a subscriber's bug must not stop the others
+                log.exception("subscriber %r failed on %s", callback, event)
+
+    def close(self) -> None:
+        for watch in self._watches:
+            watch.stop()
+        self._watches.clear()
+        for c in [self._client, self._exec_client, *self._watch_clients]:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+        self._watch_clients.clear()
+
+    def __enter__(self) -> KubernetesTarget:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _dry(self, what: str) -> bool:
+        if self.dry_run:
+            log.info("dry-run: would %s", what)
+            self.dry_run_calls.append(what)
+        return self.dry_run
+
+    def _change(
+        self,
+        what: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        verb: str,
+        resource: str,
+        namespace: str | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any] | None:
+        """Every change goes through here: namespace rule, dry-run, error ladder."""
+        if namespace:
+            self.policy.check_namespace(namespace)
+        if self._dry(what):
+            return None
+        log.info("%s", what)
+        return self._read(
+            fn, *args, verb=verb, resource=resource, namespace=namespace, name=name, **kwargs
+        )
+
+    def _read(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        verb: str,
+        resource: str,
+        namespace: str | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """A call whose JSON answer comes back as plain dicts (no model deserialization)."""
+        resp = call(
+            fn,
+            *args,
+            verb=verb,
+            resource=resource,
+            namespace=namespace,
+            name=name,
+            _preload_content=False,
+            **kwargs,
+        )
+        raw = resp.data
+        return json.loads(raw) if raw else {}
+
+    def _deployment(self, workload: str) -> dict[str, Any]:
+        return self._read(
+            self._apps.read_namespaced_deployment,
+            workload,
+            self.namespace,
+            verb="get",
+            resource="deployments",
+            namespace=self.namespace,
+            name=workload,
+        )
+
+    def _node_raw(self, node: str) -> dict[str, Any]:
+        return self._read(self._core.read_node, node, verb="get", resource="nodes", name=node)
+
+    def _set_unschedulable(self, node: str, value: bool) -> None:
+        self._change(
+            f"PATCH node {node} spec.unschedulable={value}",
+            self._core.patch_node,
+            node,
+            {"spec": {"unschedulable": value or None}},
+            verb="patch",
+            resource="nodes",
+            name=node,
+        )
+
+    # used by kube_faults
+    def _patch_meta(
+        self, kind: str, name: str, namespace: str | None, meta: Mapping[str, Any]
+    ) -> None:
+        fn, resource, args = {
+            "Pod": (self._core.patch_namespaced_pod, "pods", (name, namespace)),
+            "Node": (self._core.patch_node, "nodes", (name,)),
+        }[kind]
+        self._change(
+            f"PATCH {resource} {namespace + '/' if namespace else ''}{name} metadata {dict(meta)}",
+            fn,
+            *args,
+            {"metadata": dict(meta)},
+            verb="patch",
+            resource=resource,
+            namespace=namespace,
+            name=name,
+        )
+
+
+# ---------------------------------------------------------------------- converters
+
+
+def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
+    return dict(obj.get("metadata", {}).get("labels") or {})
+
+
+def _selector_string(selector: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector.items())
+
+
+def _pod(obj: Mapping[str, Any]) -> Pod:
+    meta, spec, status = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status", {})
+    labels = _labels(obj)
+    return Pod(
+        name=meta.get("name", ""),
+        workload=pod_workload(obj),
+        namespace=meta.get("namespace") or "default",
+        labels=labels,
+        node=spec.get("nodeName"),
+        host=status.get("podIP") or "",
+        ready=pod_is_ready(obj),
+        version=labels.get("pod-template-hash", ""),
+    )
+
+
+def _workload(obj: Mapping[str, Any]) -> Workload:
+    meta, spec, status = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status", {})
+    return Workload(
+        name=meta.get("name", ""),
+        namespace=meta.get("namespace") or "default",
+        replicas=int(spec.get("replicas", 1)),
+        ready_replicas=int(status.get("readyReplicas") or 0),
+        version=str((meta.get("annotations") or {}).get(_REVISION, "")),
+        labels=dict((spec.get("selector") or {}).get("matchLabels") or {}),
+    )
+
+
+def _node(obj: Mapping[str, Any]) -> Node:
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in obj.get("status", {}).get("conditions") or ()
+    )
+    return Node(
+        name=obj["metadata"]["name"],
+        ready=ready,
+        schedulable=not obj.get("spec", {}).get("unschedulable", False),
+    )
+
+
+def _revision(obj: Mapping[str, Any]) -> int:
+    try:
+        return int((obj.get("metadata", {}).get("annotations") or {}).get(_REVISION, 0))
+    except ValueError:
+        return 0
+
+
+def _evictable(obj: Mapping[str, Any]) -> bool:
+    meta = obj.get("metadata", {})
+    if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}):
+        return False
+    if any(ref.get("kind") == "DaemonSet" for ref in meta.get("ownerReferences") or ()):
+        return False
+    return obj.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+
+
+def _deployment_ready(obj: Mapping[str, Any], replicas: int | None) -> bool:
+    meta, spec, status = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status", {})
+    want = spec.get("replicas", 1) if replicas is None else replicas
+    if meta.get("generation") and int(status.get("observedGeneration") or 0) < int(
+        meta["generation"]
+    ):
+        return False
+    return (
+        int(status.get("updatedReplicas") or 0) >= want
+        and int(status.get("readyReplicas") or 0) >= want
+        and int(status.get("replicas") or 0) <= max(want, int(spec.get("replicas", want)))
+    )
+
+
+def _not_ready_message(obj: Mapping[str, Any], replicas: int | None, timeout: float) -> str:
+    status = obj.get("status", {})
+    want = obj.get("spec", {}).get("replicas", 1) if replicas is None else replicas
+    return (
+        f"deployment {obj.get('metadata', {}).get('name')} not ready after {timeout}s: "
+        f"ready {status.get('readyReplicas') or 0}/{want}, updated "
+        f"{status.get('updatedReplicas') or 0}/{want}, total {status.get('replicas') or 0}"
+        " (kubectl describe deployment; kubectl get events)"
+    )
+
+
+def _timestamp(value: Any) -> int:
+    if not value:
+        return 0
+    try:
+        return int(_dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return 0
+
