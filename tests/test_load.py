@@ -277,3 +277,15 @@ def test_sample_from_line_keeps_undefined_percentiles_out_of_the_timeline() -> N
     assert math.isnan(idle.error_rate)
     assert "p50" not in idle.values() and "error_rate" not in idle.values()
     assert idle.values()["users"] == 3
+
+
+def test_run_time_ends_the_run_by_itself(http_target) -> None:
+    target = http_target()
+    timeline = Timeline("t")
+    run = start_load(
+        host=target.url, users=2, locustfile=LOCUSTFILE, timeline=timeline, run_time=1.5
+    )
+    totals = run.wait(timeout=30)
+    assert totals.requests == sum(s.requests for s in run.samples) > 0
+    assert not psutil.pid_exists(run.pid)
+    assert [e.detail["reason"] for e in timeline.events(LOAD_STOPPED)] == ["run_time"]

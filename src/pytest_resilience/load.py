@@ -361,6 +361,19 @@ class LoadRun:
                 raise LoadError(f"load run ended after {have} of the {n} samples waited for")
         raise TimeoutError(f"{have} of {n} load samples arrived within {timeout} s")
 
+    def wait(self, timeout: float | None = None) -> LoadTotals:
+        """Block until the run ends by itself (``run_time``), then return its totals.
+
+        Raises the run's ``LoadError`` if the driver crashed, ``TimeoutError`` if it is
+        still running after ``timeout`` seconds.
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._ended, timeout):
+                raise TimeoutError(f"load run (pid {self.pid}) still running after {timeout} s")
+            if self._error is not None:
+                raise self._error
+            return self._totals_locked()
+
     def _wait_started(self, timeout: float) -> None:
         with self._cond:
             self._cond.wait_for(
