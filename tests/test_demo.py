@@ -354,6 +354,11 @@ def test_replicas_share_the_service_port(demo: DemoCluster) -> None:
 def test_killing_a_replica_leaves_the_service_reachable(demo: DemoCluster) -> None:
     port = _api(demo, "api-1").port
     extra = demo.start_api("api-3", port=port)
+    _wait_until(
+        lambda: call(port, "/healthz").headers["x-pod"] == "api-3",
+        timeout=10,
+        what="api-3 serves a share of the port",
+    )
     demo.kill(extra)
     statuses = [call(port, f"/items/{i}").status for i in range(1, 31)]
     assert statuses == [200] * 30
@@ -363,7 +368,8 @@ def test_metrics_are_exposed_under_the_contract_names(demo: DemoCluster) -> None
     pod_port = _api(demo, "api-1").pod_port
     assert pod_port is not None
     call(pod_port, "/items/1")
-    names = {name for name, _ in scrape(pod_port)}
+    samples = scrape(pod_port)
+    names = {name for name, _ in samples}
     expected = {
         "demo_requests_total",
         "demo_request_duration_seconds_bucket",
@@ -381,6 +387,8 @@ def test_metrics_are_exposed_under_the_contract_names(demo: DemoCluster) -> None
     assert metric(pod_port, "demo_version_info", version="v1") == 1
     assert metric(pod_port, "demo_requests_total", route="/items/{id}", status="200") >= 1
     assert metric(pod_port, "demo_memory_limit_bytes") > 0
+    probed = {dict(labels).get("route") for name, labels in samples if name.startswith("demo_req")}
+    assert not probed & {"/metrics", "/readyz", "/healthz"}, "probes must not count as traffic"
 
 
 def test_admin_hooks_act_on_the_replica(demo: DemoCluster) -> None:

@@ -41,6 +41,8 @@ FAULTY_VERSIONS = frozenset({"v2"})
 # v2 fails every twentieth item request: 5%, deterministic so tests need no luck.
 FAULT_PERIOD = 20
 _MIB = 1024 * 1024
+# Probes and scrapes are not user traffic: counting them would dilute the error rate SLO.
+_PROBE_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,8 @@ class DemoService:
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
             response = _json(500, error="internal error")
-        self.metrics.observe(route, response.status, time.perf_counter() - started)
+        if route not in _PROBE_ROUTES:
+            self.metrics.observe(route, response.status, time.perf_counter() - started)
         response.headers["X-Pod"] = self.settings.pod_name
         if isinstance(response, web.HTTPException):
             raise response

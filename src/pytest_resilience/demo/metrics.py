@@ -30,11 +30,14 @@ class DemoMetrics:
         # process_cpu_seconds_total and friends, which the HighCPU alert reads.
         ProcessCollector(registry=r)
         self.requests = Counter(
-            "demo_requests", "HTTP requests served", ["route", "status"], registry=r
+            "demo_requests",
+            "HTTP requests served (health probes and scrapes not counted)",
+            ["route", "status"],
+            registry=r,
         )
         self.duration = Histogram(
             "demo_request_duration_seconds",
-            "HTTP request duration",
+            "HTTP request duration (health probes and scrapes not counted)",
             ["route"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
