@@ -26,7 +26,13 @@ import psutil
 import pytest
 
 from pytest_resilience.errors import ConfigError, FaultError
-from pytest_resilience.load import LoadError, LoadSample, LocustfileError, start_load
+from pytest_resilience.load import (
+    DEFAULT_LOCUSTFILE,
+    LoadError,
+    LoadSample,
+    LocustfileError,
+    start_load,
+)
 from pytest_resilience.timeline import LOAD_STARTED, LOAD_STOPPED, Timeline
 
 FIXTURES = Path(__file__).parent / "load_fixtures"
@@ -202,12 +208,15 @@ def test_bad_arguments_are_config_errors() -> None:
         start_load(host="http://127.0.0.1:9", users=0, locustfile=LOCUSTFILE)
 
 
-def test_unreachable_host_counts_failures_not_errors() -> None:
+@pytest.mark.skipif(not DEFAULT_LOCUSTFILE.is_file(), reason="demo locustfile not written yet")
+def test_unreachable_host_counts_failures_not_errors_with_the_default_locustfile() -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with start_load(host=f"http://127.0.0.1:{port}", users=2, locustfile=LOCUSTFILE) as run:
+    timeline = Timeline("t")
+    with start_load(host=f"http://127.0.0.1:{port}", users=2, timeline=timeline) as run:
         run.wait_for_samples(2, timeout=30)
+    assert timeline.events(LOAD_STARTED)[0].detail["locustfile"] == str(DEFAULT_LOCUSTFILE)
     totals = run.totals
     assert totals.requests > 0
     assert totals.failures == totals.requests
