@@ -350,7 +350,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         for path in re.findall(r"echo \$! > (\S+)", script):
             model.files[path] = 0
         for path in re.findall(r"rm -f (\S+)", script):
-            model.files.pop(path.strip("'"), None)
+            model.files.pop(path.strip("';"), None)
 
     # --------------------------------------------------------------- Eviction
 
