@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import importlib.util
 import json
 import os
 import shutil
@@ -26,8 +27,10 @@ import psutil
 import psycopg
 import pytest
 import redis
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from pytest_resilience.demo import LOCUSTFILE, SERVICES_YAML
 from pytest_resilience.demo.api import FAULT_PERIOD, ApiSettings
 from pytest_resilience.demo.breaker import BreakerState, CircuitBreaker
 from pytest_resilience.errors import ConfigError
@@ -301,6 +304,25 @@ def test_settings_name_the_bad_variable() -> None:
         ApiSettings.from_env({})
     settings = ApiSettings.from_env({"POD_PORT": "9000", "VERSION": "v2"})
     assert (settings.port, settings.pod_port, settings.version) == (None, 9000, "v2")
+
+
+def test_services_yaml_declares_the_demo_system() -> None:
+    """Shape only: the local target's own tests check the format; this checks the content."""
+    services = {s["name"]: s for s in yaml.safe_load(SERVICES_YAML.read_text())["services"]}
+    assert set(services) == {"postgres", "redis", "api"}
+    api = services["api"]
+    assert (api["replicas"], api["pod_port"], api["health"]) == (3, True, {"http": "/readyz"})
+    assert set(api["versions"]) == {"v1", "v2"} and api["env"]["DEMO_VERSION"] == "{version}"
+    assert set(api["depends_on"]) == {"postgres", "redis"}
+    assert api["node"] == ["node-a", "node-b"] and services["postgres"]["node"] == "node-c"
+    for service in services.values():
+        assert service["restart"]["policy"] == "always"
+        for argv in service["versions"].values():
+            module = argv[argv.index("-m") + 1]
+            assert importlib.util.find_spec(module) is not None, module
+    # Compiled, never imported: importing locust would monkey-patch this interpreter.
+    assert "class DemoUser(HttpUser)" in LOCUSTFILE.read_text()
+    compile(LOCUSTFILE.read_text(), str(LOCUSTFILE), "exec")
 
 
 # -- one API without its dependencies ------------------------------------------------------
