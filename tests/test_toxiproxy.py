@@ -393,11 +393,25 @@ def test_latency_upstream_only_on_new_connection(client: ToxiproxyClient, proxy:
 
 
 def test_bandwidth_limits_throughput(client: ToxiproxyClient, proxy: ProxyInfo) -> None:
-    client.add_toxic(proxy.name, "bandwidth", rate=100)  # KB/s downstream
     payload = b"x" * 40_000
     with _connect(proxy) as sock:
+        _round_trip(sock)
+        client.add_toxic(proxy.name, "bandwidth", rate=100)  # KB/s downstream, live connection
         elapsed = _round_trip(sock, payload)
     assert elapsed >= 0.8 * len(payload) / 100_000
+
+
+def test_removing_bandwidth_releases_a_live_transfer(
+    client: ToxiproxyClient, proxy: ProxyInfo
+) -> None:
+    client.add_toxic(proxy.name, "bandwidth", rate=2)  # 20 KB would take 10 s
+    with _connect(proxy) as sock:
+        sock.sendall(b"x" * 20_000)
+        first = sock.recv(65536)
+        assert 0 < len(first) <= 200  # one 100 ms slice at 2 KB/s
+        client.remove_toxic(proxy.name, "bandwidth_downstream")
+        sock.settimeout(3.0)  # far below the 10 s the toxic would take
+        assert len(first) + len(_recv_exactly(sock, 20_000 - len(first))) == 20_000
 
 
 def test_timeout_zero_stalls_until_removed(client: ToxiproxyClient, proxy: ProxyInfo) -> None:
