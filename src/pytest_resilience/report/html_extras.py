@@ -14,7 +14,7 @@ from markupsafe import Markup
 from .charts import chart_legend, timeline_chart_svg
 from .impact import error_rate_downtime_s
 from .model import ScenarioResult
-from .redact import redact, redact_document
+from .redaction import redact, redact_document
 from .rendering import environment, template_text
 from .score import scenario_score
 

@@ -162,16 +162,16 @@ def _redact_str(text: str, known: re.Pattern[str] | None) -> str:
     # Cheap pre-checks keep the 30 000 short strings of a big run fast.
     if "://" in text and "@" in text:
         text = _URL_USERINFO.sub(lambda m: f"{m['head']}:{REDACTED}@", text)
+    if " " in text:  # before the name rule, which would take "Bearer" for the value
+        text = _BEARER.sub(lambda m: f"{m['scheme']} {REDACTED}", text)
     if "=" in text or ":" in text:
         text = _NAMED_VALUE.sub(_keep_name, text)
         text = _UPPER_ASSIGN.sub(_keep_name, text)
-    if " " in text:
-        text = _BEARER.sub(lambda m: f"{m['scheme']} {REDACTED}", text)
     return text
 
 
 def _keep_name(match: re.Match[str]) -> str:
-    if match["value"] == REDACTED:
+    if match["value"] == REDACTED or match["value"].lower() in ("bearer", "basic"):
         return match[0]
     return f"{match['name']}{match['sep']}{REDACTED}"
 

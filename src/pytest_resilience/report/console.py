@@ -1,0 +1,71 @@
+"""The console side: live phase lines while a scenario runs, and a short run summary.
+
+Lines are plain text without colour codes; the lead writes them through pytest's terminal
+reporter, which adds colour where the terminal takes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .model import ScenarioResult
+from .redaction import redact_text
+from .rendering import format_rate, format_score, format_seconds
+from .score import run_metrics
+
+__all__ = ["PHASES", "phase_line", "terminal_summary_lines"]
+
+#: phase key -> what the line says; unknown phases are printed as given
+PHASES = {
+    "steady_state": "steady state",
+    "inject": "inject fault",
+    "detect": "detect",
+    "remediate": "remediate",
+    "verify": "verify",
+    "escalate": "escalate",
+    "recover": "recover",
+    "revert": "revert fault",
+}
+
+
+def phase_line(phase: str, scenario: str, t: float | None) -> str:
+    """One live line: ``[chaos] T+12.3s  remediate      test_pod_kill``.
+
+    ``t`` is seconds from T0 (negative before the fault, None before anything happened).
+    """
+    when = "T" if t is None else f"T{t:+.1f}s"
+    label = PHASES.get(phase, phase.replace("_", " "))
+    return redact_text(f"[chaos] {when:>9}  {label:<13}  {scenario}")
+
+
+def terminal_summary_lines(results: Sequence[ScenarioResult], *, slowest: int = 3) -> list[str]:
+    """A few lines for ``pytest_terminal_summary``; empty when no chaos test ran."""
+    if not results:
+        return []
+    m = run_metrics(results)
+    lines = [
+        f"{m.scenarios} chaos scenario(s): {m.passed} passed, {m.failed} failed, "
+        f"{m.errors} error(s), {m.skipped} skipped; resilience score {format_score(m.score)}/100",
+        f"mean time to detect {format_seconds(m.mean_time_to_detect_s)}, "
+        f"to recover {format_seconds(m.mean_time_to_recover_s)}; "
+        f"auto-remediation {format_rate(m.auto_remediation_rate)} "
+        f"({m.healed_by_engine}/{m.with_fault}); pages {m.pages_sent}; "
+        f"downtime {format_seconds(m.downtime_s)}",
+    ]
+    timed = sorted(
+        (r for r in results if r.figures.time_to_recover is not None),
+        key=lambda r: r.figures.time_to_recover,
+        reverse=True,
+    )
+    for result in timed[:slowest]:
+        f = result.figures
+        lines.append(
+            f"  recovered in {format_seconds(f.time_to_recover)} "
+            f"(healed by {f.healed_by or 'nothing'}): {result.nodeid}"
+        )
+    for result in results:
+        if result.outcome in ("failed", "error"):
+            broken = [v for v in result.slo_verdicts if not v.held]
+            why = ", ".join(f"SLO {v.name!r} violated" for v in broken) or result.outcome
+            lines.append(f"  {result.outcome.upper()}: {result.nodeid}: {why}")
+    return [redact_text(line) for line in lines]
