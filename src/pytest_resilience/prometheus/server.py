@@ -26,7 +26,14 @@ from .config import (
 )
 from .daemon import DaemonError, ManagedDaemon
 
-__all__ = ["RULES_DIR", "Alert", "ManagedPrometheus", "TargetHealth", "default_rule_files"]
+__all__ = [
+    "RULES_DIR",
+    "Alert",
+    "ManagedPrometheus",
+    "TargetHealth",
+    "default_rule_files",
+    "parse_api_time",
+]
 
 RULES_DIR = Path(__file__).parent / "rules"
 _POLL_S = 0.1
@@ -37,7 +44,7 @@ def default_rule_files() -> list[Path]:
     return sorted(RULES_DIR.glob("*.yml"))
 
 
-def _parse_time(text: str | None) -> float | None:
+def parse_api_time(text: str | None) -> float | None:
     """RFC 3339 from the API (nanoseconds, ``Z``) to unix seconds."""
     if not text or text.startswith("0001-"):
         return None
@@ -182,7 +189,7 @@ class ManagedPrometheus(ManagedDaemon):
                 state=a["state"],
                 labels=a["labels"],
                 annotations=a.get("annotations", {}),
-                active_at=_parse_time(a.get("activeAt")),
+                active_at=parse_api_time(a.get("activeAt")),
                 value=float(a["value"]) if a.get("value") not in (None, "") else None,
             )
             for a in self.api("alerts")["alerts"]
@@ -194,7 +201,7 @@ class ManagedPrometheus(ManagedDaemon):
                 address=t["labels"].get("instance", t.get("scrapeUrl", "")),
                 health=t["health"],
                 labels=t["labels"],
-                last_scrape=_parse_time(t.get("lastScrape")),
+                last_scrape=parse_api_time(t.get("lastScrape")),
                 last_error=t.get("lastError", ""),
             )
             for t in self.api("targets", state="active")["activeTargets"]
