@@ -357,6 +357,8 @@ class DemoService:
         return _json(200, deleted=deleted, prefix=prefix)
 
     async def admin_cache_warm(self, request: web.Request) -> web.Response:
+        if not self.store.schema_ready:
+            return _json(503, error="database not ready yet")
         try:
             warmed = await self.warm_cache()
         except DatabaseUnavailable as exc:
