@@ -125,24 +125,24 @@ class ActionContext:
 
 
 @action("restart_pod")
-def restart_pod(ctx: ActionContext, *, timeout: float = 60.0) -> str:
-    """Kill the alert's pod gracefully (the platform starts a fresh one); else restart all."""
+def restart_pod(ctx: ActionContext) -> str:
+    """Kill the alert's pod gracefully (the platform starts a fresh one); else restart all.
+
+    Readiness is the verify step's job (condition ``ready``), as for every action below
+    that only asks the platform for a change.
+    """
     named = ctx.alert.labels.get("pod")
     pods = [p for p in ctx.target.pods() if p.workload == ctx.workload and p.name == named]
     if pods:
         ctx.target.kill_pod(pods[0], sig=signal.SIGTERM)
-        detail = f"killed pod {pods[0].name} (SIGTERM)"
-    else:
-        ctx.target.restart(ctx.workload)
-        detail = f"restarted workload {ctx.workload}"
-    ctx.target.wait_ready(ctx.workload, timeout=timeout)
-    return detail
+        return f"killed pod {pods[0].name} (SIGTERM)"
+    ctx.target.restart(ctx.workload)
+    return f"restarted workload {ctx.workload}"
 
 
 @action("graceful_restart")
-def graceful_restart(ctx: ActionContext, *, timeout: float = 60.0) -> str:
+def graceful_restart(ctx: ActionContext) -> str:
     ctx.target.restart(ctx.workload)
-    ctx.target.wait_ready(ctx.workload, timeout=timeout)
     return f"rolling restart of {ctx.workload}"
 
 
@@ -166,6 +166,7 @@ def scale_up(
     if wanted <= current:
         raise TargetError(f"{ctx.workload} already at max_replicas={max_replicas}")
     ctx.target.scale(ctx.workload, wanted)
+    # the new pod must serve before drain_pod may take the old one away
     ctx.target.wait_ready(ctx.workload, timeout=timeout, replicas=wanted)
     return f"scaled {ctx.workload} {current} -> {wanted}"
 
@@ -179,7 +180,7 @@ def scale_down(ctx: ActionContext, *, by: int = 1, min_replicas: int = 1) -> str
 
 
 @action("drain_pod")
-def drain_pod(ctx: ActionContext, *, timeout: float = 60.0) -> str:
+def drain_pod(ctx: ActionContext) -> str:
     """Replace the old (leaking) pod: the alert's pod, else the oldest one before scale-up."""
     pods = [p for p in ctx.target.pods() if p.workload == ctx.workload]
     names = [ctx.alert.labels.get("pod"), *ctx.state.get("pods_before", [])]
@@ -187,7 +188,6 @@ def drain_pod(ctx: ActionContext, *, timeout: float = 60.0) -> str:
     if old is None:
         raise TargetError(f"no old pod of {ctx.workload!r} left to drain")
     ctx.target.kill_pod(old, sig=signal.SIGTERM)
-    ctx.target.wait_ready(ctx.workload, timeout=timeout)
     return f"drained pod {old.name}"
 
 
@@ -230,15 +230,14 @@ def warm_cache(ctx: ActionContext) -> str:
 
 
 @action("rollback")
-def rollback(ctx: ActionContext, *, timeout: float = 60.0) -> str:
+def rollback(ctx: ActionContext) -> str:
     version = ctx.target.rollback(ctx.workload)
-    ctx.target.wait_ready(ctx.workload, timeout=timeout)
     return f"rolled {ctx.workload} back to {version or 'previous revision'}"
 
 
 @action("drain_and_replace_node")
-def drain_and_replace_node(ctx: ActionContext, *, timeout: float = 60.0) -> str:
-    """Cordon and drain the node; its workloads are ready again elsewhere when this returns."""
+def drain_and_replace_node(ctx: ActionContext) -> str:
+    """Cordon and drain the node; verify ``ready`` then checks every workload it held."""
     node = ctx.alert.labels.get("node") or ctx.alert.target
     if node not in {n.name for n in ctx.target.nodes()}:
         raise TargetError(f"node {node!r} not found on {ctx.target.name!r}")
@@ -246,8 +245,6 @@ def drain_and_replace_node(ctx: ActionContext, *, timeout: float = 60.0) -> str:
     ctx.state["workloads"] = affected
     ctx.target.cordon(node)
     ctx.target.drain(node)
-    for workload in affected:
-        ctx.target.wait_ready(workload, timeout=timeout)
     return f"drained node {node}; replaced pods of {', '.join(affected) or 'nothing'}"
 
 

@@ -125,8 +125,8 @@ class RuleEvaluator:
         self.rules = [r for r in rules if r.probe in probes]
         self._probes = probes
         self._submit = submit
-        self._pending: dict[Rule, float] = {}
-        self._firing: dict[Rule, Alert] = {}
+        self._pending: dict[int, float] = {}  # rule index -> breached since
+        self._firing: dict[int, Alert] = {}
 
     def rule_for(self, alert: Alert) -> Rule | None:
         return next(
@@ -135,7 +135,7 @@ class RuleEvaluator:
 
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        for rule in self.rules:
+        for index, rule in enumerate(self.rules):
             try:
                 value = self._probes[rule.probe]()
             except Exception as exc:  # a broken probe is no data, not a dead engine
@@ -144,8 +144,8 @@ class RuleEvaluator:
             if value is None:
                 continue
             if rule.breached(value):
-                since = self._pending.setdefault(rule, now)
-                if rule not in self._firing and now - since >= rule.for_s:
+                since = self._pending.setdefault(index, now)
+                if index not in self._firing and now - since >= rule.for_s:
                     alert = Alert(
                         name=rule.alert,
                         target=rule.target,
@@ -155,11 +155,11 @@ class RuleEvaluator:
                         value=value,
                         source="rule",
                     )
-                    self._firing[rule] = alert
+                    self._firing[index] = alert
                     self._submit(alert)
             else:
-                self._pending.pop(rule, None)
-                alert = self._firing.pop(rule, None)
+                self._pending.pop(index, None)
+                alert = self._firing.pop(index, None)
                 if alert is not None:
                     self._submit(alert.resolved(now))
 

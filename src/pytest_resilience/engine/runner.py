@@ -206,7 +206,10 @@ class Engine:
 
     def _evaluate(self) -> None:
         while not self._stop.wait(self.eval_interval_s):
-            self.rules.tick()
+            try:
+                self.rules.tick()
+            except Exception:  # one bad rule must not stop detection
+                LOGGER.exception("rule evaluation failed")
 
     def _dispatch(self) -> None:
         while not self._stop.is_set():

@@ -62,7 +62,17 @@ def verify(
         if resolved.is_set() or _wait(ctx, spec.wait_s + spec.window_s, resolved):
             return VerifyResult(FIXED, "resolved", "alert resolved")
         return VerifyResult(NOT_FIXED, "resolved", "alert still firing after the window")
-    _wait(ctx, spec.wait_s)
+    if cond.kind == "ready":
+        # settle: give the platform up to `wait` to bring the replicas up
+        try:
+            for name in ctx.state.get("workloads") or [ctx.workload]:
+                ctx.target.wait_ready(name, timeout=spec.wait_s)
+        except (TargetError, TimeoutError) as exc:
+            if ctx.stop.is_set():
+                raise Interrupted from None
+            return VerifyResult(NOT_FIXED, f"ready({ctx.workload})", f"not ready: {exc}")
+    else:
+        _wait(ctx, spec.wait_s)
     samples: list[float] = []
     deadline = time.monotonic() + spec.window_s
     while True:
