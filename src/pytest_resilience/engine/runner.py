@@ -479,10 +479,11 @@ class Engine:
         """The alert resolved after a page: close the incident and resolve the page."""
         with self._lock:
             self._escalated.pop(key, None)
-        self._close(self.store.incident(incident_id), RESOLVED, "alert resolved after escalation")
         incident = self.store.incident(incident_id)
-        if incident is not None:
-            self.outbox.enqueue(incident, "resolve")
+        if incident is None:
+            return
+        self._close(incident, RESOLVED, f"{incident.reason}; alert resolved after escalation")
+        self.outbox.enqueue(self.store.incident(incident_id) or incident, "resolve")
 
     def _mark(self, kind: str, name: str, **detail: object) -> None:
         if self.timeline is not None:

@@ -1,0 +1,100 @@
+"""Playbooks load and validate; mistakes name file, line and field."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+from test_engine_support import REMEDIATORS
+
+from pytest_resilience.engine import REGISTRY, action, load_playbook, load_playbooks
+from pytest_resilience.errors import ConfigError
+
+GOOD = """\
+playbook: Demo
+alerts: [Demo]
+steps:
+  - name: one
+    actions: [rollback]
+"""
+
+
+def write(tmp_path, text, name="book.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_bundled_playbooks_cover_the_strategy_map():
+    books = load_playbooks(REMEDIATORS)
+    routes = {alert: b.name for b in books for alert in b.alerts}
+    for alert in (
+        "PodCrashLoop", "HighMemoryUsage", "DatabaseConnectionPoolExhaustion",
+        "CacheHitRatioDegraded", "DeploymentFailure", "ErrorRateHighCritical", "NodeNotReady",
+        "HighCPU",
+    ):  # fmt: skip
+        assert alert in routes
+    assert {"High Error Rate", "Resource Exhaustion"} <= {b.name for b in books}
+    errors = next(b for b in books if b.name == "High Error Rate")
+    assert any(item.startswith("rca: ") for item in errors.follow_up)
+    assert any(item.startswith("prevention: ") for item in errors.follow_up)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field", "words"),
+    [
+        (GOOD.replace("rollback", "reboot_universe"), 5, "steps[0].actions[0].action",
+         "unknown action 'reboot_universe'"),
+        (GOOD.replace("[rollback]", "[{action: scale_up, byy: 2}]"), 5, "steps[0].actions[0]",
+         "bad parameters"),
+        (GOOD.replace("playbook: Demo\n", ""), 1, "playbook", "missing required field"),
+        (GOOD.replace("alerts: [Demo]", "alerts: Demo"), 2, "alerts", "expected list"),
+        (GOOD + "    verify: {wait: soon}\n", 6, "steps[0].verify.wait", "invalid duration"),
+        (GOOD + "    verify: {on_not_fixed: panic}\n", 6, "steps[0].verify.on_not_fixed",
+         "expected one of"),
+        (GOOD + "    verify: {condition: {probe: x, above: 1, below: 2}}\n", 6,
+         "steps[0].verify.condition", "exactly one"),
+        (GOOD.replace("    actions", "    colour: blue\n    actions"), 5, "steps[0].colour",
+         "unknown field"),
+        (GOOD.replace("steps:", "steps: ["), 4, None, "not valid YAML"),
+        ("playbook: X\nalerts: [X]\nsteps:\n  - name: a\n    options:\n"
+         "      - when: {value: huge}\n        actions: [rollback]\n",
+         6, "steps[0].options[0].when.value", "comparison"),
+    ],
+)  # fmt: skip
+def test_malformed_playbook_names_file_line_field(tmp_path, text, line, field, words):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_playbook(path)
+    message = str(info.value)
+    assert f"{path}:{line}" in message, message
+    assert words in message
+    assert info.value.field == field
+
+
+def test_two_playbooks_for_one_alert_is_an_error(tmp_path):
+    write(tmp_path, GOOD, "a.yaml")
+    write(tmp_path, GOOD.replace("playbook: Demo", "playbook: Other"), "b.yaml")
+    with pytest.raises(ConfigError, match="already handled by playbook 'Demo'"):
+        load_playbooks(tmp_path)
+
+
+def test_missing_directory_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_playbooks(tmp_path / "nope")
+
+
+def test_team_actions_register_by_name(tmp_path):
+    @action("flush_queue_for_test")
+    def flush(ctx, *, queue: str = "jobs") -> str:
+        return f"flushed {queue}"
+
+    try:
+        book = load_playbook(
+            write(
+                tmp_path, GOOD.replace("[rollback]", "[{action: flush_queue_for_test, queue: q}]")
+            )
+        )
+        assert book.steps[0].options[0].actions[0].params == {"queue": "q"}
+    finally:
+        REGISTRY.pop("flush_queue_for_test")
