@@ -18,7 +18,11 @@ def test_from_timeline_reads_actions_verify_and_pages_from_events():
     assert result.figures.healed_by == "engine"
     assert result.figures.time_to_detect == 4.5
     (action,) = result.actions
-    assert (action.strategy, action.action, action.target) == ("restart-pod", "restart_pod", "api-0")
+    assert (action.strategy, action.action, action.target) == (
+        "restart-pod",
+        "restart_pod",
+        "api-0",
+    )
     assert (action.started_at, action.finished_at, action.ok) == (5.0, 7.0, True)
     assert action.verify == "passed"
     assert result.pages_sent == 2
@@ -31,8 +35,9 @@ def test_failed_action_and_failed_verify_are_kept():
     timeline.mark(tl.ACTION_STARTED, "scale_up", at=101.0, strategy="scale")
     timeline.mark(tl.ACTION_FINISHED, "scale_up", at=103.0, strategy="scale", ok=True)
     timeline.mark(tl.VERIFIED, "scale_up", at=104.0, ok=False, detail="p99 still 900 ms")
-    result = ScenarioResult.from_timeline(timeline, nodeid="t.py::test_x", outcome="failed",
-                                          duration_s=5)
+    result = ScenarioResult.from_timeline(
+        timeline, nodeid="t.py::test_x", outcome="failed", duration_s=5
+    )
     (action,) = result.actions
     assert action.ok is True and action.verify == "failed: p99 still 900 ms"
     assert not action.succeeded

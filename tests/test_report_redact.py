@@ -38,8 +38,11 @@ def test_planted_secrets_appear_nowhere(tmp_path):
     )
     result.actions[0].error = f"POST https://events.pagerduty.com?routing_key={ROUTING_KEY} failed"
     result.target = f"postgresql://chaos:{DB_PASSWORD}@db/app"
-    run_info = {"pagerduty": {"routing_key": ROUTING_KEY}, "db": f"redis://:{DB_PASSWORD}@h:1",
-                "args": f"--token={ENV_TOKEN}"}
+    run_info = {
+        "pagerduty": {"routing_key": ROUTING_KEY},
+        "db": f"redis://:{DB_PASSWORD}@h:1",
+        "args": f"--token={ENV_TOKEN}",
+    }
     out = tmp_path / "r.html"
     write_resilience_report(out, [result], history_dir=tmp_path / "h", run_info=run_info)
 

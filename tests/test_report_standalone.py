@@ -44,7 +44,11 @@ def test_html_is_self_contained_and_json_twin_holds_the_figures(tmp_path, result
 
     data = json.loads(out.with_suffix(".json").read_text())
     assert data["summary"] == {
-        "scenarios": 4, "passed": 2, "failed": 1, "errors": 0, "skipped": 1,
+        "scenarios": 4,
+        "passed": 2,
+        "failed": 1,
+        "errors": 0,
+        "skipped": 1,
         "score": data["score"]["value"],
     }
     assert data["metrics"]["mean_time_to_recover_s"] == 16.0
@@ -53,7 +57,9 @@ def test_html_is_self_contained_and_json_twin_holds_the_figures(tmp_path, result
     assert data["metrics"]["pages_sent"] == 1
     first = data["scenarios"][0]
     assert first["figures"] == {
-        "time_to_detect": 4.5, "time_to_mitigate": 7.0, "time_to_recover": 12.0,
+        "time_to_detect": 4.5,
+        "time_to_mitigate": 7.0,
+        "time_to_recover": 12.0,
         "healed_by": "engine",
     }
     assert first["timeline"]["series"]["load"]  # the data behind the chart, for other tools
@@ -70,8 +76,9 @@ def test_history_trend_compares_with_the_previous_run(tmp_path, results):
     first = json.loads(out.with_suffix(".json").read_text())
     assert first["trend"]["previous"] is None
 
-    write_resilience_report(out, results[:2], history_dir=history, run_info=RUN_INFO,
-                            now=day + timedelta(days=1))
+    write_resilience_report(
+        out, results[:2], history_dir=history, run_info=RUN_INFO, now=day + timedelta(days=1)
+    )
     data = json.loads(out.with_suffix(".json").read_text())
     deltas = {d["metric"]: d for d in data["trend"]["deltas"]}
     assert deltas["score"]["verdict"] == "better"
@@ -111,7 +118,17 @@ def test_html_extras_is_one_pytest_html_extra_with_chart_figures_actions_verdict
     html = extra["content"]
     assert "<script" not in html  # pytest-html inserts extras without running scripts
     assert html.count("<svg") == 1
-    for text in ("time to detect", "4.5 s", "12.0 s", "engine (auto-remediation)", "restart_pod",
-                 "passed", "error-rate", "held", "fault window", "SLO recovered"):
+    for text in (
+        "time to detect",
+        "4.5 s",
+        "12.0 s",
+        "engine (auto-remediation)",
+        "restart_pod",
+        "passed",
+        "error-rate",
+        "held",
+        "fault window",
+        "SLO recovered",
+    ):
         assert text in html
     assert "seconds from fault injection (T0)" in html  # the chart's x axis

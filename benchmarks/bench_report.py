@@ -1,0 +1,94 @@
+"""Time and size of the resilience report for a big run: 500 chaos tests, 60 s of 1 Hz load.
+
+    python benchmarks/bench_report.py [--scenarios 500]
+
+Prints the time and size of every html extra (one per test, drawn at each test's teardown)
+and of the standalone report with its JSON twin, once with the charts already drawn for
+the extras (what a pytest run does) and once cold; the baseline is writing the same
+results as plain JSON in the same run, so the ratios travel between machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from pytest_resilience.report.charts import clear_chart_cache
+from pytest_resilience.report.html_extras import html_extras
+from pytest_resilience.report.sample import sample_result
+from pytest_resilience.report.standalone import write_resilience_report
+
+KINDS = ("engine", "engine", "platform", "fault_end", "none")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scenarios", type=int, default=500)
+    n = parser.parse_args().scenarios
+
+    started = time.perf_counter()
+    results = [
+        sample_result(
+            i,
+            start=1_700_000_000.0 + 100 * i,
+            healed_by=KINDS[i % len(KINDS)],
+            recover_after=None if KINDS[i % len(KINDS)] == "none" else 8 + i % 25,
+            strategy=("restart-pod", "scale-up", "rollback")[i % 3],
+        )
+        for i in range(n)
+    ]
+    build_s = time.perf_counter() - started
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        started = time.perf_counter()
+        raw = json.dumps([r.to_dict() for r in results])
+        (tmp_path / "raw.json").write_text(raw)
+        baseline_s = time.perf_counter() - started
+
+        # warm matplotlib (import, fonts) outside the timings: paid once per session
+        sample = sample_result(10_000)
+        started = time.perf_counter()
+        html_extras(sample)
+        first_chart_s = time.perf_counter() - started
+
+        started = time.perf_counter()
+        extras_size = sum(len(html_extras(r)[0]["content"]) for r in results)
+        extras_s = time.perf_counter() - started
+
+        report = tmp_path / "resilience.html"
+        started = time.perf_counter()
+        write_resilience_report(report, results, history_dir=tmp_path / "h", run_info={})
+        warm_s = time.perf_counter() - started
+        html_size, json_size = report.stat().st_size, report.with_suffix(".json").stat().st_size
+
+        clear_chart_cache()
+        started = time.perf_counter()
+        write_resilience_report(report, results, history_dir=tmp_path / "h", run_info={})
+        cold_s = time.perf_counter() - started
+
+    mb = 1024 * 1024
+    print(f"scenarios: {n} (60 s of 1 Hz load each); results built in {build_s:.2f} s")
+    print(f"baseline, results as plain JSON: {baseline_s:.2f} s, {len(raw) / mb:.1f} MiB")
+    print(f"first chart (matplotlib import + fonts, once per session): {first_chart_s:.2f} s")
+    print(
+        f"html extras, all {n}: {extras_s:.1f} s ({1000 * extras_s / n:.0f} ms per test, "
+        f"{extras_s / baseline_s:.0f}x baseline), {extras_size / mb:.1f} MiB "
+        f"({extras_size / n / 1024:.0f} KiB per test)"
+    )
+    print(
+        f"standalone report, charts reused from the extras: {warm_s:.1f} s "
+        f"({warm_s / baseline_s:.0f}x baseline); HTML {html_size / mb:.1f} MiB, "
+        f"JSON twin {json_size / mb:.1f} MiB"
+    )
+    print(
+        f"standalone report, cold (every chart drawn): {cold_s:.1f} s "
+        f"({cold_s / baseline_s:.0f}x baseline)"
+    )
+
+
+if __name__ == "__main__":
+    main()
