@@ -10,8 +10,6 @@ from pytest_resilience.report.console import phase_line, terminal_summary_lines
 from pytest_resilience.report.junit import junit_properties
 from pytest_resilience.report.sample import sample_result
 
-pytest_plugins = ["pytester"]
-
 
 def test_junit_properties_hold_figures_and_verdicts():
     props = dict(junit_properties(sample_result(0, healed_by="engine", recover_after=12)))
