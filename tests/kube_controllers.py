@@ -103,8 +103,12 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         # After-effects: what the controllers would do once the API server accepted a write.
         if generation is not None:
             async with self._lock:
-                await self._patch(DEPLOYMENTS, request.namespace, request.name,
-                                  {"metadata": {"generation": generation}})
+                await self._patch(
+                    DEPLOYMENTS,
+                    request.namespace,
+                    request.name,
+                    {"metadata": {"generation": generation}},
+                )
             c.spawn(self._reconcile(request.namespace, request.name))
         elif plural == "pods" and rule[0] == "DELETE":
             c.spawn(self._reconcile_all(request.namespace))
@@ -166,44 +170,97 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             template = dep["spec"]["template"]
             h = _template_hash(template)
             owned = [
-                rs for rs in self._items(REPLICASETS, ns)
+                rs
+                for rs in self._items(REPLICASETS, ns)
                 if any(r.get("name") == name for r in rs["metadata"].get("ownerReferences", []))
             ]
-            revisions = [int(rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"])
-                         for rs in owned]
-            current = next((rs for rs in owned if rs["metadata"]["labels"]["pod-template-hash"] == h), None)
+            revisions = [
+                int(rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"])
+                for rs in owned
+            ]
+            current = next(
+                (rs for rs in owned if rs["metadata"]["labels"]["pod-template-hash"] == h), None
+            )
             top = max(revisions, default=0)
             rs_name = f"{name}-{h}"
             if current is None:
                 tmpl = json.loads(json.dumps(template))
                 tmpl.setdefault("metadata", {}).setdefault("labels", {})["pod-template-hash"] = h
-                await self._create(REPLICASETS, ns, {
-                    "apiVersion": "apps/v1", "kind": "ReplicaSet",
-                    "metadata": {
-                        "name": rs_name, "namespace": ns, "uid": f"uid-rs-{h}",
-                        "labels": {**dep["spec"]["selector"]["matchLabels"], "pod-template-hash": h},
-                        "annotations": {"deployment.kubernetes.io/revision": str(top + 1)},
-                        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": name, "uid": dep["metadata"].get("uid"),
-                                             "controller": True}],
+                await self._create(
+                    REPLICASETS,
+                    ns,
+                    {
+                        "apiVersion": "apps/v1",
+                        "kind": "ReplicaSet",
+                        "metadata": {
+                            "name": rs_name,
+                            "namespace": ns,
+                            "uid": f"uid-rs-{h}",
+                            "labels": {
+                                **dep["spec"]["selector"]["matchLabels"],
+                                "pod-template-hash": h,
+                            },
+                            "annotations": {"deployment.kubernetes.io/revision": str(top + 1)},
+                            "ownerReferences": [
+                                {
+                                    "apiVersion": "apps/v1",
+                                    "kind": "Deployment",
+                                    "name": name,
+                                    "uid": dep["metadata"].get("uid"),
+                                    "controller": True,
+                                }
+                            ],
+                        },
+                        "spec": {
+                            "replicas": dep["spec"]["replicas"],
+                            "template": tmpl,
+                            "selector": {
+                                "matchLabels": {
+                                    **dep["spec"]["selector"]["matchLabels"],
+                                    "pod-template-hash": h,
+                                }
+                            },
+                        },
                     },
-                    "spec": {"replicas": dep["spec"]["replicas"], "template": tmpl,
-                             "selector": {"matchLabels": {**dep["spec"]["selector"]["matchLabels"],
-                                                          "pod-template-hash": h}}},
-                })
+                )
                 revision = top + 1
             else:
-                revision = int(current["metadata"]["annotations"]["deployment.kubernetes.io/revision"])
+                revision = int(
+                    current["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+                )
                 if revision < top:  # a rollback reuses the old ReplicaSet as the newest revision
                     revision = top + 1
-                    await self._patch(REPLICASETS, ns, rs_name, {"metadata": {"annotations": {
-                        "deployment.kubernetes.io/revision": str(revision)}}})
-            if dep["metadata"].get("annotations", {}).get("deployment.kubernetes.io/revision") != str(revision):
-                await self._patch(DEPLOYMENTS, ns, name, {"metadata": {"annotations": {
-                    "deployment.kubernetes.io/revision": str(revision)}}})
-            pods = [p for p in self._items(PODS, ns)
-                    if any(r.get("kind") == "ReplicaSet" and r.get("name", "").startswith(name + "-")
-                           for r in p["metadata"].get("ownerReferences", []))]
+                    await self._patch(
+                        REPLICASETS,
+                        ns,
+                        rs_name,
+                        {
+                            "metadata": {
+                                "annotations": {"deployment.kubernetes.io/revision": str(revision)}
+                            }
+                        },
+                    )
+            if dep["metadata"].get("annotations", {}).get(
+                "deployment.kubernetes.io/revision"
+            ) != str(revision):
+                await self._patch(
+                    DEPLOYMENTS,
+                    ns,
+                    name,
+                    {
+                        "metadata": {
+                            "annotations": {"deployment.kubernetes.io/revision": str(revision)}
+                        }
+                    },
+                )
+            pods = [
+                p
+                for p in self._items(PODS, ns)
+                if any(
+                    r.get("kind") == "ReplicaSet" and r.get("name", "").startswith(name + "-")
+                    for r in p["metadata"].get("ownerReferences", [])
+                )
+            ]
             for p in pods:  # old revisions go (a Recreate-like rollout, enough for tests)
                 if p["metadata"]["labels"].get("pod-template-hash") != h:
                     await self._delete(PODS, ns, p["metadata"]["name"])
@@ -211,26 +268,48 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             want = int(dep["spec"].get("replicas", 1))
             for p in mine[want:]:
                 await self._delete(PODS, ns, p["metadata"]["name"])
-            nodes = [n["metadata"]["name"] for n in self._items(NODES, None)
-                     if not n.get("spec", {}).get("unschedulable")]
-            for i in range(len(mine), want):
+            nodes = [
+                n["metadata"]["name"]
+                for n in self._items(NODES, None)
+                if not n.get("spec", {}).get("unschedulable")
+            ]
+            for _ in range(len(mine), want):
                 self.cluster.serial += 1
                 pod_name = f"{rs_name}-{self.cluster.serial:05d}"
                 tmpl = json.loads(json.dumps(template))
-                await self._create(PODS, ns, {
-                    "apiVersion": "v1", "kind": "Pod",
-                    "metadata": {
-                        "name": pod_name, "namespace": ns, "uid": f"uid-{pod_name}",
-                        "creationTimestamp": _now(self.cluster.pod_age_offset_s),
-                        "labels": {**tmpl.get("metadata", {}).get("labels", {}), "pod-template-hash": h},
-                        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                                             "name": rs_name, "uid": f"uid-rs-{h}", "controller": True}],
+                await self._create(
+                    PODS,
+                    ns,
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Pod",
+                        "metadata": {
+                            "name": pod_name,
+                            "namespace": ns,
+                            "uid": f"uid-{pod_name}",
+                            "creationTimestamp": _now(self.cluster.pod_age_offset_s),
+                            "labels": {
+                                **tmpl.get("metadata", {}).get("labels", {}),
+                                "pod-template-hash": h,
+                            },
+                            "ownerReferences": [
+                                {
+                                    "apiVersion": "apps/v1",
+                                    "kind": "ReplicaSet",
+                                    "name": rs_name,
+                                    "uid": f"uid-rs-{h}",
+                                    "controller": True,
+                                }
+                            ],
+                        },
+                        # the scheduler: spread over schedulable nodes
+                        "spec": {
+                            **tmpl.get("spec", {}),
+                            "nodeName": nodes[self.cluster.serial % len(nodes)] if nodes else None,
+                        },
+                        "status": {"phase": "Pending"},
                     },
-                    # the scheduler: spread over schedulable nodes
-                    "spec": {**tmpl.get("spec", {}),
-                             "nodeName": nodes[self.cluster.serial % len(nodes)] if nodes else None},
-                    "status": {"phase": "Pending"},
-                })
+                )
                 started.append(pod_name)
             await self._update_status(ns, name)
         for pod_name in started:
@@ -241,17 +320,38 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if dep is None:
             return
         h = _template_hash(dep["spec"]["template"])
-        pods = [p for p in self._items(PODS, ns)
-                if p["metadata"]["labels"].get("pod-template-hash")
-                and any(r.get("name", "").startswith(name + "-")
-                        for r in p["metadata"].get("ownerReferences", []))]
-        ready = [p for p in pods if any(c["type"] == "Ready" and c["status"] == "True"
-                                        for c in p.get("status", {}).get("conditions", []))]
+        pods = [
+            p
+            for p in self._items(PODS, ns)
+            if p["metadata"]["labels"].get("pod-template-hash")
+            and any(
+                r.get("name", "").startswith(name + "-")
+                for r in p["metadata"].get("ownerReferences", [])
+            )
+        ]
+        ready = [
+            p
+            for p in pods
+            if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in p.get("status", {}).get("conditions", [])
+            )
+        ]
         updated = [p for p in pods if p["metadata"]["labels"]["pod-template-hash"] == h]
-        await self._patch(DEPLOYMENTS, ns, name, {"status": {
-            "observedGeneration": dep["metadata"].get("generation", 1),
-            "replicas": len(pods), "updatedReplicas": len(updated),
-            "readyReplicas": len(ready), "availableReplicas": len(ready)}})
+        await self._patch(
+            DEPLOYMENTS,
+            ns,
+            name,
+            {
+                "status": {
+                    "observedGeneration": dep["metadata"].get("generation", 1),
+                    "replicas": len(pods),
+                    "updatedReplicas": len(updated),
+                    "readyReplicas": len(ready),
+                    "availableReplicas": len(ready),
+                }
+            },
+        )
 
     # ----------------------------------------------------------------- kubelet
 
@@ -263,11 +363,27 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if obj is None:
                 return
             names = [c["name"] for c in obj.get("spec", {}).get("containers", [])] or ["main"]
-            await self._patch(PODS, ns, pod, {"status": {
-                "phase": "Running", "podIP": f"10.244.0.{self.cluster.serial % 250 + 1}",
-                "conditions": [{"type": "Ready", "status": "True"}],
-                "containerStatuses": [{"name": n, "ready": True, "restartCount": 0,
-                                       "state": {"running": {"startedAt": _now()}}} for n in names]}})
+            await self._patch(
+                PODS,
+                ns,
+                pod,
+                {
+                    "status": {
+                        "phase": "Running",
+                        "podIP": f"10.244.0.{self.cluster.serial % 250 + 1}",
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                        "containerStatuses": [
+                            {
+                                "name": n,
+                                "ready": True,
+                                "restartCount": 0,
+                                "state": {"running": {"startedAt": _now()}},
+                            }
+                            for n in names
+                        ],
+                    }
+                },
+            )
             if deployment:
                 await self._update_status(ns, deployment)
 
@@ -277,8 +393,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             obj = self._get(PODS, ns, pod)
             if obj is None:
                 return
-            statuses = [{"name": c["name"], "state": {"running": {"startedAt": _now()}}}
-                        for c in obj["spec"].get("ephemeralContainers", [])]
+            statuses = [
+                {"name": c["name"], "state": {"running": {"startedAt": _now()}}}
+                for c in obj["spec"].get("ephemeralContainers", [])
+            ]
             await self._patch(PODS, ns, pod, {"status": {"ephemeralContainerStatuses": statuses}})
 
     async def _kubelet_restart_container(self, ns: str, pod: str) -> None:
@@ -291,12 +409,22 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             for s in statuses:
                 s["restartCount"] = int(s.get("restartCount", 0)) + 1
                 s["ready"] = False
-            await self._patch(PODS, ns, pod, {"status": {
-                "containerStatuses": statuses, "conditions": [{"type": "Ready", "status": "False"}]}})
+            await self._patch(
+                PODS,
+                ns,
+                pod,
+                {
+                    "status": {
+                        "containerStatuses": statuses,
+                        "conditions": [{"type": "Ready", "status": "False"}],
+                    }
+                },
+            )
         await asyncio.sleep(KUBELET_STARTUP_S)
         async with self._lock:
-            await self._patch(PODS, ns, pod, {"status": {
-                "conditions": [{"type": "Ready", "status": "True"}]}})
+            await self._patch(
+                PODS, ns, pod, {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+            )
 
     async def _serve_exec(self, request: Any) -> aiohttp.web.StreamResponse:
         """The kubelet's exec endpoint: websocket with the v4 channel protocol."""
@@ -310,8 +438,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if container and container not in {c["name"] for c in pod["spec"].get("containers", [])} | {
             c["name"] for c in pod["spec"].get("ephemeralContainers", [])
         }:
-            return await self._render_error(kmock.KubernetesError(
-                status=400, reason="BadRequest", message=f"container {container} is not valid"))
+            return await self._render_error(
+                kmock.KubernetesError(
+                    status=400, reason="BadRequest", message=f"container {container} is not valid"
+                )
+            )
         key = (request.namespace, request.name)
         self.cluster.exec_log.append((request.namespace, request.name, container, list(argv)))
         code, out, err = self.cluster.exec_reply(argv)
@@ -324,9 +455,15 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             await ws.send_bytes(b"\x01" + out.encode())
         if err:
             await ws.send_bytes(b"\x02" + err.encode())
-        status: dict[str, Any] = {"status": "Success"} if code == 0 else {
-            "status": "Failure", "reason": "NonZeroExitCode",
-            "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+        status: dict[str, Any] = (
+            {"status": "Success"}
+            if code == 0
+            else {
+                "status": "Failure",
+                "reason": "NonZeroExitCode",
+                "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+            }
+        )
         await ws.send_bytes(b"\x03" + json.dumps(status).encode())
         await ws.close()
         return ws
@@ -366,24 +503,38 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 sel = pdb["spec"].get("selector", {}).get("matchLabels", {})
                 if not all(labels.get(k) == v for k, v in sel.items()):
                     continue
-                matching = [p for p in self._items(PODS, ns)
-                            if all(p["metadata"].get("labels", {}).get(k) == v for k, v in sel.items())]
-                healthy = sum(1 for p in matching if any(
-                    c["type"] == "Ready" and c["status"] == "True"
-                    for c in p.get("status", {}).get("conditions", [])))
+                matching = [
+                    p
+                    for p in self._items(PODS, ns)
+                    if all(p["metadata"].get("labels", {}).get(k) == v for k, v in sel.items())
+                ]
+                healthy = sum(
+                    1
+                    for p in matching
+                    if any(
+                        c["type"] == "Ready" and c["status"] == "True"
+                        for c in p.get("status", {}).get("conditions", [])
+                    )
+                )
                 if "minAvailable" in pdb["spec"]:
                     allowed = healthy - int(pdb["spec"]["minAvailable"])
                 else:
                     allowed = healthy - (len(matching) - int(pdb["spec"].get("maxUnavailable", 1)))
                 if allowed < 1:
                     self.cluster.evictions_refused += 1
-                    return await self._render_error(kmock.KubernetesError(
-                        status=429, reason="TooManyRequests",
-                        message="Cannot evict pod as it would violate the pod's disruption budget."))
+                    return await self._render_error(
+                        kmock.KubernetesError(
+                            status=429,
+                            reason="TooManyRequests",
+                            message="Cannot evict pod as it would violate the pod's "
+                            "disruption budget.",
+                        )
+                    )
             await self._delete(PODS, ns, name)
         self.cluster.spawn(self._reconcile_all(ns))
         return aiohttp.web.json_response(
-            {"apiVersion": "v1", "kind": "Status", "status": "Success", "code": 201}, status=201)
+            {"apiVersion": "v1", "kind": "Status", "status": "Success", "code": 201}, status=201
+        )
 
 
 @dataclass
@@ -452,17 +603,27 @@ class EmulatedCluster:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     # test-facing helpers
-    def kubeconfig(self, tmp_path: Path, *, context: str = "kind-test",
-                   namespace: str = "chaos-demo") -> Path:
+    def kubeconfig(
+        self, tmp_path: Path, *, context: str = "kind-test", namespace: str = "chaos-demo"
+    ) -> Path:
         path = tmp_path / "kubeconfig"
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "emu", "cluster": {"server": self.url}}],
-            "users": [{"name": "emu", "user": {"token": "test-token"}}],
-            "contexts": [{"name": context, "context": {"cluster": "emu", "user": "emu",
-                                                      "namespace": namespace}}],
-            "current-context": context,
-        }))
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "emu", "cluster": {"server": self.url}}],
+                    "users": [{"name": "emu", "user": {"token": "test-token"}}],
+                    "contexts": [
+                        {
+                            "name": context,
+                            "context": {"cluster": "emu", "user": "emu", "namespace": namespace},
+                        }
+                    ],
+                    "current-context": context,
+                }
+            )
+        )
         return path
 
     def exec_reply(self, argv: list[str]) -> tuple[int, str, str]:
@@ -473,24 +634,35 @@ class EmulatedCluster:
 
     def forbid(self, method: str, plural: str, subresource: str | None = None) -> None:
         """RBAC: answer 403 to this verb on this resource, as the API server would."""
-        self.forbidden.append((method.upper(), plural, subresource, (
-            f'{plural} is forbidden: User "system:serviceaccount:ci:chaos" cannot '
-            f'{method.lower()} resource "{plural}" in API group "" in the namespace "chaos-demo"')))
+        self.forbidden.append(
+            (
+                method.upper(),
+                plural,
+                subresource,
+                (
+                    f'{plural} is forbidden: User "system:serviceaccount:ci:chaos" cannot '
+                    f'{method.lower()} resource "{plural}" in API group "" '
+                    'in the namespace "chaos-demo"'
+                ),
+            )
+        )
 
     def requests(self) -> list[Request]:
         assert self.emu is not None
-        return [Request(str(r.method.value).upper(), r.url.path, r.subresource, dict(r.params))
-                for r in list(self.emu)]
+        return [
+            Request(str(r.method.value).upper(), r.url.path, r.subresource, dict(r.params))
+            for r in list(self.emu)
+        ]
 
     def mutating_requests(self) -> list[Request]:
-        return [r for r in self.requests()
-                if r.method != "GET" or r.subresource == "exec"]
+        return [r for r in self.requests() if r.method != "GET" or r.subresource == "exec"]
 
     def obj(self, res: Any, ns: str | None, name: str) -> dict[str, Any] | None:
         async def get() -> Any:
             assert self.emu is not None
             async with self.emu._lock:
                 return self.emu._get(res, ns, name)
+
         return self.run(get())
 
     def items(self, res: Any, ns: str | None) -> list[dict[str, Any]]:
@@ -498,6 +670,7 @@ class EmulatedCluster:
             assert self.emu is not None
             async with self.emu._lock:
                 return self.emu._items(res, ns)
+
         return self.run(get())
 
     def add(self, res: Any, ns: str | None, body: dict[str, Any]) -> None:
@@ -505,38 +678,92 @@ class EmulatedCluster:
             assert self.emu is not None
             async with self.emu._lock:
                 await self.emu._create(res, ns, body)
+
         self.run(put())
 
-    def seed(self, *, namespace: str = "chaos-demo", deployment: str = "api", replicas: int = 3,
-             nodes: tuple[str, ...] = ("worker-1", "worker-2", "worker-3"), filler: int = 0) -> None:
+    def seed(
+        self,
+        *,
+        namespace: str = "chaos-demo",
+        deployment: str = "api",
+        replicas: int = 3,
+        nodes: tuple[str, ...] = ("worker-1", "worker-2", "worker-3"),
+        filler: int = 0,
+    ) -> None:
         """Nodes, a Deployment whose pods are Ready, and ``filler`` unrelated pods."""
         for node in nodes:
-            self.add(NODES, None, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node},
-                                   "spec": {}, "status": {"conditions": [
-                                       {"type": "Ready", "status": "True"}],
-                                       "addresses": [{"type": "InternalIP", "address": "172.18.0.2"}]}})
+            self.add(
+                NODES,
+                None,
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {"name": node},
+                    "spec": {},
+                    "status": {
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                        "addresses": [{"type": "InternalIP", "address": "172.18.0.2"}],
+                    },
+                },
+            )
         labels = {"app": deployment}
-        self.add(DEPLOYMENTS, namespace, {
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": deployment, "namespace": namespace, "uid": f"uid-dep-{deployment}",
-                         "generation": 1, "labels": labels},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
-                     "template": {"metadata": {"labels": labels}, "spec": {"containers": [
-                         {"name": "api", "image": "chaos-demo:v1"}]}}},
-        })
+        self.add(
+            DEPLOYMENTS,
+            namespace,
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {
+                    "name": deployment,
+                    "namespace": namespace,
+                    "uid": f"uid-dep-{deployment}",
+                    "generation": 1,
+                    "labels": labels,
+                },
+                "spec": {
+                    "replicas": replicas,
+                    "selector": {"matchLabels": labels},
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {"containers": [{"name": "api", "image": "chaos-demo:v1"}]},
+                    },
+                },
+            },
+        )
         for i in range(filler):
-            self.add(PODS, namespace, {
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": f"filler-{i:04d}", "namespace": namespace,
-                             "labels": {"app": "filler"}, "creationTimestamp": _now(-3600)},
-                "spec": {"nodeName": nodes[i % len(nodes)], "containers": [{"name": "c", "image": "x"}]},
-                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
-            })
+            self.add(
+                PODS,
+                namespace,
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "name": f"filler-{i:04d}",
+                        "namespace": namespace,
+                        "labels": {"app": "filler"},
+                        "creationTimestamp": _now(-3600),
+                    },
+                    "spec": {
+                        "nodeName": nodes[i % len(nodes)],
+                        "containers": [{"name": "c", "image": "x"}],
+                    },
+                    "status": {
+                        "phase": "Running",
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                    },
+                },
+            )
         self.pod_age_offset_s = -3600  # seeded pods are old: replacements are recognisably new
         assert self.emu is not None
         self.run(self.emu._reconcile(namespace, deployment))
-        self.eventually(lambda: (self.obj(DEPLOYMENTS, namespace, deployment) or {}).get(
-            "status", {}).get("readyReplicas") == replicas)
+        self.eventually(
+            lambda: (
+                (self.obj(DEPLOYMENTS, namespace, deployment) or {})
+                .get("status", {})
+                .get("readyReplicas")
+                == replicas
+            )
+        )
         self.pod_age_offset_s = 0.0
 
     def eventually(self, check: Callable[[], Any], timeout: float = 10.0) -> Any:
@@ -553,7 +780,9 @@ class EmulatedCluster:
             time.sleep(0.01)
 
     def pods_of(self, ns: str, app: str) -> Iterator[dict[str, Any]]:
-        return (p for p in self.items(PODS, ns) if p["metadata"].get("labels", {}).get("app") == app)
+        return (
+            p for p in self.items(PODS, ns) if p["metadata"].get("labels", {}).get("app") == app
+        )
 
 
 # ------------------------------------------------------------------ pytest fixtures

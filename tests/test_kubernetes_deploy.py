@@ -53,14 +53,17 @@ def test_demo_api_deployment() -> None:
     assert set(c["resources"]["limits"]) == {"cpu", "memory"}
     assert c["image"] == "pytest-resilience-demo:ci" and c["imagePullPolicy"] == "IfNotPresent"
     pdb = find("PodDisruptionBudget", "api")
-    assert pdb["spec"]["selector"]["matchLabels"].items() <= api["spec"]["template"]["metadata"][
-        "labels"
-    ].items()
+    assert (
+        pdb["spec"]["selector"]["matchLabels"].items()
+        <= api["spec"]["template"]["metadata"]["labels"].items()
+    )
     assert pdb["spec"]["minAvailable"] < api["spec"]["replicas"]  # a drain can make progress
 
 
 def test_every_service_selects_a_deployment() -> None:
-    labels = [d["spec"]["template"]["metadata"]["labels"] for d in docs() if d["kind"] == "Deployment"]
+    labels = [
+        d["spec"]["template"]["metadata"]["labels"] for d in docs() if d["kind"] == "Deployment"
+    ]
     for svc in (d for d in docs() if d["kind"] == "Service"):
         assert any(svc["spec"]["selector"].items() <= lab.items() for lab in labels), svc
 
@@ -99,7 +102,14 @@ def test_kind_config_publishes_the_node_ports() -> None:
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_workflow_matches_the_github_schema(path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows", str(path)],
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.github-workflows",
+            str(path),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -123,9 +133,14 @@ def test_workflow_runs_the_kind_path(path: Path) -> None:
     assert "kind load docker-image pytest-resilience-demo:ci --name chaos" in runs
     assert "kubectl apply -f deploy/k8s/" in runs
     command = " ".join(runs.split())
-    for part in ("pytest -m chaos scenarios/", "--chaos-target=kubernetes", "--kube-context kind-chaos",
-                 "--chaos-namespace chaos-demo", "--html=report.html --self-contained-html",
-                 "--resilience-report=resilience.html"):
+    for part in (
+        "pytest -m chaos scenarios/",
+        "--chaos-target=kubernetes",
+        "--kube-context kind-chaos",
+        "--chaos-namespace chaos-demo",
+        "--html=report.html --self-contained-html",
+        "--resilience-report=resilience.html",
+    ):
         assert part in command, part
 
 
@@ -141,7 +156,9 @@ def test_triggers() -> None:
 
 def test_dockerfile_runs_the_demo_api() -> None:
     text = (ROOT / "deploy" / "Dockerfile.demo").read_text()
-    assert text.splitlines()[2].startswith("FROM python:3.11-slim") or "FROM python:3.11-slim" in text
+    assert (
+        text.splitlines()[2].startswith("FROM python:3.11-slim") or "FROM python:3.11-slim" in text
+    )
     assert 'ENTRYPOINT ["python", "-m", "pytest_resilience.demo.api"]' in text
     assert importlib.util.find_spec("pytest_resilience.demo.api") is not None
     assert "pip install ." in text

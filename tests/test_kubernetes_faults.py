@@ -6,14 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from kube_controllers import (  # noqa: F401 - fixtures
+from kube_controllers import (  # fixtures: cluster, kubeconfig, target
     NETPOLS,
     NODES,
     PODS,
     EmulatedCluster,
-    cluster,
-    kubeconfig,
-    target,
 )
 
 from pytest_resilience.errors import FaultError
@@ -74,8 +71,10 @@ def test_network_block_falls_back_to_networkpolicy(
     assert record.detail["method"] == "networkpolicy"
     policy = cluster.obj(NETPOLS, NS, record.detail["policy"])
     label = record.detail["label"]
-    assert policy["spec"] == {"podSelector": {"matchLabels": {label: "true"}},
-                              "policyTypes": ["Ingress", "Egress"]}
+    assert policy["spec"] == {
+        "podSelector": {"matchLabels": {label: "true"}},
+        "policyTypes": ["Ingress", "Egress"],
+    }
     assert cluster.obj(PODS, NS, pod.name)["metadata"]["labels"][label] == "true"
     assert [r.ledger_id for r in target.find_marked()] == ["L-net-2"]
     target.undo(record)
@@ -98,9 +97,11 @@ def test_disk_fill_and_undo(target: KubernetesTarget, cluster: EmulatedCluster) 
 def test_disk_fill_failure_is_a_fault_error_and_leaves_no_mark(
     target: KubernetesTarget, cluster: EmulatedCluster
 ) -> None:
-    cluster.exec_replies.append((lambda argv: "fallocate" in " ".join(argv), (1, "", "Read-only file system")))
+    cluster.exec_replies.append(
+        (lambda argv: "fallocate" in " ".join(argv), (1, "", "Read-only file system"))
+    )
     pod = target.select("app=api")[0]
-    with pytest.raises(FaultError, match="Read-only file system.*writable mount"):
+    with pytest.raises(FaultError, match=r"Read-only file system.*writable mount"):
         target.disk_fill(pod, ledger_id="L-ro", path="/", size_mb=1)
     assert FAULT_ANNOTATION not in annotations(cluster, pod.name)
 

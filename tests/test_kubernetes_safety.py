@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from kube_controllers import DEPLOYMENTS, PODS, EmulatedCluster, cluster  # noqa: F401
+from kube_controllers import DEPLOYMENTS, PODS, EmulatedCluster
 
 from pytest_resilience.errors import ConfigError, NotAllowed, TargetError
 from pytest_resilience.targets.base import Pod
@@ -18,23 +18,33 @@ from pytest_resilience.targets.kubernetes import KubernetesTarget
 NS = "chaos-demo"
 
 
-def make(cluster: EmulatedCluster, tmp_path: Path, *, context: str = "kind-test",
-         namespace: str = NS, **kw) -> KubernetesTarget:
+def make(
+    cluster: EmulatedCluster,
+    tmp_path: Path,
+    *,
+    context: str = "kind-test",
+    namespace: str = NS,
+    **kw,
+) -> KubernetesTarget:
     path = cluster.kubeconfig(tmp_path, context=context)
     return KubernetesTarget(kubeconfig=str(path), context=context, namespace=namespace, **kw)
 
 
 def test_policy_parsing() -> None:
-    p = ChaosPolicy.parse(["context:staging-*", "namespace:kube-system,!payments", "!context:kind-prod"])
+    p = ChaosPolicy.parse(
+        ["context:staging-*", "namespace:kube-system,!payments", "!context:kind-prod"]
+    )
     assert p.allow_contexts == ("kind-*", "staging-*")
     assert p.allow_namespaces == ("kube-system",) and p.deny_namespaces == ("payments",)
     assert p.deny_contexts == ("kind-prod",)
     assert ChaosPolicy.parse("!ns1").deny_namespaces == ("ns1",)
-    with pytest.raises(ConfigError, match="--chaos-allow.*bad rule 'cluster:x'"):
+    with pytest.raises(ConfigError, match=r"--chaos-allow.*bad rule 'cluster:x'"):
         ChaosPolicy.parse(["cluster:x"])
 
 
-def test_non_kind_context_refused_before_any_request(cluster: EmulatedCluster, tmp_path: Path) -> None:
+def test_non_kind_context_refused_before_any_request(
+    cluster: EmulatedCluster, tmp_path: Path
+) -> None:
     with pytest.raises(NotAllowed, match="--chaos-allow context:prod-eu"):
         make(cluster, tmp_path, context="prod-eu")
     assert cluster.requests() == []
@@ -47,7 +57,9 @@ def test_denied_kind_context(cluster: EmulatedCluster, tmp_path: Path) -> None:
         make(cluster, tmp_path, allow=["!context:kind-test"])
 
 
-@pytest.mark.parametrize("ns", ["kube-system", "kube-public", "kube-node-lease", "local-path-storage"])
+@pytest.mark.parametrize(
+    "ns", ["kube-system", "kube-public", "kube-node-lease", "local-path-storage"]
+)
 def test_system_namespaces_refused(cluster: EmulatedCluster, tmp_path: Path, ns: str) -> None:
     with pytest.raises(NotAllowed, match=f"--chaos-allow namespace:{ns}"):
         make(cluster, tmp_path, namespace=ns)
@@ -97,13 +109,15 @@ def test_dry_run_logs_and_changes_nothing(cluster: EmulatedCluster, tmp_path: Pa
 
 
 def test_missing_kubeconfig(tmp_path: Path) -> None:
-    with pytest.raises(TargetError, match="no kubeconfig at .*kind create cluster"):
+    with pytest.raises(TargetError, match=r"no kubeconfig at .*kind create cluster"):
         KubernetesTarget(kubeconfig=str(tmp_path / "absent"), namespace=NS)
 
 
 def test_unknown_context(cluster: EmulatedCluster, tmp_path: Path) -> None:
     path = cluster.kubeconfig(tmp_path)
-    with pytest.raises(TargetError, match="context 'kind-chaos' not found.*known contexts: kind-test"):
+    with pytest.raises(
+        TargetError, match=r"context 'kind-chaos' not found.*known contexts: kind-test"
+    ):
         KubernetesTarget(kubeconfig=str(path), context="kind-chaos", namespace=NS)
 
 
@@ -112,12 +126,18 @@ def test_unreachable_api_server(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
     path = tmp_path / "kubeconfig"
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "kind-gone", "context": {"cluster": "c", "user": "u"}}],
-        "current-context": "kind-gone"}))
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "kind-gone", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "kind-gone",
+            }
+        )
+    )
     with KubernetesTarget(kubeconfig=str(path), namespace=NS) as t:
         t._client.configuration.retries = 0
         with pytest.raises(KubeUnreachable, match="is the cluster up"):

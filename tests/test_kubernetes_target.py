@@ -6,16 +6,13 @@ import signal
 import threading
 
 import pytest
-from kube_controllers import (  # noqa: F401 - fixtures
+from kube_controllers import (  # fixtures: cluster, kubeconfig, target
     DEPLOYMENTS,
     NODES,
     PDBS,
     PODS,
     REPLICASETS,
     EmulatedCluster,
-    cluster,
-    kubeconfig,
-    target,
 )
 
 from pytest_resilience.errors import SelectorMatchedNothing, TargetError
@@ -41,7 +38,7 @@ def test_pods_by_selector(target: KubernetesTarget, cluster: EmulatedCluster) ->
 
 
 def test_select_matching_nothing_is_an_error(target: KubernetesTarget) -> None:
-    with pytest.raises(SelectorMatchedNothing, match="app=apj.*chaos-demo"):
+    with pytest.raises(SelectorMatchedNothing, match=r"app=apj.*chaos-demo"):
         target.select("app=apj")
 
 
@@ -107,8 +104,12 @@ def test_node_not_ready_event(target: KubernetesTarget, cluster: EmulatedCluster
 
     async def node_down() -> None:  # the node lifecycle controller marking a node NotReady
         async with cluster.emu._lock:
-            await cluster.emu._patch(NODES, None, "worker-2", {"status": {"conditions": [
-                {"type": "Ready", "status": "False"}]}})
+            await cluster.emu._patch(
+                NODES,
+                None,
+                "worker-2",
+                {"status": {"conditions": [{"type": "Ready", "status": "False"}]}},
+            )
 
     cluster.run(node_down())
     assert got.wait(10)
@@ -139,10 +140,25 @@ def test_rollback_to_previous_revision(target: KubernetesTarget, cluster: Emulat
     import kubernetes.client as kc
 
     apps = kc.AppsV1Api(target.conn.api_client())
-    apps.patch_namespaced_deployment("api", NS, {"spec": {"template": {"spec": {"containers": [
-        {"name": "api", "image": "chaos-demo:v2-broken"}]}}}})
-    cluster.eventually(lambda: cluster.obj(DEPLOYMENTS, NS, "api")["metadata"]["annotations"][
-        "deployment.kubernetes.io/revision"] == "2")
+    apps.patch_namespaced_deployment(
+        "api",
+        NS,
+        {
+            "spec": {
+                "template": {
+                    "spec": {"containers": [{"name": "api", "image": "chaos-demo:v2-broken"}]}
+                }
+            }
+        },
+    )
+    cluster.eventually(
+        lambda: (
+            cluster.obj(DEPLOYMENTS, NS, "api")["metadata"]["annotations"][
+                "deployment.kubernetes.io/revision"
+            ]
+            == "2"
+        )
+    )
     assert target.rollback("api") == "1"
     dep = cluster.obj(DEPLOYMENTS, NS, "api")
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "chaos-demo:v1"
@@ -151,8 +167,12 @@ def test_rollback_to_previous_revision(target: KubernetesTarget, cluster: Emulat
     assert {p["spec"]["containers"][0]["image"] for p in cluster.pods_of(NS, "api")} == {
         "chaos-demo:v1"
     }
-    assert cluster.obj(DEPLOYMENTS, NS, "api")["metadata"]["annotations"][
-        "deployment.kubernetes.io/revision"] == "3"
+    assert (
+        cluster.obj(DEPLOYMENTS, NS, "api")["metadata"]["annotations"][
+            "deployment.kubernetes.io/revision"
+        ]
+        == "3"
+    )
     assert len(cluster.items(REPLICASETS, NS)) == 2
 
 
@@ -164,7 +184,7 @@ def test_rollback_without_history_is_a_clear_error(target: KubernetesTarget) -> 
 def test_cordon_uncordon(target: KubernetesTarget, cluster: EmulatedCluster) -> None:
     target.cordon("worker-1")
     assert cluster.obj(NODES, None, "worker-1")["spec"]["unschedulable"] is True
-    assert not [n for n in target.nodes() if n.name == "worker-1"][0].schedulable
+    assert not next(n for n in target.nodes() if n.name == "worker-1").schedulable
     target.uncordon("worker-1")
     assert "unschedulable" not in cluster.obj(NODES, None, "worker-1")["spec"]
 
@@ -172,19 +192,36 @@ def test_cordon_uncordon(target: KubernetesTarget, cluster: EmulatedCluster) -> 
 def test_drain_evicts_through_the_api_and_respects_the_pdb(
     target: KubernetesTarget, cluster: EmulatedCluster
 ) -> None:
-    cluster.add(PDBS, NS, {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-                           "metadata": {"name": "api", "namespace": NS},
-                           "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "api"}}}})
+    cluster.add(
+        PDBS,
+        NS,
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": {"name": "api", "namespace": NS},
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "api"}}},
+        },
+    )
     api = cluster.obj(DEPLOYMENTS, NS, "api")
     assert api
     target.scale("api", 4)  # two pods on worker-2 (the emulated scheduler round-robins)
     target.wait_ready("api", timeout=10)
     on_node = [p for p in cluster.pods_of(NS, "api") if p["spec"]["nodeName"] == "worker-2"]
     assert len(on_node) == 2
-    daemon = {"apiVersion": "v1", "kind": "Pod", "metadata": {
-        "name": "log-agent", "namespace": NS, "labels": {"app": "log-agent"},
-        "ownerReferences": [{"kind": "DaemonSet", "name": "log-agent", "apiVersion": "apps/v1"}]},
-        "spec": {"nodeName": "worker-2"}, "status": {"phase": "Running"}}
+    daemon = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "log-agent",
+            "namespace": NS,
+            "labels": {"app": "log-agent"},
+            "ownerReferences": [
+                {"kind": "DaemonSet", "name": "log-agent", "apiVersion": "apps/v1"}
+            ],
+        },
+        "spec": {"nodeName": "worker-2"},
+        "status": {"phase": "Running"},
+    }
     cluster.add(PODS, NS, daemon)
     evicted = target.drain("worker-2", timeout=20)
     assert sorted(p.name for p in evicted) == sorted(p["metadata"]["name"] for p in on_node)
@@ -197,7 +234,9 @@ def test_drain_evicts_through_the_api_and_respects_the_pdb(
     assert all(p["spec"]["nodeName"] != "worker-2" for p in cluster.pods_of(NS, "api"))
 
 
-def test_exec_returns_output_and_exit_code(target: KubernetesTarget, cluster: EmulatedCluster) -> None:
+def test_exec_returns_output_and_exit_code(
+    target: KubernetesTarget, cluster: EmulatedCluster
+) -> None:
     cluster.exec_replies.append((lambda argv: argv[:1] == ["cat"], (3, "partial", "no such file")))
     pod = target.select("app=api")[0]
     result = target.exec(pod, ["cat", "/nope"])
@@ -210,7 +249,9 @@ def test_forbidden_answer_names_the_rbac_to_grant(
 ) -> None:
     cluster.forbid("DELETE", "pods")
     pod = target.select("app=api")[0]
-    with pytest.raises(KubeForbidden, match=r"verb 'delete' on 'pods'.*kubectl create role") as info:
+    with pytest.raises(
+        KubeForbidden, match=r"verb 'delete' on 'pods'.*kubectl create role"
+    ) as info:
         target.kill_pod(pod)
     assert info.value.status == 403 and "cannot delete resource" in str(info.value)
 
@@ -232,7 +273,14 @@ def test_wait_ready_timeout_says_what_is_missing(
 def test_endpoint_from_service(target: KubernetesTarget, cluster: EmulatedCluster) -> None:
     from kube_controllers import SERVICES
 
-    cluster.add(SERVICES, NS, {"apiVersion": "v1", "kind": "Service", "metadata": {
-        "name": "api", "namespace": NS}, "spec": {"type": "NodePort", "ports": [
-            {"port": 8080, "nodePort": 30080}]}})
+    cluster.add(
+        SERVICES,
+        NS,
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "api", "namespace": NS},
+            "spec": {"type": "NodePort", "ports": [{"port": 8080, "nodePort": 30080}]},
+        },
+    )
     assert target.endpoint("api") == "http://172.18.0.2:30080"

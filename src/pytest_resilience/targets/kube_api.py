@@ -11,6 +11,7 @@ says how to check the cluster.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -196,10 +197,8 @@ def translate(
         except (ValueError, AttributeError):
             server_msg = str(body)[:300]
     if status == 0 and "Handshake status" in reason:  # websocket (exec) failures
-        try:
+        with contextlib.suppress(IndexError, ValueError):
             status = int(reason.split("Handshake status", 1)[1].split()[0])
-        except (IndexError, ValueError):
-            pass
     base, _, sub = resource.partition("/")
     where = "/".join(filter(None, (base, name, sub)))
     where += f" in namespace {namespace!r}" if namespace else ""

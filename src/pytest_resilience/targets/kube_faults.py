@@ -19,6 +19,7 @@ NetworkPolicy cannot deny single ports, so the fallback blocks the whole directi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,7 +35,13 @@ from .kube_api import KubeApiError, KubeForbidden, KubeInvalid, KubeNotFound
 if TYPE_CHECKING:  # the mixin's host
     from .kubernetes import KubernetesTarget
 
-__all__ = ["FAULT_ANNOTATION", "RECORD_ANNOTATION_PREFIX", "ChangeRecord", "KubeFaults", "ObjectRef"]
+__all__ = [
+    "FAULT_ANNOTATION",
+    "RECORD_ANNOTATION_PREFIX",
+    "ChangeRecord",
+    "KubeFaults",
+    "ObjectRef",
+]
 
 log = logging.getLogger("pytest_resilience.targets.kubernetes")
 
@@ -112,7 +119,9 @@ class KubeFaults:
         neither is given) in ``direction``."""
         self.policy.check_namespace(pod.namespace)
         if direction not in ("egress", "ingress", "both"):
-            raise FaultError(f"network_block: direction must be egress, ingress or both: {direction!r}")
+            raise FaultError(
+                f"network_block: direction must be egress, ingress or both: {direction!r}"
+            )
         key = _short(ledger_id)
         container = f"chaos-net-{key}"
         chains = {"in": f"PRC-{key}-I", "out": f"PRC-{key}-O"}
@@ -208,7 +217,8 @@ class KubeFaults:
         if found is None or not state(found).get("running"):
             raise FaultError(
                 f"network_block: ephemeral container {container} in {pod.namespace}/{pod.name} "
-                f"is not running after {timeout}s ({dict(state(found)) if found else 'no status'}); "
+                f"is not running after {timeout}s "
+                f"({dict(state(found)) if found else 'no status'}); "
                 f"can the node pull {self.net_image}?"
             )
 
@@ -253,7 +263,10 @@ class KubeFaults:
                     RECORD_ANNOTATION_PREFIX + key: json.dumps(record.to_dict()),
                 },
             },
-            "spec": {"podSelector": {"matchLabels": {label: "true"}}, "policyTypes": types[direction]},
+            "spec": {
+                "podSelector": {"matchLabels": {label: "true"}},
+                "policyTypes": types[direction],
+            },
         }
         self._change(
             f"CREATE networkpolicy {pod.namespace}/{policy} deny {direction} for pod {pod.name}",
@@ -331,7 +344,10 @@ class KubeFaults:
             dry_run=self.dry_run,
         )
         self._mark(record)
-        hog = f"import time; b = bytearray(b'\\x01') * ({int(mb)} << 20); time.sleep({float(duration_s)})"
+        hog = (
+            f"import time; b = bytearray(b'\\x01') * ({int(mb)} << 20); "
+            f"time.sleep({float(duration_s)})"
+        )
         script = (
             "command -v python3 >/dev/null || { echo 'python3 not found' >&2; exit 127; }; "
             f"nohup python3 -c {shlex.quote(hog)} >/dev/null 2>&1 & echo $! > {pidfile}"
@@ -367,7 +383,10 @@ class KubeFaults:
             ledger_id=ledger_id,
             context=self.context,
             objects=record.objects,
-            detail={"was_unschedulable": was, "evicted": [f"{p.namespace}/{p.name}" for p in evicted]},
+            detail={
+                "was_unschedulable": was,
+                "evicted": [f"{p.namespace}/{p.name}" for p in evicted],
+            },
             dry_run=self.dry_run,
         )
 
@@ -386,41 +405,38 @@ class KubeFaults:
             if ref.namespace:
                 self.policy.check_namespace(ref.namespace)
         pod_ref = next((o for o in record.objects if o.kind == "Pod"), None)
-        pod = Pod(name=pod_ref.name, workload="", namespace=pod_ref.namespace or "") if pod_ref else None
+        pod = (
+            Pod(name=pod_ref.name, workload="", namespace=pod_ref.namespace or "")
+            if pod_ref
+            else None
+        )
         d = record.detail
-        try:
-            if record.kind == "network_block" and d.get("method") == "networkpolicy" and pod:
-                try:
-                    self._change(
-                        f"DELETE networkpolicy {pod.namespace}/{d['policy']}",
-                        self._net.delete_namespaced_network_policy,
-                        d["policy"],
-                        pod.namespace,
-                        verb="delete",
-                        resource="networkpolicies",
-                        namespace=pod.namespace,
-                        name=d["policy"],
-                    )
-                except KubeNotFound:
-                    pass
-            elif record.kind == "network_block" and pod:
-                self._exec_undo(pod, _iptables_revert(d["chains"]), d["container"])
-            elif record.kind == "disk_fill" and pod:
-                self._exec_undo(pod, f"rm -f {shlex.quote(d['file'])}", d.get("container"))
-            elif record.kind == "memory_stress" and pod:
-                f = shlex.quote(d["pidfile"])
-                script = f"test -f {f} && kill $(cat {f}) 2>/dev/null; rm -f {f}; true"
-                self._exec_undo(pod, script, d.get("container"))
-            elif record.kind == "node_failure":
-                if not d.get("was_unschedulable"):
-                    try:
-                        self.uncordon(record.objects[0].name)
-                    except KubeNotFound:
-                        pass
-            else:
-                raise FaultError(f"undo: unknown change record kind {record.kind!r}")
-        finally:
-            pass
+        if record.kind == "network_block" and d.get("method") == "networkpolicy" and pod:
+            with contextlib.suppress(KubeNotFound):
+                self._change(
+                    f"DELETE networkpolicy {pod.namespace}/{d['policy']}",
+                    self._net.delete_namespaced_network_policy,
+                    d["policy"],
+                    pod.namespace,
+                    verb="delete",
+                    resource="networkpolicies",
+                    namespace=pod.namespace,
+                    name=d["policy"],
+                )
+        elif record.kind == "network_block" and pod:
+            self._exec_undo(pod, _iptables_revert(d["chains"]), d["container"])
+        elif record.kind == "disk_fill" and pod:
+            self._exec_undo(pod, f"rm -f {shlex.quote(d['file'])}", d.get("container"))
+        elif record.kind == "memory_stress" and pod:
+            f = shlex.quote(d["pidfile"])
+            script = f"test -f {f} && kill $(cat {f}) 2>/dev/null; rm -f {f}; true"
+            self._exec_undo(pod, script, d.get("container"))
+        elif record.kind == "node_failure":
+            if not d.get("was_unschedulable"):
+                with contextlib.suppress(KubeNotFound):
+                    self.uncordon(record.objects[0].name)
+        else:
+            raise FaultError(f"undo: unknown change record kind {record.kind!r}")
         self._unmark(record)
 
     def _exec_undo(self: KubernetesTarget, pod: Pod, script: str, container: str | None) -> None:

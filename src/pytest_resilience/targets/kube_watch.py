@@ -92,7 +92,7 @@ class ResourceWatch:
                     version = self._watch(version)
             except _Gone:
                 log.debug("watch %s: 410 Gone, listing again", self.name)
-            except Exception as exc:  # noqa: BLE001 - a watch thread must survive to retry
+            except Exception as exc:
                 if self._stop.is_set():
                     return
                 log.warning("watch %s failed (%s); retrying in %.1fs", self.name, exc, backoff)
@@ -158,7 +158,7 @@ class ResourceWatch:
         for event in self.differ(old, new):
             try:
                 self.emit(event)
-            except Exception:  # noqa: BLE001 - one bad subscriber must not kill the watch
+            except Exception:
                 log.exception("event subscriber failed on %s", event)
 
 
@@ -195,7 +195,11 @@ def pod_workload(obj: Obj) -> str:
     for ref in meta.get("ownerReferences") or ():
         owner = str(ref.get("name", ""))
         template_hash = labels.get("pod-template-hash")
-        if ref.get("kind") == "ReplicaSet" and template_hash and owner.endswith("-" + template_hash):
+        if (
+            ref.get("kind") == "ReplicaSet"
+            and template_hash
+            and owner.endswith("-" + template_hash)
+        ):
             return owner[: -len(template_hash) - 1]
         return owner
     return labels.get("app.kubernetes.io/name") or labels.get("app") or str(meta.get("name", ""))
@@ -224,9 +228,9 @@ def diff_pod(old: Obj | None, new: Obj | None) -> list[TargetEvent]:
         return events
     if old is None:
         events.append(TargetEvent(EventKind.POD_STARTED, **common))
-    if new.get("metadata", {}).get("deletionTimestamp") and not (old or {}).get(
-        "metadata", {}
-    ).get("deletionTimestamp"):
+    if new.get("metadata", {}).get("deletionTimestamp") and not (old or {}).get("metadata", {}).get(
+        "deletionTimestamp"
+    ):
         events.append(TargetEvent(EventKind.POD_DIED, detail="terminating", **common))
     before, after = _restarts(old), _restarts(new)
     for container, count in after.items():
@@ -239,9 +243,10 @@ def diff_pod(old: Obj | None, new: Obj | None) -> list[TargetEvent]:
                     **common,
                 )
             )
-    if new.get("status", {}).get("phase") == "Failed" and (old or {}).get("status", {}).get(
-        "phase"
-    ) != "Failed":
+    if (
+        new.get("status", {}).get("phase") == "Failed"
+        and (old or {}).get("status", {}).get("phase") != "Failed"
+    ):
         events.append(TargetEvent(EventKind.POD_DIED, detail="phase Failed", **common))
     for reason in sorted(_waiting_reasons(new) - _waiting_reasons(old)):
         events.append(

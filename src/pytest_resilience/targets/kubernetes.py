@@ -22,6 +22,7 @@ front of the app.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import json
@@ -33,8 +34,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..errors import SelectorMatchedNothing, TargetError
-from .base import EventKind, ExecResult, Node, Pod, TargetEvent, Workload, parse_selector
-from .base import match_labels
+from .base import (
+    EventKind,
+    ExecResult,
+    Node,
+    Pod,
+    TargetEvent,
+    Workload,
+    match_labels,
+    parse_selector,
+)
 from .kube_api import (
     KubeConnection,
     KubeNotFound,
@@ -58,7 +67,11 @@ __all__ = ["KubernetesTarget"]
 
 log = logging.getLogger("pytest_resilience.targets.kubernetes")
 
-_HASH_LABELS = ("pod-template-hash", "controller-revision-hash", "statefulset.kubernetes.io/pod-name")
+_HASH_LABELS = (
+    "pod-template-hash",
+    "controller-revision-hash",
+    "statefulset.kubernetes.io/pod-name",
+)
 _REVISION = "deployment.kubernetes.io/revision"
 _RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 
@@ -315,7 +328,9 @@ class KubernetesTarget(KubeFaults):
             if match_labels(_labels(rs), match)
             and any(
                 ref.get("kind") == "Deployment"
-                and (ref.get("uid") == uid if uid and ref.get("uid") else ref.get("name") == workload)
+                and (
+                    ref.get("uid") == uid if uid and ref.get("uid") else ref.get("name") == workload
+                )
                 for ref in rs["metadata"].get("ownerReferences") or ()
             )
         ]
@@ -379,7 +394,9 @@ class KubernetesTarget(KubeFaults):
             try:
                 self.policy.check_namespace(pod.namespace)
             except TargetError as refusal:
-                log.warning("drain %s: leaving pod %s/%s: %s", node, pod.namespace, pod.name, refusal)
+                log.warning(
+                    "drain %s: leaving pod %s/%s: %s", node, pod.namespace, pod.name, refusal
+                )
                 continue
             if self._evict(pod, deadline):
                 evicted.append(pod)
@@ -464,7 +481,9 @@ class KubernetesTarget(KubeFaults):
             )
 
         found = self._watch_until(
-            functools.partial(self._core.list_namespaced_pod, label_selector=_selector_string(wanted)),
+            functools.partial(
+                self._core.list_namespaced_pod, label_selector=_selector_string(wanted)
+            ),
             lambda o: True,
             is_replacement,
             resource="pods",
@@ -501,7 +520,9 @@ class KubernetesTarget(KubeFaults):
         extra = {"field_selector": field_selector} if field_selector else {}
         while time.monotonic() < deadline:
             if list_first:
-                data = self._read(list_fn, ns, verb="list", resource=resource, namespace=ns, **extra)
+                data = self._read(
+                    list_fn, ns, verb="list", resource=resource, namespace=ns, **extra
+                )
                 for obj in data.get("items") or ():
                     if accept(obj) and done(obj):
                         return obj
@@ -583,7 +604,11 @@ class KubernetesTarget(KubeFaults):
         ]
         for name, fn, differ in specs:
             watch = ResourceWatch(
-                name=name, list_fn=fn, differ=differ, emit=self._emit, timeout_s=self._watch_timeout_s
+                name=name,
+                list_fn=fn,
+                differ=differ,
+                emit=self._emit,
+                timeout_s=self._watch_timeout_s,
             )
             self._watches.append(watch.start())
 
@@ -593,7 +618,7 @@ class KubernetesTarget(KubeFaults):
         for callback in subscribers:
             try:
                 callback(event)
-            except Exception:  # noqa: BLE001 - a subscriber's bug must not stop the others
+            except Exception:
                 log.exception("subscriber %r failed on %s", callback, event)
 
     def close(self) -> None:
@@ -601,10 +626,8 @@ class KubernetesTarget(KubeFaults):
             watch.stop()
         self._watches.clear()
         for c in [self._client, self._exec_client, *self._watch_clients]:
-            try:
+            with contextlib.suppress(Exception):  # closing is best effort
                 c.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
-                pass
         self._watch_clients.clear()
 
     def __enter__(self) -> KubernetesTarget:
@@ -809,4 +832,3 @@ def _timestamp(value: Any) -> int:
         return int(_dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp())
     except ValueError:
         return 0
-

@@ -1,0 +1,73 @@
+"""API requests of one pod kill on the Kubernetes target, 10 vs 1,000 pods in the namespace.
+
+A pod kill is: delete the pod (grace 0), then wait through a watch until a replacement is
+Ready. Counted at kmock's emulator (every HTTP request the official client sends), with
+the emulator's test controllers standing in for the ReplicaSet controller and kubelet.
+Goal: the count does not grow with the namespace (within 20%), i.e. no polling over pods.
+
+Run: python benchmarks/bench_kube_requests.py
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from kube_controllers import EmulatedCluster
+
+from pytest_resilience.targets.kubernetes import KubernetesTarget
+
+API_REPLICAS = 3
+
+
+def measure(total_pods: int, kills: int = 5) -> tuple[float, float, float, int]:
+    """Mean requests per kill (kill+wait_replaced), per kill+wait_ready, and seconds per kill."""
+    with EmulatedCluster() as cluster, tempfile.TemporaryDirectory() as tmp:
+        cluster.seed(replicas=API_REPLICAS, filler=total_pods - API_REPLICAS)
+        target = KubernetesTarget(
+            kubeconfig=str(cluster.kubeconfig(Path(tmp))), namespace="chaos-demo"
+        )
+        try:
+            counts, counts_ready, secs = [], [], []
+            for _ in range(kills):
+                victim = target.select("app=api")[0]
+                before = len(cluster.requests())
+                started = time.perf_counter()
+                target.kill_pod(victim)
+                target.wait_replaced(victim, timeout=30)
+                secs.append(time.perf_counter() - started)
+                counts.append(len(cluster.requests()) - before)
+                victim = target.select("app=api")[0]
+                before = len(cluster.requests())
+                target.kill_pod(victim)
+                target.wait_replaced(victim, timeout=30)
+                target.wait_ready("api", timeout=30)
+                counts_ready.append(len(cluster.requests()) - before)
+        finally:
+            target.close()
+        return sum(counts) / kills, sum(counts_ready) / kills, sum(secs) / kills, max(counts)
+
+
+def main() -> None:
+    small = measure(10)
+    large = measure(1000)
+    print(
+        "pod kill (delete grace 0 + watch until a replacement is Ready), requests at the emulator"
+    )
+    print(f"{'pods in namespace':>18} {'req/kill':>9} {'max':>4} {'+wait_ready':>12} {'s/kill':>8}")
+    for n, (req, req_ready, s, top) in ((10, small), (1000, large)):
+        print(f"{n:>18} {req:>9.1f} {top:>4} {req_ready:>12.1f} {s:>8.3f}")
+    print("(2 = delete + list that already shows the Ready replacement; 3 = delete + list + watch)")
+    ratio = large[0] / small[0]
+    print(
+        f"requests ratio 1000/10 pods: {ratio:.2f} (goal: within 0.8..1.2) -> "
+        f"{'OK' if 0.8 <= ratio <= 1.2 else 'MISSED'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
