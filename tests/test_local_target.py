@@ -105,6 +105,15 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.02)
 
 
+def children() -> set[int]:
+    return {c.pid for c in psutil.Process().children(recursive=True) if alive(c.pid)}
+
+
+def new_children(before: set[int]) -> set[int]:
+    """Our processes started since ``before`` and still alive (other fixtures may own some)."""
+    return children() - before
+
+
 def port_is_free(port: int) -> bool:
     with socket.socket() as sock:
         try:
@@ -232,6 +241,57 @@ def test_rollback_v2_to_v1(web: LocalTarget, events: Events):
     assert web.rollback("web") == "v1"
 
 
+def test_rolling_restart_replaces_every_pod_and_keeps_serving(web: LocalTarget, events: Events):
+    before = {p.name for p in web.pods()}
+    port = web.port_of("web")
+    kinds: list[str] = []
+    answers: list[int | str] = []
+    done = threading.Event()
+    unsubscribe = web.subscribe(lambda e: kinds.append(e.kind.value))
+
+    def hammer() -> None:
+        while not done.is_set():
+            try:
+                answers.append(get(port, "/readyz")[0])
+            except OSError as exc:
+                answers.append(repr(exc))
+
+    client = threading.Thread(target=hammer)
+    client.start()
+    try:
+        web.restart("web")
+    finally:
+        done.set()
+        client.join(10)
+    after = web.pods()
+    assert len(after) == 3 and all(p.ready for p in after)
+    assert not before & {p.name for p in after}
+    # A listener that closes drops the connections still in its accept queue (unless
+    # net.ipv4.tcp_migrate_req=1), so each of the 3 replaced pods may cost one request.
+    failed = [a for a in answers if a != 200]
+    assert len(answers) > 10 and len(failed) <= 3, failed
+    assert "restarted" in kinds and not events.of(EventKind.POD_DIED)
+    unsubscribe()
+    web.scale("web", 2)
+    assert "scaled" not in kinds
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running a pod as another user needs root")
+def test_a_pod_runs_as_the_user_of_its_spec(tmp_path: Path):
+    text = """
+services:
+  - name: lowly
+    user: nobody
+    versions: {v1: ["/bin/sh", "-c", "id -un; exec sleep 600"]}
+"""
+    with LocalTarget.from_file(
+        services_file(tmp_path, "user.yaml", text), work_dir=tmp_path
+    ) as target:
+        (pod,) = target.pods()
+        assert psutil.Process(pod.pid).username() == "nobody"
+        assert target.exec(pod, ["id", "-un"]).stdout.strip() == "nobody"
+
+
 def test_pause_and_resume(web: LocalTarget, events: Events):
     pod = web.pods()[0]
     web.pause_pod(pod)
@@ -313,13 +373,14 @@ services:
     target = LocalTarget.from_file(
         services_file(tmp_path, "broken.yaml", text), work_dir=tmp_path, timeline_hook=events
     )
+    before = children()
     with pytest.raises(TargetError) as caught:
         target.start()
     message = str(caught.value)
     assert "service 'broken' failed to start" in message
     assert command[0] in message and expected in message
     assert events.of(EventKind.POD_FAILED_TO_START)
-    assert not psutil.Process().children(recursive=True)
+    assert not new_children(before)
 
 
 @pytest.mark.parametrize(
@@ -424,6 +485,7 @@ def test_close_leaves_no_process_and_frees_the_port(tmp_path: Path):
     target = LocalTarget.from_file(
         services_file(tmp_path, "close.yaml", text), work_dir=tmp_path, stop_grace_s=0.5
     )
+    before = children()
     target.start()
     ports = [target.port_of("web"), target.port_of("stubborn")]
     pids = [p.pid for p in target.pods()]
@@ -431,7 +493,7 @@ def test_close_leaves_no_process_and_frees_the_port(tmp_path: Path):
     target.close()
     target.close()  # idempotent
     assert not any(alive(pid) for pid in pids)
-    assert not psutil.Process().children(recursive=True)
+    assert not new_children(before)
     assert all(port_is_free(port) for port in ports)
     with pytest.raises(TargetError, match="not running"):
         target.scale("web", 1)
