@@ -1,5 +1,6 @@
 """Fault primitives of the Kubernetes target and their undo from the record alone."""
 
+# ruff: noqa: F401, F811 - pytest fixtures imported from kube_controllers
 from __future__ import annotations
 
 import json
@@ -11,6 +12,9 @@ from kube_controllers import (  # fixtures: cluster, kubeconfig, target
     NODES,
     PODS,
     EmulatedCluster,
+    cluster,
+    kubeconfig,
+    target,
 )
 
 from pytest_resilience.errors import FaultError

@@ -1,5 +1,6 @@
 """Safety rules of the Kubernetes target: refusals happen before any change is sent."""
 
+# ruff: noqa: F401, F811 - pytest fixtures imported from kube_controllers
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from kube_controllers import DEPLOYMENTS, PODS, EmulatedCluster
+from kube_controllers import DEPLOYMENTS, PODS, EmulatedCluster, cluster
 
 from pytest_resilience.errors import ConfigError, NotAllowed, TargetError
 from pytest_resilience.targets.base import Pod

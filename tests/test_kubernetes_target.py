@@ -1,5 +1,6 @@
 """KubernetesTarget against kmock's emulator, through the official client over HTTP."""
 
+# ruff: noqa: F401, F811 - pytest fixtures imported from kube_controllers
 from __future__ import annotations
 
 import signal
@@ -13,6 +14,9 @@ from kube_controllers import (  # fixtures: cluster, kubeconfig, target
     PODS,
     REPLICASETS,
     EmulatedCluster,
+    cluster,
+    kubeconfig,
+    target,
 )
 
 from pytest_resilience.errors import SelectorMatchedNothing, TargetError
