@@ -25,6 +25,7 @@ RUN_KEY = pytest.StashKey[ChaosRun]()
 TIMELINE_KEY = pytest.StashKey[Timeline]()
 SLO_KEY = pytest.StashKey[SLOMonitor]()
 OUTCOME_KEY = pytest.StashKey[str]()
+DURATION_KEY = pytest.StashKey[float]()
 _PREVIOUS_SIGTERM = pytest.StashKey[Any]()
 
 
@@ -196,16 +197,25 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     report = yield
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         item.stash[OUTCOME_KEY] = "error" if report.when == "setup" else report.outcome
+        item.stash[DURATION_KEY] = report.duration
     if report.when == "teardown" and TIMELINE_KEY in item.stash:
-        from .results import scenario_result
+        # At teardown every fault is reverted and the timeline is complete.
+        from .results import attach, scenario_result
 
+        run = item.config.stash[RUN_KEY]
         outcome = item.stash.get(OUTCOME_KEY, "error")
         if report.outcome == "failed" and outcome == "passed":
             outcome = "error"
         result = scenario_result(
-            item, item.stash[TIMELINE_KEY], item.stash.get(SLO_KEY, None), outcome
+            nodeid=item.nodeid,
+            timeline=item.stash[TIMELINE_KEY],
+            slo=item.stash.get(SLO_KEY, None),
+            outcome=outcome,
+            duration_s=item.stash.get(DURATION_KEY, 0.0),
+            run=run,
         )
-        item.config.stash[RUN_KEY].results.append(result)
+        run.results.append(result)
+        attach(report, result)
     return report
 
 

@@ -1,60 +1,75 @@
-"""One chaos test's outcome as data, and the run's report written from those records.
+"""One chaos test's outcome as a report record, and the run's reports written from them.
 
-The plugin collects a record per chaos test at teardown (when every fault has been
-reverted and the timeline is complete); the report room renders them.
+The plugin builds a record per chaos test at teardown, when every fault has been
+reverted and the timeline is complete; the report room renders the records.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
+import platform
+import time
 from typing import Any
 
-import pytest
-
+from .report import ScenarioResult
 from .run import ChaosRun
 from .slo import SLOMonitor
 from .timeline import Timeline
 
-__all__ = ["scenario_result", "summary_lines", "write_report"]
+__all__ = ["attach", "scenario_result", "summary_lines", "write_report"]
 
 
 def scenario_result(
-    item: pytest.Item, timeline: Timeline, slo: SLOMonitor | None, outcome: str
-) -> dict[str, Any]:
-    from .plugin import RUN_KEY
+    *,
+    nodeid: str,
+    timeline: Timeline,
+    slo: SLOMonitor | None,
+    outcome: str,
+    duration_s: float,
+    run: ChaosRun,
+) -> ScenarioResult:
+    return ScenarioResult.from_timeline(
+        timeline,
+        nodeid=nodeid,
+        outcome=outcome,
+        duration_s=duration_s,
+        slo_verdicts=slo.verdicts() if slo else (),
+        target=run.settings.target,
+        probe_path=run.probe_path,
+    )
 
-    run = item.config.stash[RUN_KEY]
-    return {
-        "nodeid": item.nodeid,
-        "name": item.name,
-        "outcome": outcome,
-        "target": run.settings.target,
-        "timeline": timeline.to_dict(),
-        "slo_verdicts": slo.verdicts() if slo else [],
-        "figures": asdict(timeline.figures()),
-    }
+
+def attach(report: Any, result: ScenarioResult) -> None:
+    """Put the scenario on the teardown report: pytest-html extras and JUnit properties."""
+    from .report import html_extras, junit_properties
+
+    report.extras = [*getattr(report, "extras", []), *html_extras(result)]
+    report.user_properties.extend(junit_properties(result))
 
 
 def write_report(run: ChaosRun) -> None:
-    path = run.settings.report
-    assert path is not None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"target": run.settings.target, "scenarios": run.results, "notices": run.notices}
-    path.with_suffix(".json").write_text(json.dumps(data, indent=2, default=str))
+    from .report import write_resilience_report
+
+    assert run.settings.report is not None
+    run.settings.report.parent.mkdir(parents=True, exist_ok=True)
+    write_resilience_report(
+        run.settings.report,
+        run.results,
+        history_dir=run.settings.history,
+        run_info={
+            "target": run.settings.target,
+            "probe_path": run.probe_path,
+            "toxiproxy": run.toxiproxy_kind,
+            "host": platform.node(),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "notices": list(run.notices),
+        },
+    )
 
 
 def summary_lines(run: ChaosRun) -> list[str]:
-    lines = []
-    for result in run.results:
-        f = result["figures"]
-        lines.append(
-            f"{result['outcome']:>7} {result['nodeid']}: detect {_s(f['time_to_detect'])}, "
-            f"mitigate {_s(f['time_to_mitigate'])}, recover {_s(f['time_to_recover'])}"
-            + (f" (healed by {f['healed_by']})" if f["healed_by"] else "")
-        )
+    from .report import terminal_summary_lines
+
+    lines = terminal_summary_lines(run.results) if run.results else []
+    if run.settings.report is not None and run.results:
+        lines.append(f"resilience report: {run.settings.report}")
     return lines
-
-
-def _s(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f} s"

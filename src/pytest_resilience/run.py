@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .faults.base import FaultContext, revert_entries
 from .ledger import Ledger
+from .report.model import ScenarioResult
 from .settings import ChaosSettings
 from .targets.base import Target
 
@@ -25,8 +25,12 @@ log = logging.getLogger("pytest_resilience")
 @dataclass
 class ChaosRun:
     settings: ChaosSettings
-    results: list[dict[str, Any]] = field(default_factory=list)
+    results: list[ScenarioResult] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    #: which SLO probes ran: "built-in" (load stats) or "prometheus"
+    probe_path: str = "built-in"
+    #: which Toxiproxy served latency faults: "external", "binary", "embedded" or None
+    toxiproxy_kind: str | None = None
     _ledger: Ledger | None = None
 
     @property
