@@ -79,6 +79,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 return await self._render_error(
                     kmock.KubernetesError(status=403, reason="Forbidden", message=message)
                 )
+        if request.action == kmock.action.WATCH and plural in c.expire_watches:
+            return await self._expire_watch(request, c.expire_watches.pop(plural))
         if request.subresource == "exec":
             return await self._serve_exec(request)
         if request.subresource == "eviction" and rule[0] == "POST":
@@ -114,6 +116,21 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             c.spawn(self._reconcile_all(request.namespace))
         elif plural == "pods" and request.subresource == "ephemeralcontainers":
             c.spawn(self._kubelet_start_ephemeral(request.namespace, request.name))
+        return response
+
+    async def _expire_watch(self, request: Any, how: str) -> aiohttp.web.StreamResponse:
+        """The API server ending a watch: its timeout ("end") or a compacted version ("410")."""
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request._raw_request)
+        if how == "410":
+            gone = {
+                "kind": "Status",
+                "code": 410,
+                "reason": "Expired",
+                "message": "too old resource version",
+            }
+            await response.write(json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")
+        await response.write_eof()
         return response
 
     # ---------------------------------------------------------- store access
@@ -554,6 +571,7 @@ class EmulatedCluster:
         self.containers: dict[tuple[str, str], ContainerModel] = {}
         self.forbidden: list[tuple[str, str, str | None, str]] = []
         self.refuse_ephemeral = False
+        self.expire_watches: dict[str, str] = {}  # plural -> "end" | "410", for the next watch
         self.evictions_refused = 0
         self.serial = 0
         self.pod_age_offset_s = 0.0

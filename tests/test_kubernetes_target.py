@@ -100,6 +100,27 @@ def test_events_from_watches(target: KubernetesTarget, cluster: EmulatedCluster)
     assert len(watches) == 3
 
 
+@pytest.mark.parametrize("how", ["end", "410"])
+def test_watch_restarts_after_expiry_and_gone(
+    target: KubernetesTarget, cluster: EmulatedCluster, how: str
+) -> None:
+    cluster.expire_watches["pods"] = how  # the first pod watch ends at once
+    died = threading.Event()
+    target.subscribe(lambda e: e.kind == EventKind.POD_DIED and died.set())
+    assert target.wait_watching()
+    path = f"/api/v1/namespaces/{NS}/pods"
+    cluster.eventually(
+        lambda: len([r for r in cluster.requests() if r.path == path and r.query.get("watch")]) == 2
+    )
+    target.kill_pod(target.select("app=api")[0])
+    assert died.wait(10)  # the restarted watch delivers
+    pod_requests = [
+        r for r in cluster.requests() if r.path == path and "labelSelector" not in r.query
+    ]
+    lists = [r for r in pod_requests if not r.query.get("watch")]
+    assert len(lists) == (2 if how == "410" else 1)  # only 410 Gone forces a re-list
+
+
 def test_node_not_ready_event(target: KubernetesTarget, cluster: EmulatedCluster) -> None:
     got = threading.Event()
     seen: list[TargetEvent] = []
