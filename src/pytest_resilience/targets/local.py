@@ -334,6 +334,7 @@ class LocalTarget:
         root = _cgroup2_root()
         if root is None or os.geteuid() != 0:
             return
+        _sweep_stale_cgroups(root)
         base = root / f"pytest-resilience-{os.getpid()}-{id(self):x}"
         try:
             base.mkdir()
@@ -1394,6 +1395,20 @@ def _cgroup2_root() -> Path | None:
     except OSError:
         pass
     return None
+
+
+def _sweep_stale_cgroups(root: Path) -> None:
+    """Remove the empty pod cgroups of sessions that died with their guardian."""
+    for base in root.glob("pytest-resilience-*-*"):
+        pid = base.name.split("-")[2]
+        if not pid.isdigit() or psutil.pid_exists(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            for child in base.iterdir():
+                if child.is_dir():
+                    child.rmdir()
+            base.rmdir()
+            log.info("removed stale cgroup %s", base)
 
 
 def _cgroup_kill(cgroup: Path) -> None:
