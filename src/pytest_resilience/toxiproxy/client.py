@@ -32,7 +32,7 @@ from toxiproxy.proxy import Proxy as _LibProxy
 from toxiproxy.server import Toxiproxy as _LibToxiproxy
 
 from pytest_resilience.errors import ConfigError, FaultError
-from pytest_resilience.toxiproxy.toxics import STREAMS, TOXIC_ATTRIBUTES
+from pytest_resilience.toxiproxy.toxics import check_toxic as _check_toxic
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -47,7 +47,16 @@ class ToxiproxyAPIError(FaultError):
 
 
 class ToxiproxyUnreachable(FaultError):
-    """No answer from the Toxiproxy server (refused, timed out)."""
+    """No answer from the Toxiproxy server (refused, timed out).
+
+    ``refused`` tells the two apart: a refused connection means nothing listens at that
+    address (the server is gone, and its proxies and toxics with it, as they live in memory);
+    a timeout may be a network problem between us and a server that still runs.
+    """
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 @final
@@ -119,7 +128,10 @@ class _TimeoutRequests:
         try:
             response = requests.request(method, url, **kwargs)
         except requests.RequestException as exc:
-            raise ToxiproxyUnreachable(f"toxiproxy {method} {url}: {exc}") from exc
+            refused = isinstance(exc, requests.ConnectionError) and not isinstance(
+                exc, requests.Timeout
+            )
+            raise ToxiproxyUnreachable(f"toxiproxy {method} {url}: {exc}", refused=refused) from exc
         if response.status_code >= 500:
             raise ToxiproxyAPIError(
                 response.status_code, _error_text(response.content), request=f"{method} {url}"
@@ -289,37 +301,3 @@ def _error_text(raw: bytes | str) -> str:
         return str(json.loads(text)["error"])
     except (ValueError, KeyError, TypeError):
         return text.strip()
-
-
-def _check_toxic(
-    toxic_type: str, stream: str, toxicity: float, attributes: Mapping[str, object]
-) -> None:
-    if toxic_type not in TOXIC_ATTRIBUTES:
-        raise ConfigError(
-            f"unknown toxic type {toxic_type!r}; valid types: {', '.join(TOXIC_ATTRIBUTES)}",
-            field="type",
-        )
-    valid = TOXIC_ATTRIBUTES[toxic_type]
-    for attr, value in attributes.items():
-        if attr not in valid:
-            raise ConfigError(
-                f"unknown attribute {attr!r} for toxic {toxic_type!r}; valid attributes: "
-                f"{', '.join(valid) or '(none)'}",
-                field=attr,
-            )
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(
-                f"attribute {attr!r} of toxic {toxic_type!r} must be an integer >= 0, "
-                f"got {value!r}",
-                field=attr,
-            )
-    if stream not in STREAMS:
-        raise ConfigError(
-            f"stream must be one of {', '.join(STREAMS)}, got {stream!r}", field="stream"
-        )
-    if isinstance(toxicity, bool) or not isinstance(toxicity, int | float):
-        raise ConfigError(
-            f"toxicity must be a number in [0, 1], got {toxicity!r}", field="toxicity"
-        )
-    if not 0.0 <= toxicity <= 1.0:
-        raise ConfigError(f"toxicity must be in [0, 1], got {toxicity!r}", field="toxicity")

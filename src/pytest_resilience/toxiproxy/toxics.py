@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, final
 
+from pytest_resilience.errors import ConfigError
 from pytest_resilience.toxiproxy import apierrors
 
 #: Every toxic type toxiproxy v2 knows, with its integer attributes (all default to 0).
@@ -30,6 +31,46 @@ TOXIC_ATTRIBUTES: Mapping[str, tuple[str, ...]] = {
 
 #: ``upstream`` is client -> upstream server, ``downstream`` is upstream server -> client.
 STREAMS: tuple[str, ...] = ("upstream", "downstream")
+
+
+def check_toxic(
+    toxic_type: str, stream: str, toxicity: float, attributes: Mapping[str, object]
+) -> None:
+    """Reject an unknown type or attribute, a bad stream or toxicity, before any request.
+
+    Toxiproxy itself ignores unknown attributes, so a misspelt ``latnecy`` would be a silent
+    no-op; this names the offending value and lists the valid ones instead. Lives next to the
+    table (not in the client) so faults can validate without importing requests.
+    """
+    if toxic_type not in TOXIC_ATTRIBUTES:
+        raise ConfigError(
+            f"unknown toxic type {toxic_type!r}; valid types: {', '.join(TOXIC_ATTRIBUTES)}",
+            field="type",
+        )
+    valid = TOXIC_ATTRIBUTES[toxic_type]
+    for attr, value in attributes.items():
+        if attr not in valid:
+            raise ConfigError(
+                f"unknown attribute {attr!r} for toxic {toxic_type!r}; valid attributes: "
+                f"{', '.join(valid) or '(none)'}",
+                field=attr,
+            )
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(
+                f"attribute {attr!r} of toxic {toxic_type!r} must be an integer >= 0, "
+                f"got {value!r}",
+                field=attr,
+            )
+    if stream not in STREAMS:
+        raise ConfigError(
+            f"stream must be one of {', '.join(STREAMS)}, got {stream!r}", field="stream"
+        )
+    if isinstance(toxicity, bool) or not isinstance(toxicity, int | float):
+        raise ConfigError(
+            f"toxicity must be a number in [0, 1], got {toxicity!r}", field="toxicity"
+        )
+    if not 0.0 <= toxicity <= 1.0:
+        raise ConfigError(f"toxicity must be in [0, 1], got {toxicity!r}", field="toxicity")
 
 
 @final
