@@ -6,7 +6,9 @@ fixtures that need them, so installing this plugin costs other test suites nothi
 
 from __future__ import annotations
 
+import shutil
 import signal
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -80,18 +82,22 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 
 @pytest.fixture(scope="session")
-def chaos_target(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Target]:
+def chaos_target(request: pytest.FixtureRequest) -> Iterator[Target]:
     """The system under test: the embedded local target, or a Kubernetes cluster."""
     run = request.config.stash[RUN_KEY]
-    target = _or_fail(lambda: run.open_target(tmp_path_factory.mktemp("chaos-target")))
+    # Not under pytest's 0700 basetemp: the demo's Postgres drops root and must reach its data.
+    work_dir = Path(tempfile.mkdtemp(prefix="pytest-resilience-"))
+    work_dir.chmod(0o755)
     try:
-        run.settle_leftovers(target)
-        yield target
+        target = _or_fail(lambda: run.open_target(work_dir))
+        try:
+            run.settle_leftovers(target)
+            yield target
+        finally:
+            revert_every_session()
+            target.close()
     finally:
-        revert_every_session()
-        target.close()
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -40,14 +40,15 @@ def scenario_result(
 
 def attach(report: Any, result: ScenarioResult) -> None:
     """Put the scenario on the teardown report: pytest-html extras and JUnit properties."""
-    from .report import html_extras, junit_properties
+    from .report.html_extras import html_extras
+    from .report.junit import junit_properties
 
     report.extras = [*getattr(report, "extras", []), *html_extras(result)]
     report.user_properties.extend(junit_properties(result))
 
 
 def write_report(run: ChaosRun) -> None:
-    from .report import write_resilience_report
+    from .report.standalone import write_resilience_report
 
     assert run.settings.report is not None
     run.settings.report.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +68,7 @@ def write_report(run: ChaosRun) -> None:
 
 
 def summary_lines(run: ChaosRun) -> list[str]:
-    from .report import terminal_summary_lines
+    from .report.console import terminal_summary_lines
 
     lines = terminal_summary_lines(run.results) if run.results else []
     if run.settings.report is not None and run.results:
