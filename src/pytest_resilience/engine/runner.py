@@ -213,13 +213,21 @@ class Engine:
 
     def _dispatch(self) -> None:
         while not self._stop.is_set():
-            alert = self._queue.get()
-            try:
-                if alert is not None:
-                    self._decide(alert)
-            except Exception:
-                LOGGER.exception("deciding on alert failed")
-            finally:
+            batch = [self._queue.get()]
+            # one transaction per drained batch: a storm costs one commit per batch, not per alert
+            while len(batch) < 256:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            with self.store.transaction():
+                for alert in batch:
+                    try:
+                        if alert is not None:
+                            self._decide(alert)
+                    except Exception:
+                        LOGGER.exception("deciding on alert failed")
+            for _ in batch:
                 self._queue.task_done()
 
     def _decide(self, alert: Alert) -> None:
@@ -248,8 +256,8 @@ class Engine:
             self._escalate(incident, f"no playbook handles alert {alert.name!r}")
             return
         decision = self.safety.admit(alert.name, alert.target, now)
-        if not decision.allowed and decision.reason.startswith("cooldown"):
-            self.store.add_alert(alert, "suppressed: " + decision.reason)
+        if not decision.allowed and decision.reason == "cooldown":
+            self.store.add_alert(alert, "suppressed: cooldown")
             return
         incident = self._open_incident(alert, book, now)
         if not decision.allowed:
@@ -417,30 +425,23 @@ class Engine:
     ) -> bool:
         step: Step = book.steps[index]
         for call in option.actions:
-            decision = self.safety.allow_action(incident.target, time.time())
-            if not decision.allowed:
-                raise _Capped(decision.reason)
             detail = dict(
                 strategy=book.name, step=step.name, incident=incident.id, target=incident.target
             )
+            dry = {"result": "dry_run", "detail": f"would have done: {call.describe()}"}
+            # check the caps and record the action atomically: parallel incidents share them
+            with self.store.transaction():
+                decision = self.safety.allow_action(incident.target, time.time())
+                if not decision.allowed:
+                    raise _Capped(decision.reason)
+                self._mark(tl.ACTION_STARTED, call.name, dry_run=self.dry_run, **detail)
+                action_id = self.store.action_started(
+                    incident.id, incident.target, index, book.name, call.name, call.params,
+                    **(dry if self.dry_run else {}),
+                )  # fmt: skip
             if self.dry_run:
-                self._mark(tl.ACTION_STARTED, call.name, dry_run=True, **detail)
-                self.store.action_started(
-                    incident.id,
-                    incident.target,
-                    index,
-                    book.name,
-                    call.name,
-                    call.params,
-                    result="dry_run",
-                    detail=f"would have done: {call.describe()}",
-                )
                 self._mark(tl.ACTION_FINISHED, call.name, ok=False, dry_run=True, **detail)
                 continue
-            self._mark(tl.ACTION_STARTED, call.name, **detail)
-            action_id = self.store.action_started(
-                incident.id, incident.target, index, book.name, call.name, call.params
-            )
             try:
                 text = REGISTRY[call.name](ctx, **call.params) or ""
                 result = "ok"

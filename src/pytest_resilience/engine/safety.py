@@ -12,7 +12,6 @@ restarted engine keeps its cooldowns and an open breaker stays open.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 from .store import Store
@@ -43,24 +42,23 @@ class Safety:
     def __init__(self, store: Store, policy: SafetyPolicy) -> None:
         self.store = store
         self.policy = policy
-        self._lock = threading.Lock()
 
     def admit(self, alert: str, target: str, now: float) -> Decision:
         """May a new incident for (alert, target) act? Checked before the incident opens."""
-        with self._lock:
+        with self.store.transaction():  # the store's lock: one lock order
             if self.breaker_open(now):
                 return Decision(False, "circuit breaker open")
             until = self.store.get_state(_cooldown_key(alert, target), 0.0)
             if now < until:
-                return Decision(False, f"cooldown until {until:.0f}")
+                return Decision(False, "cooldown")
             return self._caps(target, now)
 
     def begin(self, alert: str, target: str, now: float) -> None:
-        with self._lock:
+        with self.store.transaction():  # the store's lock: one lock order
             self.store.set_state(_cooldown_key(alert, target), now + self.policy.cooldown_s)
 
     def allow_action(self, target: str, now: float) -> Decision:
-        with self._lock:
+        with self.store.transaction():  # the store's lock: one lock order
             return self._caps(target, now)
 
     def _caps(self, target: str, now: float) -> Decision:
@@ -77,7 +75,7 @@ class Safety:
 
     def record_outcome(self, fixed: bool, now: float) -> bool:
         """Count a finished remediation; True if this outcome opened the breaker."""
-        with self._lock:
+        with self.store.transaction():  # the store's lock: one lock order
             state = self.store.get_state(_BREAKER, {"failures": 0, "open_until": 0.0})
             if fixed:
                 state = {"failures": 0, "open_until": 0.0}
