@@ -98,6 +98,9 @@ class _NoTarget:
 
     name = "none"
 
+    def subscribe(self, callback: object):
+        return lambda: None
+
     def __getattr__(self, attr: str):
         def refuse(*args: object, **kwargs: object):
             raise ResilienceError("serve was started without a target (--target/--target-factory)")
