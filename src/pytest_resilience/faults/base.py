@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import abc
 import logging
+import secrets
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +25,14 @@ from ..ledger import Ledger, LedgerEntry
 from ..targets.base import Target
 from ..timeline import FAULT_INJECTED, FAULT_REVERTED, Timeline
 
-__all__ = ["ActiveFault", "Fault", "FaultContext", "FaultSession", "register_reverter"]
+__all__ = [
+    "ActiveFault",
+    "Fault",
+    "FaultContext",
+    "FaultSession",
+    "ledger_ref",
+    "register_reverter",
+]
 
 log = logging.getLogger("pytest_resilience.faults")
 
@@ -43,6 +52,9 @@ class Fault(abc.ABC):
     """One reversible injection. Subclasses keep their own state for :meth:`revert`."""
 
     kind: ClassVar[str]
+    #: Names this injection on the system (e.g. Kubernetes annotations); set by
+    #: :class:`FaultSession` before :meth:`inject`, see :func:`ledger_ref`.
+    ledger_id: str = ""
 
     @abc.abstractmethod
     def describe(self) -> str:
@@ -129,20 +141,26 @@ class FaultSession:
             entry_id = self.ledger.open(
                 fault.kind, target=self.ctx.target.name, description=description, spec=fault.plan()
             )
+            fault.ledger_id = ledger_ref(self.ledger.session, entry_id)
+        else:
+            fault.ledger_id = f"unledgered-{secrets.token_hex(6)}"
         handle = ActiveFault(self, fault, entry_id)
         self._faults.append(handle)
+        # T0 is when the fault starts acting: the platform's reaction (a pod_died event)
+        # can land on the timeline before inject() returns, and must not precede T0.
+        acting_at = self._now()
         try:
             handle.spec = fault.inject(self.ctx) or {}
         except BaseException as exc:
             # A half-done inject is still a fault on the system: undo what we can.
-            handle.injected_at = self.ctx.timeline.now() if self.ctx.timeline else 0.0
+            handle.injected_at = acting_at
             self._revert(handle)
             if isinstance(exc, ResilienceError | KeyboardInterrupt | SystemExit):
                 raise
             raise FaultError(f"could not inject {fault.kind} ({description}): {exc}") from exc
         if self.ledger is not None and entry_id is not None and handle.spec:
             self.ledger.update_spec(entry_id, {**fault.plan(), **handle.spec})
-        handle.injected_at = self._mark(FAULT_INJECTED, fault)
+        handle.injected_at = self._mark(FAULT_INJECTED, fault, at=acting_at)
         log.info("injected %s: %s", fault.kind, description)
         return handle
 
@@ -178,12 +196,15 @@ class FaultSession:
     def active(self) -> list[ActiveFault]:
         return [h for h in self._faults if h.active]
 
-    def _mark(self, kind: str, fault: Fault, **detail: Any) -> float:
-        if self.ctx.timeline is None:
-            import time
+    def _now(self) -> float:
+        return self.ctx.timeline.now() if self.ctx.timeline else time.time()
 
-            return time.time()
-        event = self.ctx.timeline.mark(kind, fault.kind, description=fault.describe(), **detail)
+    def _mark(self, kind: str, fault: Fault, *, at: float | None = None, **detail: Any) -> float:
+        if self.ctx.timeline is None:
+            return time.time() if at is None else at
+        event = self.ctx.timeline.mark(
+            kind, fault.kind, at=at, description=fault.describe(), **detail
+        )
         return event.at
 
 
@@ -196,10 +217,18 @@ def revert_every_session() -> None:
             log.exception("revert at session end failed")
 
 
+def ledger_ref(session: str, entry_id: int) -> str:
+    """A ledger entry's name unique across ledgers and machines: ``<session>#<id>``."""
+    return f"{session}#{entry_id}"
+
+
 def revert_entries(
     entries: list[LedgerEntry], ledger: Ledger, ctx: FaultContext
 ) -> list[tuple[LedgerEntry, str]]:
     """Undo what a killed run left open, from the ledger specs alone."""
+    from . import load_all
+
+    load_all()  # a fresh cleanup process has imported no fault module, so no reverter yet
     outcomes: list[tuple[LedgerEntry, str]] = []
     for entry in entries:
         reverter = _REVERTERS.get(entry.kind)
@@ -207,7 +236,16 @@ def revert_entries(
             outcomes.append((entry, f"no reverter registered for kind {entry.kind!r}: left open"))
             continue
         try:
-            reverter(entry.spec, ctx)
+            # What the spec cannot know (it was written before the id existed): which
+            # entry it is and where it was made, for a fault killed halfway through inject.
+            reverter(
+                {
+                    "ledger_id": ledger_ref(entry.session, entry.id),
+                    "target": entry.target,
+                    **entry.spec,
+                },
+                ctx,
+            )
         except Exception as exc:
             outcomes.append((entry, f"revert failed: {exc}"))
             continue
