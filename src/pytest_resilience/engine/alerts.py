@@ -136,8 +136,9 @@ class RuleEvaluator:
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         for index, rule in enumerate(self.rules):
+            probe = self._probes[rule.probe]
             try:
-                value = self._probes[rule.probe]()
+                value = probe()
             except Exception as exc:  # a broken probe is no data, not a dead engine
                 LOGGER.warning("probe %s failed: %s", rule.probe, exc)
                 value = None
@@ -149,7 +150,7 @@ class RuleEvaluator:
                     alert = Alert(
                         name=rule.alert,
                         target=rule.target,
-                        labels={**rule.labels, "probe": rule.probe},
+                        labels={**_probe_labels(probe), **rule.labels, "probe": rule.probe},
                         severity=rule.severity,
                         starts_at=since,
                         value=value,
@@ -162,6 +163,17 @@ class RuleEvaluator:
                 alert = self._firing.pop(index, None)
                 if alert is not None:
                     self._submit(alert.resolved(now))
+
+
+def _probe_labels(probe: Probe) -> dict[str, str]:
+    """Labels a probe gives about its last reading (e.g. ``pod``: the worst pod), if any."""
+    labels = getattr(probe, "labels", None)
+    if not callable(labels):
+        return {}
+    try:
+        return {str(k): str(v) for k, v in labels().items()}
+    except Exception:  # labels are a courtesy; never lose the alert over them
+        return {}
 
 
 class EventAlerts:

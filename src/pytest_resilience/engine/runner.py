@@ -106,7 +106,13 @@ class Engine:
         self.store = Store(store_path)
         self.safety = Safety(self.store, safety or SafetyPolicy())
         self.outbox = Outbox(self.store, escalation)
-        all_rules = [*rules, *(r for book in self.playbooks for r in book.rules)]
+        # A rule given here replaces the playbook's rule for the same alert and target
+        # (tests shorten `for`; a site tunes a threshold) instead of evaluating both.
+        given = {(r.alert, r.target) for r in rules}
+        all_rules = [
+            *rules,
+            *(r for b in self.playbooks for r in b.rules if (r.alert, r.target) not in given),
+        ]
         self.rules = RuleEvaluator(all_rules, self.probes, self.submit)
         self.event_alerts = EventAlerts(
             self.submit, restarts=crashloop_restarts, window_s=crashloop_window_s
@@ -392,6 +398,8 @@ class Engine:
                 incident.alert_name,
                 target=incident.target,
                 incident=incident.id,
+                action_id=ctx.state.get("last_action_id"),
+                ok=result.outcome == FIXED,
                 outcome=result.outcome,
                 strategy=book.name,
                 step=step.name,
@@ -434,11 +442,13 @@ class Engine:
                 decision = self.safety.allow_action(incident.target, time.time())
                 if not decision.allowed:
                     raise _Capped(decision.reason)
-                self._mark(tl.ACTION_STARTED, call.name, dry_run=self.dry_run, **detail)
                 action_id = self.store.action_started(
                     incident.id, incident.target, index, book.name, call.name, call.params,
                     **(dry if self.dry_run else {}),
                 )  # fmt: skip
+                detail["action_id"] = f"{incident.id}/{action_id}"
+                self._mark(tl.ACTION_STARTED, call.name, dry_run=self.dry_run, **detail)
+            ctx.state["last_action_id"] = detail["action_id"]
             if self.dry_run:
                 self._mark(tl.ACTION_FINISHED, call.name, ok=False, dry_run=True, **detail)
                 continue
@@ -451,7 +461,15 @@ class Engine:
                     raise Interrupted from None
                 text, result = f"{type(exc).__name__}: {exc}", "failed"
             self.store.action_finished(action_id, result, text)
-            self._mark(tl.ACTION_FINISHED, call.name, ok=result == "ok", result=text, **detail)
+            ok = result == "ok"
+            self._mark(
+                tl.ACTION_FINISHED,
+                call.name,
+                ok=ok,
+                result=text,
+                error="" if ok else text,
+                **detail,
+            )
             if result != "ok":
                 LOGGER.warning("action %s for %s failed: %s", call.name, incident.id, text)
                 return False
@@ -474,6 +492,7 @@ class Engine:
             target=incident.target,
             incident=incident.id,
             reason=reason,
+            paged=bool(self.outbox.channels),
         )
 
     def _close_escalated(self, key: tuple[str, str], incident_id: str) -> None:
@@ -537,6 +556,114 @@ class Engine:
 
     def postmortem(self, incident_id: str) -> Postmortem:
         return build_postmortem(self.store, incident_id)
+
+    # -- waiting and asserting (chaos scenarios) -----------------------------------------
+    # Plain AssertionError, no pytest: the engine stays importable without it.
+
+    def _wait(self, found: Callable[[], object], timeout: float) -> bool:
+        """Wait until ``found()`` is truthy: on the timeline's changes if any, else polling."""
+        if self.timeline is not None:
+            return self.timeline.wait_for(lambda: bool(found()), timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while not found():
+            if time.monotonic() > deadline:
+                return False
+            self._stop.wait(0.05)  # polling with a deadline
+        return True
+
+    def wait_for_action(
+        self, strategy: str, *, action: str | None = None, timeout: float = 30.0
+    ) -> ActionRecord:
+        """The first finished action of playbook ``strategy`` (and ``action``, if given)."""
+
+        def find() -> ActionRecord | None:
+            return next(
+                (
+                    a
+                    for a in self.store.actions()
+                    if a.strategy == strategy
+                    and (action is None or a.action == action)
+                    and a.result != "running"
+                ),
+                None,
+            )
+
+        if not self._wait(find, timeout):
+            what = f"{strategy!r}" + (f" action {action!r}" if action else "")
+            raise AssertionError(f"the engine ran no {what} within {timeout:g} s; {self._trail()}")
+        found = find()
+        assert found is not None
+        return found
+
+    def wait_settled(self, *, timeout: float = 60.0) -> list[Incident]:
+        """Wait until at least one incident exists and none is open; return them all."""
+
+        def settled() -> bool:
+            incidents = self.store.incidents()
+            return bool(incidents) and not any(i.open for i in incidents)
+
+        if not self._wait(settled, timeout):
+            raise AssertionError(
+                f"incidents still open (or none opened) after {timeout:g} s; {self._trail()}"
+            )
+        return self.store.incidents()
+
+    def assert_strategy_ran(
+        self,
+        name: str,
+        *,
+        actions: Sequence[str] | None = None,
+        outcome: str | None = "fixed",
+    ) -> StrategyRun:
+        """A step of playbook ``name`` ran (those ``actions``, ending ``outcome``); returns it.
+
+        ``outcome=None`` accepts any outcome. Several matching steps: the last one counts,
+        so "GC did not help, scale-up did" is asserted as the scale-up step.
+        """
+        runs = [
+            r
+            for r in self.strategies_run()
+            if r.strategy == name and (actions is None or list(r.actions) == list(actions))
+        ]
+        if not runs:
+            raise AssertionError(
+                f"strategy {name!r}"
+                + (f" with actions {list(actions)}" if actions is not None else "")
+                + f" did not run; {self._trail()}"
+            )
+        run = runs[-1]
+        if outcome is not None and run.outcome != outcome:
+            raise AssertionError(
+                f"strategy {name!r} step {run.step!r} ended {run.outcome!r}, expected "
+                f"{outcome!r}; {self._trail()}"
+            )
+        return run
+
+    def assert_no_page(self) -> None:
+        """Nobody was paged: no escalation queued, let alone delivered."""
+        escalated = [i for i in self.store.incidents() if i.status == ESCALATED]
+        queued = [o for o in self.store.outbox() if o.event_action == "trigger"]
+        if escalated or queued:
+            reasons = "; ".join(f"{i.alert_name} on {i.target}: {i.reason}" for i in escalated)
+            raise AssertionError(
+                f"{len(queued)} page(s) queued, {len(escalated)} incident(s) escalated: "
+                f"{reasons or 'see the outbox'}"
+            )
+
+    def _trail(self) -> str:
+        """What happened so far, for assertion messages."""
+        incidents = self.store.incidents()
+        if not incidents:
+            return "no incident was opened (no alert fired)"
+        parts = []
+        for incident in incidents:
+            acts = ", ".join(f"{a.action}={a.result}" for a in self.store.actions(incident.id))
+            parts.append(
+                f"{incident.alert_name} on {incident.target}: {incident.status}"
+                + (f" ({incident.reason})" if incident.reason else "")
+                + (f" [{acts}]" if acts else "")
+            )
+        return "incidents: " + "; ".join(parts)
 
 
 def make_engine(
