@@ -18,6 +18,12 @@ Why the threading is shaped the way it is:
   (Postgres under its wrapper, say) do not outlive the session either.
 * Events go to subscribers from the supervisor thread, outside the state lock, and a
   failing callback is logged, never allowed to stop supervision.
+* Pods are process-group leaders in *our* session (not setsid), so a helper started by
+  :meth:`LocalTarget.spawn_in_pod` can join a pod's process group: setpgid() only works
+  within one session.
+
+Resources a pod may declare (Toxiproxy proxies, bounded volumes, memory limits) live in
+``local_resources.py``; this module decides when to create and remove them.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from typing import Any
 
 import psutil
 
-from ..errors import SelectorMatchedNothing, TargetError
+from ..errors import PrivilegeError, SelectorMatchedNothing, TargetError
 from .base import (
     EventKind,
     ExecResult,
@@ -57,13 +63,27 @@ from .base import (
     match_labels,
     parse_selector,
 )
+from .local_resources import (
+    GUARDIAN_SCRIPT,
+    PodCgroups,
+    ProxyRoutes,
+    cgroup_kill,
+    enter_pod,
+    limit_bytes,
+    mount_volume,
+    signal_processes,
+    start_proxies,
+    sweep_stale_volumes,
+    tree_rss,
+    unmount_volume,
+    wait_stopped,
+)
 from .services import ServiceSpec, expand_placeholders, load_services
 
 __all__ = ["LocalTarget"]
 
 log = logging.getLogger("pytest_resilience.targets.local")
 
-_PR_SET_PDEATHSIG = 1
 _LOG_TAIL_LINES = 15
 _STARTING_PROBE_S = 0.1  # probe period of a pod that is not ready yet
 _READY_PROBE_S = 1.0  # probe period of a ready pod
@@ -71,42 +91,6 @@ _PROBE_TIMEOUT_S = 1.0
 _FAILURE_THRESHOLD = 3  # consecutive failed probes before a ready pod is marked not ready
 _PROCESS_READY_S = 0.3  # "process alive" health: alive this long counts as started
 _IDLE_TICK_S = 0.5
-
-_GUARDIAN = r"""
-import os, signal, sys, time
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-groups, cgroup = set(), None
-for line in sys.stdin:
-    op, _, arg = line.strip().partition(" ")
-    if op == "+":
-        groups.add(int(arg))
-    elif op == "-":
-        groups.discard(int(arg))
-    elif op == "cgroup":
-        cgroup = arg
-for pgid in groups:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass
-if cgroup and os.path.isdir(cgroup):
-    try:
-        with open(os.path.join(cgroup, "cgroup.kill"), "w") as f:
-            f.write("1")
-    except OSError:
-        pass
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        try:
-            for name in os.listdir(cgroup):
-                if os.path.isdir(os.path.join(cgroup, name)):
-                    os.rmdir(os.path.join(cgroup, name))
-            os.rmdir(cgroup)
-            break
-        except OSError:
-            time.sleep(0.05)
-"""
 
 
 @dataclass
@@ -122,6 +106,7 @@ class _PodState:
     log_path: Path
     pod_port: int | None
     cgroup: Path | None = None  # its own cgroup v2 directory, when we may create one
+    memory_cgroup: Path | None = None  # its v1 memory cgroup (v2: the same as cgroup)
     proc: subprocess.Popen[bytes] | None = None
     pidfd: int | None = None
     started_at: float = field(default_factory=time.monotonic)
@@ -141,6 +126,10 @@ class _PodState:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
+
+    @property
+    def cgroups(self) -> list[Path]:
+        return [c for c in dict.fromkeys((self.cgroup, self.memory_cgroup)) if c is not None]
 
 
 @dataclass
@@ -175,7 +164,9 @@ class LocalTarget:
 
     ``timeline_hook`` is subscribed before anything starts: a callable taking a
     :class:`TargetEvent`, or an object with ``mark(kind, name, **detail)`` such as a
-    :class:`~pytest_resilience.timeline.Timeline`.
+    :class:`~pytest_resilience.timeline.Timeline`. ``toxiproxy_url`` is the Toxiproxy
+    server for ``proxied: true`` services (``--toxiproxy-url``); without it the
+    ``toxiproxy-server`` binary on PATH is started, else the embedded server.
     """
 
     name = "local"
@@ -187,9 +178,11 @@ class LocalTarget:
         work_dir: Path,
         timeline_hook: Any = None,
         stop_grace_s: float = 3.0,
+        toxiproxy_url: str | None = None,
     ) -> None:
         self.work_dir = Path(work_dir).resolve()
         self.stop_grace_s = stop_grace_s
+        self._toxiproxy_url_option = toxiproxy_url
         self._specs = {s.name: s for s in specs}
         self._order = _dependency_order(list(specs))
         self._cond = threading.Condition(threading.RLock())
@@ -206,6 +199,10 @@ class LocalTarget:
                 desired=spec.replicas,
                 backoff=spec.restart.backoff_s,
             )
+        # Chosen now, like "auto" ports, so {proxies.<name>.port} is known before anything runs.
+        self._proxy_ports = {s.name: _free_port() for s in specs if s.proxied}
+        self._proxies: ProxyRoutes | None = None
+        self._volumes: list[Path] = []  # mounted, in mount order
         self._nodes = list(dict.fromkeys(n for s in specs for n in s.nodes))
         self._cordoned: set[str] = set()
         self._nodes_down: set[str] = set()
@@ -220,8 +217,7 @@ class LocalTarget:
         self._thread: threading.Thread | None = None
         self._probes: ThreadPoolExecutor | None = None
         self._guardian: subprocess.Popen[bytes] | None = None
-        self._cgroup_root: Path | None = None
-        self._cgroup_base: Path | None = None
+        self._cgroups = PodCgroups()
         self._shutting_down = False
         self._closed = False
         self._libc = ctypes.CDLL(None, use_errno=True)
@@ -257,13 +253,13 @@ class LocalTarget:
             raise TargetError("this LocalTarget was closed; create a new one")
         if self._thread is not None:
             raise TargetError("LocalTarget.start() was already called")
+        bounded = [s.spec.name for s in self._services.values() if s.spec.volume_mb is not None]
+        if bounded and os.geteuid() != 0:
+            raise PrivilegeError(
+                f"service(s) {', '.join(bounded)} declare a bounded volume (volume: {{size_mb}}), "
+                "which is a tmpfs mount and needs root; run as root or drop the volume key"
+            )
         (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
-        for svc in self._services.values():
-            if svc.data_dir is not None:
-                svc.data_dir.mkdir(parents=True, exist_ok=True)
-                if svc.spec.user:
-                    entry = _user_entry(svc.spec)
-                    os.chown(svc.data_dir, entry.pw_uid, entry.pw_gid)
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -278,6 +274,8 @@ class LocalTarget:
         atexit.register(self.close)
         try:
             self._call(self._start_guardian)
+            self._call(self._prepare_data_dirs)
+            self._start_proxies()
             for name in self._order:
                 self._call(functools.partial(self._activate, name))
                 self._wait_started(name)
@@ -295,6 +293,7 @@ class LocalTarget:
         atexit.unregister(self.close)
         thread = self._thread
         if thread is None:
+            self._release_resources()
             return
         if threading.current_thread() is thread:
             # Called from an event callback: finish on another thread, which can join us.
@@ -324,43 +323,73 @@ class LocalTarget:
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self._stop_guardian()
+        self._release_resources()
+
+    def _release_resources(self) -> None:
+        """Proxies, volumes, cgroups, guardian: each undone even if another one fails."""
+        for step in (self._stop_proxies, self._unmount_volumes, self._stop_guardian):
+            try:
+                step()
+            except Exception:
+                log.exception("local target: %s failed at close", step.__name__)
         self._remove_cgroups()
 
+    def _prepare_data_dirs(self) -> None:
+        """Create data dirs, mounting the bounded volumes (supervisor thread: it alone
+        writes to the guardian, which must learn of each mount before it exists)."""
+        sweep_stale_volumes()
+        for svc in self._services.values():
+            if svc.data_dir is None:
+                continue
+            svc.data_dir.mkdir(parents=True, exist_ok=True)
+            if svc.spec.volume_mb is not None:
+                self._tell_guardian(f"mount {svc.data_dir}")
+                try:
+                    mount_volume(svc.data_dir, svc.spec.volume_mb, service=svc.spec.name)
+                except TargetError:
+                    self._tell_guardian(f"unmount {svc.data_dir}")
+                    raise
+                self._volumes.append(svc.data_dir)
+            if svc.spec.user:
+                entry = _user_entry(svc.spec)
+                os.chown(svc.data_dir, entry.pw_uid, entry.pw_gid)
+
+    def _unmount_volumes(self) -> None:
+        while self._volumes:
+            path = self._volumes.pop()
+            unmount_volume(path)
+            self._tell_guardian(f"unmount {path}")
+
+    def _start_proxies(self) -> None:
+        if not self._proxy_ports:
+            return
+        routes = {}
+        for name, listen in self._proxy_ports.items():
+            upstream = self._services[name].port
+            assert upstream is not None  # services.py refuses proxied without a port
+            routes[name] = (listen, upstream)
+        self._proxies = start_proxies(self._toxiproxy_url_option, routes)
+
+    def _stop_proxies(self) -> None:
+        proxies, self._proxies = self._proxies, None
+        if proxies is not None:
+            proxies.close()
+
     def _make_cgroup_base(self) -> None:
-        """One cgroup v2 directory per pod lets network faults match a pod's own traffic
-        (iptables ``-m cgroup --path``) and lets close() kill processes that left the
-        pod's process group. Only as root with cgroup2 mounted; otherwise pods have none."""
-        root = _cgroup2_root()
-        if root is None or os.geteuid() != 0:
-            return
-        _sweep_stale_cgroups(root)
-        base = root / f"pytest-resilience-{os.getpid()}-{id(self):x}"
-        try:
-            base.mkdir()
-        except OSError as exc:
-            log.info("no per-pod cgroups (cannot create %s: %s)", base, exc.strerror)
-            return
-        self._cgroup_root, self._cgroup_base = root, base
+        """Per-pod cgroups (see local_resources.PodCgroups); only as root."""
+        self._cgroups = PodCgroups.create(f"pytest-resilience-{os.getpid()}-{id(self):x}")
+        limited = [s.name for s in self._specs.values() if s.memory_limit_mb is not None]
+        if limited and self._cgroups.memory is None:
+            log.warning(
+                "memory_limit_mb of %s enforced with RLIMIT_AS (address space, not resident "
+                "memory: a limit can stop a program that maps much but uses little), because "
+                "pods get no memory cgroup here: %s",
+                ", ".join(limited),
+                self._cgroups.memory_fallback,
+            )
 
     def _remove_cgroups(self) -> None:
-        base, self._cgroup_base = self._cgroup_base, None
-        if base is None or not base.exists():
-            return
-        _cgroup_kill(base)
-        deadline = time.monotonic() + 3.0
-        while True:
-            try:
-                for child in base.iterdir():
-                    if child.is_dir():
-                        child.rmdir()
-                base.rmdir()
-                return
-            except OSError as exc:
-                if time.monotonic() > deadline:
-                    log.warning("cannot remove cgroup %s: %s", base, exc.strerror)
-                    return
-                time.sleep(0.02)  # killed processes leave the cgroup within milliseconds
+        self._cgroups.remove()
 
     # ------------------------------------------------------------------ Target: reading
 
@@ -432,6 +461,65 @@ class LocalTarget:
             raise TargetError(f"service {service!r} has no data_dir (set data_dir: true)")
         return path
 
+    def volume(self, service: str) -> Path | None:
+        """The mount point of the service's bounded volume (its data_dir), None without one."""
+        svc = self._service(service)
+        return svc.data_dir if svc.spec.volume_mb is not None else None
+
+    @property
+    def toxiproxy_url(self) -> str | None:
+        """The Toxiproxy server carrying the proxied services, None when none is running."""
+        return self._proxies.url if self._proxies is not None else None
+
+    @property
+    def toxiproxy_kind(self) -> str | None:
+        """Which server that is: "external", "binary" or "embedded" (None: none)."""
+        return self._proxies.kind if self._proxies is not None else None
+
+    @property
+    def memory_enforcement(self) -> str | None:
+        """How ``memory_limit_mb`` is enforced: "cgroup2", "cgroup1" (memory cgroups),
+        "rlimit" (RLIMIT_AS fallback), or None before start()."""
+        if self._thread is None:
+            return None
+        memory = self._cgroups.memory
+        return f"cgroup{memory.version}" if memory is not None else "rlimit"
+
+    def proxy_port(self, service: str) -> int:
+        """The port of the Toxiproxy proxy in front of a ``proxied: true`` service."""
+        self._service(service)
+        port = self._proxy_ports.get(service)
+        if port is None:
+            raise TargetError(f"service {service!r} is not proxied (set proxied: true)")
+        return port
+
+    def memory_usage(self, pod: Pod | str) -> tuple[int, int | None]:
+        """(bytes used, limit in bytes or None) of a pod.
+
+        Usage is its memory cgroup's charge (resident memory and page cache, tmpfs pages it
+        wrote included) where pods get memory cgroups, else the resident set size of its
+        process tree. The limit is ``memory_limit_mb``, None when the service sets none.
+        """
+        with self._cond:
+            state = self._pod(pod)
+            limit = limit_bytes(self._services[state.service].spec.memory_limit_mb)
+            cgroup, leader, cgroups = state.memory_cgroup, state.pid, state.cgroups
+        used = self._cgroups.usage(cgroup)
+        return (tree_rss(leader or 0, cgroups) if used is None else used), limit
+
+    def spawn_in_pod(
+        self, pod: Pod | str, argv: Sequence[str], *, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a helper process inside a pod: the pod's cgroups (so its memory counts
+        against the pod's limit, and egress rules match it), process group, environment
+        (updated by ``env``), working directory and user.
+
+        Killing, pausing or closing the pod takes the helper too; otherwise the caller
+        stops it (and waits for it). Output goes to the pod's log.
+        """
+        name = pod.name if isinstance(pod, Pod) else pod
+        return self._call(functools.partial(self._spawn_helper, name, list(argv), env or {}))
+
     def log_path(self, pod: Pod | str) -> Path:
         """Where the pod's stdout and stderr go; kept after the pod is gone."""
         name = pod.name if isinstance(pod, Pod) else pod
@@ -461,13 +549,17 @@ class LocalTarget:
                 self._cond.wait_for(lambda: self._pod_gone(name, pgid), timeout=5.0)
 
     def pause_pod(self, pod: Pod) -> None:
-        """SIGSTOP the pod's group: a hung process. The pod stops being ready; on return
-        its first process is stopped (the signal is delivered asynchronously)."""
-        pid = self._call(functools.partial(self._pause, pod.name if isinstance(pod, Pod) else pod))
-        _wait_stopped(pid, timeout=2.0)
+        """SIGSTOP every process of the pod (its group, its whole process tree, its
+        cgroups): a hung machine. The pod stops being ready; on return each of those
+        processes is stopped (the signal is delivered asynchronously)."""
+        pids = self._call(functools.partial(self._pause, pod.name if isinstance(pod, Pod) else pod))
+        left = wait_stopped(pids, timeout=2.0)
+        if left:
+            log.warning("pod processes %s not stopped 2 s after SIGSTOP", left)
 
     def resume_pod(self, pod: Pod) -> None:
-        """SIGCONT the group; the pod is ready again once its health check passes."""
+        """SIGCONT every process of the pod; it is ready again once its health check
+        passes."""
         self._call(functools.partial(self._resume, pod.name if isinstance(pod, Pod) else pod))
 
     def exec(self, pod: Pod, argv: Sequence[str], *, timeout: float = 30.0) -> ExecResult:
@@ -673,9 +765,6 @@ class LocalTarget:
 
     def _pod_view(self, p: _PodState) -> Pod:
         port = self._services[p.service].port
-        cgroup = None
-        if p.cgroup is not None and self._cgroup_root is not None:
-            cgroup = str(p.cgroup.relative_to(self._cgroup_root))
         return Pod(
             name=p.name,
             workload=p.service,
@@ -685,7 +774,7 @@ class LocalTarget:
             ready=p.ready,
             version=p.version,
             ports=tuple(x for x in (port, p.pod_port) if x is not None),
-            cgroup=cgroup,
+            cgroup=self._cgroups.relative(p.cgroup),
         )
 
     def _live_pods(self, service: str | None = None) -> list[_PodState]:
@@ -807,14 +896,14 @@ class LocalTarget:
 
     def _start_guardian(self) -> None:
         self._guardian = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _GUARDIAN],
+            [sys.executable, "-I", "-S", "-c", GUARDIAN_SCRIPT],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        if self._cgroup_base is not None:
-            self._tell_guardian(f"cgroup {self._cgroup_base}")
+        for base in self._cgroups.bases:
+            self._tell_guardian(f"cgroup {base}")
 
     def _tell_guardian(self, line: str) -> None:
         if self._guardian is None or self._guardian.stdin is None:
@@ -927,7 +1016,12 @@ class LocalTarget:
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.update({k: expand_placeholders(v, values) for k, v in spec.env.items()})
         env.update(POD_NAME=name, SERVICE_NAME=spec.name, VERSION=svc.version, NODE_NAME=node)
-        for key, value in (("PORT", svc.port), ("POD_PORT", pod_port), ("DATA_DIR", svc.data_dir)):
+        for key, value in (
+            ("PORT", svc.port),
+            ("POD_PORT", pod_port),
+            ("DATA_DIR", svc.data_dir),
+            ("MEMORY_LIMIT_MB", spec.memory_limit_mb),
+        ):
             if value is not None:
                 env[key] = str(value)
         pod = _PodState(
@@ -942,13 +1036,9 @@ class LocalTarget:
             log_path=self.log_path(name),
             pod_port=pod_port,
         )
-        if self._cgroup_base is not None:
-            try:
-                (self._cgroup_base / name).mkdir()
-                pod.cgroup = self._cgroup_base / name
-            except OSError as exc:
-                log.warning("pod %s gets no cgroup: %s", name, exc.strerror)
-        procs = str(pod.cgroup / "cgroup.procs") if pod.cgroup is not None else None
+        pod.cgroup, pod.memory_cgroup, rlimit_as = self._cgroups.make(
+            name, limit_bytes(spec.memory_limit_mb)
+        )
         with open(pod.log_path, "ab") as out:
             try:
                 pod.proc = subprocess.Popen(
@@ -958,14 +1048,16 @@ class LocalTarget:
                     stderr=subprocess.STDOUT,
                     env=env,
                     cwd=pod.cwd,
-                    start_new_session=True,
-                    preexec_fn=functools.partial(_enter_pod, self._libc, os.getpid(), procs),
-                    **_user_kwargs(spec),
+                    process_group=0,  # a group of its own, in our session: see module doc
+                    preexec_fn=self._entry(pod, rlimit_as),
                 )
-            except (OSError, subprocess.SubprocessError, KeyError) as exc:
+            except (OSError, subprocess.SubprocessError, TargetError) as exc:
                 reason = f"cannot start {argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"
                 out.write(f"[pytest-resilience] {reason}\n".encode())
                 out.flush()
+                for cgroup in reversed(pod.cgroups):
+                    with contextlib.suppress(OSError):
+                        cgroup.rmdir()
                 self._failed_start(svc, pod, reason)
                 self._after_death(svc, pod, exit_code=None)
                 return pod
@@ -986,6 +1078,45 @@ class LocalTarget:
         )
         return pod
 
+    def _entry(self, pod: _PodState, rlimit_as: int | None) -> Callable[[], None]:
+        """The preexec_fn of a pod's processes (the pod itself and its helpers)."""
+        spec = self._services[pod.service].spec
+        ids = None
+        if spec.user:
+            entry = _user_entry(spec)
+            ids = (entry.pw_uid, entry.pw_gid)
+        procs = tuple(str(c / "cgroup.procs") for c in pod.cgroups)
+        return functools.partial(enter_pod, self._libc, os.getpid(), procs, rlimit_as, ids)
+
+    def _spawn_helper(
+        self, name: str, argv: list[str], extra_env: Mapping[str, str]
+    ) -> subprocess.Popen[bytes]:
+        pod = self._pods.get(name)
+        if pod is None or pod.proc is None or pod.terminating:
+            raise TargetError(f"no running pod named {name!r} to spawn {argv!r} in")
+        spec = self._services[pod.service].spec
+        by_cgroup = self._cgroups.memory is not None and pod.memory_cgroup is not None
+        rlimit_as = None if by_cgroup else limit_bytes(spec.memory_limit_mb)
+        with open(pod.log_path, "ab") as out:
+            try:
+                helper = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env={**pod.env, **extra_env},
+                    cwd=pod.cwd,
+                    process_group=pod.proc.pid,
+                    preexec_fn=self._entry(pod, rlimit_as),
+                )
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise TargetError(
+                    f"spawn in pod {name}: cannot run {argv!r}: "
+                    f"{getattr(exc, 'strerror', None) or exc}"
+                ) from exc
+        log.info("pod %s: helper pid %d started: %s", name, helper.pid, " ".join(argv))
+        return helper
+
     def _placeholders(self, svc: _ServiceState, pod: str, pod_port: int | None) -> dict[str, str]:
         values = {
             "python": sys.executable,
@@ -1004,6 +1135,10 @@ class LocalTarget:
         for other in self._services.values():
             if other.port is not None:
                 values[f"services.{other.spec.name}.port"] = str(other.port)
+            if other.data_dir is not None:
+                values[f"services.{other.spec.name}.data_dir"] = str(other.data_dir)
+        for proxied, port in self._proxy_ports.items():
+            values[f"proxies.{proxied}.port"] = str(port)
         return values
 
     def _on_exit(self, pod: _PodState) -> None:
@@ -1019,10 +1154,11 @@ class LocalTarget:
             os.close(pod.pidfd)
             pod.pidfd = None
         self._tell_guardian(f"- {pod.proc.pid}")
-        if pod.cgroup is not None:
-            _cgroup_kill(pod.cgroup)  # what left the process group; rmdir may wait for close()
+        oom_killed = self._cgroups.oom_killed(pod.memory_cgroup)
+        for cgroup in pod.cgroups:
+            cgroup_kill(cgroup)  # what left the process group; rmdir may wait for close()
             with contextlib.suppress(OSError):
-                pod.cgroup.rmdir()
+                cgroup.rmdir()
         del self._pods[pod.name]
         svc = self._services[pod.service]
         if pod.replaces is not None and not pod.ever_ready:
@@ -1032,13 +1168,22 @@ class LocalTarget:
         if pod.terminating:
             log.debug("pod %s stopped (exit %s)", pod.name, code)
         else:
-            self._after_death(svc, pod, exit_code=code)
+            self._after_death(svc, pod, exit_code=code, oom_killed=oom_killed)
         self._update_node(pod.node)
 
-    def _after_death(self, svc: _ServiceState, pod: _PodState, *, exit_code: int | None) -> None:
+    def _after_death(
+        self,
+        svc: _ServiceState,
+        pod: _PodState,
+        *,
+        exit_code: int | None,
+        oom_killed: bool = False,
+    ) -> None:
         """An unexpected exit: count it, report it, plan the replacement's back-off."""
         svc.restarts += 1
         what = _describe_exit(exit_code)
+        if oom_killed:
+            what += f" (OOMKilled: memory limit {svc.spec.memory_limit_mb} MiB)"
         policy = svc.spec.restart.policy
         replace = policy == "always" or (policy == "on-failure" and exit_code != 0)
         now = time.monotonic()
@@ -1093,7 +1238,7 @@ class LocalTarget:
             )
         _killpg(pod.proc.pid, signal.SIGTERM)
         if pod.paused:
-            _killpg(pod.proc.pid, signal.SIGCONT)
+            signal_processes(pod.proc.pid, pod.cgroups, signal.SIGCONT)
         pod.kill_at = time.monotonic() + self.stop_grace_s
         log.debug("pod %s terminating: %s", pod.name, reason)
 
@@ -1220,13 +1365,15 @@ class LocalTarget:
         _killpg(state.proc.pid, sig)
         return state.proc.pid
 
-    def _pause(self, name: str) -> int:
+    def _pause(self, name: str) -> set[int]:
         state = self._pods.get(name)
         if state is None or state.proc is None or state.terminating:
             raise TargetError(f"no running pod named {name!r} to pause")
+        # Also when already paused: a process that joined since is stopped too.
+        pids = signal_processes(state.proc.pid, state.cgroups, signal.SIGSTOP)
         if state.paused:
-            return state.proc.pid
-        _killpg(state.proc.pid, signal.SIGSTOP)
+            return pids
+        log.info("pod %s paused (%d processes stopped)", name, len(pids))
         state.paused = True
         was_ready, state.ready, state.ready_since = state.ready, False, None
         if was_ready:
@@ -1238,7 +1385,7 @@ class LocalTarget:
                 detail="paused (SIGSTOP)",
             )
         self._update_node(state.node)
-        return state.proc.pid
+        return pids
 
     def _resume(self, name: str) -> None:
         state = self._pods.get(name)
@@ -1246,7 +1393,7 @@ class LocalTarget:
             raise TargetError(f"no running pod named {name!r} to resume")
         if not state.paused:
             return
-        _killpg(state.proc.pid, signal.SIGCONT)
+        signal_processes(state.proc.pid, state.cgroups, signal.SIGCONT)
         state.paused = False
         state.failures = 0
         state.next_probe_at = 0.0
@@ -1356,78 +1503,11 @@ def _listens(pid: int, port: int) -> bool:
     return False
 
 
-def _wait_stopped(pid: int, *, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE):
-                return
-        except psutil.NoSuchProcess:
-            return
-        time.sleep(0.005)
-    log.warning("pod process %d not stopped %.1fs after SIGSTOP", pid, timeout)
-
-
-def _enter_pod(libc: ctypes.CDLL, parent: int, cgroup_procs: str | None) -> None:
-    """preexec_fn: SIGKILL this pod when the supervisor thread (and so we) die, and move
-    into the pod's own cgroup. Raw syscalls only: this runs between fork and exec."""
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died between fork and prctl
-        os._exit(137)
-    if cgroup_procs is not None:
-        try:
-            fd = os.open(cgroup_procs, os.O_WRONLY)
-            try:
-                os.write(fd, b"0")
-            finally:
-                os.close(fd)
-        except OSError:
-            pass  # the pod runs without its own cgroup: egress blocks will refuse it
-
-
-def _cgroup2_root() -> Path | None:
-    try:
-        with open("/proc/self/mounts") as mounts:
-            for line in mounts:
-                fields = line.split()
-                if len(fields) > 2 and fields[2] == "cgroup2":
-                    return Path(fields[1])
-    except OSError:
-        pass
-    return None
-
-
-def _sweep_stale_cgroups(root: Path) -> None:
-    """Remove the empty pod cgroups of sessions that died with their guardian."""
-    for base in root.glob("pytest-resilience-*-*"):
-        pid = base.name.split("-")[2]
-        if not pid.isdigit() or psutil.pid_exists(int(pid)):
-            continue
-        with contextlib.suppress(OSError):
-            for child in base.iterdir():
-                if child.is_dir():
-                    child.rmdir()
-            base.rmdir()
-            log.info("removed stale cgroup %s", base)
-
-
-def _cgroup_kill(cgroup: Path) -> None:
-    with contextlib.suppress(OSError):
-        (cgroup / "cgroup.kill").write_text("1")
-
-
 def _user_entry(spec: ServiceSpec) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(spec.user or "")
     except KeyError:
         raise TargetError(f"service {spec.name!r}: user {spec.user!r} does not exist") from None
-
-
-def _user_kwargs(spec: ServiceSpec) -> dict[str, Any]:
-    if not spec.user:
-        return {}
-    entry = _user_entry(spec)
-    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -4,6 +4,27 @@ Everything a user can get wrong in that file is found here, before any process s
 and reported as a :class:`ConfigError` naming the file, the dotted field
 (``services[2].replicas``) and the YAML line, so a typo never surfaces later as a pod
 that "just does not come up". The format is described in notes/SERVICES_FORMAT.md.
+
+Resource keys (what the fault catalogue acts on), beyond that format:
+
+``proxied: true``
+    Route the service through Toxiproxy: the local target starts a Toxiproxy server (the
+    ``toxiproxy_url`` it is given, else ``toxiproxy-server`` on PATH, else the embedded one)
+    and a proxy named after the service, listening on a free loopback port and forwarding to
+    the service's port. Other services reach it with ``{proxies.<name>.port}``, so latency,
+    bandwidth and reset toxics on that proxy hurt exactly their traffic to it. Needs a port.
+``volume: {size_mb: N}``
+    The service's data_dir becomes a filesystem of N MiB (a tmpfs mount, root only; a
+    PrivilegeError at start otherwise), so disk_fill fills something small and the service
+    sees ENOSPC for real. Implies ``data_dir: true``; unmounted at close.
+``memory_limit_mb: N``
+    Each pod is limited to N MiB by its own memory cgroup (cgroup v2 ``memory.max``, or the
+    v1 memory controller), else by RLIMIT_AS; exceeding it gets the pod OOM-killed. Pods get
+    ``MEMORY_LIMIT_MB``.
+
+Placeholders beyond the format: ``{proxies.<name>.port}`` (the proxy in front of a proxied
+service) and ``{services.<name>.data_dir}`` (another service's data directory, e.g. so an API
+can report how full the database's volume is).
 """
 
 from __future__ import annotations
@@ -20,6 +41,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "DEFAULT_NODE",
+    "MIN_MEMORY_LIMIT_MB",
     "HealthCheck",
     "RestartPolicy",
     "ServiceSpec",
@@ -34,6 +56,8 @@ DEFAULT_NODE = "local-node"
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 _SERVICE_PORT = re.compile(r"^services\.([a-z0-9-]+)\.port$")
+_SERVICE_DATA_DIR = re.compile(r"^services\.([a-z0-9-]+)\.data_dir$")
+_PROXY_PORT = re.compile(r"^proxies\.([a-z0-9-]+)\.port$")
 _ALWAYS = ("python", "pod_name", "service", "version", "work_dir", "host")
 _POLICIES = ("always", "on-failure", "never")
 _SERVICE_KEYS = (
@@ -52,7 +76,12 @@ _SERVICE_KEYS = (
     "depends_on",
     "start_timeout_s",
     "user",
+    "proxied",
+    "volume",
+    "memory_limit_mb",
 )
+#: Below this a Python pod cannot even start; a smaller limit is a typo (KiB, not MiB).
+MIN_MEMORY_LIMIT_MB = 16
 
 
 @dataclass(frozen=True)
@@ -93,6 +122,11 @@ class ServiceSpec:
     depends_on: tuple[str, ...] = ()
     start_timeout_s: float = 30.0
     user: str | None = None
+    #: reached by other services through a Toxiproxy proxy named after it
+    proxied: bool = False
+    #: size of the bounded filesystem mounted as its data_dir, None for a plain directory
+    volume_mb: int | None = None
+    memory_limit_mb: int | None = None
     source: str | None = None
     line: int | None = None
 
@@ -246,6 +280,27 @@ class _Checker:
         env = self._str_map(item.get("env", {}), [*at, "env"])
         restart = self._restart(item.get("restart", {}), [*at, "restart"])
         data_dir = self._bool(item.get("data_dir", False), [*at, "data_dir"])
+        proxied = self._bool(item.get("proxied", False), [*at, "proxied"])
+        if proxied and port is None:
+            raise self.fail(
+                "proxied: true needs a port (the proxy forwards to it); set port: auto",
+                [*at, "proxied"],
+            )
+        volume_mb = self._volume(item, at)
+        if volume_mb is not None:
+            if item.get("data_dir") is False:
+                raise self.fail(
+                    "a volume is mounted as the service's data_dir; drop data_dir: false",
+                    [*at, "data_dir"],
+                )
+            data_dir = True
+        memory = item.get("memory_limit_mb")
+        if memory is not None and (not _is_int(memory) or memory < MIN_MEMORY_LIMIT_MB):
+            raise self.fail(
+                f"memory_limit_mb must be an integer >= {MIN_MEMORY_LIMIT_MB} (MiB), "
+                f"got {memory!r}",
+                [*at, "memory_limit_mb"],
+            )
         depends = item.get("depends_on", [])
         if isinstance(depends, str):
             depends = [depends]
@@ -275,6 +330,9 @@ class _Checker:
             depends_on=tuple(depends),
             start_timeout_s=float(timeout),
             user=user,
+            proxied=proxied,
+            volume_mb=volume_mb,
+            memory_limit_mb=memory,
             source=self.source,
             line=self._line(at),
         )
@@ -300,6 +358,8 @@ class _Checker:
                     )
         _check_cycles(specs, self)
         ports = {s.name: s.port for s in specs}
+        proxied = {s.name for s in specs if s.proxied}
+        data_dirs = {s.name for s in specs if s.data_dir}
         for i, spec in enumerate(specs):
             allowed = set(_ALWAYS)
             if spec.port is not None:
@@ -320,6 +380,12 @@ class _Checker:
                         continue
                     other = _SERVICE_PORT.match(name)
                     if other and ports.get(other.group(1)) is not None:
+                        continue
+                    proxy = _PROXY_PORT.match(name)
+                    if proxy and proxy.group(1) in proxied:
+                        continue
+                    data = _SERVICE_DATA_DIR.match(name)
+                    if data and data.group(1) in data_dirs:
                         continue
                     raise self.fail(_placeholder_problem(name, spec, ports), path)
 
@@ -348,6 +414,20 @@ class _Checker:
         if not has_port:
             raise self.fail(f"a {kind} health check needs a port or pod_port: true", path)
         return HealthCheck(kind, value if kind == "http" else "")
+
+    def _volume(self, item: dict[str, Any], at: list[str | int]) -> int | None:
+        raw = item.get("volume")
+        if raw is None:
+            return None
+        path = [*at, "volume"]
+        if not isinstance(raw, dict) or set(raw) != {"size_mb"}:
+            raise self.fail(f"volume must be {{size_mb: <MiB>}}, got {raw!r}", path)
+        size = raw["size_mb"]
+        if not _is_int(size) or size < 1:
+            raise self.fail(
+                f"volume.size_mb must be an integer >= 1 (MiB), got {size!r}", [*path, "size_mb"]
+            )
+        return size
 
     def _nodes(self, raw: Any, path: list[str | int]) -> tuple[str, ...]:
         nodes = [raw] if isinstance(raw, str) else raw
@@ -447,10 +527,14 @@ def _check_cycles(specs: list[ServiceSpec], checker: _Checker) -> None:
 
 
 def _placeholder_problem(name: str, spec: ServiceSpec, ports: Mapping[str, Any]) -> str:
-    other = _SERVICE_PORT.match(name)
+    other = _SERVICE_PORT.match(name) or _PROXY_PORT.match(name) or _SERVICE_DATA_DIR.match(name)
     if other:
         if other.group(1) not in ports:
             return f"placeholder {{{name}}} names an unknown service {other.group(1)!r}"
+        if name.startswith("proxies."):
+            return f"placeholder {{{name}}}: service {other.group(1)!r} is not proxied: true"
+        if name.endswith(".data_dir"):
+            return f"placeholder {{{name}}}: service {other.group(1)!r} has no data_dir"
         return f"placeholder {{{name}}}: service {other.group(1)!r} has no port"
     if name == "port":
         return "placeholder {port} used but the service has no port (set port: auto)"
@@ -458,7 +542,15 @@ def _placeholder_problem(name: str, spec: ServiceSpec, ports: Mapping[str, Any])
         return "placeholder {pod_port} used but the service has no pod_port: true"
     if name == "data_dir":
         return "placeholder {data_dir} used but the service has no data_dir: true"
-    known = [*_ALWAYS, "port", "pod_port", "data_dir", "services.<name>.port"]
+    known = [
+        *_ALWAYS,
+        "port",
+        "pod_port",
+        "data_dir",
+        "services.<name>.port",
+        "services.<name>.data_dir",
+        "proxies.<name>.port",
+    ]
     return (
         f"unknown placeholder {{{name}}}; known: {', '.join('{' + k + '}' for k in known)} "
         "(write {{ and }} for literal braces)"
