@@ -8,6 +8,7 @@ otherwise an entry would be "left open" only because its reverter was never regi
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
 
 __all__ = ["load_all"]
@@ -17,12 +18,21 @@ _NOT_FAULTS = frozenset({"base", "iptables"})
 
 
 def load_all() -> list[str]:
-    """Import every fault module (registering its reverter); returns their names."""
-    names = sorted(
-        info.name
-        for info in pkgutil.iter_modules(__path__)
-        if info.name not in _NOT_FAULTS and not info.name.startswith("_")
-    )
-    for name in names:
-        importlib.import_module(f"{__name__}.{name}")
-    return names
+    """Import every fault module (registering its reverter); returns those imported.
+
+    One module that fails to import (a missing optional client, say) must not stop the
+    others' entries from being reverted: its entries stay open, named as unregistered.
+    """
+    loaded = []
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name in _NOT_FAULTS or info.name.startswith("_"):
+            continue
+        try:
+            importlib.import_module(f"{__name__}.{info.name}")
+        except ImportError:
+            logging.getLogger("pytest_resilience.faults").exception(
+                "fault module %s could not be imported; its ledger entries stay open", info.name
+            )
+            continue
+        loaded.append(info.name)
+    return loaded
