@@ -42,7 +42,13 @@ from .store import (
 )
 from .verify import FIXED, INCONCLUSIVE, NOT_FIXED, Interrupted, VerifyResult, verify
 
-__all__ = ["Engine", "StrategyRun", "make_engine"]
+__all__ = ["SYMPTOM_ALERTS", "Engine", "StrategyRun", "make_engine"]
+
+#: Alerts about what users see rather than why. While a cause (any other alert) has an
+#: incident on the same target, or a node is down, a symptom alert is held back, as an
+#: Alertmanager inhibit rule would: the rollback the error rate asks for must not fight
+#: the pool reset that is fixing the actual cause. Decided once the cause is closed.
+SYMPTOM_ALERTS = frozenset({"ErrorRateHighCritical", "HighErrorRate"})
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,7 @@ class Engine:
         eval_interval_s: float = 1.0,
         crashloop_restarts: int = 3,
         crashloop_window_s: float = 60.0,
+        symptoms: frozenset[str] | set[str] = SYMPTOM_ALERTS,
     ) -> None:
         self.target = target
         self.timeline = timeline
@@ -123,6 +130,8 @@ class Engine:
         self._lock = threading.Lock()
         self._open: dict[tuple[str, str], _Run] = {}
         self._escalated: dict[tuple[str, str], str] = {}
+        self.symptoms = frozenset(symptoms)
+        self._held: dict[tuple[str, str], Alert] = {}
         self._busy = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -242,6 +251,11 @@ class Engine:
             run = self._open.get(key)
             escalated = self._escalated.get(key)
         if not alert.firing:
+            with self._lock:
+                held = self._held.pop(key, None)
+            if held is not None:
+                self.store.add_alert(alert, "resolved while inhibited")
+                return
             self._mark(tl.ALERT_RESOLVED, alert.name, target=alert.target)
             if run is not None:
                 run.resolved.set()
@@ -254,6 +268,13 @@ class Engine:
             return
         if run is not None or escalated is not None:
             self.store.add_alert(alert, "duplicate", run.incident.id if run else escalated)
+            return
+        cause = self._inhibitor(alert)
+        if cause is not None:
+            with self._lock:
+                self._held[key] = alert
+            self.store.add_alert(alert, f"inhibited: {cause}")
+            LOGGER.info("%s on %s held back: %s", alert.name, alert.target, cause)
             return
         now = time.time()
         book = self._routes.get(alert.name)
@@ -271,6 +292,27 @@ class Engine:
             return
         self.safety.begin(alert.name, alert.target, now)
         self._launch(_Run(incident))
+
+    def _inhibitor(self, alert: Alert) -> str | None:
+        """The cause incident that explains this symptom alert, if any (see SYMPTOM_ALERTS)."""
+        if alert.name not in self.symptoms:
+            return None
+        with self._lock:
+            keys = [*self._open, *self._escalated]
+        for name, target in keys:
+            if name not in self.symptoms and (target == alert.target or name == "NodeNotReady"):
+                return f"{name} on {target} is being handled"
+        return None
+
+    def _release_held(self) -> None:
+        """Decide held symptom alerts whose cause incident is closed (still firing ones)."""
+        with self._lock:
+            held = list(self._held.items())
+        for key, alert in held:
+            if self._inhibitor(alert) is None:
+                with self._lock:
+                    self._held.pop(key, None)
+                self.submit(alert)
 
     def _open_incident(self, alert: Alert, book: Playbook | None, now: float) -> Incident:
         incident = Incident(
@@ -350,9 +392,11 @@ class Engine:
             LOGGER.exception("remediation of %s failed", incident.id)
             self._escalate(incident, f"engine error: {type(exc).__name__}: {exc}")
         finally:
-            with self._lock:
-                if not keep_open:
+            if not keep_open:
+                with self._lock:
                     self._open.pop((incident.alert_name, incident.target), None)
+                self._release_held()  # before going idle: a released alert is queued work
+            with self._lock:
                 self._busy -= 1
 
     def _run_steps(self, run: _Run) -> None:
@@ -499,6 +543,7 @@ class Engine:
         """The alert resolved after a page: close the incident and resolve the page."""
         with self._lock:
             self._escalated.pop(key, None)
+        self._release_held()
         incident = self.store.incident(incident_id)
         if incident is None:
             return
