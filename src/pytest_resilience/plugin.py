@@ -195,6 +195,69 @@ def node_failure(_chaos_faults: FaultSession) -> Callable[..., Any]:
     return lambda node: _chaos_faults.inject(NodeFailure(node))
 
 
+@pytest.fixture
+def bad_deploy(_chaos_faults: FaultSession) -> Callable[..., Any]:
+    """``bad_deploy("api", version="v2")``: roll out a faulty release; revert rolls it back."""
+    from .faults.deploy import BadDeploy
+
+    return lambda workload, version="v2": _chaos_faults.inject(BadDeploy(workload, version))
+
+
+# -- the remediation engine -----------------------------------------------------------------
+
+
+@pytest.fixture
+def remediation_rules(request: pytest.FixtureRequest) -> list[Any]:
+    """The engine's probe rules; override this fixture to change thresholds or ``for``."""
+    from .probes import scenario_rules
+
+    return scenario_rules(request.config.stash[RUN_KEY].settings.entry)
+
+
+@pytest.fixture
+def local_pager() -> Iterator[Any]:
+    """A page receiver on a loopback port: the engine's escalations land here in tests."""
+    from .engine.pager import LocalPager
+
+    with LocalPager() as pager:
+        yield pager
+
+
+@pytest.fixture
+def remediation_engine(
+    request: pytest.FixtureRequest,
+    chaos_target: Target,
+    timeline: Timeline,
+    _chaos_faults: FaultSession,
+    remediation_rules: list[Any],
+    local_pager: Any,
+    tmp_path: Path,
+) -> Iterator[Any]:
+    """The auto-remediation engine watching this scenario; stopped before faults revert."""
+    from .engine import make_engine
+    from .probes import BuiltinProbes
+
+    run = request.config.stash[RUN_KEY]
+    probes = BuiltinProbes(chaos_target, timeline, run.settings.entry)
+    engine = make_engine(
+        chaos_target,
+        store_path=tmp_path / "engine.db",
+        rootdir=request.config.rootpath,
+        timeline=timeline,
+        dry_run=run.settings.dry_run,
+        probes=probes.as_mapping(),
+        rules=remediation_rules,
+        escalation=[local_pager.channel()],
+        eval_interval_s=0.5,
+    )
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.close()
+        probes.close()
+
+
 # -- reporting ------------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 from aiohttp import web
@@ -149,6 +150,7 @@ class DemoService:
         self.faulty = settings.version in FAULTY_VERSIONS
         self._item_requests = 0
         self._ballast: list[bytearray] = []
+        self._leaked: list[tuple[Any, Any]] = []  # (pool, connection) checked out, not returned
         self._process = psutil.Process()
         self._prepare_task: asyncio.Task[None] | None = None
         # Without a configured limit the process may grow to the machine's memory, as a
@@ -173,6 +175,8 @@ class DemoService:
         app.router.add_post("/admin/cache/warm", self.admin_cache_warm)
         app.router.add_post("/admin/memory/hog", self.admin_memory_hog)
         app.router.add_post("/admin/memory/release", self.admin_memory_release)
+        app.router.add_post("/admin/pool/leak", self.admin_pool_leak)
+        app.router.add_post("/admin/pool/unleak", self.admin_pool_unleak)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
         return app
@@ -341,7 +345,8 @@ class DemoService:
 
     async def admin_pool_reset(self, request: web.Request) -> web.Response:
         await self.store.reset_pool()
-        return _json(200, pool_max=self.store.pool_max)
+        # "max" is what the engine's close_idle_connections reads; pool_max kept for callers.
+        return _json(200, max=self.store.pool_max, pool_max=self.store.pool_max)
 
     async def admin_pool_resize(self, request: web.Request) -> web.Response:
         size = _query_int(request, "max", minimum=1, maximum=1000)
@@ -379,6 +384,35 @@ class DemoService:
         self._ballast.clear()
         gc.collect()
         return _json(200, released_mb=released, rss=self._process.memory_info().rss)
+
+    async def admin_pool_leak(self, request: web.Request) -> web.Response:
+        """Fault hook: check ``n`` connections out of the pool and never return them.
+
+        What a code path that forgets to close its connection does: the pool runs dry, and
+        requests that need the database wait for a connection until they time out. Resetting
+        the pool (``/admin/pool/reset``) abandons the leaked ones with the old pool.
+        """
+        n = _query_int(request, "n", minimum=1, maximum=1000)
+        pool = self.store._pool  # the live pool; ItemStore has no public checkout on purpose
+        leaked = 0
+        for _ in range(n):
+            try:
+                conn = await pool.getconn(timeout=self.settings.db_timeout_s)
+            except Exception:  # pool dry or database down: leak what we got
+                break
+            self._leaked.append((pool, conn))
+            leaked += 1
+        return _json(200, leaked=leaked, held=len(self._leaked), pool_max=self.store.pool_max)
+
+    async def admin_pool_unleak(self, request: web.Request) -> web.Response:
+        """Return leaked connections (to their pool, which closes them if it was replaced)."""
+        returned = 0
+        while self._leaked:
+            pool, conn = self._leaked.pop()
+            with contextlib.suppress(Exception):
+                await pool.putconn(conn)
+                returned += 1
+        return _json(200, returned=returned)
 
     def _held_mb(self) -> int:
         return sum(len(chunk) for chunk in self._ballast) // _MIB
