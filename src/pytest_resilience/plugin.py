@@ -264,6 +264,14 @@ def remediation_engine(
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     report = yield
+    if (
+        report.failed
+        and call.excinfo is not None
+        and isinstance(call.excinfo.value, ResilienceError)
+        and item.config.getoption("tbstyle", "auto") == "auto"
+        and not item.config.getoption("fulltrace", False)
+    ):
+        report.longrepr = _short_failure(item, call.excinfo)
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         item.stash[OUTCOME_KEY] = "error" if report.when == "setup" else report.outcome
         item.stash[DURATION_KEY] = report.duration
@@ -313,4 +321,20 @@ def _or_fail(make: Callable[[], Target]) -> Target:
     try:
         return make()
     except ResilienceError as exc:
-        pytest.fail(f"chaos target did not start: {exc}", pytrace=False)
+        reason = str(exc)
+    # Outside the except block: failing inside it would print the reason twice, chained.
+    pytest.fail(f"chaos target did not start: {reason}", pytrace=False)
+
+
+def _short_failure(item: pytest.Item, excinfo: pytest.ExceptionInfo[BaseException]) -> str:
+    """``test.py:12: SelectorMatchedNothing: ...``: the line of the test, then the reason.
+
+    A ResilienceError already names the file, field or value at fault; the plugin's own
+    frames under it would only bury that line.
+    """
+    where = ""
+    for entry in reversed(excinfo.traceback):
+        if Path(entry.path) == item.path:
+            where = f"{entry.path}:{entry.lineno + 1}: "
+            break
+    return f"{where}{type(excinfo.value).__name__}: {excinfo.value}"
