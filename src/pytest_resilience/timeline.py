@@ -166,7 +166,17 @@ class Timeline:
         action = next(
             (e for e in self.events(ACTION_FINISHED, since=t0) if e.detail.get("ok", True)), None
         )
-        platform = self.first(POD_READY, since=t0)
+        # A pod that became ready while an engine action ran (rollback, drain, scale-up) is
+        # the engine's doing, not the platform healing on its own.
+        busy = self._action_windows(t0)
+        platform = next(
+            (
+                e
+                for e in self.events(POD_READY, since=t0)
+                if not any(start <= e.at <= end for start, end in busy)
+            ),
+            None,
+        )
         reverted = self.first(FAULT_REVERTED, since=t0)
         mitigations = [
             (e.at, who)
@@ -188,6 +198,20 @@ class Timeline:
             time_to_recover=_since(t0, recovered),
             healed_by=mitigated[1] if mitigated else None,
         )
+
+    def _action_windows(self, t0: float) -> list[tuple[float, float]]:
+        """[started, finished] of each remediation action since t0 (paired by action_id)."""
+        starts = {
+            e.detail.get("action_id"): e.at
+            for e in self.events(ACTION_STARTED, since=t0)
+            if e.detail.get("action_id")
+        }
+        ends = {
+            e.detail.get("action_id"): e.at
+            for e in self.events(ACTION_FINISHED, since=t0)
+            if e.detail.get("action_id")
+        }
+        return [(at, ends.get(key, float("inf"))) for key, at in starts.items()]
 
     def to_dict(self) -> dict[str, Any]:
         with self._lock:
