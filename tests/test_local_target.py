@@ -26,6 +26,7 @@ from pytest_resilience.targets.base import EventKind, Target, TargetEvent
 from pytest_resilience.targets.local import LocalTarget
 from pytest_resilience.targets.services import load_services
 from pytest_resilience.timeline import Timeline
+from pytest_resilience.toxiproxy import ToxiproxyClient
 
 HERE = Path(__file__).parent / "local_services"
 DEMO_SERVICES = Path(pytest_resilience.__file__).parent / "demo" / "services.yaml"
@@ -569,9 +570,7 @@ def test_a_signal_handler_that_closes_leaves_no_orphan(tmp_path: Path, sig: int)
                 os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.skipif(
-    not DEMO_SERVICES.exists(), reason=f"the demo system is not written yet ({DEMO_SERVICES})"
-)
+@pytest.mark.skipif(os.geteuid() != 0, reason="the demo's volumes are tmpfs mounts: root only")
 def test_demo_services_answer_items():
     # Not tmp_path: the demo's Postgres drops to its own user, which must traverse the work
     # dir, and pytest keeps /tmp/pytest-of-<user> at mode 0700.
@@ -591,6 +590,32 @@ def test_demo_services_answer_items():
         assert api is not None, f"no api service in {DEMO_SERVICES}: {target.workloads()}"
         status, body = get(target.port_of(api), "/items/1", timeout=10)
         assert status == 200, body
+        # Postgres and Redis are reached through Toxiproxy only.
+        assert set(ToxiproxyClient(target.toxiproxy_url).proxies()) == {"postgres", "redis"}
+        proxies = {target.proxy_port("postgres"), target.proxy_port("redis")}
+        direct = {target.port_of("postgres"), target.port_of("redis")}
+        pods = target.pods("app=api")
+        remote = {
+            c.raddr.port
+            for pod in pods
+            for c in psutil.Process(pod.pid).net_connections("tcp")
+            if c.raddr and c.status == psutil.CONN_ESTABLISHED
+        }
+        assert remote & proxies and not remote & direct, (remote, proxies, direct)
+        # Bounded volumes, memory limits, and the metrics alerts read from them.
+        for service, size_mb in (("postgres", 192), ("redis", 32)):
+            stats = os.statvfs(target.volume(service))
+            assert stats.f_blocks * stats.f_frsize == size_mb * 1024 * 1024
+        assert target.memory_usage(pods[0])[1] == 256 * 1024 * 1024
+        status, body = get(target.pod_port(pods[0]), "/metrics", timeout=10)
+        samples = {
+            line.split()[0]: float(line.split()[1])
+            for line in body.decode().splitlines()
+            if line.startswith("demo_")
+        }
+        assert 0 < samples["demo_disk_used_ratio"] < 1
+        assert samples["demo_memory_usage_bytes"] > 0
+        assert samples["demo_memory_limit_bytes"] == 256 * 1024 * 1024
     finally:
         target.close()
         shutil.rmtree(work, ignore_errors=True)

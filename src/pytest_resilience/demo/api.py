@@ -18,7 +18,6 @@ import gc
 import json
 import logging
 import os
-import shutil
 import signal
 import time
 from collections.abc import Mapping
@@ -31,7 +30,12 @@ from aiohttp import web
 
 from pytest_resilience.demo.breaker import CircuitBreaker
 from pytest_resilience.demo.cache import KEY_PREFIX, CacheUnavailable, ItemCache
-from pytest_resilience.demo.metrics import CONTENT_TYPE_LATEST, DemoMetrics
+from pytest_resilience.demo.metrics import (
+    CONTENT_TYPE_LATEST,
+    DemoMetrics,
+    disk_used_ratio,
+    memory_usage_file,
+)
 from pytest_resilience.demo.store import DatabaseUnavailable, ItemStore, checksum
 from pytest_resilience.errors import ConfigError
 
@@ -56,8 +60,8 @@ class ApiSettings:
     redis_url: str
     pool_max: int = 10
     memory_limit_mb: int | None = None
-    data_dir: Path | None = None
-    disk_quota_mb: int | None = None
+    #: demo_disk_used_ratio is the used share of the filesystem holding this path
+    disk_path: Path | None = None
     db_timeout_s: float = 1.0
     breaker_failures: int = 5
     breaker_cooldown_s: float = 2.0
@@ -77,9 +81,10 @@ class ApiSettings:
             pg_dsn=env.get("DEMO_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
             redis_url=env.get("DEMO_REDIS_URL", "redis://127.0.0.1:6379/0"),
             pool_max=_opt_int(env, "DEMO_POOL_MAX", minimum=1) or 10,
-            memory_limit_mb=_opt_int(env, "DEMO_MEMORY_LIMIT_MB", minimum=1),
-            data_dir=Path(env["DATA_DIR"]) if env.get("DATA_DIR") else None,
-            disk_quota_mb=_opt_int(env, "DEMO_DISK_QUOTA_MB", minimum=1),
+            # MEMORY_LIMIT_MB comes from the local target (memory_limit_mb in services.yaml).
+            memory_limit_mb=_opt_int(env, "MEMORY_LIMIT_MB", minimum=1)
+            or _opt_int(env, "DEMO_MEMORY_LIMIT_MB", minimum=1),
+            disk_path=_opt_path(env, "DEMO_DISK_PATH") or _opt_path(env, "DATA_DIR"),
             db_timeout_s=_opt_float(env, "DEMO_DB_TIMEOUT_S") or 1.0,
             breaker_failures=_opt_int(env, "DEMO_BREAKER_FAILURES", minimum=1) or 5,
             breaker_cooldown_s=_opt_float(env, "DEMO_BREAKER_COOLDOWN_S") or 2.0,
@@ -97,6 +102,11 @@ def _opt_int(env: Mapping[str, str], name: str, *, minimum: int = 0) -> int | No
     if value is None or value < minimum:
         raise ConfigError(f"must be an integer >= {minimum}, got {raw!r}", field=name)
     return value
+
+
+def _opt_path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name)
+    return Path(raw) if raw else None
 
 
 def _opt_float(env: Mapping[str, str], name: str) -> float | None:
@@ -152,6 +162,7 @@ class DemoService:
         self._ballast: list[bytearray] = []
         self._leaked: list[tuple[Any, Any]] = []  # (pool, connection) checked out, not returned
         self._process = psutil.Process()
+        self._memory_file = memory_usage_file()
         self._prepare_task: asyncio.Task[None] | None = None
         # Without a configured limit the process may grow to the machine's memory, as a
         # container without limits may; never 0, which would make usage/limit infinite.
@@ -244,10 +255,13 @@ class DemoService:
         m = self.metrics
         m.pool_in_use.set(self.store.pool_in_use)
         m.pool_max.set(self.store.pool_max)
-        m.resident_memory.set(self._process.memory_info().rss)
+        rss = self._process.memory_info().rss
+        m.resident_memory.set(rss)
+        m.memory_usage.set(self._cgroup_memory() or rss)
         m.breaker_open.set(1 if self.breaker.is_open else 0)
-        if self.settings.data_dir is not None:
-            m.disk_used.set(_disk_used_ratio(self.settings.data_dir, self.settings.disk_quota_mb))
+        if self.settings.disk_path is not None:
+            with contextlib.suppress(OSError):  # the volume may be gone for a moment
+                m.disk_used.set(disk_used_ratio(self.settings.disk_path))
         return web.Response(body=m.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     # -- items -------------------------------------------------------------------------------
@@ -397,7 +411,7 @@ class DemoService:
         leaked = 0
         for _ in range(n):
             try:
-                conn = await pool.getconn(timeout=self.settings.db_timeout_s)
+                conn = await pool.getconn(timeout=min(0.5, self.settings.db_timeout_s))
             except Exception:  # pool dry or database down: leak what we got
                 break
             self._leaked.append((pool, conn))
@@ -414,20 +428,16 @@ class DemoService:
                 returned += 1
         return _json(200, returned=returned)
 
+    def _cgroup_memory(self) -> int | None:
+        if self._memory_file is None:
+            return None
+        try:
+            return int(self._memory_file.read_text())
+        except (OSError, ValueError):
+            return None
+
     def _held_mb(self) -> int:
         return sum(len(chunk) for chunk in self._ballast) // _MIB
-
-
-def _disk_used_ratio(data_dir: Path, quota_mb: int | None) -> float:
-    """Bytes under data_dir over the quota if one is set, else the filesystem's used share."""
-    try:
-        if quota_mb is None:
-            usage = shutil.disk_usage(data_dir)
-            return usage.used / usage.total
-        used = sum(p.stat().st_size for p in data_dir.rglob("*") if p.is_file())
-    except OSError:
-        return 0.0
-    return used / (quota_mb * _MIB)
 
 
 def _path_id(request: web.Request) -> int:
