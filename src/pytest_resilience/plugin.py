@@ -188,6 +188,30 @@ def disk_fill(_chaos_faults: FaultSession) -> Callable[..., Any]:
 
 
 @pytest.fixture
+def latency(_chaos_faults: FaultSession) -> Callable[..., Any]:
+    """``latency("postgres", ms=500, jitter_ms=50)`` on the dependency's Toxiproxy proxy."""
+    from .faults.toxics import Latency
+
+    return lambda proxy, **options: _chaos_faults.inject(Latency(proxy, **options))
+
+
+@pytest.fixture
+def toxic(_chaos_faults: FaultSession) -> Callable[..., Any]:
+    """``toxic("redis", "bandwidth", rate=64)``: any Toxiproxy toxic, checked by name."""
+    from .faults.toxics import Toxic
+
+    return lambda proxy, type, **options: _chaos_faults.inject(Toxic(proxy, type, **options))
+
+
+@pytest.fixture
+def proxy_down(_chaos_faults: FaultSession) -> Callable[..., Any]:
+    """``proxy_down("postgres")``: the dependency's proxy refuses and drops connections."""
+    from .faults.toxics import ProxyDown
+
+    return lambda proxy: _chaos_faults.inject(ProxyDown(proxy))
+
+
+@pytest.fixture
 def node_failure(_chaos_faults: FaultSession) -> Callable[..., Any]:
     """``node_failure("node-a")``: every pod on the node hangs (local) or is drained (k8s)."""
     from .faults.node import NodeFailure
