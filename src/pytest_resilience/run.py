@@ -44,20 +44,27 @@ class ChaosRun:
         if self.settings.target == "kubernetes":
             from .targets.kubernetes import KubernetesTarget
 
-            return KubernetesTarget(
+            kube = KubernetesTarget(
                 context=self.settings.kube_context,
                 namespace=self.settings.namespace,
                 allow=self.settings.allow,
                 dry_run=self.settings.dry_run,
             )
+            # In a cluster, Toxiproxy runs as a Deployment reached via --toxiproxy-url.
+            kube.toxiproxy_url = self.settings.toxiproxy_url
+            self.toxiproxy_kind = "external" if self.settings.toxiproxy_url else None
+            return kube
         from .targets.local import LocalTarget
 
-        target = LocalTarget.from_file(self.settings.services, work_dir=work_dir)
+        target = LocalTarget.from_file(
+            self.settings.services, work_dir=work_dir, toxiproxy_url=self.settings.toxiproxy_url
+        )
         try:
             target.start()
         except BaseException:
             target.close()
             raise
+        self.toxiproxy_kind = target.toxiproxy_kind
         return target
 
     def settle_leftovers(self, target: Target) -> list[str]:
