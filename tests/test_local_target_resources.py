@@ -246,10 +246,6 @@ def test_the_guardian_unmounts_volumes_when_the_session_is_sigkilled(tmp_path: P
 
 
 def test_a_volume_without_root_is_refused_before_anything_runs():
-    # Not tmp_path: "nobody" must reach the files, and pytest keeps its base dir at 0700.
-    place = Path(tempfile.mkdtemp(prefix="pr-noroot-"))
-    place.chmod(0o777)
-    (place / "services.yaml").write_text(VOLUME)
     script = (
         "import sys; from pathlib import Path\n"
         "from pytest_resilience.targets.local import LocalTarget\n"
@@ -257,22 +253,10 @@ def test_a_volume_without_root_is_refused_before_anything_runs():
         "t = LocalTarget.from_file(sys.argv[1], work_dir=Path(sys.argv[2]))\n"
         "try:\n    t.start()\nexcept PrivilegeError as exc:\n    print(exc)\n"
         "else:\n    t.close(); sys.exit('started')\n"
+        "assert not (Path(sys.argv[2]) / 'data').exists(), 'refused before any directory'\n"
     )
-    user = {} if os.geteuid() != 0 else {"user": "nobody"}
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", script, place / "services.yaml", place / "work"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            **user,
-        )
-        assert done.returncode == 0, done.stderr
-        assert "store" in done.stdout and "needs root" in done.stdout
-        assert not (place / "work" / "data").exists(), "refused before any directory is made"
-    finally:
-        shutil.rmtree(place)
+    refused = run_unprivileged(script, VOLUME).stdout
+    assert "store" in refused and "needs root" in refused
 
 
 # -- memory ---------------------------------------------------------------------------------
@@ -300,6 +284,49 @@ def test_a_pod_past_its_memory_limit_is_oom_killed(tmp_path: Path, events: Event
         died = events.wait_for(EventKind.POD_DIED, pod=pod.name)
         assert "SIGKILL" in died.detail and "OOMKilled" in died.detail, died.detail
         assert target.pods() == []
+
+
+def run_unprivileged(script: str, services: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` (argv: services file, work dir) as "nobody", or as us when not root."""
+    # Not tmp_path: "nobody" must reach the files, and pytest keeps its base dir at 0700.
+    place = Path(tempfile.mkdtemp(prefix="pr-noroot-"))
+    place.chmod(0o777)
+    (place / "services.yaml").write_text(services.replace("@HERE@", str(HERE)))
+    user = {} if os.geteuid() != 0 else {"user": "nobody"}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script, place / "services.yaml", place / "work"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            **user,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+    finally:
+        shutil.rmtree(place, ignore_errors=True)
+
+
+def test_without_root_a_memory_limit_is_an_address_space_limit():
+    script = (
+        "import json, sys, logging; from pathlib import Path\n"
+        "from pytest_resilience.targets.local import LocalTarget\n"
+        "logging.basicConfig(level=logging.WARNING, stream=sys.stderr)\n"
+        "with LocalTarget.from_file(sys.argv[1], work_dir=Path(sys.argv[2])) as t:\n"
+        "    (pod,) = t.pods()\n"
+        "    helper = t.spawn_in_pod(pod, ['sleep', '60'])\n"
+        "    limits = [Path(f'/proc/{p}/limits').read_text() for p in (pod.pid, helper.pid)]\n"
+        "    print(json.dumps([t.memory_enforcement, t.memory_usage(pod), limits]))\n"
+        "    helper.kill(); helper.wait()\n"
+    )
+    done = run_unprivileged(script, HOG)
+    assert "memory_limit_mb of hog enforced with RLIMIT_AS" in done.stderr
+    enforcement, (used, limit), limits = json.loads(done.stdout)
+    assert enforcement == "rlimit" and limit == 64 * MIB and used > 0
+    for text in limits:
+        line = next(ln for ln in text.splitlines() if ln.startswith("Max address space"))
+        assert line.split()[3:5] == [str(64 * MIB)] * 2, line
 
 
 BOX = f"""
