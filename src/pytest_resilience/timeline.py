@@ -31,6 +31,7 @@ ACTION_FINISHED = "action_finished"
 VERIFIED = "verified"
 ESCALATED = "escalated"
 POD_DIED = "pod_died"
+POD_FAILED_TO_START = "pod_failed_to_start"
 POD_READY = "pod_ready"
 POD_STARTED = "pod_started"
 LOAD_STARTED = "load_started"
@@ -155,8 +156,9 @@ class Timeline:
         """Time to detect, mitigate and recover, in seconds from T0.
 
         detect: the first alert, or the first SLO breach seen by the monitor if no alert;
-        mitigate: the first remediation action that finished well, else the first
-        replacement pod ready, else the fault's revert; recover: the last SLO recovery
+        mitigate: the earliest of the first remediation action that finished well, the
+        first replacement of a dead pod ready (not one an engine action started), and the
+        fault's revert; recover: the last SLO recovery
         (from then on every SLO held). ``healed_by`` names what mitigated.
         """
         t0 = self.t0
@@ -166,14 +168,16 @@ class Timeline:
         action = next(
             (e for e in self.events(ACTION_FINISHED, since=t0) if e.detail.get("ok", True)), None
         )
-        # A pod that became ready while an engine action ran (rollback, drain, scale-up) is
-        # the engine's doing, not the platform healing on its own.
+        # The platform heals when it replaces a pod that died. A pod that became ready
+        # while an engine action ran (rollback, drain, scale-up) is the engine's doing, and
+        # one the fault itself rolled out (a deploy) before anything died heals nothing.
         busy = self._action_windows(t0)
+        death = self.first(POD_DIED, POD_FAILED_TO_START, since=t0)
         platform = next(
             (
                 e
-                for e in self.events(POD_READY, since=t0)
-                if not any(start <= e.at <= end for start, end in busy)
+                for e in self.events(POD_READY, since=death.at if death else t0)
+                if death is not None and not any(start <= e.at <= end for start, end in busy)
             ),
             None,
         )
