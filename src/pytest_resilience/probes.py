@@ -267,7 +267,7 @@ def scenario_rules(target: str = "api") -> list[Rule]:
     """
     return [
         Rule(
-            "ErrorRateHighCritical", "error_rate", "above", 0.02, target, for_s=1.0,
+            "ErrorRateHighCritical", "error_rate", "above", 0.02, target, for_s=2.0,
             severity="critical", labels={"error_type": "5xx"},
         ),
         Rule(

@@ -645,7 +645,8 @@ class Engine:
 
         def settled() -> bool:
             incidents = self.store.incidents()
-            return bool(incidents) and not any(i.open for i in incidents)
+            # idle too: a symptom alert released as its cause closed is queued work
+            return bool(incidents) and not any(i.open for i in incidents) and self.idle()
 
         if not self._wait(settled, timeout):
             raise AssertionError(
