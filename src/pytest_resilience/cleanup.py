@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from .faults.base import FaultContext, revert_entries
+from collections.abc import Callable
+
+from .errors import ResilienceError
+from .faults.base import FaultContext, ledger_ref, revert_entries
 from .run import ChaosRun
 
 __all__ = ["cleanup"]
@@ -11,15 +14,59 @@ __all__ = ["cleanup"]
 def cleanup(run: ChaosRun) -> int:
     entries = run.ledger.open_entries()
     write = print
+    # On kubernetes the cluster itself says what is still injected (annotations), so a
+    # cleanup runs even with an empty ledger: the fault may come from another machine.
+    kube = run.settings.target == "kubernetes"
     if not entries:
         write(f"chaos cleanup: nothing open in {run.settings.ledger}")
-        return 0
-    target = _target_for_cleanup(run)
+        if not kube:
+            return 0
+    try:
+        target = _target_for_cleanup(run)
+    except ResilienceError as exc:
+        write(f"chaos cleanup: cannot open the {run.settings.target} target: {exc}")
+        return 1
     failed = 0
-    for entry, outcome in revert_entries(entries, run.ledger, FaultContext(target=target)):
-        write(f"chaos cleanup: ledger #{entry.id} {entry.kind} ({entry.description}): {outcome}")
-        failed += outcome != "reverted"
+    try:
+        for entry, outcome in revert_entries(entries, run.ledger, FaultContext(target=target)):
+            write(
+                f"chaos cleanup: ledger #{entry.id} {entry.kind} ({entry.description}): {outcome}"
+            )
+            failed += outcome != "reverted"
+        if kube:
+            failed += _undo_marked_elsewhere(run, target, write)
+    finally:
+        if kube:
+            target.close()
     return 1 if failed else 0
+
+
+def _undo_marked_elsewhere(run: ChaosRun, target, write: Callable[[str], object]) -> int:
+    """Undo every change annotated on the cluster whose ledger entry is not open here.
+
+    Those come from a run whose ledger is on another machine (a lost CI runner) or gone.
+    Entries open in this ledger are left alone, whether their run still goes on or their
+    revert just failed above (already reported). Returns the number of failed undos.
+    """
+    held = {ledger_ref(e.session, e.id) for e in run.ledger.open_entries(include_live_owners=True)}
+    failed = 0
+    for record in target.find_marked():
+        where = ", ".join(
+            f"{o.kind.lower()} {o.namespace + '/' if o.namespace else ''}{o.name}"
+            for o in record.objects
+        )
+        what = f"chaos cleanup: {record.kind} on {where} (ledger id {record.ledger_id})"
+        if record.ledger_id in held:
+            write(f"{what}: left, its entry is open in {run.settings.ledger}")
+            continue
+        try:
+            target.undo(record)
+        except ResilienceError as exc:
+            write(f"{what}: revert failed: {exc}")
+            failed += 1
+            continue
+        write(f"{what}: reverted (marked on the cluster, not in this ledger)")
+    return failed
 
 
 def _target_for_cleanup(run: ChaosRun):

@@ -37,7 +37,7 @@ class DiskFill(Fault):
 
     def inject(self, ctx: FaultContext) -> dict[str, Any]:
         if ctx.target.name == "kubernetes":
-            raise FaultError("disk_fill on kubernetes runs through the target's exec primitive")
+            return self._kube_inject(ctx)
         volume = self._volume(ctx)
         total, used = usage(volume)
         wanted = int(total * self.percent / 100) - used
@@ -55,6 +55,9 @@ class DiskFill(Fault):
         return spec
 
     def revert(self, ctx: FaultContext) -> None:
+        if self._kube is not None:
+            self._kube_revert(ctx)
+            return
         if self.fill_file is not None:
             self.fill_file.unlink(missing_ok=True)
 
@@ -75,6 +78,22 @@ class DiskFill(Fault):
             )
         return chosen if chosen.is_dir() else chosen.parent
 
+    # -- kubernetes: the target's primitives, through faults/kube_dispatch.py -------------
+    _kube: Any = None  # kube_dispatch.KubeChanges once injected on kubernetes
+
+    def _kube_inject(self, ctx: FaultContext) -> dict[str, Any]:
+        from . import kube_dispatch
+
+        self._kube = kube_dispatch.KubeChanges(self.ledger_id)
+        return kube_dispatch.disk_fill(
+            ctx, self._kube, service=self.service, percent=self.percent, path=self.path
+        )
+
+    def _kube_revert(self, ctx: FaultContext) -> None:
+        from . import kube_dispatch
+
+        kube_dispatch.revert(ctx, self._kube)
+
 
 def usage(path: Path) -> tuple[int, int]:
     """(total, used) bytes of the filesystem holding ``path``, as ``df`` reports them."""
@@ -85,5 +104,10 @@ def usage(path: Path) -> tuple[int, int]:
 
 @register_reverter(DiskFill.kind)
 def _revert_from_ledger(spec: dict[str, Any], ctx: FaultContext) -> None:
+    from . import kube_dispatch
+
+    if kube_dispatch.handles(spec, ctx):
+        kube_dispatch.revert_spec(spec, ctx)
+        return
     if "file" in spec:
         Path(spec["file"]).unlink(missing_ok=True)

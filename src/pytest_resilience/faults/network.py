@@ -59,12 +59,17 @@ class NetworkBlock(Fault):
         return {"chain": self.chain}
 
     def inject(self, ctx: FaultContext) -> dict[str, Any]:
+        if ctx.target.name == "kubernetes":
+            return self._kube_inject(ctx)
         iptables.check_privilege()
         self.rules = self._rules(ctx)
         iptables.install(self.chain, self.rules, action=self.action.upper())
         return {"chain": self.chain, "rules": [" ".join(r.match) for r in self.rules]}
 
     def revert(self, ctx: FaultContext) -> None:
+        if self._kube is not None:
+            self._kube_revert(ctx)
+            return
         iptables.remove(self.chain)
 
     def _rules(self, ctx: FaultContext) -> list[iptables.Rule]:
@@ -100,7 +105,33 @@ class NetworkBlock(Fault):
                 rules.append(iptables.Rule("OUTPUT", match))
         return rules
 
+    # -- kubernetes: the target's primitives, through faults/kube_dispatch.py -------------
+    _kube: Any = None  # kube_dispatch.KubeChanges once injected on kubernetes
+
+    def _kube_inject(self, ctx: FaultContext) -> dict[str, Any]:
+        from . import kube_dispatch
+
+        self._kube = kube_dispatch.KubeChanges(self.ledger_id)
+        return kube_dispatch.network_block(
+            ctx,
+            self._kube,
+            selector=self.selector,
+            port=self.port,
+            direction=self.direction,
+            action=self.action,
+        )
+
+    def _kube_revert(self, ctx: FaultContext) -> None:
+        from . import kube_dispatch
+
+        kube_dispatch.revert(ctx, self._kube)
+
 
 @register_reverter(NetworkBlock.kind)
 def _revert_from_ledger(spec: dict[str, Any], ctx: FaultContext) -> None:
+    from . import kube_dispatch
+
+    if kube_dispatch.handles(spec, ctx):
+        kube_dispatch.revert_spec(spec, ctx)
+        return
     iptables.remove(spec["chain"])

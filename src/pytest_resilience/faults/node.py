@@ -26,7 +26,6 @@ class NodeFailure(Fault):
             raise FaultError(f"node_failure needs a node name, got {node!r}")
         self.node = node
         self._paused: list[Any] = []
-        self._record: dict[str, Any] = {}
 
     def describe(self) -> str:
         return f"fail node {self.node!r}"
@@ -41,8 +40,7 @@ class NodeFailure(Fault):
                 f"node_failure: no node named {self.node!r}; the target has {known}"
             )
         if ctx.target.name == "kubernetes":
-            self._record = ctx.target.fail_node(self.node)  # cordon + drain
-            return {"node": self.node, "record": self._record}
+            return {"node": self.node, **self._kube_inject(ctx)}  # cordon + drain
         pods = [p for p in ctx.target.pods() if p.node == self.node]
         for pod in pods:
             ctx.target.pause_pod(pod)
@@ -50,18 +48,34 @@ class NodeFailure(Fault):
         return {"node": self.node, "pids": [p.pid for p in pods if p.pid]}
 
     def revert(self, ctx: FaultContext) -> None:
-        if self._record:
-            ctx.target.undo(self._record)
+        if self._kube is not None:
+            self._kube_revert(ctx)
             return
         for pod in reversed(self._paused):
             ctx.target.resume_pod(pod)
         self._paused.clear()
 
+    # -- kubernetes: the target's primitives, through faults/kube_dispatch.py -------------
+    _kube: Any = None  # kube_dispatch.KubeChanges once injected on kubernetes
+
+    def _kube_inject(self, ctx: FaultContext) -> dict[str, Any]:
+        from . import kube_dispatch
+
+        self._kube = kube_dispatch.KubeChanges(self.ledger_id)
+        return kube_dispatch.node_failure(ctx, self._kube, node=self.node)
+
+    def _kube_revert(self, ctx: FaultContext) -> None:
+        from . import kube_dispatch
+
+        kube_dispatch.revert(ctx, self._kube)
+
 
 @register_reverter(NodeFailure.kind)
 def _revert_from_ledger(spec: dict[str, Any], ctx: FaultContext) -> None:
-    if "record" in spec:
-        ctx.target.undo(spec["record"])
+    from . import kube_dispatch
+
+    if kube_dispatch.handles(spec, ctx):
+        kube_dispatch.revert_spec(spec, ctx)
         return
     # A killed run's local pods died with it; resume any that is still stopped.
     for pid in spec.get("pids", []):

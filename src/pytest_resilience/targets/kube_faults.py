@@ -113,15 +113,18 @@ class KubeFaults:
         ports: Sequence[int] = (),
         hosts: Sequence[str] = (),
         direction: Direction = "both",
+        action: Literal["drop", "reject"] = "drop",
         timeout: float = 60.0,
     ) -> ChangeRecord:
-        """Drop the pod's traffic (to/from ``ports``/``hosts``; everything but loopback if
-        neither is given) in ``direction``."""
+        """Drop (or reject) the pod's traffic (to/from ``ports``/``hosts``; everything but
+        loopback if neither is given) in ``direction``."""
         self.policy.check_namespace(pod.namespace)
         if direction not in ("egress", "ingress", "both"):
             raise FaultError(
                 f"network_block: direction must be egress, ingress or both: {direction!r}"
             )
+        if action not in ("drop", "reject"):
+            raise FaultError(f"network_block: action must be drop or reject: {action!r}")
         key = _short(ledger_id)
         container = f"chaos-net-{key}"
         chains = {"in": f"PRC-{key}-I", "out": f"PRC-{key}-O"}
@@ -137,6 +140,7 @@ class KubeFaults:
                 "ports": list(ports),
                 "hosts": list(hosts),
                 "direction": direction,
+                "action": action,
             },
             dry_run=self.dry_run,
         )
@@ -150,7 +154,7 @@ class KubeFaults:
             self._unmark(record)
             return self._network_policy_block(pod, ledger_id, direction, refusal)
         self._wait_container_running(pod, container, timeout)
-        script = _iptables_apply(chains, ports, hosts, direction)
+        script = _iptables_apply(chains, ports, hosts, direction, action.upper())
         result = self.exec(pod, ["sh", "-c", script], container=container, timeout=timeout)
         if result.exit_code != 0:
             self.exec(pod, ["sh", "-c", _iptables_revert(chains)], container=container)
@@ -281,6 +285,49 @@ class KubeFaults:
         return record
 
     # ------------------------------------------------------------ disk, memory
+
+    def volume_mounts(self: KubernetesTarget, pod: Pod) -> list[tuple[str, str]]:
+        """``(container, mountPath)`` of the pod's writable volume mounts, in spec order;
+        the service account token and other read-only mounts are left out."""
+        obj = self._read(
+            self._core.read_namespaced_pod,
+            pod.name,
+            pod.namespace,
+            verb="get",
+            resource="pods",
+            namespace=pod.namespace,
+            name=pod.name,
+        )
+        return [
+            (c.get("name", ""), m["mountPath"])
+            for c in obj.get("spec", {}).get("containers") or ()
+            for m in c.get("volumeMounts") or ()
+            if m.get("mountPath")
+            and not m.get("readOnly")
+            and not m["mountPath"].startswith("/var/run/secrets/")
+        ]
+
+    def disk_usage(
+        self: KubernetesTarget, pod: Pod, path: str, *, container: str | None = None
+    ) -> tuple[int, int] | None:
+        """``(total, used)`` bytes of the filesystem holding ``path`` in the pod (``df``);
+        None in a dry run, where nothing is exec'd."""
+        result = self.exec(pod, ["df", "-Pk", path], container=container)
+        if self.dry_run:
+            return None
+        lines = result.stdout.strip().splitlines()
+        try:
+            fields = lines[-1].split()
+            total, used = int(fields[1]) * 1024, int(fields[2]) * 1024
+        except (IndexError, ValueError):
+            raise FaultError(
+                f"disk_fill: df -Pk {path} in {pod.namespace}/{pod.name} exited "
+                f"{result.exit_code} with no usage line ({result.stderr.strip() or result.stdout!r}"
+                "); does the container have df and the path?"
+            ) from None
+        if len(lines) < 2 or total <= 0:
+            raise FaultError(f"disk_fill: df -Pk {path} gave no filesystem size: {lines!r}")
+        return total, used
 
     def disk_fill(
         self: KubernetesTarget,
@@ -453,7 +500,8 @@ class KubeFaults:
     def find_marked(self: KubernetesTarget) -> list[ChangeRecord]:
         """Every change record annotated on pods and NetworkPolicies of the namespace and on
         nodes: what a cleanup must revert when the ledger file is not at hand."""
-        found: dict[tuple[str, str], ChangeRecord] = {}
+        # One fault may change several pods under one ledger id: one record per object.
+        found: dict[tuple[str, str, tuple[ObjectRef, ...]], ChangeRecord] = {}
         ns = self.namespace
         sources = [
             (self._core.list_namespaced_pod, (ns,), "pods", ns),
@@ -473,7 +521,7 @@ class KubeFaults:
                         except (ValueError, FaultError):
                             log.warning("ignoring unreadable annotation %s on %s", k, resource)
                             continue
-                        found.setdefault((rec.kind, rec.ledger_id), rec)
+                        found.setdefault((rec.kind, rec.ledger_id, rec.objects), rec)
         return list(found.values())
 
     # ------------------------------------------------------------------ marking
@@ -533,7 +581,11 @@ def _short(ledger_id: str) -> str:
 
 
 def _iptables_apply(
-    chains: Mapping[str, str], ports: Sequence[int], hosts: Sequence[str], direction: Direction
+    chains: Mapping[str, str],
+    ports: Sequence[int],
+    hosts: Sequence[str],
+    direction: Direction,
+    jump: str = "DROP",
 ) -> str:
     lines = ["set -e"]
     for way, hook, peer, port_flag, iface in (
@@ -554,7 +606,7 @@ def _iptables_apply(
                     m.append(f"-p tcp {port_flag} {int(port)}")
                 matches.append(" ".join(m))
         for m in matches:
-            lines.append(f"iptables -A {chain} {m or f'! {iface} lo'} -j DROP")
+            lines.append(f"iptables -A {chain} {m or f'! {iface} lo'} -j {jump}")
         lines.append(f"iptables -C {hook} -j {chain} 2>/dev/null || iptables -I {hook} -j {chain}")
     return "\n".join(lines)
 

@@ -1,0 +1,509 @@
+"""Every fault on the Kubernetes target, end to end: FaultSession, a real ledger file, the
+official client against kmock's emulator with the test controllers (tests/kube_controllers),
+revert, cleanup from the ledger alone after a SIGKILL, ``--chaos-cleanup`` of changes made
+from another machine, dry runs, and the plugin with ``--chaos-target=kubernetes``."""
+
+# ruff: noqa: F401, F811 - pytest fixtures imported from kube_controllers
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kube_controllers import (  # fixtures: cluster, kubeconfig, target
+    DEPLOYMENTS,
+    NODES,
+    PODS,
+    EmulatedCluster,
+    cluster,
+    kubeconfig,
+    target,
+)
+
+from pytest_resilience.cleanup import cleanup
+from pytest_resilience.faults.base import FaultContext, FaultSession, revert_entries
+from pytest_resilience.faults.disk import DiskFill
+from pytest_resilience.faults.network import NetworkBlock
+from pytest_resilience.faults.node import NodeFailure
+from pytest_resilience.faults.pod_kill import PodKill
+from pytest_resilience.ledger import Ledger
+from pytest_resilience.run import ChaosRun
+from pytest_resilience.settings import ChaosSettings
+from pytest_resilience.targets.kube_faults import FAULT_ANNOTATION, RECORD_ANNOTATION_PREFIX
+from pytest_resilience.targets.kubernetes import KubernetesTarget
+from pytest_resilience.timeline import FAULT_INJECTED, FAULT_REVERTED, Timeline
+
+NS = "chaos-demo"
+DB_MOUNT = "/var/lib/postgresql"
+# df -Pk of a 1 GiB volume with 256 MiB used: 90% means 665.6 MiB more, so 666 MiB
+DF_1G_QUARTER_USED = (
+    "Filesystem 1024-blocks Used Available Capacity Mounted on\n"
+    f"/dev/sdb 1048576 262144 786432 25% {DB_MOUNT}\n"
+)
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    led = Ledger(tmp_path / "ledger.sqlite")
+    yield led
+    led.close_db()
+
+
+@pytest.fixture
+def timeline() -> Timeline:
+    return Timeline("kubernetes e2e")
+
+
+@pytest.fixture
+def session(target: KubernetesTarget, ledger: Ledger, timeline: Timeline) -> Iterator[FaultSession]:
+    s = FaultSession(target, ledger=ledger, timeline=timeline)
+    yield s
+    s.revert_all()
+
+
+@pytest.fixture
+def db(cluster: EmulatedCluster) -> str:
+    """A one-replica Deployment with a data volume, as a Postgres would have; its pod's name."""
+    labels = {"app": "db"}
+    cluster.add(
+        DEPLOYMENTS,
+        NS,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "db", "namespace": NS, "uid": "uid-dep-db", "generation": 1},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "postgres",
+                                "image": "postgres:16",
+                                "volumeMounts": [
+                                    {
+                                        "name": "token",
+                                        "mountPath": "/var/run/secrets/kubernetes.io/sa",
+                                        "readOnly": True,
+                                    },
+                                    {"name": "data", "mountPath": DB_MOUNT},
+                                ],
+                            }
+                        ]
+                    },
+                },
+            },
+        },
+    )
+    assert cluster.emu is not None
+    cluster.run(cluster.emu._reconcile(NS, "db"))
+    (pod,) = cluster.eventually(
+        lambda: [
+            p for p in cluster.pods_of(NS, "db") if p.get("status", {}).get("phase") == "Running"
+        ]
+    )
+    return str(pod["metadata"]["name"])
+
+
+def df_reply(cluster: EmulatedCluster) -> None:
+    cluster.exec_replies.append(
+        (lambda argv: argv[:2] == ["df", "-Pk"], (0, DF_1G_QUARTER_USED, ""))
+    )
+
+
+def annotations(obj: dict[str, Any] | None) -> dict[str, str]:
+    assert obj is not None
+    return obj["metadata"].get("annotations") or {}
+
+
+def marked(obj: dict[str, Any] | None) -> bool:
+    return any(k.startswith("pytest-resilience/") for k in annotations(obj))
+
+
+def assert_closed(ledger: Ledger, entry_id: int | None, outcome: str = "reverted") -> None:
+    assert entry_id is not None
+    entry = ledger.get(entry_id)
+    assert entry.closed_at is not None and entry.outcome == outcome
+
+
+def assert_marks(timeline: Timeline, kind: str) -> None:
+    assert [e.name for e in timeline.events(FAULT_INJECTED)] == [kind]
+    assert [e.name for e in timeline.events(FAULT_REVERTED)] == [kind]
+
+
+# ------------------------------------------------------------------- each fault, reverted
+
+
+def test_network_block(
+    session: FaultSession, cluster: EmulatedCluster, ledger: Ledger, timeline: Timeline
+) -> None:
+    handle = session.inject(NetworkBlock("app=api", port=5432, direction="egress"))
+    ledger_id = handle.fault.ledger_id
+    assert ledger_id == f"{ledger.session}#{handle.entry_id}"
+    spec = ledger.get(handle.entry_id).spec  # type: ignore[arg-type]
+    assert len(spec["records"]) == 3 and spec == {**spec, **handle.spec}
+    pods = [p["metadata"]["name"] for p in cluster.pods_of(NS, "api")]
+    for name, record in zip(sorted(pods), spec["records"], strict=True):
+        obj = cluster.obj(PODS, NS, name)
+        assert obj is not None
+        (eph,) = obj["spec"]["ephemeralContainers"]
+        assert eph["securityContext"]["capabilities"]["add"] == ["NET_ADMIN"]
+        assert eph["name"] == record["detail"]["container"]
+        # annotated with the ledger id, which exists only once the entry is written
+        assert annotations(obj)[FAULT_ANNOTATION] == ledger_id
+        chain = record["detail"]["chains"]["out"]
+        assert cluster.containers[(NS, name)].hooks == {f"OUTPUT {chain}"}
+        (script,) = [
+            argv[2]
+            for ns, pod, container, argv in cluster.exec_log
+            if pod == name and container == eph["name"] and "iptables -A" in argv[-1]
+        ]
+        assert f"iptables -A {chain} -p tcp --dport 5432 -j DROP" in script
+
+    handle.revert()
+    for name in pods:
+        assert cluster.containers[(NS, name)].hooks == set()
+        assert not marked(cluster.obj(PODS, NS, name))
+    assert_closed(ledger, handle.entry_id)
+    assert_marks(timeline, "network_block")
+
+
+def test_network_block_reject_ingress_all_ports(
+    session: FaultSession, cluster: EmulatedCluster, ledger: Ledger
+) -> None:
+    with session.inject(NetworkBlock("app=api", direction="ingress", action="reject")) as handle:
+        script = cluster.exec_log[-1][3][2]
+        assert "-j REJECT" in script and "! -i lo" in script and "OUTPUT" not in script
+    assert_closed(ledger, handle.entry_id)
+
+
+def test_network_block_without_selector_is_a_clear_error(session: FaultSession) -> None:
+    with pytest.raises(Exception, match="needs a pod selector"):
+        session.inject(NetworkBlock(port=5432))
+
+
+def test_disk_fill(
+    session: FaultSession,
+    cluster: EmulatedCluster,
+    ledger: Ledger,
+    timeline: Timeline,
+    db: str,
+) -> None:
+    df_reply(cluster)
+    handle = session.inject(DiskFill("db", percent=90))
+    (record,) = ledger.get(handle.entry_id).spec["records"]  # type: ignore[arg-type]
+    path = record["detail"]["file"]
+    assert path.startswith(f"{DB_MOUNT}/.pytest-resilience-fill-")
+    assert record["detail"]["container"] == "postgres"
+    assert cluster.containers[(NS, db)].files == {path: 666}
+    assert annotations(cluster.obj(PODS, NS, db))[FAULT_ANNOTATION] == handle.fault.ledger_id
+    handle.revert()
+    assert cluster.containers[(NS, db)].files == {}
+    assert not marked(cluster.obj(PODS, NS, db))
+    assert_closed(ledger, handle.entry_id)
+    assert_marks(timeline, "disk_fill")
+
+
+def test_disk_fill_when_already_full_changes_nothing(
+    session: FaultSession, cluster: EmulatedCluster, ledger: Ledger, db: str
+) -> None:
+    df_reply(cluster)
+    with session.inject(DiskFill("db", percent=10)) as handle:
+        assert handle.spec == {"records": []}
+        assert (NS, db) not in cluster.containers or not cluster.containers[(NS, db)].files
+    assert_closed(ledger, handle.entry_id)
+
+
+def test_node_failure(
+    session: FaultSession, cluster: EmulatedCluster, ledger: Ledger, timeline: Timeline
+) -> None:
+    victims = [
+        p["metadata"]["name"]
+        for p in cluster.pods_of(NS, "api")
+        if p["spec"]["nodeName"] == "worker-3"
+    ]
+    handle = session.inject(NodeFailure("worker-3"))
+    node = cluster.obj(NODES, None, "worker-3")
+    assert node is not None and node["spec"]["unschedulable"] is True
+    assert annotations(node)[FAULT_ANNOTATION] == handle.fault.ledger_id
+    (record,) = handle.spec["records"]
+    assert sorted(record["detail"]["evicted"]) == sorted(f"{NS}/{v}" for v in victims)
+    assert ledger.get(handle.entry_id).spec["node"] == "worker-3"  # type: ignore[arg-type]
+    evictions = [r for r in cluster.requests() if r.subresource == "eviction"]
+    assert len(evictions) == len(victims)
+    session.ctx.target.wait_ready("api", timeout=10)
+    assert all(p["spec"]["nodeName"] != "worker-3" for p in cluster.pods_of(NS, "api"))
+
+    handle.revert()
+    node = cluster.obj(NODES, None, "worker-3")
+    assert node is not None and "unschedulable" not in node["spec"] and not marked(node)
+    assert_closed(ledger, handle.entry_id)
+    assert_marks(timeline, "node_failure")
+
+
+def test_pod_kill(
+    session: FaultSession, cluster: EmulatedCluster, ledger: Ledger, timeline: Timeline
+) -> None:
+    before = {p["metadata"]["name"] for p in cluster.pods_of(NS, "api")}
+    handle = session.inject(PodKill("app=api"))
+    (killed,) = handle.fault.killed  # type: ignore[attr-defined]
+    assert killed in before and cluster.obj(PODS, NS, killed) is None
+    deletes = [r for r in cluster.requests() if r.method == "DELETE"]
+    assert [(d.path.rsplit("/", 1)[-1], d.query.get("gracePeriodSeconds")) for d in deletes] == [
+        (killed, "0")
+    ]
+    handle.revert()  # waits until the Deployment is back to 3 ready replicas
+    ready = [
+        p["metadata"]["name"]
+        for p in cluster.pods_of(NS, "api")
+        if {"type": "Ready", "status": "True"} in p.get("status", {}).get("conditions", [])
+    ]
+    assert len(ready) == 3 and killed not in ready
+    assert_closed(ledger, handle.entry_id)
+    assert_marks(timeline, "pod_kill")
+
+
+# --------------------------------------------------------------- after a crash: cleanup
+
+_CRASHING_RUN = """
+import sys
+from pathlib import Path
+
+from pytest_resilience.faults.base import FaultSession
+from pytest_resilience.faults.disk import DiskFill
+from pytest_resilience.faults.network import NetworkBlock
+from pytest_resilience.faults.node import NodeFailure
+from pytest_resilience.ledger import Ledger
+from pytest_resilience.targets.kubernetes import KubernetesTarget
+
+kubeconfig, ledger_path, node = sys.argv[1:]
+target = KubernetesTarget(kubeconfig=kubeconfig, namespace="chaos-demo")
+session = FaultSession(target, ledger=Ledger(Path(ledger_path)))
+session.inject(DiskFill("db", percent=90))
+session.inject(NodeFailure(node))
+target.wait_ready("api", timeout=10)
+# the emulator SIGKILLs this process while the iptables exec is in flight
+session.inject(NetworkBlock("app=api", port=5432, direction="egress"))
+print("not killed")
+"""
+
+
+def test_cleanup_from_the_ledger_alone_after_sigkill(
+    cluster: EmulatedCluster, kubeconfig: Path, tmp_path: Path, db: str
+) -> None:
+    df_reply(cluster)
+    db_node = cluster.obj(PODS, NS, db)["spec"]["nodeName"]  # type: ignore[index]
+    node = next(n for n in ("worker-1", "worker-2", "worker-3") if n != db_node)
+    ledger_path = tmp_path / "crash.sqlite"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CRASHING_RUN, str(kubeconfig), str(ledger_path), node],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def kill_mid_inject(argv: list[str]) -> bool:
+        if "iptables -A" in argv[-1]:
+            os.kill(child.pid, signal.SIGKILL)  # the rules land, the reply never arrives
+        return False
+
+    cluster.exec_replies.append((kill_mid_inject, (0, "", "")))
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGKILL, err
+
+    # the crashed run left all three in the cluster, and open in its ledger
+    api = [p["metadata"]["name"] for p in cluster.pods_of(NS, "api")]
+    assert any(cluster.containers[(NS, p)].hooks for p in api if (NS, p) in cluster.containers)
+    assert cluster.containers[(NS, db)].files
+    assert cluster.obj(NODES, None, node)["spec"]["unschedulable"] is True  # type: ignore[index]
+
+    ledger = Ledger(ledger_path)
+    try:
+        entries = ledger.open_entries()
+        assert sorted(e.kind for e in entries) == ["disk_fill", "network_block", "node_failure"]
+        (net,) = [e for e in entries if e.kind == "network_block"]
+        assert "records" not in net.spec  # killed before inject returned
+        with KubernetesTarget(kubeconfig=str(kubeconfig), namespace=NS) as fresh:
+            outcomes = revert_entries(entries, ledger, FaultContext(target=fresh))
+            assert [o for _, o in outcomes] == ["reverted"] * 3
+            assert fresh.find_marked() == []
+        assert ledger.open_entries(include_live_owners=True) == []
+    finally:
+        ledger.close_db()
+    for key, model in cluster.containers.items():
+        assert model.hooks == set() and model.files == {}, key
+    node_obj = cluster.obj(NODES, None, node)
+    assert "unschedulable" not in node_obj["spec"] and not marked(node_obj)  # type: ignore[index]
+    assert not any(marked(p) for p in cluster.items(PODS, NS))
+
+
+def test_chaos_cleanup_undoes_changes_made_from_another_machine(
+    cluster: EmulatedCluster,
+    kubeconfig: Path,
+    target: KubernetesTarget,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # "another machine": its ledger file is not ours, and its process is gone (the
+    # session object is dropped without a revert)
+    elsewhere = Ledger(tmp_path / "elsewhere.sqlite", session="ci-runner-7-4242-1700000000")
+    lost = FaultSession(target, ledger=elsewhere).inject(NodeFailure("worker-2"))
+    lost_id = lost.fault.ledger_id
+    elsewhere.close_db()
+    del lost  # that process is gone: nothing at this interpreter's exit may revert it
+    gc.collect()
+    # a run of this machine, still going: its entry is open in our ledger
+    ours = Ledger(tmp_path / "ours.sqlite")
+    running = FaultSession(target, ledger=ours)
+    live = running.inject(NetworkBlock("app=api", port=80))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    settings = ChaosSettings(
+        target="kubernetes", kube_context="kind-test", namespace=NS, ledger=ours.path
+    )
+    run = ChaosRun(settings)
+    try:
+        assert cleanup(run) == 0
+    finally:
+        run.close()
+    out = capsys.readouterr().out
+    assert f"node_failure on node worker-2 (ledger id {lost_id}): reverted" in out
+    assert out.count(f"(ledger id {live.fault.ledger_id}): left, its entry is open") == 3
+    node = cluster.obj(NODES, None, "worker-2")
+    assert node is not None and "unschedulable" not in node["spec"] and not marked(node)
+    assert {r.ledger_id for r in target.find_marked()} == {live.fault.ledger_id}
+    running.revert_all()
+    assert target.find_marked() == []
+    ours.close_db()
+
+
+def test_chaos_cleanup_refuses_an_unknown_context(
+    kubeconfig: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    settings = ChaosSettings(
+        target="kubernetes", kube_context="prod", namespace=NS, ledger=tmp_path / "l.sqlite"
+    )
+    run = ChaosRun(settings)
+    try:
+        assert cleanup(run) == 1
+    finally:
+        run.close()
+    assert "cannot open the kubernetes target: context 'prod' not found" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ dry run
+
+
+def _every_fault() -> list[Any]:
+    return [
+        PodKill("app=api"),
+        NetworkBlock("app=api", port=5432),
+        DiskFill("db", percent=90),
+        NodeFailure("worker-1"),
+    ]
+
+
+@pytest.mark.parametrize("where", ["session", "target"])
+def test_dry_run_sends_no_mutating_request(
+    cluster: EmulatedCluster, kubeconfig: Path, ledger: Ledger, db: str, where: str
+) -> None:
+    """``--chaos-dry-run`` sets both; each alone must already keep the cluster untouched."""
+    before = len(cluster.mutating_requests())
+    with KubernetesTarget(
+        kubeconfig=str(kubeconfig), namespace=NS, dry_run=where == "target"
+    ) as dry:
+        session = FaultSession(dry, ledger=ledger, dry_run=where == "session")
+        handles = [session.inject(f) for f in _every_fault()]
+        for handle in reversed(handles):
+            handle.revert()
+        assert all(h.reverted_at is not None for h in handles)
+        if where == "target":
+            assert any("ephemeralcontainers" in c for c in dry.dry_run_calls)
+            assert any(c.startswith("CREATE eviction") for c in dry.dry_run_calls)
+    assert cluster.mutating_requests()[before:] == []
+    assert ledger.open_entries(include_live_owners=True) == []
+
+
+# ----------------------------------------------------------------------- the plugin, e2e
+
+_CHAOS_TEST = """
+import pytest
+
+@pytest.mark.chaos
+def test_kill_one_api_pod(chaos_target, pod_kill, timeline):
+    assert chaos_target.name == "kubernetes"
+    assert (chaos_target.context, chaos_target.namespace) == ("kind-test", "chaos-demo")
+    assert chaos_target.dry_run is {dry_run}
+    with pod_kill("app=api") as fault:
+        assert len(fault.fault.killed) == {killed}
+    assert fault.reverted_at is not None
+"""
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["live", "dry-run"])
+def test_plugin_runs_a_chaos_test_on_kubernetes(
+    pytester: pytest.Pytester,
+    cluster: EmulatedCluster,
+    kubeconfig: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    dry_run: bool,
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    pytester.makepyfile(_CHAOS_TEST.format(dry_run=dry_run, killed=0 if dry_run else 1))
+    before = {p["metadata"]["name"] for p in cluster.pods_of(NS, "api")}
+    mutating = len(cluster.mutating_requests())
+    ledger_path = pytester.path / "ledger.sqlite"
+    args = [
+        "--chaos-target=kubernetes",
+        "--kube-context=kind-test",
+        f"--chaos-namespace={NS}",
+        f"--chaos-ledger={ledger_path}",
+        "-p",
+        "no:cacheprovider",
+        *(["--chaos-dry-run"] if dry_run else []),
+    ]
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=1)
+    after = {p["metadata"]["name"] for p in cluster.pods_of(NS, "api")}
+    if dry_run:
+        assert after == before and cluster.mutating_requests()[mutating:] == []
+        return
+    assert len(before - after) == 1 and len(after) == 3
+    ledger = Ledger(ledger_path)
+    try:
+        (entry,) = [ledger.get(1)]
+        assert entry.kind == "pod_kill" and entry.target == "kubernetes"
+        assert entry.outcome == "reverted"
+    finally:
+        ledger.close_db()
+
+
+def test_plugin_refuses_a_system_namespace(
+    pytester: pytest.Pytester, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    pytester.makepyfile(_CHAOS_TEST.format(dry_run=False, killed=1))
+    result = pytester.runpytest_subprocess(
+        "--chaos-target=kubernetes",
+        "--kube-context=kind-test",
+        "--chaos-namespace=kube-system",
+        f"--chaos-ledger={pytester.path / 'ledger.sqlite'}",
+        "-p",
+        "no:cacheprovider",
+    )
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*chaos target did not start:*kube-system*"])
