@@ -188,6 +188,14 @@ def disk_fill(_chaos_faults: FaultSession) -> Callable[..., Any]:
 
 
 @pytest.fixture
+def memory_stress(_chaos_faults: FaultSession) -> Callable[..., Any]:
+    """``memory_stress("api", share=0.8)``: a helper in each pod grows it to 80% of its limit."""
+    from .faults.memory import MemoryStress
+
+    return lambda selector, **options: _chaos_faults.inject(MemoryStress(selector, **options))
+
+
+@pytest.fixture
 def latency(_chaos_faults: FaultSession) -> Callable[..., Any]:
     """``latency("postgres", ms=500, jitter_ms=50)`` on the dependency's Toxiproxy proxy."""
     from .faults.toxics import Latency
