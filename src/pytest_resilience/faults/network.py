@@ -74,6 +74,8 @@ class NetworkBlock(Fault):
 
     def _rules(self, ctx: FaultContext) -> list[iptables.Rule]:
         tcp = ("-p", "tcp")
+        if self.port is not None:
+            _check_listened(self.port)
         if self.selector is None:
             assert self.port is not None
             return [iptables.Rule("INPUT", ("-i", "lo", *tcp, "--dport", str(self.port)))]
@@ -125,6 +127,20 @@ class NetworkBlock(Fault):
         from . import kube_dispatch
 
         kube_dispatch.revert(ctx, self._kube)
+
+
+def _check_listened(port: int) -> None:
+    """A block of a port nothing listens on would pass silently and test nothing."""
+    import psutil
+
+    listening = {
+        c.laddr.port for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN
+    }
+    if port not in listening:
+        raise FaultError(
+            f"network_block: nothing listens on TCP port {port} on this host, so blocking it "
+            "would test nothing; give the port of a running service (target.port_of(name))"
+        )
 
 
 @register_reverter(NetworkBlock.kind)
