@@ -120,6 +120,8 @@ class KubernetesTarget(KubeFaults):
         self._watches: list[ResourceWatch] = []
         self._watch_clients: list[Any] = []
         self._kill_times: dict[tuple[str, str], float] = {}
+        #: pods deleted by kill_pod, per workload, until a wait_ready sees them replaced
+        self._unreplaced: dict[str, list[Pod]] = {}
 
     # ------------------------------------------------------------------ reading
 
@@ -207,6 +209,8 @@ class KubernetesTarget(KubeFaults):
                 namespace=pod.namespace,
                 name=pod.name,
             )
+            if not self.dry_run:
+                self._unreplaced.setdefault(pod.workload, []).append(pod)
             return
         name = _signal.Signals(sig).name.removeprefix("SIG")
         result = self.exec(pod, ["kill", f"-{name}", "1"])
@@ -440,8 +444,20 @@ class KubernetesTarget(KubeFaults):
     def wait_ready(
         self, workload: str, *, timeout: float = 60.0, replicas: int | None = None
     ) -> None:
-        """Watch the Deployment until its updated and ready replicas reach the spec."""
+        """Watch the Deployment until its updated and ready replicas reach the spec.
+
+        Right after a kill the Deployment's status still counts the dead pod as ready
+        (the controllers have not caught up), so pods this target killed must first be
+        replaced by as many Ready pods created since.
+        """
         deadline = time.monotonic() + timeout
+        killed = self._unreplaced.pop(workload, [])
+        if killed:
+            try:
+                self._wait_replacements(killed, deadline)
+            except TargetError:
+                self._unreplaced.setdefault(workload, []).extend(killed)
+                raise
         dep = self._deployment(workload)
         version = dep["metadata"].get("resourceVersion", "")
         while not _deployment_ready(dep, replicas):
@@ -460,6 +476,40 @@ class KubernetesTarget(KubeFaults):
             if found is None:
                 raise TargetError(_not_ready_message(dep, replicas, timeout))
             dep = found
+
+    def _wait_replacements(self, killed: list[Pod], deadline: float) -> None:
+        since = int(min(self._kill_times.get((p.namespace, p.name), 0.0) for p in killed))
+        gone = {p.name for p in killed}
+        wanted = {k: v for k, v in killed[0].labels.items() if k not in _HASH_LABELS}
+        fresh: set[str] = set()
+
+        def enough(o: Mapping[str, Any]) -> bool:
+            meta = o.get("metadata", {})
+            if (
+                meta.get("name") not in gone
+                and pod_is_ready(o)
+                and match_labels(meta.get("labels") or {}, wanted)
+                and _timestamp(meta.get("creationTimestamp")) >= since
+            ):
+                fresh.add(meta["name"])
+            return len(fresh) >= len(killed)
+
+        found = self._watch_until(
+            functools.partial(
+                self._core.list_namespaced_pod, label_selector=_selector_string(wanted)
+            ),
+            lambda o: True,
+            enough,
+            resource="pods",
+            namespace=killed[0].namespace,
+            remaining=deadline - time.monotonic(),
+            list_first=True,
+        )
+        if found is None:
+            raise TargetError(
+                f"{len(fresh)} of {len(killed)} killed pod(s) ({', '.join(sorted(gone))}) "
+                f"replaced by a Ready pod in time (selector {_selector_string(wanted)})"
+            )
 
     def wait_replaced(self, pod: Pod, *, timeout: float = 60.0) -> Pod:
         """After killing ``pod``: watch its siblings until a replacement is Ready.
