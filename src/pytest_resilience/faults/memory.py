@@ -73,12 +73,13 @@ class MemoryStress(Fault):
         share: float = 0.8,
         hold: bool = True,
         mb: int | None = None,
+        count: int | None = None,
     ) -> None:
         """``selector``: a service (workload) name or a label selector; every matching pod is
         stressed. ``share``: fraction of the pod's memory limit to fill, strictly between 0
         and 1. ``hold``: keep the memory until the revert (False: allocate and free at once,
         a spike). ``mb``: grow by this many MiB instead of up to a share (kubernetes, where
-        the target reports no usage)."""
+        the target reports no usage). ``count``: stress only the first ``count`` matching pods."""
         if not selector or not isinstance(selector, str | Mapping):
             raise ConfigError(
                 f"memory_stress needs a service name or label selector, got {selector!r}",
@@ -94,7 +95,12 @@ class MemoryStress(Fault):
             raise ConfigError(
                 f"memory_stress mb must be a whole number of MiB >= 1, got {mb!r}", field="mb"
             )
+        if count is not None and (
+            isinstance(count, bool) or not isinstance(count, int) or count < 1
+        ):
+            raise ConfigError(f"memory_stress count must be >= 1, got {count!r}", field="count")
         self.selector = selector
+        self.count = count
         self.share = float(share)
         self.hold = hold
         self.mb = mb
@@ -149,7 +155,7 @@ class MemoryStress(Fault):
             raise SelectorMatchedNothing(
                 f"memory_stress: no running pod matches {what}; services: {', '.join(names)}"
             )
-        return pods
+        return pods[: self.count] if self.count else pods
 
     def _growth(self, ctx: FaultContext, pod: Pod) -> int:
         usage = getattr(ctx.target, "memory_usage", None)
