@@ -31,6 +31,7 @@ from kube_controllers import (  # fixtures: cluster, kubeconfig, target
 from pytest_resilience.cleanup import cleanup
 from pytest_resilience.faults.base import FaultContext, FaultSession, revert_entries
 from pytest_resilience.faults.disk import DiskFill
+from pytest_resilience.faults.memory import MemoryStress
 from pytest_resilience.faults.network import NetworkBlock
 from pytest_resilience.faults.node import NodeFailure
 from pytest_resilience.faults.pod_kill import PodKill
@@ -227,6 +228,29 @@ def test_disk_fill_when_already_full_changes_nothing(
     assert_closed(ledger, handle.entry_id)
 
 
+def test_memory_stress(
+    session: FaultSession, cluster: EmulatedCluster, ledger: Ledger, timeline: Timeline
+) -> None:
+    handle = session.inject(MemoryStress("api", mb=256))
+    spec = ledger.get(handle.entry_id).spec  # type: ignore[arg-type]
+    assert len(spec["records"]) == 3
+    for record in spec["records"]:
+        (pod,) = [o["name"] for o in record["objects"]]
+        assert cluster.containers[(NS, pod)].files == {record["detail"]["pidfile"]: 0}
+        (argv,) = [a for _, name, _, a in cluster.exec_log if name == pod and "python3" in a[-1]]
+        assert "256 << 20" in argv[2]
+    handle.revert()
+    assert all(not m.files for m in cluster.containers.values())
+    assert not any(marked(p) for p in cluster.items(PODS, NS))
+    assert_closed(ledger, handle.entry_id)
+    assert_marks(timeline, "memory_stress")
+
+
+def test_memory_stress_needs_mb_on_kubernetes(session: FaultSession, ledger: Ledger) -> None:
+    with pytest.raises(Exception, match="give mb="):
+        session.inject(MemoryStress("api"))
+
+
 def test_node_failure(
     session: FaultSession, cluster: EmulatedCluster, ledger: Ledger, timeline: Timeline
 ) -> None:
@@ -414,6 +438,7 @@ def _every_fault() -> list[Any]:
         NetworkBlock("app=api", port=5432),
         DiskFill("db", percent=90),
         NodeFailure("worker-1"),
+        MemoryStress("api", mb=64),
     ]
 
 
