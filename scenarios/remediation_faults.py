@@ -82,6 +82,14 @@ class CacheCrowdOut(Fault):
             written += sum(1 for r in results if r is True)
             if any(isinstance(r, redis.ResponseError) for r in results):
                 break
+        # The pipeline's own buffers counted against the limit while it ran: top up with
+        # small keys until Redis refuses, so no room is left for the hot set.
+        for i in range(20_000):
+            try:
+                client.set(f"{STALE_PREFIX}top-{i}", b"s" * 64)
+            except redis.ResponseError:
+                break
+            written += 1
         return {"port": self._port, "saved": self._saved, "stale_keys": written}
 
     def revert(self, ctx: FaultContext) -> None:

@@ -149,10 +149,10 @@ class BuiltinProbes:
         return {
             "error_rate": self.error_rate,
             "memory_share": LabelledProbe(self._memory, "memory_share"),
-            "pool_use": LabelledProbe(self._pool_use, "pool_use"),
+            "pool_use": self.pool_use,  # workload-wide: every pod's pool gets the fix
             "pool_max": self.pool_max,
             "cache_hit_ratio": self.cache_hit_ratio,
-            "cpu_share": LabelledProbe(self._cpu, "cpu_share"),
+            "cpu_share": self.cpu_share,  # workload-wide: capacity is the fix
             "disk_use": self.disk_use,
         }
 

@@ -132,6 +132,7 @@ class Engine:
         self._escalated: dict[tuple[str, str], str] = {}
         self.symptoms = frozenset(symptoms)
         self._held: dict[tuple[str, str], Alert] = {}
+        self._changed = threading.Condition(threading.Lock())  # waiters in _wait
         self._busy = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -522,6 +523,8 @@ class Engine:
     def _close(self, incident: Incident, status: str, reason: str) -> None:
         self.store.update_incident(incident.id, status=status, reason=reason, closed_at=time.time())
         self.store.note(incident.id, status, reason)
+        with self._changed:
+            self._changed.notify_all()
 
     def _escalate(self, incident: Incident, reason: str) -> None:
         self.store.update_incident(incident.id, status=ESCALATED, reason=reason)
@@ -554,6 +557,8 @@ class Engine:
         if self.timeline is not None:
             at = detail.pop("at", None)
             self.timeline.mark(kind, name, at=at, **detail)  # type: ignore[arg-type]
+        with self._changed:
+            self._changed.notify_all()
 
     # -- results -----------------------------------------------------------------------
 
@@ -606,14 +611,18 @@ class Engine:
     # Plain AssertionError, no pytest: the engine stays importable without it.
 
     def _wait(self, found: Callable[[], object], timeout: float) -> bool:
-        """Wait until ``found()`` is truthy: on the timeline's changes if any, else polling."""
-        if self.timeline is not None:
-            return self.timeline.wait_for(lambda: bool(found()), timeout=timeout)
+        """Wait until ``found()`` is truthy, woken by each decision the engine records.
+
+        ``found`` reads the store, so it runs outside any lock the engine's threads take
+        while marking (the timeline's condition among them): no lock-order inversion.
+        """
         deadline = time.monotonic() + timeout
         while not found():
-            if time.monotonic() > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return False
-            self._stop.wait(0.05)  # polling with a deadline
+            with self._changed:
+                self._changed.wait(min(remaining, 0.2))  # capped: a missed wake-up costs 0.2 s
         return True
 
     def wait_for_action(
