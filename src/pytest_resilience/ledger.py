@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import sqlite3
 import threading
@@ -70,7 +71,7 @@ class Ledger:
     def __init__(self, path: Path, *, session: str | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.session = session or f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
+        self.session = session or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
