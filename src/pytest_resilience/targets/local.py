@@ -117,6 +117,7 @@ class _PodState:
     terminating: bool = False
     kill_at: float | None = None
     failed_start: bool = False  # POD_FAILED_TO_START already emitted for this pod
+    killed: bool = False  # killed through kill_pod: a deleted pod, replaced without back-off
     failures: int = 0
     next_probe_at: float = 0.0
     probe: Future[str | None] | None = None
@@ -1187,7 +1188,12 @@ class LocalTarget:
         policy = svc.spec.restart.policy
         replace = policy == "always" or (policy == "on-failure" and exit_code != 0)
         now = time.monotonic()
-        if replace and svc.next_spawn_at > now:
+        if replace and pod.killed:
+            # Like a deleted Kubernetes pod: the ReplicaSet replaces it at once. Back-off
+            # is for pods that die by themselves (CrashLoopBackOff); the death still counts.
+            svc.next_spawn_at = min(svc.next_spawn_at, now)
+            plan = "replacing now (killed)"
+        elif replace and svc.next_spawn_at > now:
             # A restart is already pending: deaths at the same moment share one back-off step.
             plan = f"restarting in {svc.next_spawn_at - now:.3f}s"
         elif replace:
@@ -1362,6 +1368,7 @@ class LocalTarget:
         if state is None or state.proc is None or state.terminating:
             raise TargetError(f"no running pod named {name!r} (it may have died or been replaced)")
         log.info("signal %s to pod %s (group %d)", signal.Signals(sig).name, name, state.proc.pid)
+        state.killed = sig == signal.SIGKILL
         _killpg(state.proc.pid, sig)
         return state.proc.pid
 
