@@ -170,6 +170,7 @@ def _start(run_dir: Path, *, demo: bool) -> HeldSession:
             env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,
+            preexec_fn=_sigint_deliverable,
         )
     return HeldSession(proc=proc, project=project, ledger=ledger, output=output, state=state)
 
@@ -276,3 +277,9 @@ def _all_entries(path: Path) -> list[LedgerEntry]:
             entry_id += 1
     finally:
         ledger.close_db()
+
+
+def _sigint_deliverable() -> None:
+    # A background job of a non-interactive shell (as CI may run us) starts with SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler: restore it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
