@@ -6,9 +6,11 @@ fixtures that need them, so installing this plugin costs other test suites nothi
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -106,8 +108,45 @@ def timeline(request: pytest.FixtureRequest, chaos_target: Target) -> Iterator[T
     line = Timeline(request.node.nodeid)
     request.node.stash[TIMELINE_KEY] = line
     unsubscribe = chaos_target.subscribe(lambda e: _mark_target_event(line, e))
+    stop_phases = _print_phases(request.config, line)
     yield line
+    stop_phases()
     unsubscribe()
+
+
+_PHASE_OF = {
+    "steady_state": "steady_state",
+    "fault_injected": "inject",
+    "alert_fired": "detect",
+    "slo_breached": "detect",
+    "action_started": "remediate",
+    "escalated": "escalate",
+    "slo_recovered": "recover",
+    "fault_reverted": "revert",
+}
+
+
+def _print_phases(config: pytest.Config, line: Timeline) -> Callable[[], None]:
+    """Live phase lines for long scenarios (``-q`` turns them off)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or config.get_verbosity() < 0:
+        return lambda: None
+    from .report.console import phase_line
+
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    lock = threading.Lock()
+
+    def show(event: Any) -> None:
+        phase = _PHASE_OF.get(event.kind)
+        if phase is None:
+            return
+        t0 = line.t0
+        text = phase_line(phase, event.name or line.scenario, None if t0 is None else event.at - t0)
+        # As pytest's live logging does: step around output capture, from any thread.
+        with lock, capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.write_line(text)
+
+    return line.on_mark(show)
 
 
 def _mark_target_event(line: Timeline, event: TargetEvent) -> None:

@@ -76,6 +76,7 @@ class Timeline:
         self._series: dict[str, list[Sample]] = {}
         self._changed = threading.Condition()  # its own lock: predicates take self._lock
         self._listeners: list[Callable[[str, Sample], None]] = []
+        self._watchers: list[Callable[[Event], None]] = []
         self.started_at = clock()
 
     def now(self) -> float:
@@ -85,7 +86,10 @@ class Timeline:
         event = Event(at=self._clock() if at is None else at, kind=kind, name=name, detail=detail)
         with self._lock:
             self._events.append(event)
+            watchers = list(self._watchers)
         self._notify()
+        for watcher in watchers:
+            watcher(event)
         return event
 
     def record(self, series: str, values: dict[str, float], *, at: float | None = None) -> Sample:
@@ -100,13 +104,20 @@ class Timeline:
 
     def on_record(self, listener: Callable[[str, Sample], None]) -> Callable[[], None]:
         """Call ``listener`` for each new sample (the SLO monitor evaluates live this way)."""
+        return self._subscribe(self._listeners, listener)
+
+    def on_mark(self, watcher: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``watcher`` for each new event (live phase lines on the console)."""
+        return self._subscribe(self._watchers, watcher)
+
+    def _subscribe(self, subscribers: list[Any], subscriber: Any) -> Callable[[], None]:
         with self._lock:
-            self._listeners.append(listener)
+            subscribers.append(subscriber)
 
         def unsubscribe() -> None:
             with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
+                if subscriber in subscribers:
+                    subscribers.remove(subscriber)
 
         return unsubscribe
 
