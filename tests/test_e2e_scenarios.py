@@ -131,6 +131,9 @@ def test_readme_command_a_runs_the_scenarios_and_writes_both_reports(tmp_path: P
 
     assert session.returncode == 0, session.output
     assert "2 passed" in session.output, session.output
+    # live phase lines reach the console through output capture
+    assert re.search(r"\[chaos\]\s+T\+0\.0s\s+inject fault\s+pod_kill", session.output)
+    assert "revert fault" in session.output
     data = json.loads((reports / "resilience.json").read_text())
     scenarios = {s["nodeid"]: s for s in data["scenarios"]}
     assert set(scenarios) == {
