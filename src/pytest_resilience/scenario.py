@@ -34,7 +34,17 @@ from .yamlfile import YamlDocument, load_yaml
 
 __all__ = ["FaultStep", "Scenario", "load_scenario", "run_scenario"]
 
-FAULTS = ("pod_kill", "network_block", "latency", "disk_fill", "memory_stress", "node_failure")
+FAULTS = (
+    "pod_kill",
+    "network_block",
+    "latency",
+    "toxic",
+    "proxy_down",
+    "disk_fill",
+    "memory_stress",
+    "node_failure",
+    "bad_deploy",
+)
 _TOP_KEYS = {
     "title",
     "description",
@@ -219,6 +229,8 @@ def run_scenario(
     """Steady state, then each fault in order, then recovery: the experiment's method."""
     for objective in scenario.slos:
         slo.add(objective)
+    if scenario.remediation:
+        fixture("remediation_engine")  # the engine watches from before the first fault
     with load(**scenario.load) as run:
         run.wait_for_samples(
             max(1, int(scenario.steady_state_s)), timeout=scenario.steady_state_s + 30
