@@ -51,8 +51,11 @@ class NodeFailure(Fault):
         if self._kube is not None:
             self._kube_revert(ctx)
             return
+        # Pods drained meanwhile (by the engine, say) are gone: resume those still there.
+        present = {p.name for p in ctx.target.pods()}
         for pod in reversed(self._paused):
-            ctx.target.resume_pod(pod)
+            if pod.name in present:
+                ctx.target.resume_pod(pod)
         self._paused.clear()
 
     # -- kubernetes: the target's primitives, through faults/kube_dispatch.py -------------
