@@ -19,7 +19,6 @@ import redis
 
 from pytest_resilience.errors import FaultError, TargetError
 from pytest_resilience.faults.base import Fault, FaultContext
-from pytest_resilience.faults.node import NodeFailure
 from pytest_resilience.targets.base import Pod, Target
 
 STALE_PREFIX = "item:stale:"
@@ -237,16 +236,3 @@ class CrashLoop(Fault):
         if self._thread is not None:
             self._thread.join(timeout=20)
         ctx.target.wait_ready(self.workload, timeout=30, replicas=self.replicas)
-
-
-class DrainableNodeFailure(NodeFailure):
-    """node_failure whose revert skips pods that a drain already replaced.
-
-    Stand-in until faults/node.py tolerates it itself: NodeFailure.revert resumes every
-    paused pod by name and fails on one the engine drained (reported to the lead).
-    """
-
-    def revert(self, ctx: FaultContext) -> None:
-        alive = {p.name for p in ctx.target.pods()}
-        self._paused = [p for p in self._paused if p.name in alive]
-        super().revert(ctx)

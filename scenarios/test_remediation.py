@@ -22,7 +22,6 @@ from remediation_faults import (
     CacheCrowdOut,
     ConnectionLeak,
     CrashLoop,
-    DrainableNodeFailure,
     MemoryHog,
 )
 
@@ -175,13 +174,13 @@ def test_memory_hog_gc_then_scale_up_and_drain(
 
 
 def test_failed_node_is_drained_and_replaced(
-    api_restored, load, slo, inject, remediation_engine, chaos_target
+    api_restored, load, slo, node_failure, remediation_engine, chaos_target
 ):
     """node-a hangs (its two api pods paused): NodeNotReady, drain, pods move to node-b."""
     slo.error_rate(below=0.01, window_s=5)
     with load(**USERS) as run:
         steady(run, slo)
-        inject(DrainableNodeFailure("node-a"))
+        node_failure("node-a")
         remediation_engine.wait_for_action(
             "Node Not Ready", action="drain_and_replace_node", timeout=30
         )
