@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_resilience.report import redaction
+from pytest_resilience import redaction
 from pytest_resilience.report.console import terminal_summary_lines
 from pytest_resilience.report.html_extras import html_extras
 from pytest_resilience.report.junit import junit_properties

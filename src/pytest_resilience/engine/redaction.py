@@ -1,6 +1,8 @@
 """Keep secrets (routing keys, bearer tokens) out of logs, the store and reports.
 
-Secrets are registered once, where they are read from the environment; every string that
+One registry for the whole package (:mod:`pytest_resilience.redaction`), so a key the
+engine reads is masked in the reports too. Secrets are registered once, where they are
+read from the environment; every string that
 leaves the engine (log records, stored error texts, postmortems) passes through
 :func:`redact`. Payloads written to the outbox never hold a secret at all: the channel
 adds it at send time.
@@ -9,31 +11,21 @@ adds it at send time.
 from __future__ import annotations
 
 import logging
-import threading
+
+from .. import redaction as _shared
 
 __all__ = ["LOGGER", "redact", "register_secret"]
 
 LOGGER = logging.getLogger("pytest_resilience.engine")
 
-_MASK = "[REDACTED]"
-_lock = threading.Lock()
-_secrets: set[str] = set()
-
 
 def register_secret(secret: str | None) -> None:
-    """Mask ``secret`` from now on; short strings are refused to avoid masking common words."""
-    if secret and len(secret) >= 6:
-        with _lock:
-            _secrets.add(secret)
+    """Mask ``secret`` everywhere from now on: engine logs and store, and every report."""
+    _shared.register_secret(secret)
 
 
 def redact(text: str) -> str:
-    with _lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, _MASK)
-    return text
+    return _shared.redact_text(text)
 
 
 class _RedactingFilter(logging.Filter):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..redaction import redact, redact_text, register_secret, register_secrets
 from .model import ActionRecord, ScenarioResult, SLOVerdict
-from .redaction import redact, redact_text, register_secret, register_secrets
 
 if TYPE_CHECKING:
     from .console import phase_line, terminal_summary_lines

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..redaction import redact_text
 from .model import ScenarioResult
-from .redaction import redact_text
 from .rendering import format_rate, format_score, format_seconds
 from .score import run_metrics
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from markupsafe import Markup
 
+from ..redaction import redact, redact_document
 from .charts import chart_legend, timeline_chart_svg
 from .impact import error_rate_downtime_s
 from .model import ScenarioResult
-from .redaction import redact, redact_document
 from .rendering import environment, template_text
 from .score import scenario_score
 

@@ -8,9 +8,9 @@ reads properties from.
 
 from __future__ import annotations
 
+from ..redaction import redact, redact_document
 from .impact import error_rate_downtime_s
 from .model import ScenarioResult
-from .redaction import redact, redact_document
 
 __all__ = ["junit_properties"]
 

@@ -23,12 +23,12 @@ from typing import Any
 
 from markupsafe import Markup
 
+from ..redaction import redact, redact_document
 from . import history
 from .charts import trend_chart_svg
 from .html_extras import scenario_html
 from .impact import error_rate_downtime_s
 from .model import ScenarioResult
-from .redaction import redact, redact_document
 from .rendering import environment, template_text
 from .score import RECOVERY_BUDGET_S, SCORE_FORMULA, WEIGHTS, run_metrics, strategy_stats
 
