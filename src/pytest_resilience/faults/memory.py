@@ -106,6 +106,7 @@ class MemoryStress(Fault):
         self.mb = mb
         self.hogs: list[Hog] = []
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._complete = False
 
     def describe(self) -> str:
         how = f"+{self.mb} MiB" if self.mb else f"{self.share:.0%} of the memory limit"
@@ -119,12 +120,27 @@ class MemoryStress(Fault):
             return self._kube_inject(ctx)
         pods = self._pods(ctx)
         growth = {pod.name: self._growth(ctx, pod) for pod in pods}
-        with _ReportPipe() as report:
+        # Every helper starts first, then each is waited for: the pods grow side by side.
+        started: list[tuple[Pod, int, subprocess.Popen[bytes], float, _ReportPipe]] = []
+        try:
             for pod in pods:
                 if growth[pod.name] <= 0:
                     log.info("memory_stress: %s is already at %.0f%%", pod.name, self.share * 100)
                     continue
-                self._start(ctx, pod, growth[pod.name], report)
+                report = _ReportPipe()
+                try:
+                    proc, created = self._spawn(ctx, pod, growth[pod.name], report)
+                except BaseException:
+                    report.close()
+                    raise
+                started.append((pod, growth[pod.name], proc, created, report))
+            deadline = time.monotonic() + ALLOCATE_TIMEOUT_S
+            for pod, grow, proc, created, report in started:
+                self._collect(ctx, pod, grow, proc, created, report, deadline)
+            self._complete = True
+        finally:
+            for *_, report in started:
+                report.close()
         return self.spec()
 
     def spec(self) -> dict[str, Any]:
@@ -134,11 +150,15 @@ class MemoryStress(Fault):
         if self._kube is not None:
             self._kube_revert(ctx)
             return
+        for proc in self._procs:  # all of them told first, then each waited for
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
         for proc in reversed(self._procs):
             _stop(proc)
         self._procs.clear()
-        # Whatever a half-done start left running under this fault's tag.
-        _stop_tagged(self.ledger_id)
+        if not self._complete:  # whatever a half-done inject left running under its tag
+            _stop_tagged(self.ledger_id)
 
     # -- local ----------------------------------------------------------------------------
 
@@ -174,7 +194,9 @@ class MemoryStress(Fault):
             )
         return int(self.share * limit) - used
 
-    def _start(self, ctx: FaultContext, pod: Pod, growth: int, report: _ReportPipe) -> None:
+    def _spawn(
+        self, ctx: FaultContext, pod: Pod, growth: int, report: _ReportPipe
+    ) -> tuple[subprocess.Popen[bytes], float]:
         argv = [sys.executable, "-m", HOG_MODULE, "--bytes", str(growth)]
         argv += ["--report", str(report.path), "--tag", self.ledger_id]
         if not self.hold:
@@ -190,7 +212,19 @@ class MemoryStress(Fault):
             created = psutil.Process(proc.pid).create_time()
         except psutil.NoSuchProcess:
             created = 0.0
-        line = report.read_line(proc, timeout=ALLOCATE_TIMEOUT_S)
+        return proc, created
+
+    def _collect(
+        self,
+        ctx: FaultContext,
+        pod: Pod,
+        growth: int,
+        proc: subprocess.Popen[bytes],
+        created: float,
+        report: _ReportPipe,
+        deadline: float,
+    ) -> None:
+        line = report.read_line(proc, timeout=deadline - time.monotonic())
         if line is None:
             code = proc.poll()
             why = (
@@ -237,7 +271,7 @@ class MemoryStress(Fault):
 
 
 class _ReportPipe:
-    """A FIFO the helpers write their ``allocated`` line to, read here with a deadline.
+    """A FIFO a helper writes its ``allocated`` line to, read here with a deadline.
 
     The read end is opened (non-blocking) before any helper starts, so a helper's open
     never fails; the directory is world-traversable and the FIFO world-writable because a
@@ -256,10 +290,7 @@ class _ReportPipe:
         self._keep = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
         self._buffer = b""
 
-    def __enter__(self) -> _ReportPipe:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         os.close(self._keep)
         os.close(self.fd)
         shutil.rmtree(self.dir, ignore_errors=True)
