@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 import pytest
+from browser import SummaryTable, assert_not_blank, find_chromium, run_chromium
 
 from pytest_resilience.faults import iptables
 from pytest_resilience.ledger import Ledger
@@ -48,14 +49,14 @@ class Session:
         assert not alive, [(p.pid, p.cmdline()) for p in alive if p.is_running()]
 
 
-def run_pytest(cwd: Path, *args: str) -> Session:
+def run_pytest(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Session:
     """Run pytest in ``cwd``; note each process it spawns (pods, Locust) while it runs."""
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args]
     seen: dict[int, psutil.Process] = {}
     with subprocess.Popen(
         command,
         cwd=cwd,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     ) as proc:
@@ -126,7 +127,9 @@ def test_readme_command_a_runs_the_scenarios_and_writes_both_reports(tmp_path: P
         f"--resilience-report={reports / 'resilience.html'}",
         f"--html={reports / 'pytest.html'}",
         "--self-contained-html",
+        f"--junitxml={reports / 'junit.xml'}",
         f"--chaos-ledger={ledger}",
+        env=PLANTED_SECRETS,
     )
 
     assert session.returncode == 0, session.output
@@ -159,6 +162,61 @@ def test_readme_command_a_runs_the_scenarios_and_writes_both_reports(tmp_path: P
 
     assert _open_entries(ledger) == []
     session.assert_no_process_left()
+
+    assert 'name="time_to_recover_s"' in (reports / "junit.xml").read_text()
+    _check_in_chromium(reports / "resilience.html", data, tmp_path)
+
+
+def test_planted_secrets_reach_no_report(tmp_path: Path) -> None:
+    """Secrets in the environment, written by a test onto its timeline, its JUnit
+    properties and its failure message: none reaches the HTML, JSON or JUnit files."""
+    project = _copy_project("secrets", tmp_path)
+    reports = tmp_path / "reports"
+    session = run_pytest(
+        project,
+        "chaos_secrets.py",
+        "--chaos-services=services.yaml",
+        f"--chaos-ledger={tmp_path / 'ledger.sqlite'}",
+        f"--resilience-report={reports / 'resilience.html'}",
+        f"--html={reports / 'pytest.html'}",
+        "--self-contained-html",
+        f"--junitxml={reports / 'junit.xml'}",
+        env=PLANTED_SECRETS,
+    )
+    assert session.returncode == pytest.ExitCode.TESTS_FAILED, session.output
+    written = sorted(p.name for p in reports.iterdir())
+    assert written == ["junit.xml", "pytest.html", "resilience.html", "resilience.json"]
+    for path in reports.iterdir():
+        text = path.read_text(errors="replace")
+        for secret in PLANTED_SECRETS.values():
+            assert secret not in text, f"{secret!r} leaked into {path.name}"
+    assert "[REDACTED]" in (reports / "resilience.json").read_text()
+
+
+# Planted where a team keeps them: a pager key and a password in the environment.
+PLANTED_SECRETS = {
+    "PAGERDUTY_ROUTING_KEY": "pdkey-e2e-5b0c9d1f2a7e4c3b",
+    "DEMO_ADMIN_PASSWORD": "hunter2-e2e-0f9e8d7c",
+}
+
+
+def _check_in_chromium(report: Path, data: dict[str, Any], tmp_path: Path) -> None:
+    """The real run's report, offline in headless Chromium: it renders, and holds the run."""
+    chromium = find_chromium()
+    text = report.read_text()
+    assert not re.search(r"""(?:src|href)=["']https?://""", text), "the report loads remote files"
+    png = tmp_path / "report.png"
+    shot = run_chromium(chromium, tmp_path / "profile", f"--screenshot={png}",
+                        "--window-size=1280,1600", report.as_uri())  # fmt: skip
+    assert png.exists(), shot.stderr[-2000:]
+    assert_not_blank(png, (1280, 1600))
+    dom = run_chromium(chromium, tmp_path / "profile", "--dump-dom", report.as_uri())
+    table = SummaryTable()
+    table.feed(dom.stdout)
+    assert table.values["scenarios"] == str(len(data["scenarios"]))
+    assert table.values["passed"] == str(len(data["scenarios"]))
+    assert table.values["pages_sent"] == "0"
+    assert dom.stdout.count("<svg") >= len(data["scenarios"])  # a chart per scenario
 
 
 def _in_order(kinds: list[str], wanted: tuple[str, ...]) -> bool:

@@ -6,37 +6,16 @@ on a laptop.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-from html.parser import HTMLParser
-
 import pytest
+from browser import SummaryTable, assert_not_blank, find_chromium, run_chromium
 
 from pytest_resilience.report.sample import sample_result
 from pytest_resilience.report.standalone import write_resilience_report
 
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 
 @pytest.fixture
-def chromium():
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        message = "chromium not found on PATH: install Debian's chromium (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+def chromium() -> str:
+    return find_chromium()
 
 
 @pytest.fixture
@@ -51,16 +30,6 @@ def report(tmp_path):
     return out
 
 
-def run_chromium(chromium: str, profile, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [chromium, *FLAGS, f"--user-data-dir={profile}", *args],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-
-
 def test_screenshot_is_not_blank(chromium, report, tmp_path):
     png = tmp_path / "shot.png"
     done = run_chromium(
@@ -71,43 +40,13 @@ def test_screenshot_is_not_blank(chromium, report, tmp_path):
         report.as_uri(),
     )
     assert png.exists(), f"chromium wrote no screenshot: {done.stderr[-2000:]}"
-    try:
-        from PIL import Image, ImageStat
-    except ImportError:  # no Pillow: a blank 1280x2000 PNG compresses to a few kB
-        assert png.stat().st_size > 30_000
-        return
-    with Image.open(png) as image:
-        assert image.size == (1280, 2000)
-        stats = ImageStat.Stat(image.convert("L"))
-        assert stats.stddev[0] > 10, "the screenshot is (nearly) one colour"
-        colours = image.convert("RGB").getcolors(maxcolors=1_000_000)
-        assert colours is None or len(colours) > 50
-
-
-class _SummaryTable(HTMLParser):
-    """The cells of <table id="summary"> and <table id="metrics"> by their data-key."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.values: dict[str, str] = {}
-        self._key: str | None = None
-
-    def handle_starttag(self, tag, attrs):
-        self._key = dict(attrs).get("data-key") if tag == "td" else self._key
-
-    def handle_endtag(self, tag):
-        if tag == "td":
-            self._key = None
-
-    def handle_data(self, data):
-        if self._key:
-            self.values[self._key] = self.values.get(self._key, "") + data.strip()
+    assert_not_blank(png, (1280, 2000))
 
 
 def test_dumped_dom_holds_the_runs_figures(chromium, report, tmp_path):
     done = run_chromium(chromium, tmp_path / "profile", "--dump-dom", report.as_uri())
     assert done.returncode == 0, done.stderr[-2000:]
-    parser = _SummaryTable()
+    parser = SummaryTable()
     parser.feed(done.stdout)
     assert parser.values["scenarios"] == "3"
     assert parser.values["passed"] == "2"

@@ -346,6 +346,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         item.stash[OUTCOME_KEY] = "error" if report.when == "setup" else report.outcome
         item.stash[DURATION_KEY] = report.duration
+    if TIMELINE_KEY in item.stash:
+        _redact_report(report)
     if report.when == "teardown" and TIMELINE_KEY in item.stash:
         # At teardown every fault is reverted and the timeline is complete.
         from .results import attach, scenario_result
@@ -365,6 +367,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
         run.results.append(result)
         attach(report, result)
     return report
+
+
+def _redact_report(report: pytest.TestReport) -> None:
+    """A chaos test's failure text, captured output and properties pass the secret filter
+    before pytest-html or JUnit write them: a DSN in an assertion is still a secret."""
+    from .redaction import redact, redact_text
+
+    if report.longrepr is not None:
+        text = str(report.longrepr)
+        cleaned = redact_text(text)
+        if cleaned != text:
+            report.longrepr = cleaned
+    report.sections = [(title, redact_text(body)) for title, body in report.sections]
+    report.user_properties = [(name, redact(value)) for name, value in report.user_properties]
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
