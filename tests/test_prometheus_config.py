@@ -140,7 +140,8 @@ def _series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
     return {"series": f"{name}{{{body}}}", "values": values}
 
 
-# (alertname, input series, a time it must be quiet, a time it must fire, labels, annotations)
+# (alertname, input series, a time it must be quiet, a time it must fire, labels, annotations,
+#  the `value` annotation: the reading that fired it)
 RULE_CASES = [
     (
         "DatabaseConnectionPoolExhaustion",
@@ -155,11 +156,12 @@ RULE_CASES = [
             "summary": "Pod api-0 has used 100% of its DB pool",
             "description": "Database connection pool at or above 90% in use.",
         },
+        "1",
     ),
     (
         "HighMemoryUsage",
         [
-            _series("demo_process_resident_memory_bytes", _API, "500x5 950x10"),
+            _series("demo_memory_usage_bytes", _API, "500x5 950x10"),
             _series("demo_memory_limit_bytes", _API, "1000x15"),
         ],
         "5s",
@@ -167,16 +169,18 @@ RULE_CASES = [
         {"severity": "warning", "component": "memory", **_API},
         {
             "summary": "Pod api-0 uses 95% of its memory limit",
-            "description": "Resident memory above 90% of the limit.",
+            "description": "Memory charged to the pod (cgroup usage) above 90% of its limit.",
         },
+        "0.95",
     ),
     (
         "HighCPU",
-        [_series("process_cpu_seconds_total", _API, "0+0.1x10 2+1x30")],
-        "12s",
-        "35s",
+        [_series("process_cpu_seconds_total", _API, "0+0.1x10 2+1x60")],
+        "35s",  # busy since ~13s, but `for: 30s`: a few busy seconds are noise
+        "55s",
         {"severity": "warning", "component": "cpu", **_API},
         {"summary": "Pod api-0 uses 1 CPU cores", "description": "CPU above 0.9 cores over 15s."},
+        "1",
     ),
     (
         "DiskFull",
@@ -185,6 +189,7 @@ RULE_CASES = [
         "10s",
         {"severity": "critical", "component": "disk", "node": "n1", **_API},
         {"summary": "Disk 95% full", "description": "Disk use above 90%."},
+        "0.95",
     ),
     (
         "CacheHitRatioDegraded",
@@ -199,6 +204,7 @@ RULE_CASES = [
             "summary": "Cache hit ratio of api is 9.091%",
             "description": "Cache hit ratio below 50% over 30s.",
         },
+        "0.09090909090909091",
     ),
     (
         "ErrorRateHighCritical",
@@ -213,6 +219,7 @@ RULE_CASES = [
             "summary": "api answers 33.33% errors",
             "description": "5xx ratio above 5% over 30s.",
         },
+        "0.3333333333333333",
     ),
     (
         "DeploymentFailure",
@@ -231,6 +238,7 @@ RULE_CASES = [
             "summary": "api fails after a new version was rolled out",
             "description": "5xx ratio above 5% while more than one version served in 5 minutes.",
         },
+        "0.29411764705882354",
     ),
     (
         "NodeNotReady",
@@ -245,6 +253,7 @@ RULE_CASES = [
             "summary": "Node n1 is not ready",
             "description": "No pod on node n1 answers its scrape.",
         },
+        "0",
     ),
     (
         "PodCrashLoop",
@@ -256,6 +265,7 @@ RULE_CASES = [
             "summary": "Pod api-0 of api is crash looping",
             "description": "4 up/down changes or restarts in the last minute.",
         },
+        "4",
     ),
 ]
 
@@ -272,11 +282,13 @@ def test_each_alert_fires_on_its_signal_after_its_for(tmp_path: Path):
                 {
                     "eval_time": fire,
                     "alertname": alertname,
-                    "exp_alerts": [{"exp_labels": labels, "exp_annotations": annotations}],
+                    "exp_alerts": [
+                        {"exp_labels": labels, "exp_annotations": {**annotations, "value": value}}
+                    ],
                 },
             ],
         }
-        for alertname, series, quiet, fire, labels, annotations in RULE_CASES
+        for alertname, series, quiet, fire, labels, annotations, value in RULE_CASES
     ]
     path = tmp_path / "demo_alerts_test.yml"
     path.write_text(

@@ -47,8 +47,8 @@ CACHE_HIT_RATIO = (
     "sum(rate(demo_cache_hits_total[30s])) / "
     "(sum(rate(demo_cache_hits_total[30s])) + sum(rate(demo_cache_misses_total[30s])))"
 )
-MEMORY_SHARE = "max(demo_process_resident_memory_bytes / demo_memory_limit_bytes)"
-# The demo may not export this yet; a probe on it reads None (no data) until it does.
+# cgroup usage (what the OOM killer counts), not resident memory of the one process
+MEMORY_SHARE = "max(demo_memory_usage_bytes / demo_memory_limit_bytes)"
 DISK_USE = "max(demo_disk_used_ratio)"
 
 DEMO_SLOS: dict[str, str] = {
