@@ -27,7 +27,7 @@ def item_key(item_id: int) -> str:
 
 
 class ItemCache:
-    def __init__(self, url: str, *, timeout_s: float = 0.5) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 1.0) -> None:  # above a slow network
         self.url = url
         self._last_ok: bool | None = None
         self._redis = aioredis.Redis.from_url(
@@ -35,6 +35,7 @@ class ItemCache:
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             decode_responses=True,
+            driver_info=None,  # no CLIENT SETINFO: two round trips per new connection
         )
 
     @property

@@ -88,13 +88,14 @@ class ItemStore:
     def _new_pool(self) -> AsyncConnectionPool:
         return AsyncConnectionPool(
             self.dsn,
-            min_size=min(2, self._pool_max),
+            min_size=self._pool_max,  # all opened up front: no connect on a request's clock
             max_size=self._pool_max,
             open=False,
             name=self._name,
             timeout=self.timeout_s,
             # libpq's minimum; the pool connects in the background, never on a request's clock.
-            kwargs={"autocommit": True, "connect_timeout": 2},
+            # No server-side prepare: its extra round trip would land on some request's clock.
+            kwargs={"autocommit": True, "connect_timeout": 2, "prepare_threshold": None},
         )
 
     async def start(self) -> None:
