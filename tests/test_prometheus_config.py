@@ -151,10 +151,10 @@ RULE_CASES = [
         ],
         "7s",  # crossed at 6s, still pending: `for: 2s`
         "10s",
-        {"severity": "critical", "component": "database", **_API},
+        {"severity": "critical", "component": "database", "service": "api"},
         {
-            "summary": "Pod api-0 has used 100% of its DB pool",
-            "description": "Database connection pool at or above 90% in use.",
+            "summary": "A pod of api has used 100% of its DB pool",
+            "description": "Database connection pool of the busiest pod at or above 90% in use.",
         },
         "1",
     ),

@@ -243,7 +243,7 @@ def test_rule_fires_through_alertmanager_then_resolves(
 
     exporter.set("demo_db_pool_in_use", 10, **POD)  # the pool is exhausted
     alert = prometheus.wait_for_alert(name, 15)
-    assert alert.labels["pod"] == "api-0" and alert.labels["severity"] == "critical"
+    assert alert.labels["service"] == "api" and alert.labels["severity"] == "critical"
     assert alert.active_at is not None and alert.value == 1.0
 
     def is_ours(status: str) -> Callable[[dict], bool]:
@@ -256,8 +256,9 @@ def test_rule_fires_through_alertmanager_then_resolves(
     assert firing["groupLabels"] == {"alertname": name, "service": "api"}
     (sent,) = firing["alerts"]
     assert sent["status"] == "firing"
-    assert sent["labels"]["pod"] == "api-0" and sent["labels"]["component"] == "database"
-    assert sent["annotations"]["summary"] == "Pod api-0 has used 100% of its DB pool"
+    assert sent["labels"]["service"] == "api" and sent["labels"]["component"] == "database"
+    assert sent["annotations"]["summary"] == "A pod of api has used 100% of its DB pool"
+    assert sent["annotations"]["value"] == "1"
     assert sent["startsAt"] and sent["endsAt"].startswith("0001-")
     assert sent["fingerprint"]
 
