@@ -97,9 +97,23 @@ def chaos_target(request: pytest.FixtureRequest) -> Iterator[Target]:
             yield target
         finally:
             revert_every_session()
+            run.close_monitoring()
             target.close()
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def chaos_monitoring(request: pytest.FixtureRequest, chaos_target: Target) -> Any:
+    """Real Prometheus + Alertmanager (managed, or ``--prometheus-url``) or the built-in
+    probes; ``.probe_path`` says which. Requesting it routes the engine's alerts through
+    Alertmanager (see ``remediation_alerts``)."""
+    run = request.config.stash[RUN_KEY]
+    try:
+        return run.monitoring(chaos_target)
+    except ResilienceError as exc:
+        reason = str(exc)
+    pytest.fail(f"monitoring did not start: {reason}", pytrace=False)
 
 
 @pytest.fixture
@@ -162,9 +176,15 @@ def _mark_target_event(line: Timeline, event: TargetEvent) -> None:
 
 
 @pytest.fixture
-def slo(request: pytest.FixtureRequest, timeline: Timeline) -> Iterator[SLOMonitor]:
-    """Declare objectives (error rate, latency, availability); assert they hold or recover."""
-    monitor = SLOMonitor(timeline)
+def slo(
+    request: pytest.FixtureRequest, timeline: Timeline, chaos_target: Target
+) -> Iterator[SLOMonitor]:
+    """Declare objectives (error rate, latency, availability, ``promql``); assert them."""
+    run = request.config.stash[RUN_KEY]
+    monitor = SLOMonitor(
+        timeline,
+        prometheus=lambda name, expr, **kw: run.monitoring(chaos_target).probe(name, expr, **kw),
+    )
     request.node.stash[SLO_KEY] = monitor
     yield monitor
     monitor.close()
@@ -286,6 +306,16 @@ def remediation_rules(request: pytest.FixtureRequest) -> list[Any]:
 
 
 @pytest.fixture
+def remediation_alerts() -> str:
+    """Where the engine's alerts come from: "auto", "alertmanager" or "built-in".
+
+    "auto": through Alertmanager when the test requests ``chaos_monitoring`` and it runs
+    the managed servers, else the engine's own rules. Override or parametrize it.
+    """
+    return "auto"
+
+
+@pytest.fixture
 def local_pager() -> Iterator[Any]:
     """A page receiver on a loopback port: the engine's escalations land here in tests."""
     from .engine.pager import LocalPager
@@ -303,12 +333,20 @@ def remediation_engine(
     remediation_rules: list[Any],
     local_pager: Any,
     tmp_path: Path,
+    remediation_alerts: str,
 ) -> Iterator[Any]:
     """The auto-remediation engine watching this scenario; stopped before faults revert."""
     from .engine import make_engine
+    from .monitoring import engine_alert_options, mark_loop
     from .probes import BuiltinProbes
 
     run = request.config.stash[RUN_KEY]
+    monitoring = (
+        run.monitoring(chaos_target)
+        if remediation_alerts == "alertmanager" or "chaos_monitoring" in request.fixturenames
+        else None
+    )
+    alert_options = _or_fail_config(lambda: engine_alert_options(remediation_alerts, monitoring))
     probes = BuiltinProbes(chaos_target, timeline, run.settings.entry)
     engine = make_engine(
         chaos_target,
@@ -320,6 +358,7 @@ def remediation_engine(
         rules=remediation_rules,
         escalation=[local_pager.channel()],
         eval_interval_s=0.5,
+        **alert_options,
     )
     engine.start()
     try:
@@ -327,6 +366,8 @@ def remediation_engine(
     finally:
         engine.close()
         probes.close()
+        if alert_options.get("listen") and monitoring is not None:
+            mark_loop(monitoring, timeline)  # where detection time went, on the timeline
 
 
 # -- reporting ------------------------------------------------------------------------------
@@ -411,6 +452,14 @@ def _or_fail(make: Callable[[], Target]) -> Target:
         reason = str(exc)
     # Outside the except block: failing inside it would print the reason twice, chained.
     pytest.fail(f"chaos target did not start: {reason}", pytrace=False)
+
+
+def _or_fail_config(make: Callable[[], Any]) -> Any:
+    try:
+        return make()
+    except ResilienceError as exc:
+        reason = str(exc)
+    pytest.fail(reason, pytrace=False)
 
 
 def _short_failure(item: pytest.Item, excinfo: pytest.ExceptionInfo[BaseException]) -> str:

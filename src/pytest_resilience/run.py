@@ -10,12 +10,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .faults.base import FaultContext, revert_entries
 from .ledger import Ledger
 from .report.model import ScenarioResult
 from .settings import ChaosSettings
 from .targets.base import Target
+
+if TYPE_CHECKING:
+    from .monitoring import Monitoring
 
 __all__ = ["ChaosRun"]
 
@@ -27,11 +31,13 @@ class ChaosRun:
     settings: ChaosSettings
     results: list[ScenarioResult] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
-    #: which SLO probes ran: "built-in" (load stats) or "prometheus"
+    #: which SLO probes ran: "built-in" (load stats) or "prometheus" (see monitoring.py)
     probe_path: str = "built-in"
     #: which Toxiproxy served latency faults: "external", "binary", "embedded" or None
     toxiproxy_kind: str | None = None
     _ledger: Ledger | None = None
+    _monitoring: Monitoring | None = None
+    _monitoring_error: Exception | None = None
 
     @property
     def ledger(self) -> Ledger:
@@ -67,6 +73,34 @@ class ChaosRun:
         self.toxiproxy_kind = target.toxiproxy_kind
         return target
 
+    def monitoring(self, target: Target) -> Monitoring:
+        """This session's monitoring, started on first use (Prometheus + Alertmanager when
+        installed, or ``--prometheus-url``); ``probe_path`` and a notice say which."""
+        if self._monitoring_error is not None:
+            raise self._monitoring_error  # fail every user of it fast, not one timeout each
+        if self._monitoring is None:
+            from .errors import ResilienceError
+            from .monitoring import open_monitoring
+
+            try:
+                monitoring = open_monitoring(
+                    target,
+                    prometheus_url=self.settings.prometheus_url,
+                    local=self.settings.target == "local",
+                )
+            except ResilienceError as exc:
+                self._monitoring_error = exc
+                raise
+            self._monitoring = monitoring
+            self.probe_path = monitoring.probe_path
+            self.notices.append(monitoring.describe())
+        return self._monitoring
+
+    def close_monitoring(self) -> None:
+        if self._monitoring is not None:
+            self._monitoring.close()
+            self._monitoring = None
+
     def settle_leftovers(self, target: Target) -> list[str]:
         """Revert what an earlier, killed run left injected; say so in the summary."""
         entries = self.ledger.open_entries()
@@ -84,6 +118,7 @@ class ChaosRun:
         return lines
 
     def close(self) -> None:
+        self.close_monitoring()
         if self._ledger is not None:
             self._ledger.close_db()
             self._ledger = None

@@ -8,20 +8,28 @@ report shows and what the test asserted are one computation.
 
 Latency over a window is the worst per-second percentile in it: conservative, and exact
 for a 1 s window, without shipping every request's latency out of the Locust process.
+
+Probe objectives (``slo.probe``, ``slo.promql``) are polled by a thread of their own that
+records each reading into a series named after the SLO; from there they are evaluated like
+any other series. ``slo.promql`` reads Prometheus through prometheus-api-client: the
+session's managed Prometheus, or ``--prometheus-url``.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from .errors import ConfigError, SLOViolation
 from .timeline import SLO_BREACHED, SLO_RECOVERED, Sample, Timeline
 
 __all__ = ["Evaluation", "Objective", "SLOMonitor"]
+
+log = logging.getLogger("pytest_resilience.slo")
 
 Signal = Literal["error_rate", "latency", "availability", "probe"]
 
@@ -36,6 +44,8 @@ class Objective:
     series: str = "load"
     #: probes only: "below" means value <= bound is good
     direction: Literal["below", "above"] = "below"
+    #: PromQL objectives: the expression, for messages and the report
+    query: str = ""
 
     def __post_init__(self) -> None:
         if self.window_s <= 0:
@@ -59,7 +69,8 @@ class Objective:
         if self.signal == "availability":
             return f"availability >= {self.bound:.2%} {window}"
         op = "<=" if self.direction == "below" else ">="
-        return f"{self.series} {op} {self.bound:g} {window}"
+        where = f" (PromQL {self.query})" if self.query else ""
+        return f"{self.series}{where} {op} {self.bound:g} {window}"
 
     def evaluate(self, window: Sequence[Sample]) -> float | None:
         """The signal's value over one window of samples; ``None`` when there is no data."""
@@ -109,13 +120,27 @@ class _State:
 
 
 class SLOMonitor:
-    """The objectives of one scenario, evaluated live on the timeline's series."""
+    """The objectives of one scenario, evaluated live on the timeline's series.
 
-    def __init__(self, timeline: Timeline) -> None:
+    ``prometheus``: where ``promql`` objectives are read: a base URL, or a factory
+    ``(name, expr, **options) -> probe`` (the plugin's, which starts the session's
+    monitoring on first use and says clearly when there is no Prometheus).
+    """
+
+    def __init__(
+        self,
+        timeline: Timeline,
+        *,
+        prometheus: str | Callable[..., ProbeFn] | None = None,
+        poll_interval_s: float = 0.5,
+    ) -> None:
         self.timeline = timeline
+        self.prometheus = prometheus
+        self.poll_interval_s = poll_interval_s
         self._objectives: dict[str, Objective] = {}
         self._states: dict[str, _State] = {}
         self._lock = threading.Lock()
+        self._pollers: list[_Poller] = []
         self._unsubscribe = timeline.on_record(self._on_sample)
 
     # -- declaring objectives -------------------------------------------------------------
@@ -142,6 +167,102 @@ class SLOMonitor:
     ) -> Objective:
         return self.add(Objective(name or "availability", "availability", above, window_s))
 
+    def probe(
+        self,
+        name: str,
+        probe: ProbeFn,
+        *,
+        below: float | None = None,
+        above: float | None = None,
+        window_s: float = 5.0,
+        interval_s: float | None = None,
+        query: str = "",
+    ) -> Objective:
+        """An SLO on any probe (a callable giving a number, or None for no data).
+
+        The probe is read once now (so a broken one fails here, naming the SLO), then
+        polled every ``interval_s`` into the timeline series ``name``.
+        """
+        if (below is None) == (above is None):
+            raise ConfigError(
+                f"give exactly one of below= or above= (got below={below!r}, above={above!r})",
+                source=f"SLO {name!r}",
+                field="below",
+            )
+        bound, direction = (below, "below") if below is not None else (above, "above")
+        assert bound is not None
+        objective = Objective(
+            name, "probe", float(bound), window_s, series=name, direction=direction, query=query
+        )
+        first = probe()  # raises: the SLO is broken, say so before the scenario starts
+        self.add(objective)
+        if first is not None:
+            self.timeline.record(name, {"value": float(first)})
+        poller = _Poller(name, probe, self.timeline, interval_s or self.poll_interval_s)
+        self._pollers.append(poller)
+        poller.start()
+        return objective
+
+    def promql(
+        self,
+        name: str,
+        expr: str | None = None,
+        *,
+        below: float | None = None,
+        above: float | None = None,
+        window_s: float = 5.0,
+        range_s: float | None = None,
+        interval_s: float | None = None,
+    ) -> Objective:
+        """An SLO on a PromQL expression, evaluated against the run's Prometheus.
+
+        ``expr`` defaults to the demo's PromQL form of ``name`` (error_rate, latency_p99,
+        pool_use, cache_hit_ratio, memory_share, disk_use). Instant by default; with
+        ``range_s`` each reading is the worst point of a range query over the last
+        ``range_s`` seconds (max for ``below``, min for ``above``). An expression the
+        server rejects fails here with the server's message and the SLO's name; an
+        unreachable Prometheus fails here too, within the probe's timeout.
+        """
+        if expr is None:
+            from .prometheus import DEMO_SLOS
+
+            if name not in DEMO_SLOS:
+                raise ConfigError(
+                    f"no expression given and {name!r} is not one of the demo's PromQL SLOs "
+                    f"{sorted(DEMO_SLOS)}",
+                    source=f"SLO {name!r}",
+                    field="expr",
+                )
+            expr = DEMO_SLOS[name]
+        options: dict[str, Any] = {}
+        if range_s is not None:
+            options = {
+                "kind": "range",
+                "window_s": range_s,
+                "reduce": "max" if above is None else "min",
+            }
+        if self.prometheus is None:
+            raise ConfigError(
+                f"PromQL SLO {name!r} needs a Prometheus: give --prometheus-url",
+                source=f"SLO {name!r}",
+                field="prometheus_url",
+            )
+        if isinstance(self.prometheus, str):
+            from .prometheus import PromQLProbe
+
+            probe: ProbeFn = PromQLProbe(name, expr, url=self.prometheus, **options)
+        else:
+            probe = self.prometheus(name, expr, **options)
+        return self.probe(
+            name,
+            probe,
+            below=below,
+            above=above,
+            window_s=window_s,
+            interval_s=interval_s,
+            query=expr,
+        )
+
     def add(self, objective: Objective) -> Objective:
         with self._lock:
             if objective.name in self._objectives:
@@ -158,6 +279,9 @@ class SLOMonitor:
             return list(self._objectives.values())
 
     def close(self) -> None:
+        for poller in self._pollers:
+            poller.stop()
+        self._pollers.clear()
         self._unsubscribe()
 
     # -- evaluation -----------------------------------------------------------------------
@@ -239,9 +363,13 @@ class SLOMonitor:
         for objective in self._resolve(objectives):
             evaluations = self.evaluations(objective, since=since, until=until)
             if not any(e.held is not None for e in evaluations):
+                hint = (
+                    "its probe gave no reading yet"
+                    if objective.signal == "probe"
+                    else "is load running (the `load` fixture) for this scenario?"
+                )
                 raise SLOViolation(
-                    f"SLO {objective.name!r} ({objective.describe()}): no data to judge; "
-                    "is load running (the `load` fixture) for this scenario?"
+                    f"SLO {objective.name!r} ({objective.describe()}): no data to judge; {hint}"
                 )
             failing = [e for e in evaluations if e.held is False]
             if failing:
@@ -382,3 +510,42 @@ def _rel(at: float, t0: float | None) -> float:
 
 
 ProbeFn = Callable[[], float | None]
+
+
+class _Poller:
+    """Reads one probe every ``interval_s`` into the timeline series ``name``.
+
+    A reading that raises (the server went away mid-scenario) is logged once and counts
+    as no data: the SLO then has a gap, which the assertions report as such.
+    """
+
+    def __init__(self, name: str, probe: ProbeFn, timeline: Timeline, interval_s: float) -> None:
+        self.name = name
+        self.probe = probe
+        self.timeline = timeline
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"slo-{name}", daemon=True)
+        self._warned = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                value = self.probe()
+            except Exception as exc:
+                if not self._warned:
+                    log.warning("SLO %r: probe failed: %s", self.name, exc)
+                    self._warned = True
+                continue
+            if value is not None:
+                self.timeline.record(self.name, {"value": float(value)})
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        close = getattr(self.probe, "close", None)
+        if callable(close):
+            close()

@@ -100,7 +100,10 @@ class Engine:
         crashloop_restarts: int = 3,
         crashloop_window_s: float = 60.0,
         symptoms: frozenset[str] | set[str] = SYMPTOM_ALERTS,
+        own_rules: bool = True,
     ) -> None:
+        """``own_rules=False``: raise no alerts from probe rules (Alertmanager does, through
+        the webhook); the probes still serve the playbooks' verify conditions."""
         self.target = target
         self.timeline = timeline
         self.dry_run = dry_run
@@ -116,10 +119,14 @@ class Engine:
         # A rule given here replaces the playbook's rule for the same alert and target
         # (tests shorten `for`; a site tunes a threshold) instead of evaluating both.
         given = {(r.alert, r.target) for r in rules}
-        all_rules = [
-            *rules,
-            *(r for b in self.playbooks for r in b.rules if (r.alert, r.target) not in given),
-        ]
+        all_rules = (
+            [
+                *rules,
+                *(r for b in self.playbooks for r in b.rules if (r.alert, r.target) not in given),
+            ]
+            if own_rules
+            else []
+        )
         self.rules = RuleEvaluator(all_rules, self.probes, self.submit)
         self.event_alerts = EventAlerts(
             self.submit, restarts=crashloop_restarts, window_s=crashloop_window_s
@@ -348,8 +355,11 @@ class Engine:
             at=alert.received_at,
             target=alert.target,
             incident=incident.id,
-            source=alert.source,
+            # "webhook" alerts are what Alertmanager delivered: say so on the timeline
+            source="alertmanager" if alert.source == "webhook" else alert.source,
             severity=alert.severity,
+            starts_at=alert.starts_at,
+            value=alert.value,
         )
         return incident
 
