@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 import urllib.parse
@@ -209,14 +210,18 @@ class Monitoring:
 
 
 def _check_reachable(url: str) -> None:
+    """One cheap query with a short timeout: a wrong URL fails now, naming the URL."""
     probe = PromQLProbe("--prometheus-url", "vector(1)", url=url, timeout_s=2.0)
     try:
         probe.read()
     except PrometheusUnreachable as exc:
+        cause = str(exc.__cause__ or exc)
+        errno = re.search(r"\[Errno -?\d+\] ([^\"')]+)", cause)
+        why = errno.group(1) if errno else type(exc.__cause__ or exc).__name__
         raise PrometheusUnreachable(
-            str(exc).split(" (")[0] + f": {exc.__cause__ or exc}",
+            f"cannot reach Prometheus at {url} within 2 s ({why}); is it running, and is "
+            "the URL right?",
             source="--prometheus-url",
-            field="prometheus_url",
         ) from exc
     finally:
         probe.close()
