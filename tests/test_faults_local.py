@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -566,3 +567,40 @@ def _literal(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+# -- the demo: what memory_stress looks like to the service's own metrics -------------------
+
+
+def _metric(port: int, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return next(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    )
+
+
+def test_memory_stress_on_the_demo_api_shows_in_its_metrics(ledger: Ledger) -> None:
+    demo = Path(__file__).parents[1] / "src/pytest_resilience/demo/services.yaml"
+    place = Path(tempfile.mkdtemp(prefix="pr-faults-demo-"))
+    place.chmod(0o755)
+    try:
+        with LocalTarget.from_file(demo, work_dir=place / "work") as target:
+            pod = target.pods("app=api")[0]
+            port = target.pod_port(pod)
+            limit = _metric(port, "demo_memory_limit_bytes")
+            assert limit == 256 * MIB
+            before = _metric(port, "demo_memory_usage_bytes")
+            assert before < 0.5 * limit
+            with FaultSession(target, ledger=ledger).inject(MemoryStress("api", count=1)):
+                during = _metric(port, "demo_memory_usage_bytes")
+                assert during >= 0.8 * limit - MEMORY_SLACK, during / MIB
+                assert target.memory_usage(pod)[0] >= 0.8 * limit - MEMORY_SLACK
+            assert _metric(port, "demo_memory_usage_bytes") <= before + MEMORY_SLACK
+    finally:
+        shutil.rmtree(place, ignore_errors=True)
