@@ -8,12 +8,11 @@ cgroup, exactly like a leak in the service would::
 ``N`` is the growth the pod should see, this interpreter included: the anonymous memory
 the interpreter already holds at start is subtracted, so the pod lands on the share asked
 for. Memory is written, not merely reserved (untouched pages cost nothing and would fool
-the test). Once
-allocated it writes ``allocated <bytes>`` to ``--report`` (a FIFO the fault reads with a
-deadline; a pod's helper has /dev/null as stdin and the pod's log as stdout, so neither can
-carry the answer) and to stdout (the pod's log). Then it holds the memory until SIGTERM or
-SIGINT, or, with ``--stdin-eof``, until stdin closes. ``--release`` frees it at once instead
-(a spike rather than pressure).
+the test). Once allocated it writes ``allocated <bytes>`` to ``--report`` (a FIFO the
+fault reads with a deadline; a pod's helper has /dev/null as stdin and the pod's log as
+stdout, so neither can carry the answer) and to stdout (the pod's log). Then it holds
+the memory until SIGTERM or SIGINT, or, with ``--stdin-eof``, until stdin closes.
+``--release`` frees it at once instead (a spike rather than pressure).
 
 Nothing from the package is imported: the helper must start fast and stay small.
 """
