@@ -383,6 +383,8 @@ def _first_alerts_sample(url: str, alert: str, state: str, since: float, until: 
 
 def _first_breach(url: str, query: str, since: float, until: float) -> float:
     """When the rule's expression first had a result: its first breaking sample's time."""
+    if until <= since:
+        return until
     step = max(0.05, (until - since) / 2000)
     data = _api(
         url,
@@ -421,7 +423,15 @@ def loop_split(prometheus_url: str, timeline: Timeline, *, mark: bool = True) ->
     firing = _first_alerts_sample(prometheus_url, fired.name, "firing", t0, fired.at)
     pending = min(firing, _first_alerts_sample(prometheus_url, fired.name, "pending", t0, firing))
     breached = min(pending, _first_breach(prometheus_url, query, t0, pending))
-    action = next(iter(timeline.events(ACTION_STARTED, since=fired.at)), None)
+    incident = fired.detail.get("incident")
+    action = next(
+        (
+            e
+            for e in timeline.events(ACTION_STARTED, since=fired.at)
+            if incident is None or e.detail.get("incident") == incident
+        ),
+        None,
+    )
     split = LoopSplit(
         alert=fired.name,
         total=fired.at - t0,
