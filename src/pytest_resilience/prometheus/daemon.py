@@ -11,7 +11,6 @@ import contextlib
 import logging
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,7 @@ import weakref
 from pathlib import Path
 
 from ..errors import ConfigError, ResilienceError
+from ..ports import free_port
 
 __all__ = ["DaemonError", "ManagedDaemon", "free_port"]
 
@@ -32,13 +32,6 @@ _PORT_ATTEMPTS = 3
 
 class DaemonError(ResilienceError):
     """The server binary did not start, or died while we waited for it."""
-
-
-def free_port() -> int:
-    """A loopback port free right now (the OS picks it; we close and hand it on)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _kill(proc: subprocess.Popen) -> None:

@@ -53,6 +53,7 @@ from typing import Any
 import psutil
 
 from ..errors import PrivilegeError, SelectorMatchedNothing, TargetError
+from ..ports import free_port
 from .base import (
     EventKind,
     ExecResult,
@@ -189,7 +190,7 @@ class LocalTarget:
         self._cond = threading.Condition(threading.RLock())
         self._services: dict[str, _ServiceState] = {}
         for spec in specs:
-            port = _free_port() if spec.port == "auto" else spec.port
+            port = free_port() if spec.port == "auto" else spec.port
             data = self.work_dir / "data" / spec.name if spec.data_dir else None
             self._services[spec.name] = _ServiceState(
                 spec=spec,
@@ -201,7 +202,7 @@ class LocalTarget:
                 backoff=spec.restart.backoff_s,
             )
         # Chosen now, like "auto" ports, so {proxies.<name>.port} is known before anything runs.
-        self._proxy_ports = {s.name: _free_port() for s in specs if s.proxied}
+        self._proxy_ports = {s.name: free_port() for s in specs if s.proxied}
         self._proxies: ProxyRoutes | None = None
         self._volumes: list[Path] = []  # mounted, in mount order
         self._nodes = list(dict.fromkeys(n for s in specs for n in s.nodes))
@@ -1010,7 +1011,7 @@ class LocalTarget:
             if avoid is not None:
                 raise
             node = spec.nodes[0]  # nowhere better: stay where the YAML put it
-        pod_port = _free_port() if spec.pod_port else None
+        pod_port = free_port() if spec.pod_port else None
         values = self._placeholders(svc, name, pod_port)
         argv = [expand_placeholders(a, values) for a in spec.versions[svc.version]]
         env = dict(os.environ)
@@ -1520,12 +1521,6 @@ def _user_entry(spec: ServiceSpec) -> pwd.struct_passwd:
 def _killpg(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
