@@ -153,3 +153,27 @@ def test_entries_of_a_live_owner_are_not_stolen(tmp_path: Path, ledger: Ledger) 
     assert [e.id for e in ledger.open_entries(include_live_owners=True)] == [entry_id]
     assert os.getpid() == other.get(entry_id).pid
     other.close_db()
+
+
+class NotingFault(FileFault):
+    """Learns its file name while acting, and names it in the ledger before creating it."""
+
+    kind = "test_file"
+
+    def plan(self) -> dict[str, Any]:
+        return {}
+
+    def inject(self, ctx: FaultContext) -> dict[str, Any]:
+        self.note({"path": str(self.path)})
+        assert self.ledger is not None
+        (entry,) = self.ledger.open_entries(include_live_owners=True)
+        self.spec_before_acting = entry.spec
+        return super().inject(ctx)
+
+
+def test_a_fault_names_what_it_learnt_in_the_ledger_before_acting(
+    tmp_path: Path, ledger: Ledger
+) -> None:
+    fault = NotingFault(tmp_path / "learnt", ledger)
+    FaultSession(TARGET, ledger=ledger).inject(fault).revert()
+    assert fault.spec_before_acting == {"path": str(tmp_path / "learnt")}

@@ -56,6 +56,14 @@ class Fault(abc.ABC):
     #: :class:`FaultSession` before :meth:`inject`, see :func:`ledger_ref`.
     ledger_id: str = ""
 
+    def note(self, spec: dict[str, Any]) -> None:
+        """Write what :meth:`inject` learnt (a file path, a rule handle) to the ledger
+        *before* acting on it, so a SIGKILL mid-inject still leaves a revertable entry."""
+        if self._note is not None:
+            self._note(spec)
+
+    _note: Callable[[dict[str, Any]], None] | None = None
+
     @abc.abstractmethod
     def describe(self) -> str:
         """One line for logs, the timeline and the ledger: what, where, how much."""
@@ -142,6 +150,8 @@ class FaultSession:
                 fault.kind, target=self.ctx.target.name, description=description, spec=fault.plan()
             )
             fault.ledger_id = ledger_ref(self.ledger.session, entry_id)
+            ledger, planned = self.ledger, fault.plan()
+            fault._note = lambda spec: ledger.update_spec(entry_id, {**planned, **spec})
         else:
             fault.ledger_id = f"unledgered-{secrets.token_hex(6)}"
         handle = ActiveFault(self, fault, entry_id)

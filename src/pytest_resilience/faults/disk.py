@@ -43,6 +43,7 @@ class DiskFill(Fault):
         wanted = int(total * self.percent / 100) - used
         self.fill_file = volume / f"{FILL_PREFIX}{secrets.token_hex(4)}"
         spec = {"file": str(self.fill_file)}
+        self.note(spec)  # ledger first: the file is named there before it exists
         if wanted <= 0:
             return spec  # already that full: nothing to add, still a reverted no-op
         with open(self.fill_file, "wb") as handle:
