@@ -130,7 +130,8 @@ def test_sigkilled_run_is_reverted_from_the_ledger_alone(tmp_path: Path, ledger:
         from pytest_resilience.faults.base import FaultSession
         from pytest_resilience.ledger import Ledger
         from pathlib import Path
-        session = FaultSession(types.SimpleNamespace(name="test"), ledger=Ledger(Path({str(ledger.path)!r})))
+        ledger = Ledger(Path({str(ledger.path)!r}))
+        session = FaultSession(types.SimpleNamespace(name="test"), ledger=ledger)
         session.inject(FileFault(Path({str(victim)!r})))
         os.kill(os.getpid(), signal.SIGKILL)
         """
