@@ -43,23 +43,26 @@ def inject(_chaos_faults) -> Callable[[Any], Any]:
     return _chaos_faults.inject
 
 
-def _require_servers(monitoring) -> None:
-    if monitoring.routes_alerts:
-        return
-    reason = f"the real loop needs prometheus and prometheus-alertmanager; {monitoring.describe()}"
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI is set, so this is an error, not a skip", pytrace=False)
-    pytest.skip(reason)
+@pytest.fixture
+def loop_path(remediation_alerts, chaos_monitoring) -> str:
+    """Skip (fail under CI) the real loop without the servers, before the engine starts."""
+    if remediation_alerts == "alertmanager" and not chaos_monitoring.routes_alerts:
+        reason = (
+            "the real loop needs prometheus and prometheus-alertmanager; "
+            f"{chaos_monitoring.describe()}"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI is set, so this is an error, not a skip", pytrace=False)
+        pytest.skip(reason)
+    return remediation_alerts
 
 
 @pytest.mark.parametrize("remediation_alerts", ["alertmanager", "built-in"])
 def test_leaked_pool_detected_healed_and_resolved(
-    remediation_alerts, pool_restored, chaos_monitoring, load, slo, inject, remediation_engine,
-    timeline,
+    loop_path, pool_restored, chaos_monitoring, load, slo, inject, remediation_engine, timeline,
 ):  # fmt: skip
-    through_servers = remediation_alerts == "alertmanager"
+    through_servers = loop_path == "alertmanager"
     if through_servers:
-        _require_servers(chaos_monitoring)
         chaos_monitoring.wait_scraped(timeout=20)  # replaced pods show up 5-10 s late
         slo.promql("pool_use", below=0.9, window_s=2)  # the demo's PromQL form
     else:
@@ -88,7 +91,7 @@ def test_leaked_pool_detected_healed_and_resolved(
     assert fired.detail["source"] == ("alertmanager" if through_servers else "rule")
     remediation_engine.assert_no_page()
     figures = timeline.figures()
-    print(f"\n{remediation_alerts}: detect {figures.time_to_detect:.2f} s, recover {recovered_s} s")
+    print(f"\n{loop_path}: detect {figures.time_to_detect:.2f} s, recover {recovered_s} s")
     if through_servers:
         split = loop_split(chaos_monitoring.prometheus_url, timeline, mark=False)
         assert split is not None and split.alert == ALERT

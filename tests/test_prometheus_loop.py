@@ -29,8 +29,8 @@ from pytest_resilience.monitoring import (
     engine_alert_options,
     open_monitoring,
 )
+from pytest_resilience.ports import free_port
 from pytest_resilience.prometheus import PrometheusUnreachable
-from pytest_resilience.prometheus.daemon import free_port
 from pytest_resilience.slo import SLOMonitor
 from pytest_resilience.targets.local import LocalTarget
 from pytest_resilience.timeline import Timeline

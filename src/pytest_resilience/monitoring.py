@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .ports import free_port
 from .prometheus import (
     ManagedAlertmanager,
     ManagedPrometheus,
@@ -39,7 +40,6 @@ from .prometheus import (
     PromQLProbe,
     ScrapeTarget,
 )
-from .prometheus.daemon import free_port
 from .targets.base import Target
 from .timeline import ACTION_STARTED, ALERT_FIRED, Timeline
 
