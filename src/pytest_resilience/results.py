@@ -13,7 +13,7 @@ from typing import Any
 from .report import ScenarioResult
 from .run import ChaosRun
 from .slo import SLOMonitor
-from .timeline import Timeline
+from .timeline import ALERT_FIRED, Timeline
 
 __all__ = ["attach", "scenario_result", "summary_lines", "write_report"]
 
@@ -34,8 +34,16 @@ def scenario_result(
         duration_s=duration_s,
         slo_verdicts=slo.verdicts() if slo else (),
         target=run.settings.target,
-        probe_path=run.probe_path,
+        probe_path=_probe_path(timeline, slo),
     )
+
+
+def _probe_path(timeline: Timeline, slo: SLOMonitor | None) -> str:
+    """Per scenario: "prometheus" when its SLOs or its alerts came through Prometheus."""
+    through_alertmanager = any(
+        e.detail.get("source") == "alertmanager" for e in timeline.events(ALERT_FIRED)
+    )
+    return "prometheus" if through_alertmanager or (slo and slo.promql_names) else "built-in"
 
 
 def attach(report: Any, result: ScenarioResult) -> None:

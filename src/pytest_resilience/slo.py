@@ -141,6 +141,8 @@ class SLOMonitor:
         self._states: dict[str, _State] = {}
         self._lock = threading.Lock()
         self._pollers: list[_Poller] = []
+        #: names of the objectives read from Prometheus (the report's probe path)
+        self.promql_names: set[str] = set()
         self._unsubscribe = timeline.on_record(self._on_sample)
 
     # -- declaring objectives -------------------------------------------------------------
@@ -253,6 +255,7 @@ class SLOMonitor:
             probe: ProbeFn = PromQLProbe(name, expr, url=self.prometheus, **options)
         else:
             probe = self.prometheus(name, expr, **options)
+        self.promql_names.add(name)
         return self.probe(
             name,
             probe,
