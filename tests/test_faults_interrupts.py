@@ -35,6 +35,7 @@ from typing import Any
 
 import psutil
 import pytest
+from signals import sigint_deliverable
 
 from pytest_resilience.faults import iptables
 from pytest_resilience.ledger import Ledger, LedgerEntry
@@ -187,6 +188,7 @@ def _start(run_dir: Path, mode: str) -> Held:
             ],
             cwd=project,
             env=env,
+            preexec_fn=sigint_deliverable,
             stdout=sink,
             stderr=subprocess.STDOUT,
         )

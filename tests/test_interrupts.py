@@ -25,6 +25,7 @@ from typing import Any
 
 import psutil
 import pytest
+from signals import sigint_deliverable
 
 from pytest_resilience.faults import iptables
 from pytest_resilience.ledger import Ledger, LedgerEntry
@@ -170,7 +171,7 @@ def _start(run_dir: Path, *, demo: bool) -> HeldSession:
             env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,
-            preexec_fn=_sigint_deliverable,
+            preexec_fn=sigint_deliverable,
         )
     return HeldSession(proc=proc, project=project, ledger=ledger, output=output, state=state)
 
@@ -277,9 +278,3 @@ def _all_entries(path: Path) -> list[LedgerEntry]:
             entry_id += 1
     finally:
         ledger.close_db()
-
-
-def _sigint_deliverable() -> None:
-    # A background job of a non-interactive shell (as CI may run us) starts with SIGINT
-    # ignored, and Python then installs no KeyboardInterrupt handler: restore it.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)

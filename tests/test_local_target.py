@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from signals import sigint_deliverable
 
 import pytest_resilience
 from pytest_resilience.errors import ConfigError, SelectorMatchedNothing, TargetError
@@ -510,7 +511,7 @@ def _run_target_process(tmp_path: Path) -> tuple[subprocess.Popen[str], dict]:
         ],
         stdout=subprocess.PIPE,
         text=True,
-        preexec_fn=_sigint_deliverable,
+        preexec_fn=sigint_deliverable,
     )
     line = proc.stdout.readline()
     if not line:
@@ -625,9 +626,3 @@ def test_demo_services_answer_items():
 def _cgroup2_mount() -> str:
     with open("/proc/self/mounts") as mounts:
         return next((ln.split()[1] for ln in mounts if ln.split()[2] == "cgroup2"), "/nonexistent")
-
-
-def _sigint_deliverable() -> None:
-    # A background job of a non-interactive shell (as CI may run us) starts with SIGINT
-    # ignored, and Python then installs no KeyboardInterrupt handler: restore it.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
