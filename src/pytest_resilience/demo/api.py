@@ -239,11 +239,13 @@ class DemoService:
         return _json(200, status="alive", pod=self.settings.pod_name)
 
     async def readyz(self, request: web.Request) -> web.Response:
-        # Ready as soon as it serves: a lost database degrades the service, it must not pull
-        # every replica out of rotation.
+        # Not ready until the database has answered once (a new replica has nothing to
+        # serve before that); from then on ready whatever happens to it: a lost database
+        # degrades the service, it must not pull every replica out of rotation.
+        ready = self.store.schema_ready
         return _json(
-            200,
-            status="ready",
+            200 if ready else 503,
+            status="ready" if ready else "waiting for the database",
             pod=self.settings.pod_name,
             version=self.settings.version,
             db=self.store.state,
