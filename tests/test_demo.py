@@ -146,7 +146,9 @@ class DemoCluster:
                 reply = call(pod_port, "/readyz", timeout=1)
             except OSError:
                 return False
-            return reply.status == 200 and (not wait_db or reply.json()["db"] == "up")
+            if not wait_db:  # serving at all: /readyz answers (503 until the db answered)
+                return reply.status in (200, 503)
+            return reply.status == 200 and reply.json()["db"] == "up"
 
         _wait_until(ready, timeout=30, what=f"{name} ready", proc=proc)
         return proc
