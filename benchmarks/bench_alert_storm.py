@@ -192,7 +192,11 @@ def main() -> None:
           f"   (cap {POLICY.max_actions_total})")  # fmt: skip
     print(f"{'decision latency p50 ms':28}{http['p50_ms']:16.1f}{direct['p50_ms']:14.1f}")
     print(f"{'decision latency p99 ms':28}{http['p99_ms']:16.1f}{direct['p99_ms']:14.1f}")
-    print("alert decisions (HTTP run):", dict(sorted(decisions.items())))
+    kinds: dict[str, int] = {}
+    for decision, count in decisions.items():  # "inhibited: X on svc-1 ..." -> "inhibited"
+        kind = decision.split(":", 1)[0]
+        kinds[kind] = kinds.get(kind, 0) + count
+    print("alert decisions (HTTP run):", dict(sorted(kinds.items())))
     assert http["actions"] <= POLICY.max_actions_total
 
 

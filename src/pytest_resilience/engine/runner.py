@@ -312,10 +312,20 @@ class Engine:
                 return f"{name} on {target} is being handled"
         return None
 
-    def _release_held(self) -> None:
-        """Decide held symptom alerts whose cause incident is closed (still firing ones)."""
+    def _release_held(self, closed_alert: str, closed_target: str) -> None:
+        """Decide held symptom alerts whose cause incident is closed (still firing ones).
+
+        Only a cause closing can release anything, and only symptoms on its target (any
+        target for a node): the rest is not looked at, which keeps an alert storm linear.
+        """
+        if closed_alert in self.symptoms:
+            return
         with self._lock:
-            held = list(self._held.items())
+            held = [
+                (key, alert)
+                for key, alert in self._held.items()
+                if closed_alert == "NodeNotReady" or alert.target == closed_target
+            ]
         for key, alert in held:
             if self._inhibitor(alert) is None:
                 with self._lock:
@@ -406,7 +416,8 @@ class Engine:
             if not keep_open:
                 with self._lock:
                     self._open.pop((incident.alert_name, incident.target), None)
-                self._release_held()  # before going idle: a released alert is queued work
+                # before going idle: a released alert is queued work
+                self._release_held(incident.alert_name, incident.target)
             with self._lock:
                 self._busy -= 1
 
@@ -556,7 +567,7 @@ class Engine:
         """The alert resolved after a page: close the incident and resolve the page."""
         with self._lock:
             self._escalated.pop(key, None)
-        self._release_held()
+        self._release_held(*key)
         incident = self.store.incident(incident_id)
         if incident is None:
             return
