@@ -128,30 +128,18 @@ def timeline(request: pytest.FixtureRequest, chaos_target: Target) -> Iterator[T
     unsubscribe()
 
 
-_PHASE_OF = {
-    "steady_state": "steady_state",
-    "fault_injected": "inject",
-    "alert_fired": "detect",
-    "slo_breached": "detect",
-    "action_started": "remediate",
-    "escalated": "escalate",
-    "slo_recovered": "recover",
-    "fault_reverted": "revert",
-}
-
-
 def _print_phases(config: pytest.Config, line: Timeline) -> Callable[[], None]:
     """Live phase lines for long scenarios (``-q`` turns them off)."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None or config.get_verbosity() < 0:
         return lambda: None
-    from .report.console import phase_line
+    from .report.console import PHASE_OF_EVENT, phase_line
 
     capture = config.pluginmanager.get_plugin("capturemanager")
     lock = threading.Lock()
 
     def show(event: Any) -> None:
-        phase = _PHASE_OF.get(event.kind)
+        phase = PHASE_OF_EVENT.get(event.kind)
         if phase is None:
             return
         t0 = line.t0

@@ -13,7 +13,7 @@ from .model import ScenarioResult
 from .rendering import format_rate, format_score, format_seconds
 from .score import run_metrics
 
-__all__ = ["PHASES", "phase_line", "terminal_summary_lines"]
+__all__ = ["PHASES", "PHASE_OF_EVENT", "phase_line", "terminal_summary_lines"]
 
 #: phase key -> what the line says; unknown phases are printed as given
 PHASES = {
@@ -25,6 +25,19 @@ PHASES = {
     "escalate": "escalate",
     "recover": "recover",
     "revert": "revert fault",
+}
+
+#: timeline event kind -> the phase a live line announces when it lands
+PHASE_OF_EVENT = {
+    "steady_state": "steady_state",
+    "fault_injected": "inject",
+    "alert_fired": "detect",
+    "slo_breached": "detect",
+    "action_started": "remediate",
+    "verified": "verify",
+    "escalated": "escalate",
+    "slo_recovered": "recover",
+    "fault_reverted": "revert",
 }
 
 
