@@ -133,6 +133,22 @@ class RuleEvaluator:
             (r for r in self.rules if r.alert == alert.name and r.target == alert.target), None
         )
 
+    def still_breached(self, alert: Alert) -> bool:
+        """Whether ``alert``'s rule breaches *now*; if not, forget it fired, so a new breach
+        fires afresh. No data counts as not breached: nothing current to act on."""
+        for index, rule in enumerate(self.rules):
+            if rule.alert == alert.name and rule.target == alert.target:
+                try:
+                    value = self._probes[rule.probe]()
+                except Exception:
+                    value = None
+                if value is not None and rule.breached(value):
+                    return True
+                self._firing.pop(index, None)
+                self._pending.pop(index, None)
+                return False
+        return True  # not one of our rules (a webhook alert): its sender re-sends it
+
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         for index, rule in enumerate(self.rules):

@@ -313,7 +313,7 @@ class Engine:
         return None
 
     def _release_held(self, closed_alert: str, closed_target: str) -> None:
-        """Decide held symptom alerts whose cause incident is closed (still firing ones).
+        """Decide held symptom alerts whose cause incident is closed (still breaching ones).
 
         Only a cause closing can release anything, and only symptoms on its target (any
         target for a node): the rest is not looked at, which keeps an alert storm linear.
@@ -330,7 +330,12 @@ class Engine:
             if self._inhibitor(alert) is None:
                 with self._lock:
                     self._held.pop(key, None)
-                self.submit(alert)
+                # Held while its cause was handled: act only if it still breaches now,
+                # not on the stale reading it was held with (the cause's fix may have fixed it).
+                if self.rules.still_breached(alert):
+                    self.submit(alert)
+                else:
+                    self.store.add_alert(alert, "resolved while inhibited")
 
     def _open_incident(self, alert: Alert, book: Playbook | None, now: float) -> Incident:
         incident = Incident(
