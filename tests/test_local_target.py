@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 from signals import sigint_deliverable
+from target_events import Events
 
 import pytest_resilience
 from pytest_resilience.errors import ConfigError, SelectorMatchedNothing, TargetError
@@ -31,29 +32,6 @@ from pytest_resilience.toxiproxy import ToxiproxyClient
 
 HERE = Path(__file__).parent / "local_services"
 DEMO_SERVICES = Path(pytest_resilience.__file__).parent / "demo" / "services.yaml"
-
-
-class Events:
-    """Collects target events; tests wait on it with a deadline, never with sleeps."""
-
-    def __init__(self) -> None:
-        self.items: list[TargetEvent] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, event: TargetEvent) -> None:
-        with self._cond:
-            self.items.append(event)
-            self._cond.notify_all()
-
-    def wait_for(self, predicate: Callable[[list[TargetEvent]], bool], timeout: float = 15.0):
-        with self._cond:
-            if not self._cond.wait_for(lambda: predicate(self.items), timeout):
-                seen = [(e.kind.value, e.pod, e.detail) for e in self.items]
-                pytest.fail(f"event condition not met within {timeout}s; events: {seen}")
-
-    def of(self, kind: EventKind, pod: str | None = None) -> list[TargetEvent]:
-        with self._cond:
-            return [e for e in self.items if e.kind == kind and (pod is None or e.pod == pod)]
 
 
 def services_file(tmp_path: Path, name: str, text: str | None = None) -> Path:

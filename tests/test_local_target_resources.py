@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -23,9 +22,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from target_events import Events
 
 from pytest_resilience.errors import ConfigError, PrivilegeError, TargetError
-from pytest_resilience.targets.base import EventKind, TargetEvent
+from pytest_resilience.targets.base import EventKind
 from pytest_resilience.targets.local import LocalTarget
 from pytest_resilience.targets.local_resources import VOLUME_SOURCE_PREFIX, mounted_volumes
 from pytest_resilience.targets.services import parse_services
@@ -36,33 +36,6 @@ MIB = 1024 * 1024
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts and cgroups need root")
 
 SLEEPER = '["{python}", "-c", "import threading; threading.Event().wait()"]'
-
-
-class Events:
-    """Target events, waited on with a deadline (never a sleep)."""
-
-    def __init__(self) -> None:
-        self.items: list[TargetEvent] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, event: TargetEvent) -> None:
-        with self._cond:
-            self.items.append(event)
-            self._cond.notify_all()
-
-    def of(self, kind: EventKind, *, pod: str | None = None) -> list[TargetEvent]:
-        with self._cond:
-            return [e for e in self.items if e.kind == kind and pod in (None, e.pod)]
-
-    def wait_for(self, kind: EventKind, *, pod: str | None = None, node: str | None = None):
-        def found() -> list[TargetEvent]:
-            return [e for e in self.of(kind, pod=pod) if node in (None, e.node)]
-
-        with self._cond:
-            if not self._cond.wait_for(found, timeout=20):
-                seen = [(e.kind.value, e.pod, e.node, e.detail) for e in self.items]
-                pytest.fail(f"no {kind.value} event (pod={pod}, node={node}); events: {seen}")
-        return found()[-1]
 
 
 @pytest.fixture
@@ -281,7 +254,7 @@ def test_a_pod_past_its_memory_limit_is_oom_killed(tmp_path: Path, events: Event
         shown = target.exec(pod, ["/bin/sh", "-c", "echo $MEMORY_LIMIT_MB"]).stdout.strip()
         assert shown == "64"
         os.kill(pod.pid, signal.SIGUSR1)  # start allocating 256 MiB
-        died = events.wait_for(EventKind.POD_DIED, pod=pod.name)
+        died = events.wait_for_kind(EventKind.POD_DIED, pod=pod.name)
         assert "SIGKILL" in died.detail and "OOMKilled" in died.detail, died.detail
         assert target.pods() == []
 
@@ -387,10 +360,10 @@ def test_pause_stops_the_whole_process_tree_and_fails_the_node(tmp_path: Path, e
         target.pause_pod(pod)
         assert {p.status() for p in tree} == {psutil.STATUS_STOPPED}
         assert {n.name: n.ready for n in target.nodes()} == {"node-x": False, "node-y": True}
-        assert events.wait_for(EventKind.NODE_NOT_READY).node == "node-x"
+        assert events.wait_for_kind(EventKind.NODE_NOT_READY).node == "node-x"
         target.resume_pod(pod)
         assert psutil.STATUS_STOPPED not in {p.status() for p in tree}
-        assert events.wait_for(EventKind.NODE_READY).node == "node-x"
+        assert events.wait_for_kind(EventKind.NODE_READY).node == "node-x"
         assert all(n.ready for n in target.nodes())
         target.wait_ready("family", timeout=10)
 
