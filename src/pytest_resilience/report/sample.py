@@ -51,47 +51,20 @@ def sample_result(
         tl.SLO_BREACHED, "error-rate", at=breach_at, objective="error rate <= 1.00% over 5 s"
     )
     timeline.mark(tl.ALERT_FIRED, "HighErrorRate", at=t0 + 4.5)
+
+    def action(*, ok: bool, **outcome: str) -> None:
+        ids = {"strategy": strategy, "target": "api-0", "action_id": f"a{index}"}
+        timeline.mark(tl.ACTION_STARTED, "restart_pod", at=t0 + 5, **ids)
+        timeline.mark(tl.ACTION_FINISHED, "restart_pod", at=t0 + 7, ok=ok, **ids, **outcome)
+
     if healed_by == "engine":
-        timeline.mark(
-            tl.ACTION_STARTED,
-            "restart_pod",
-            at=t0 + 5,
-            strategy=strategy,
-            target="api-0",
-            action_id=f"a{index}",
-        )
-        timeline.mark(
-            tl.ACTION_FINISHED,
-            "restart_pod",
-            at=t0 + 7,
-            strategy=strategy,
-            target="api-0",
-            action_id=f"a{index}",
-            ok=True,
-        )
+        action(ok=True)
         timeline.mark(tl.VERIFIED, "restart_pod", at=t0 + 9, action_id=f"a{index}", ok=True)
         timeline.mark(tl.POD_READY, "api-0", at=t0 + 8)
     elif healed_by == "platform":
         timeline.mark(tl.POD_READY, "api-0", at=t0 + 6)
     elif healed_by == "none":
-        timeline.mark(
-            tl.ACTION_STARTED,
-            "restart_pod",
-            at=t0 + 5,
-            strategy=strategy,
-            target="api-0",
-            action_id=f"a{index}",
-        )
-        timeline.mark(
-            tl.ACTION_FINISHED,
-            "restart_pod",
-            at=t0 + 7,
-            strategy=strategy,
-            target="api-0",
-            action_id=f"a{index}",
-            ok=False,
-            error="pod not found",
-        )
+        action(ok=False, error="pod not found")
     for _ in range(pages):
         timeline.mark(tl.ESCALATED, "page", at=t0 + 10, paged=True)
     if recovered_at is not None:
