@@ -9,12 +9,10 @@ import http.client
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -23,6 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 from target_events import Events
+from unprivileged import as_whom, require_unprivileged_run, shared_place
 
 from pytest_resilience.errors import ConfigError, PrivilegeError, TargetError
 from pytest_resilience.targets.base import EventKind
@@ -261,24 +260,19 @@ def test_a_pod_past_its_memory_limit_is_oom_killed(tmp_path: Path, events: Event
 
 def run_unprivileged(script: str, services: str) -> subprocess.CompletedProcess[str]:
     """Run ``script`` (argv: services file, work dir) as "nobody", or as us when not root."""
-    # Not tmp_path: "nobody" must reach the files, and pytest keeps its base dir at 0700.
-    place = Path(tempfile.mkdtemp(prefix="pr-noroot-"))
-    place.chmod(0o777)
-    (place / "services.yaml").write_text(services.replace("@HERE@", str(HERE)))
-    user = {} if os.geteuid() != 0 else {"user": "nobody"}
-    try:
+    require_unprivileged_run()
+    with shared_place() as place:
+        (place / "services.yaml").write_text(services.replace("@HERE@", str(HERE)))
         done = subprocess.run(
             [sys.executable, "-c", script, place / "services.yaml", place / "work"],
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
-            **user,
+            **as_whom(),
         )
         assert done.returncode == 0, done.stdout + done.stderr
         return done
-    finally:
-        shutil.rmtree(place, ignore_errors=True)
 
 
 def test_without_root_a_memory_limit_is_an_address_space_limit():
