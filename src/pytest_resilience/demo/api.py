@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import json
 import logging
 import os
@@ -65,6 +66,9 @@ class ApiSettings:
     db_timeout_s: float = 1.0
     breaker_failures: int = 5
     breaker_cooldown_s: float = 2.0
+    #: where both ports listen: loopback for local runs; a pod sets 0.0.0.0 (image and
+    #: manifest) because the kubelet's probes, Services and Prometheus use the pod IP
+    bind_address: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ApiSettings:
@@ -88,6 +92,7 @@ class ApiSettings:
             db_timeout_s=_opt_float(env, "DEMO_DB_TIMEOUT_S") or 1.0,
             breaker_failures=_opt_int(env, "DEMO_BREAKER_FAILURES", minimum=1) or 5,
             breaker_cooldown_s=_opt_float(env, "DEMO_BREAKER_COOLDOWN_S") or 2.0,
+            bind_address=_opt_ip(env, "DEMO_BIND_ADDRESS") or "127.0.0.1",
         )
 
 
@@ -102,6 +107,19 @@ def _opt_int(env: Mapping[str, str], name: str, *, minimum: int = 0) -> int | No
     if value is None or value < minimum:
         raise ConfigError(f"must be an integer >= {minimum}, got {raw!r}", field=name)
     return value
+
+
+def _opt_ip(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        raise ConfigError(
+            f"must be an IP address to listen on (127.0.0.1, 0.0.0.0, ::), got {raw!r}",
+            field=name,
+        ) from None
 
 
 def _opt_path(env: Mapping[str, str], name: str) -> Path | None:
@@ -473,15 +491,17 @@ async def serve(settings: ApiSettings, *, stop: asyncio.Event) -> None:
     service = DemoService(settings)
     runner = web.AppRunner(service.build_app(), access_log=None)
     await runner.setup()
+    host = settings.bind_address
     try:
         if settings.port is not None:
-            await web.TCPSite(runner, "127.0.0.1", settings.port, reuse_port=True).start()
+            await web.TCPSite(runner, host, settings.port, reuse_port=True).start()
         if settings.pod_port is not None:
-            await web.TCPSite(runner, "127.0.0.1", settings.pod_port).start()
+            await web.TCPSite(runner, host, settings.pod_port).start()
         log.info(
-            "%s (%s) serving on port=%s pod_port=%s",
+            "%s (%s) serving on %s port=%s pod_port=%s",
             settings.pod_name,
             settings.version,
+            host,
             settings.port,
             settings.pod_port,
         )
