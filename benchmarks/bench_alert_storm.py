@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
-from pytest_resilience.engine import Alert, Engine, SafetyPolicy
+from pytest_resilience.engine import BUNDLED_PLAYBOOKS, Alert, Engine, SafetyPolicy
 from pytest_resilience.targets.base import ExecResult, Node, Pod, Workload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ async def post_all(url: str, alerts: list[dict], batch: int, concurrency: int) -
 def run_engine(work: Path, *, listen: str | None) -> Engine:
     return Engine(
         NoopTarget(),
-        playbooks_dir=ROOT / "remediators",
+        playbooks_dir=BUNDLED_PLAYBOOKS,
         store_path=work / "engine.db",
         dry_run=True,
         listen=listen,

@@ -387,7 +387,7 @@ def demo(runs_wanted: int) -> int:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scenarios"))
 
-    from pytest_resilience.engine import Engine, SafetyPolicy
+    from pytest_resilience.engine import BUNDLED_PLAYBOOKS, Engine, SafetyPolicy
     from pytest_resilience.engine.alerts import Rule
     from pytest_resilience.monitoring import open_monitoring
     from pytest_resilience.probes import BuiltinProbes
@@ -395,7 +395,7 @@ def demo(runs_wanted: int) -> int:
     from pytest_resilience.targets.local import LocalTarget
     from pytest_resilience.timeline import Timeline
 
-    books = Path(__file__).resolve().parents[1] / "remediators"
+    books = BUNDLED_PLAYBOOKS
     work = Path(tempfile.mkdtemp(prefix="bench-detection-"))
     work.chmod(0o755)  # the demo's Postgres drops root and must reach its data
     target = LocalTarget.from_file(_DEMO_SERVICES, work_dir=work)

@@ -5,9 +5,16 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from test_engine_support import REMEDIATORS
+from test_engine_support import ProcTarget
 
-from pytest_resilience.engine import REGISTRY, action, load_playbook, load_playbooks
+from pytest_resilience.engine import (
+    BUNDLED_PLAYBOOKS,
+    REGISTRY,
+    action,
+    load_playbook,
+    load_playbooks,
+    make_engine,
+)
 from pytest_resilience.errors import ConfigError
 
 GOOD = """\
@@ -26,7 +33,7 @@ def write(tmp_path, text, name="book.yaml"):
 
 
 def test_bundled_playbooks_cover_the_strategy_map():
-    books = load_playbooks(REMEDIATORS)
+    books = load_playbooks(BUNDLED_PLAYBOOKS)
     routes = {alert: b.name for b in books for alert in b.alerts}
     for alert in (
         "PodCrashLoop", "HighMemoryUsage", "DatabaseConnectionPoolExhaustion",
@@ -98,3 +105,35 @@ def test_team_actions_register_by_name(tmp_path):
         assert book.steps[0].options[0].actions[0].params == {"queue": "q"}
     finally:
         REGISTRY.pop("flush_queue_for_test")
+
+
+def test_a_project_playbook_replaces_the_bundled_one_of_its_name(tmp_path):
+    bundled = {b.name: b for b in load_playbooks(BUNDLED_PLAYBOOKS)}
+    write(tmp_path, GOOD.replace("Demo", "High Error Rate"), "mine.yaml")
+    write(tmp_path, GOOD.replace("Demo", "Team Queue"), "team.yaml")
+    books = {b.name: b for b in load_playbooks(BUNDLED_PLAYBOOKS, tmp_path)}
+    assert set(books) == {*bundled, "Team Queue"}
+    assert books["High Error Rate"].source.startswith(str(tmp_path))
+    assert books["High Error Rate"].alerts == ("High Error Rate",)  # the bundled routes went
+    assert books["Resource Exhaustion"] == bundled["Resource Exhaustion"]
+
+
+def test_a_project_playbook_taking_a_bundled_alert_names_both(tmp_path):
+    write(tmp_path, GOOD.replace("alerts: [Demo]", "alerts: [PodCrashLoop]"))
+    with pytest.raises(ConfigError) as info:
+        load_playbooks(BUNDLED_PLAYBOOKS, tmp_path)
+    message = str(info.value)
+    assert "'PodCrashLoop' is already handled by playbook" in message
+    assert str(tmp_path / "book.yaml") in message
+
+
+def test_the_engine_factory_uses_the_bundled_playbooks_without_a_project_dir(tmp_path):
+    target = ProcTarget({})
+    engine = make_engine(target, store_path=tmp_path / "e.db", rootdir=tmp_path)
+    try:
+        assert {b.name for b in engine.playbooks} == {
+            b.name for b in load_playbooks(BUNDLED_PLAYBOOKS)
+        }
+    finally:
+        engine.close()
+        target.close()

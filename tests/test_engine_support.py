@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from pytest_resilience.engine.playbooks import BUNDLED_PLAYBOOKS
 from pytest_resilience.errors import TargetError
 from pytest_resilience.targets.base import (
     EventKind,
@@ -354,7 +355,7 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str =
         time.sleep(0.02)
 
 
-REMEDIATORS = __import__("pathlib").Path(__file__).resolve().parents[1] / "remediators"
+REMEDIATORS = BUNDLED_PLAYBOOKS
 
 
 def fast_playbooks(directory, *, names=None):

@@ -49,6 +49,10 @@ OPTIONS = (
     _Option("--resilience-report", "write the standalone resilience report (HTML + JSON) here"),
     _Option("--resilience-history", "directory of earlier runs' summaries, for the trend"),
     _Option("--chaos-dry-run", "log what each fault would do; touch nothing", is_flag=True),
+    _Option(
+        "--remediation-playbooks",
+        "playbooks layered over the bundled ones (default: the project's remediators/)",
+    ),
 )
 
 
@@ -81,6 +85,7 @@ class ChaosSettings:
     report: Path | None = None
     history: Path | None = None
     dry_run: bool = False
+    playbooks: Path | None = None
     rootdir: Path = field(default_factory=Path.cwd)
 
     @classmethod
@@ -103,6 +108,9 @@ class ChaosSettings:
         services = path("chaos_services") or _DEMO_SERVICES
         if target == "local" and services != _DEMO_SERVICES and not services.is_file():
             raise pytest.UsageError(f"--chaos-services: no such file: {services}")
+        playbooks = path("remediation_playbooks")
+        if playbooks is not None and not playbooks.is_dir():
+            raise pytest.UsageError(f"--remediation-playbooks: no such directory: {playbooks}")
         return cls(
             target=target,
             services=services,
@@ -117,5 +125,6 @@ class ChaosSettings:
             report=path("resilience_report"),
             history=path("resilience_history"),
             dry_run=bool(get("chaos_dry_run")),
+            playbooks=playbooks,
             rootdir=root,
         )

@@ -9,13 +9,14 @@ from __future__ import annotations
 from .actions import REGISTRY, ActionContext, action, default_admin_url
 from .alerts import Alert, EventAlerts, Rule, RuleEvaluator
 from .escalation import GenericWebhook, Outbox, PagerDuty
-from .playbooks import Playbook, load_playbook, load_playbooks
+from .playbooks import BUNDLED_PLAYBOOKS, Playbook, load_playbook, load_playbooks
 from .postmortem import Postmortem, build_postmortem
 from .runner import Engine, StrategyRun, make_engine
 from .safety import SafetyPolicy
 from .store import ActionRecord, Incident, OutboxItem, Store
 
 __all__ = [
+    "BUNDLED_PLAYBOOKS",
     "REGISTRY",
     "ActionContext",
     "ActionRecord",

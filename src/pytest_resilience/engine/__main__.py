@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, ResilienceError
 from .escalation import GenericWebhook, PagerDuty
+from .playbooks import BUNDLED_PLAYBOOKS
 from .postmortem import build_postmortem
 from .redaction import LOGGER
 from .runner import Engine
@@ -31,7 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pytest_resilience.engine")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the engine with its webhook receiver")
-    serve.add_argument("--playbooks", required=True, type=Path)
+    serve.add_argument(
+        "--playbooks",
+        action="append",
+        default=[],
+        type=Path,
+        help="a directory of playbooks layered over the bundled ones (repeatable)",
+    )
     serve.add_argument("--store", required=True, type=Path)
     serve.add_argument("--listen", default="127.0.0.1:9095")
     serve.add_argument("--target", choices=("none", "local"), default="none")
@@ -129,7 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
     target = _target(args)
     engine = Engine(
         target,
-        playbooks_dir=args.playbooks,
+        playbooks_dir=[BUNDLED_PLAYBOOKS, *args.playbooks],
         store_path=args.store,
         dry_run=args.dry_run,
         escalation=channels,

@@ -1,4 +1,8 @@
-"""Remediation playbooks: YAML files in ``remediators/``, validated when loaded.
+"""Remediation playbooks: YAML files, validated when loaded.
+
+The seed playbooks ship inside the package (:data:`BUNDLED_PLAYBOOKS`), so a project
+with no ``remediators/`` of its own still gets every strategy; a project's directory
+is layered on top and replaces a bundled playbook by its ``playbook`` name.
 
 Schema (one playbook per file; every duration is ``500ms``, ``5s``, ``2m`` or a number of
 seconds)::
@@ -52,6 +56,7 @@ from .actions import REGISTRY
 from .alerts import _OPS, Alert, Rule, compare
 
 __all__ = [
+    "BUNDLED_PLAYBOOKS",
     "ActionCall",
     "Condition",
     "Option",
@@ -62,6 +67,8 @@ __all__ = [
     "load_playbooks",
     "parse_duration",
 ]
+
+BUNDLED_PLAYBOOKS = Path(__file__).resolve().parent.parent / "remediators"
 
 _POLICIES_NOT_FIXED = ("next", "escalate", "warn")
 _POLICIES_INCONCLUSIVE = ("next", "escalate", "warn", "resolve")
@@ -254,15 +261,38 @@ def parse_duration(value: Any, *, field: str = "duration", source: str | None = 
     )
 
 
-def load_playbooks(directory: str | Path) -> list[Playbook]:
-    """Every ``*.yaml``/``*.yml`` in ``directory``; names and alert routes must be unique."""
-    directory = Path(directory)
+def load_playbooks(*directories: str | Path) -> list[Playbook]:
+    """Every ``*.yaml``/``*.yml`` in ``directories``, layered in the order given.
+
+    A playbook replaces one of the same name from an earlier directory (a project
+    overrides a bundled strategy by naming it); within one directory names are unique,
+    and across the result each alert routes to exactly one playbook.
+    """
+    by_name: dict[str, Playbook] = {}
+    for directory in directories:
+        by_name.update({book.name: book for book in _load_directory(Path(directory))})
+    books = list(by_name.values())
+    by_alert: dict[str, Playbook] = {}
+    for book in books:
+        for alert in book.alerts:
+            if alert in by_alert:
+                raise ConfigError(
+                    f"alert {alert!r} is already handled by playbook "
+                    f"{by_alert[alert].name!r} ({by_alert[alert].source}); give one of "
+                    "them the other's name to replace it, or drop the alert from one",
+                    source=str(book.source),
+                    field="alerts",
+                )
+            by_alert[alert] = book
+    return books
+
+
+def _load_directory(directory: Path) -> list[Playbook]:
     if not directory.is_dir():
         raise ConfigError(
             f"playbook directory {str(directory)!r} does not exist", field="playbooks"
         )
     books: list[Playbook] = []
-    by_alert: dict[str, Playbook] = {}
     names: dict[str, Playbook] = {}
     for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
         book = load_playbook(path)
@@ -272,15 +302,6 @@ def load_playbooks(directory: str | Path) -> list[Playbook]:
                 source=str(path),
                 field="playbook",
             )
-        for alert in book.alerts:
-            if alert in by_alert:
-                raise ConfigError(
-                    f"alert {alert!r} is already handled by playbook "
-                    f"{by_alert[alert].name!r} ({by_alert[alert].source})",
-                    source=str(path),
-                    field="alerts",
-                )
-            by_alert[alert] = book
         names[book.name] = book
         books.append(book)
     return books

@@ -25,7 +25,7 @@ from ..targets.base import Target
 from .actions import REGISTRY, ActionContext, AdminUrl, default_admin_url
 from .alerts import Alert, EventAlerts, Probe, Rule, RuleEvaluator
 from .escalation import Channel, Outbox
-from .playbooks import Option, Playbook, Step, load_playbooks
+from .playbooks import BUNDLED_PLAYBOOKS, Option, Playbook, Step, load_playbooks
 from .postmortem import Postmortem, build_postmortem
 from .redaction import LOGGER
 from .safety import Safety, SafetyPolicy
@@ -83,7 +83,7 @@ class Engine:
         self,
         target: Target,
         *,
-        playbooks_dir: str | Path,
+        playbooks_dir: str | Path | Sequence[str | Path],
         store_path: str | Path,
         timeline: tl.Timeline | None = None,
         dry_run: bool = False,
@@ -111,7 +111,8 @@ class Engine:
         self.admin_url = admin_url
         self.listen = listen
         self.webhook_token = webhook_token
-        self.playbooks: list[Playbook] = load_playbooks(playbooks_dir)
+        dirs = [playbooks_dir] if isinstance(playbooks_dir, str | Path) else playbooks_dir
+        self.playbooks: list[Playbook] = load_playbooks(*dirs)
         self._routes = {name: book for book in self.playbooks for name in book.alerts}
         self.store = Store(store_path)
         self.safety = Safety(self.store, safety or SafetyPolicy())
@@ -756,15 +757,20 @@ def make_engine(
     timeline: tl.Timeline | None = None,
     **options: object,
 ) -> Engine:
-    """The factory the pytest plugin calls: playbooks from ``<rootdir>/remediators``.
+    """The factory the pytest plugin calls, with the bundled playbooks under the project's.
 
+    The project's playbooks are ``playbooks_dir`` when given, else ``<rootdir>/remediators``
+    when that exists: a project without one still gets every bundled strategy.
     Returns an Engine not yet started; the fixture starts it and closes it at teardown.
     """
-    if playbooks_dir is None:
-        playbooks_dir = Path(rootdir or Path.cwd()) / "remediators"
+    dirs: list[str | Path] = [BUNDLED_PLAYBOOKS]
+    if playbooks_dir is not None:
+        dirs.append(playbooks_dir)
+    elif (own := Path(rootdir or Path.cwd()) / "remediators").is_dir():
+        dirs.append(own)
     return Engine(
         target,
-        playbooks_dir=playbooks_dir,
+        playbooks_dir=dirs,
         store_path=store_path,
         timeline=timeline,
         **options,  # type: ignore[arg-type]
