@@ -339,6 +339,7 @@ def remediation_engine(
     engine = make_engine(
         chaos_target,
         store_path=tmp_path / "engine.db",
+        playbooks_dir=run.settings.playbooks,
         rootdir=request.config.rootpath,
         timeline=timeline,
         dry_run=run.settings.dry_run,
