@@ -21,6 +21,7 @@ import psutil
 import pytest
 from signals import sigint_deliverable
 from target_events import Events
+from unprivileged import run_unprivileged
 
 import pytest_resilience
 from pytest_resilience.errors import ConfigError, SelectorMatchedNothing, TargetError
@@ -602,6 +603,42 @@ def test_demo_services_answer_items():
     finally:
         target.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+DEMO_WITHOUT_ROOT = """
+import http.client, json, logging, os, sys; from pathlib import Path
+from pytest_resilience.errors import PrivilegeError
+from pytest_resilience.faults.base import FaultContext
+from pytest_resilience.faults.disk import DiskFill
+from pytest_resilience.targets.local import LocalTarget
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+with LocalTarget.from_file(sys.argv[1], work_dir=Path(sys.argv[2])) as target:
+    conn = http.client.HTTPConnection("127.0.0.1", target.port_of("api"), timeout=10)
+    conn.request("GET", "/items/1")
+    answer = conn.getresponse()
+    body = answer.read().decode(errors="replace")
+    try:
+        DiskFill("postgres").inject(FaultContext(target=target))
+    except PrivilegeError as exc:
+        refused = str(exc)
+    else:
+        refused = None
+    ready = {w.name: w.ready_replicas for w in target.workloads()}
+    print(json.dumps({"uid": os.geteuid(), "status": answer.status, "body": body,
+                      "ready": ready, "refused": refused}))
+"""
+
+
+def test_the_demo_starts_without_root_and_its_api_answers():
+    done = run_unprivileged(DEMO_WITHOUT_ROOT, DEMO_SERVICES.read_text(), timeout=240)
+    seen = json.loads(done.stdout)
+    assert seen["uid"] != 0
+    assert seen["status"] == 200, seen["body"]
+    assert seen["ready"] == {"postgres": 1, "redis": 1, "api": 3}, seen["ready"]
+    for service in ("postgres", "redis"):
+        assert f"service {service}: volume" in done.stderr and "plain directory" in done.stderr
+    refused = seen["refused"]
+    assert refused is not None and "postgres" in refused and "root" in refused, refused
 
 
 def _cgroup2_mount() -> str:

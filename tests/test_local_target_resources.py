@@ -21,9 +21,9 @@ from pathlib import Path
 import psutil
 import pytest
 from target_events import Events
-from unprivileged import as_whom, require_unprivileged_run, shared_place
+from unprivileged import run_unprivileged
 
-from pytest_resilience.errors import ConfigError, PrivilegeError, TargetError
+from pytest_resilience.errors import ConfigError, TargetError
 from pytest_resilience.targets.base import EventKind
 from pytest_resilience.targets.local import LocalTarget
 from pytest_resilience.targets.local_resources import VOLUME_SOURCE_PREFIX, mounted_volumes
@@ -217,18 +217,35 @@ def test_the_guardian_unmounts_volumes_when_the_session_is_sigkilled(tmp_path: P
             subprocess.run(["umount", "-l", volume], check=False)
 
 
-def test_a_volume_without_root_is_refused_before_anything_runs():
+def test_without_root_a_volume_is_a_plain_directory_and_disk_fill_is_refused():
     script = (
-        "import sys; from pathlib import Path\n"
+        "import json, logging, os, sys; from pathlib import Path\n"
+        "from pytest_resilience.errors import PrivilegeError\n"
+        "from pytest_resilience.faults.base import FaultContext\n"
+        "from pytest_resilience.faults.disk import DiskFill\n"
         "from pytest_resilience.targets.local import LocalTarget\n"
-        f"from {PrivilegeError.__module__} import PrivilegeError\n"
-        "t = LocalTarget.from_file(sys.argv[1], work_dir=Path(sys.argv[2]))\n"
-        "try:\n    t.start()\nexcept PrivilegeError as exc:\n    print(exc)\n"
-        "else:\n    t.close(); sys.exit('started')\n"
-        "assert not (Path(sys.argv[2]) / 'data').exists(), 'refused before any directory'\n"
+        "from pytest_resilience.targets.local_resources import mounted_volumes\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+        "with LocalTarget.from_file(sys.argv[1], work_dir=Path(sys.argv[2])) as t:\n"
+        "    path = t.data_dir('store')\n"
+        "    (plain,) = t.pods('app=plain')\n"
+        "    shown = t.exec(plain, ['/bin/sh', '-c', 'echo $STORE_DIR']).stdout.strip()\n"
+        "    try:\n        DiskFill('store').inject(FaultContext(target=t))\n"
+        "    except PrivilegeError as exc:\n        refused = str(exc)\n"
+        "    else:\n        refused = None\n"
+        "    print(json.dumps({'uid': os.geteuid(), 'dir': path.is_dir(), 'shown': shown,\n"
+        "        'path': str(path), 'left': os.listdir(path),\n"
+        "        'mounted': [str(p) for _, p in mounted_volumes()], 'refused': refused}))\n"
     )
-    refused = run_unprivileged(script, VOLUME).stdout
-    assert "store" in refused and "needs root" in refused
+    done = run_unprivileged(script, VOLUME)
+    seen = json.loads(done.stdout)
+    assert seen["uid"] != 0
+    assert seen["dir"] and seen["shown"] == seen["path"], "the data dir exists and pods see it"
+    assert seen["path"] not in seen["mounted"] and seen["left"] == []
+    assert "store" in done.stderr and "plain directory" in done.stderr, done.stderr
+    refused = seen["refused"]
+    assert refused is not None, "disk_fill on an unbounded volume must be refused"
+    assert "store" in refused and "root" in refused and "tmpfs" in refused, refused
 
 
 # -- memory ---------------------------------------------------------------------------------
@@ -256,23 +273,6 @@ def test_a_pod_past_its_memory_limit_is_oom_killed(tmp_path: Path, events: Event
         died = events.wait_for_kind(EventKind.POD_DIED, pod=pod.name)
         assert "SIGKILL" in died.detail and "OOMKilled" in died.detail, died.detail
         assert target.pods() == []
-
-
-def run_unprivileged(script: str, services: str) -> subprocess.CompletedProcess[str]:
-    """Run ``script`` (argv: services file, work dir) as "nobody", or as us when not root."""
-    require_unprivileged_run()
-    with shared_place() as place:
-        (place / "services.yaml").write_text(services.replace("@HERE@", str(HERE)))
-        done = subprocess.run(
-            [sys.executable, "-c", script, place / "services.yaml", place / "work"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            **as_whom(),
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done
 
 
 def test_without_root_a_memory_limit_is_an_address_space_limit():

@@ -74,6 +74,30 @@ def require_unprivileged_run() -> None:
         pytest.skip(reason)
 
 
+def run_unprivileged(
+    script: str, services: str, *, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` (argv: services file, work dir) unprivileged; fail on a non-zero exit.
+
+    ``@HERE@`` in ``services`` names the test programs in ``local_services/``. Skips, naming
+    why, when the unprivileged user cannot run this interpreter and project at all.
+    """
+    require_unprivileged_run()
+    with shared_place() as place:
+        (place / "services.yaml").write_text(services.replace("@HERE@", str(HERE)))
+        done = subprocess.run(
+            [sys.executable, "-c", script, place / "services.yaml", place / "work"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=place,
+            **as_whom(),
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+
 @contextmanager
 def shared_place(prefix: str = "pr-noroot-") -> Iterator[Path]:
     """A fresh directory the unprivileged user can write to, removed afterwards."""

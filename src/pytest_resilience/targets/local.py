@@ -205,6 +205,8 @@ class LocalTarget:
         self._proxy_ports = {s.name: free_port() for s in specs if s.proxied}
         self._proxies: ProxyRoutes | None = None
         self._volumes: list[Path] = []  # mounted, in mount order
+        # Declared volumes that are plain directories (no tmpfs to be had): service -> why.
+        self._unbounded: dict[str, str] = {}
         self._nodes = list(dict.fromkeys(n for s in specs for n in s.nodes))
         self._cordoned: set[str] = set()
         self._nodes_down: set[str] = set()
@@ -255,12 +257,6 @@ class LocalTarget:
             raise TargetError("this LocalTarget was closed; create a new one")
         if self._thread is not None:
             raise TargetError("LocalTarget.start() was already called")
-        bounded = [s.spec.name for s in self._services.values() if s.spec.volume_mb is not None]
-        if bounded and os.geteuid() != 0:
-            raise PrivilegeError(
-                f"service(s) {', '.join(bounded)} declare a bounded volume (volume: {{size_mb}}), "
-                "which is a tmpfs mount and needs root; run as root or drop the volume key"
-            )
         (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
@@ -345,16 +341,42 @@ class LocalTarget:
                 continue
             svc.data_dir.mkdir(parents=True, exist_ok=True)
             if svc.spec.volume_mb is not None:
-                self._tell_guardian(f"mount {svc.data_dir}")
-                try:
-                    mount_volume(svc.data_dir, svc.spec.volume_mb, service=svc.spec.name)
-                except TargetError:
-                    self._tell_guardian(f"unmount {svc.data_dir}")
-                    raise
-                self._volumes.append(svc.data_dir)
+                self._mount_or_fall_back(svc.spec.name, svc.data_dir, svc.spec.volume_mb)
             if svc.spec.user:
                 entry = _user_entry(svc.spec)
                 os.chown(svc.data_dir, entry.pw_uid, entry.pw_gid)
+
+    def _mount_or_fall_back(self, service: str, path: Path, size_mb: int) -> None:
+        """Mount the bounded volume; without the privilege to mount, keep a plain directory.
+
+        A plain directory lets the service (and the demo) run as a normal user; only
+        ``disk_fill`` needs the bound, and :meth:`volume` refuses it there, naming why.
+        """
+        why = None
+        if os.geteuid() != 0:
+            why = f"a tmpfs mount needs root and this process runs as uid {os.geteuid()}"
+        else:
+            self._tell_guardian(f"mount {path}")
+            try:
+                mount_volume(path, size_mb, service=service)
+            except PrivilegeError as exc:
+                self._tell_guardian(f"unmount {path}")
+                why = str(exc)
+            except TargetError:
+                self._tell_guardian(f"unmount {path}")
+                raise
+            else:
+                self._volumes.append(path)
+                return
+        self._unbounded[service] = why
+        log.warning(
+            "service %s: volume of %d MiB is a plain directory at %s, not a bounded "
+            "filesystem (%s); the service runs, disk_fill on it is refused",
+            service,
+            size_mb,
+            path,
+            why,
+        )
 
     def _unmount_volumes(self) -> None:
         while self._volumes:
@@ -464,9 +486,28 @@ class LocalTarget:
         return path
 
     def volume(self, service: str) -> Path | None:
-        """The mount point of the service's bounded volume (its data_dir), None without one."""
+        """The mount point of the service's bounded volume (its data_dir), None without one.
+
+        A PrivilegeError when the service declares a volume but got a plain directory (no
+        root to mount a tmpfs): filling it would fill the host's own filesystem.
+        """
         svc = self._service(service)
-        return svc.data_dir if svc.spec.volume_mb is not None else None
+        if svc.spec.volume_mb is None:
+            return None
+        why = self._unbounded.get(service)
+        if why is not None:
+            raise PrivilegeError(
+                f"service {service!r} has no bounded volume: its data dir {svc.data_dir} is a "
+                f"plain directory on the host's filesystem ({why}); filling it needs the "
+                f"declared volume of {svc.spec.volume_mb} MiB, a tmpfs mount: run as root "
+                "(with CAP_SYS_ADMIN)"
+            )
+        return svc.data_dir
+
+    @property
+    def unbounded_volumes(self) -> dict[str, str]:
+        """Services whose declared volume is a plain directory here, each with the reason."""
+        return dict(self._unbounded)
 
     @property
     def toxiproxy_url(self) -> str | None:

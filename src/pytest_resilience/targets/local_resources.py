@@ -10,7 +10,8 @@ server interface and has its own failure modes:
   when the unified hierarchy offers it, else from the v1 memory hierarchy, under this
   process's own memory cgroup (a sandbox may confine us to a sub-cgroup). No controller, or
   not root: ``RLIMIT_AS`` is the fallback, which bounds address space rather than memory.
-* **volumes.** ``volume: {size_mb: N}`` mounts a tmpfs of N MiB as the service's data dir.
+* **volumes.** ``volume: {size_mb: N}`` mounts a tmpfs of N MiB as the service's data dir
+  (a PrivilegeError when the mount is refused: the target then keeps a plain directory).
   The mount's source field is ``pytest-resilience-vol-<pid>``, so a later session can tell a
   dead session's mounts from live ones and detach them, in case the guardian died too.
 * **proxies.** Proxied services are reached through Toxiproxy; the server is resolved the way
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Literal
 
 import psutil
 
-from ..errors import ConfigError, FaultError, TargetError
+from ..errors import ConfigError, FaultError, PrivilegeError, TargetError
 
 if TYPE_CHECKING:
     from ..toxiproxy.resolve import ToxiproxyServerHandle
@@ -503,6 +504,11 @@ def mount_volume(path: Path, size_mb: int, *, service: str) -> None:
     options = f"size={size_mb}m,mode=0755".encode()
     if libc.mount(source, str(path).encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, options) != 0:
         code = ctypes.get_errno()
+        if code == errno.EPERM:
+            raise PrivilegeError(
+                f"mounting a tmpfs at {path} was refused ({os.strerror(code)}): it needs "
+                f"root with CAP_SYS_ADMIN, which this process (uid {os.geteuid()}) lacks"
+            )
         raise TargetError(
             f"service {service!r}: cannot mount its volume (tmpfs, size={size_mb}m) at {path}: "
             f"{os.strerror(code)}"

@@ -14,9 +14,11 @@ Resource keys (what the fault catalogue acts on), beyond that format:
     the service's port. Other services reach it with ``{proxies.<name>.port}``, so latency,
     bandwidth and reset toxics on that proxy hurt exactly their traffic to it. Needs a port.
 ``volume: {size_mb: N}``
-    The service's data_dir becomes a filesystem of N MiB (a tmpfs mount, root only; a
-    PrivilegeError at start otherwise), so disk_fill fills something small and the service
-    sees ENOSPC for real. Implies ``data_dir: true``; unmounted at close.
+    The service's data_dir becomes a filesystem of N MiB (a tmpfs mount), so disk_fill fills
+    something small and the service sees ENOSPC for real. Implies ``data_dir: true``;
+    unmounted at close. Mounting needs root: without it the data_dir is a plain directory
+    (logged at start), the service runs all the same, and disk_fill on it is refused with a
+    PrivilegeError, since it would fill the host's own filesystem.
 ``memory_limit_mb: N``
     Each pod is limited to N MiB by its own memory cgroup (cgroup v2 ``memory.max``, or the
     v1 memory controller), else by RLIMIT_AS; exceeding it gets the pod OOM-killed. Pods get
