@@ -8,9 +8,12 @@ import pytest
 
 from pytest_resilience import timeline as tl
 from pytest_resilience.errors import ConfigError
+from pytest_resilience.report.html_extras import scenario_html
 from pytest_resilience.report.impact import error_rate_downtime_s, load_points
+from pytest_resilience.report.junit import junit_properties
 from pytest_resilience.report.model import ScenarioResult
 from pytest_resilience.report.sample import sample_result
+from pytest_resilience.slo import SLOMonitor
 
 
 def test_from_timeline_reads_actions_verify_and_pages_from_events():
@@ -82,3 +85,50 @@ def test_downtime_is_error_rate_breach_seconds_with_overlaps_counted_once():
     timeline.mark(tl.SLO_RECOVERED, "p99", at=30.0)
     result = ScenarioResult.from_timeline(timeline, nodeid="t::x", outcome="passed", duration_s=1)
     assert error_rate_downtime_s(result) == 8.0  # 2..10, latency breach not counted
+
+
+def _failing_before_any_fault() -> ScenarioResult:
+    """A real SLO monitor over a wall-clock timeline that fails in steady state (no T0)."""
+    start = 1_764_600_000.0  # an epoch time, as the real clock gives
+    timeline = tl.Timeline("steady-fails", clock=lambda: start)
+    monitor = SLOMonitor(timeline)
+    monitor.error_rate(below=0.01, window_s=1)
+    for k in range(6):
+        failures = 40 if k == 3 else 0
+        timeline.record("load", {"requests": 100, "failures": failures, "p99": 50}, at=start + k)
+    timeline.mark(tl.ACTION_STARTED, "restart_pod", at=start + 4, strategy="restart-pod")
+    timeline.mark(tl.ACTION_FINISHED, "restart_pod", at=start + 5, strategy="restart-pod")
+    return ScenarioResult.from_timeline(
+        timeline,
+        nodeid="t.py::test_steady_state_fails",
+        outcome="failed",
+        duration_s=6,
+        slo_verdicts=monitor.verdicts(),
+    )
+
+
+def test_without_a_fault_times_count_from_the_start_never_from_the_epoch():
+    result = _failing_before_any_fault()
+    assert result.t0 is None
+    (verdict,) = result.slo_verdicts
+    assert not verdict.held and verdict.worst_value == pytest.approx(0.4)
+    assert verdict.worst_at == pytest.approx(3.0)
+    (action,) = result.actions
+    assert (action.started_at, action.finished_at) == (4.0, 5.0)
+    again = ScenarioResult.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert again.slo_verdicts[0].worst_at == pytest.approx(3.0)  # not shifted a second time
+
+    html = scenario_html(result)
+    assert "worst at (s from start, no fault)" in html and "s from T0" not in html
+    assert ">3.0 s<" in html and " min<" not in html
+    props = dict(junit_properties(result))
+    assert props["slo.error_rate.worst_at_s"] == "3"
+    assert result.time_origin == props["times_from"] == "start"
+
+
+def test_with_a_fault_times_still_count_from_t0():
+    result = sample_result(0)
+    html = scenario_html(result)
+    assert "worst at (s from T0)" in html and "started (s from T0)" in html
+    assert result.slo_verdicts[0].worst_at == 5.0
+    assert result.time_origin == dict(junit_properties(result))["times_from"] == "T0"

@@ -27,6 +27,7 @@ def junit_properties(result: ScenarioResult) -> list[tuple[str, str]]:
         ("downtime_s", _num(error_rate_downtime_s(result))),
         ("target", safe.target),
         ("probe_path", safe.probe_path),
+        ("times_from", result.time_origin),  # "T0", or "start" when no fault was injected
     ]
     for verdict in safe.slo_verdicts:
         prefix = f"slo.{verdict.name}"

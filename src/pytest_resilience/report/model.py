@@ -5,6 +5,8 @@ so the standalone report can be rebuilt from the JSON twin and the history direc
 nothing but JSON. Every time in it is in seconds from T0 (the first fault), like
 :meth:`Timeline.figures`, except ``timeline`` itself, which is ``Timeline.to_dict()``
 verbatim (wall-clock times) so a figure can always be traced back to its events.
+A scenario that never injected a fault has no T0: its times count from the scenario's
+start instead (:attr:`ScenarioResult.time_origin` says which), never wall-clock epochs.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class SLOVerdict:
     objective: str
     held: bool
     worst_value: float | None = None
-    #: seconds from T0
+    #: seconds from T0 (from the scenario's start when it has no T0)
     worst_at: float | None = None
     #: seconds from T0 until it was back within bound for good; None if it never breached
     #: or never came back (``held`` tells which)
@@ -56,7 +58,7 @@ class SLOVerdict:
 
 @dataclass
 class ActionRecord:
-    """One remediation action the engine took; times in seconds from T0."""
+    """One remediation action the engine took; times in seconds from T0 (or the start)."""
 
     strategy: str
     action: str
@@ -120,6 +122,17 @@ class ScenarioResult:
         injected = [e["at"] for e in self.timeline.get("events", ()) if e["kind"] == FAULT_INJECTED]
         return min(injected) if injected else None
 
+    @property
+    def time_origin(self) -> str:
+        """What the result's times count from: "T0" (the first fault), or "start" without one."""
+        return "T0" if self.t0 is not None else "start"
+
+    @property
+    def zero(self) -> float:
+        """The wall-clock time that :attr:`time_origin` names."""
+        t0 = self.t0
+        return t0 if t0 is not None else _started_at(self.timeline)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -166,8 +179,10 @@ class ScenarioResult:
             for v in slo_verdicts
         ]
         for verdict in verdicts:
+            if t0 is None:
+                verdict.worst_at = _from_start(verdict.worst_at, data)
             if verdict.recovered_within_s is None:
-                verdict.recovered_within_s = _recovered_within(data, verdict.name, t0)
+                verdict.recovered_within_s = _recovered_within(data, verdict.name)
         return cls(
             nodeid=nodeid,
             name=name or nodeid.rsplit("::", 1)[-1],
@@ -201,7 +216,7 @@ def actions_from_events(timeline: Mapping[str, Any]) -> list[ActionRecord]:
     ``action_id``) with ``ok`` and optionally ``detail``. Without ``action_id`` a finish
     pairs with the oldest open start of the same name.
     """
-    t0 = timeline.get("t0")
+    zero = _zero(timeline)
     records: list[ActionRecord] = []
     open_by_key: dict[Any, list[ActionRecord]] = {}
     last_by_key: dict[Any, ActionRecord] = {}
@@ -212,7 +227,7 @@ def actions_from_events(timeline: Mapping[str, Any]) -> list[ActionRecord]:
             record = ActionRecord(
                 strategy=str(detail.get("strategy", "")),
                 action=event.get("name", ""),
-                started_at=_rel(event["at"], t0),
+                started_at=_rel(event["at"], zero),
                 finished_at=None,
                 ok=None,
                 target=str(detail.get("target", "")),
@@ -234,7 +249,7 @@ def actions_from_events(timeline: Mapping[str, Any]) -> list[ActionRecord]:
                     target=str(detail.get("target", "")),
                 )
                 records.append(record)
-            record.finished_at = _rel(event["at"], t0)
+            record.finished_at = _rel(event["at"], zero)
             record.ok = bool(detail.get("ok", True))
             record.error = str(detail.get("error") or "")
             record.strategy = record.strategy or str(detail.get("strategy", ""))
@@ -255,17 +270,38 @@ def pages_from_events(timeline: Mapping[str, Any]) -> int:
     )
 
 
-def _recovered_within(timeline: Mapping[str, Any], name: str, t0: float | None) -> float | None:
+def _recovered_within(timeline: Mapping[str, Any], name: str) -> float | None:
     events = [e for e in timeline.get("events", ()) if e.get("name") == name]
     breaches = [e["at"] for e in events if e["kind"] == SLO_BREACHED]
     recoveries = [e["at"] for e in events if e["kind"] == SLO_RECOVERED]
     if not breaches or not recoveries or recoveries[-1] < breaches[-1]:
         return None
-    return _rel(recoveries[-1], t0)
+    return _rel(recoveries[-1], _zero(timeline))
 
 
-def _rel(at: float, t0: float | None) -> float | None:
-    return None if t0 is None else round(at - t0, 3)
+def _rel(at: float, zero: float) -> float:
+    return round(at - zero, 3)
+
+
+def _started_at(timeline: Mapping[str, Any]) -> float:
+    return float(timeline.get("started_at") or 0.0)
+
+
+def _zero(timeline: Mapping[str, Any]) -> float:
+    t0 = timeline.get("t0")
+    return float(t0) if t0 is not None else _started_at(timeline)
+
+
+def _from_start(at: float | None, timeline: Mapping[str, Any]) -> float | None:
+    """A time that ``SLOMonitor.verdicts()`` gave as wall clock (it does without a T0).
+
+    Only a time at or after the timeline's start is wall clock: one already counted from
+    the start is seconds, far below any epoch, and stays as it is.
+    """
+    started = _started_at(timeline)
+    if at is None or at < started or not started:
+        return at
+    return _rel(at, started)
 
 
 def _list(data: Mapping[str, Any], key: str, source: str) -> list[Any]:
