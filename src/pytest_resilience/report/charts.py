@@ -160,7 +160,6 @@ def _timeline_figure() -> tuple[Figure, list[Axes]]:
             ax.set_ylabel(label, color=_FOREGROUND, fontsize=8)
         for ax in axes[:-1]:
             ax.tick_params(labelbottom=False)
-        axes[-1].set_xlabel("seconds from fault injection (T0)", color=_FOREGROUND, fontsize=8)
         axes[-1].xaxis.set_major_locator(MaxNLocator(10))
         _local.figure, _local.axes = fig, axes
     return fig, _local.axes
@@ -173,6 +172,7 @@ def _draw_timeline(fig: Figure, axes: list[Axes], result: ScenarioResult) -> Non
 
     points = load_points(result)
     marks = _marks(result)
+    levels = slo_levels(result)
     panels = tuple(
         zip(
             (points.error_rate_pct, points.p99_ms, points.rps),
@@ -182,10 +182,11 @@ def _draw_timeline(fig: Figure, axes: list[Axes], result: ScenarioResult) -> Non
         )
     )
     xs = points.t + [x for _, xs_ in marks.items() for x in _flat(xs_)]
+    xs += [level.worst_at for level in levels if level.worst_at is not None]
     lo, hi = (min(xs), max(xs)) if xs else (-1.0, 1.0)
     if hi - lo < 1:
         lo, hi = lo - 1, hi + 1
-    for ax, (values, colour, _label) in zip(axes, panels, strict=True):
+    for ax, (values, colour, label) in zip(axes, panels, strict=True):
         pairs = [(t, v) for t, v in zip(points.t, values, strict=True) if v is not None]
         if pairs:
             ax.plot(*zip(*pairs, strict=True), color=colour, lw=1.6)
@@ -201,12 +202,98 @@ def _draw_timeline(fig: Figure, axes: list[Axes], result: ScenarioResult) -> Non
                 alpha=0.6,
                 fontsize=8,
             )
-        ax.relim()
-        ax.autoscale_view()
-        bottom, top = ax.get_ylim()
-        ax.set_ylim(min(0.0, bottom), top if top > 0 else 1.0)
+        mine = [level for level in levels if level.panel == label]
+        for level in mine:
+            _draw_level(ax, level, colour)
+        # Explicit limits, never autoscale: set_ylim switches autoscaling off for good, and
+        # this figure is reused, so an autoscaled panel kept the previous chart's range.
+        ax.set_ylim(
+            *_y_range(
+                [v for _, v in pairs],
+                [v for level in mine for v in (level.bound, level.worst) if v is not None],
+            )
+        )
         _draw_marks(ax, marks, hi)
     axes[-1].set_xlim(lo, hi)
+    axes[-1].set_xlabel(_X_LABELS[result.time_origin], color=_FOREGROUND, fontsize=8)
+
+
+#: room above the highest value a panel shows, so a peak is never drawn on the frame
+HEADROOM = 1.12
+
+_X_LABELS = {
+    "T0": "seconds from fault injection (T0)",
+    "start": "seconds from scenario start (no fault injected)",
+}
+
+
+def _y_range(series: Sequence[float], levels: Sequence[float]) -> tuple[float, float]:
+    """From 0 (or the lowest value) to the highest of the series, bounds and worst values."""
+    values = [*series, *levels]
+    bottom = min(0.0, *values) if values else 0.0
+    top = max(values) if values else 0.0
+    if top <= bottom:
+        return bottom, bottom + 1.0
+    return bottom, top + (HEADROOM - 1) * (top - bottom)
+
+
+@dataclass(frozen=True)
+class SLOLevel:
+    """An SLO's bound and worst value in a panel's unit, where a panel plots its signal."""
+
+    panel: str
+    name: str
+    bound: float
+    worst: float | None
+    worst_at: float | None
+
+
+# Objective.describe() texts of the signals a panel plots (the load's error rate and p99).
+_PANEL_OBJECTIVES = (
+    ("errors %", re.compile(r"^error rate <= (?P<bound>[0-9.]+)%"), 100.0),
+    ("p99 ms", re.compile(r"^p99 latency <= (?P<bound>[0-9.]+) ms"), 1.0),
+)
+
+
+def slo_levels(result: ScenarioResult) -> list[SLOLevel]:
+    """Bounds and worst values of the SLOs whose signal a panel plots, in the panel's unit.
+
+    Other SLOs (p95 latency, availability, PromQL) have no panel of their own and are left
+    to the table: a p95 bound drawn over the p99 line would tell the reader a wrong story.
+    """
+    levels = []
+    for verdict in result.slo_verdicts:
+        for panel, pattern, scale in _PANEL_OBJECTIVES:
+            found = pattern.match(verdict.objective)
+            if found:
+                worst = verdict.worst_value
+                levels.append(
+                    SLOLevel(
+                        panel=panel,
+                        name=verdict.name,
+                        bound=float(found["bound"]),
+                        worst=None if worst is None else scale * worst,
+                        worst_at=verdict.worst_at,
+                    )
+                )
+    return levels
+
+
+def _draw_level(ax: Axes, level: SLOLevel, colour: str) -> None:
+    """The bound as a dashed line across the panel, the worst value as a marker at its time."""
+    ax.axhline(level.bound, color=_FOREGROUND, ls="--", lw=1.0, alpha=0.7, label="_slo_bound")
+    if level.worst is not None and level.worst_at is not None:
+        ax.plot(
+            [level.worst_at],
+            [level.worst],
+            ls="none",
+            marker="v",
+            ms=6,
+            color=colour,
+            markeredgecolor=_FOREGROUND,
+            markeredgewidth=0.6,
+            label="_slo_worst",
+        )
 
 
 _PANEL_LABELS = ("errors %", "p99 ms", "req/s")
@@ -226,7 +313,7 @@ _MARK_LABELS = {
 class LegendEntry:
     label: str
     colour: str
-    #: "line" or "span"
+    #: "line", "span" or "marker"
     shape: str
     #: CSS border style for lines ("solid", "dashed", "dotted"); "hatched" for failed spans
     style: str
@@ -248,6 +335,11 @@ def chart_legend(result: ScenarioResult) -> list[LegendEntry]:
         if marks[name]:
             css = ("hatched" if extra else "solid") if shape == "span" else _CSS_STYLE[style]
             entries.append(LegendEntry(_MARK_LABELS[name], colour, shape, css))
+    levels = slo_levels(result)
+    if levels:
+        entries.append(LegendEntry("SLO bound", "currentColor", "line", "dashed"))
+    if any(level.worst is not None and level.worst_at is not None for level in levels):
+        entries.append(LegendEntry("SLO worst", "currentColor", "marker", "solid"))
     return entries
 
 
