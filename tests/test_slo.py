@@ -98,6 +98,48 @@ def test_availability_counts_seconds_without_a_successful_answer(line: Timeline)
         monitor.assert_holds()
 
 
+def _load_second(line: Timeline, at: float, *, requests: int, users: int, total: int) -> None:
+    """One second as the Locust driver streams it: completed requests, users, running total."""
+    values = {"requests": requests, "failures": 0, "users": users, "total_requests": total}
+    line.record("load", values, at=at)
+
+
+def test_availability_ignores_seconds_before_any_user_was_answered(line: Timeline) -> None:
+    # Locust still spawning: the first partial second has users on their way but no answer.
+    monitor = SLOMonitor(line)
+    monitor.availability(above=0.99, window_s=10)
+    _load_second(line, 100.9, requests=0, users=4, total=0)
+    total = 0
+    for t in range(1, 6):
+        total += 300
+        _load_second(line, 100.9 + t, requests=300, users=20, total=total)
+    monitor.assert_holds()
+    first = monitor.evaluations("availability")[0]
+    assert (first.value, first.held) == (None, None)  # no data, not down
+
+
+def test_availability_without_a_single_request_is_no_data(line: Timeline) -> None:
+    monitor = SLOMonitor(line)
+    monitor.availability(above=0.99, window_s=10)
+    for t in range(3):
+        _load_second(line, 100 + t, requests=0, users=0, total=0)
+    with pytest.raises(SLOViolation, match="no data to judge"):
+        monitor.assert_holds()
+    assert monitor.verdicts()[0]["held"] is False  # no data is not "held"
+
+
+def test_availability_counts_a_hang_after_users_were_answered_as_down(line: Timeline) -> None:
+    # Requests that hang (packets dropped) complete in no second: users asked, nobody answered.
+    monitor = SLOMonitor(line)
+    monitor.availability(above=0.99, window_s=4)
+    _load_second(line, 100, requests=300, users=20, total=300)
+    _load_second(line, 101, requests=300, users=20, total=600)
+    _load_second(line, 102, requests=0, users=20, total=600)
+    _load_second(line, 103, requests=0, users=20, total=600)
+    with pytest.raises(SLOViolation, match=r"worst 50\.00%"):
+        monitor.assert_holds()
+
+
 def test_failure_budget(line: Timeline) -> None:
     monitor = SLOMonitor(line)
     line.mark(FAULT_INJECTED, "x", at=100)

@@ -85,11 +85,11 @@ class Objective:
             values = [s.values[key] for s in window if s.values.get("requests") and key in s.values]
             return max(values) if values else None
         if self.signal == "availability":
-            # A second with no successful answer is a second the service was down for users.
-            up = sum(
-                1 for s in window if s.values.get("requests", 0) - s.values.get("failures", 0) > 0
-            )
-            return up / len(window)
+            asked = [s for s in window if _users_asked(s)]
+            if not asked:
+                return None  # nobody asked: no data, not downtime
+            up = sum(1 for s in asked if s.values.get("requests", 0) > s.values.get("failures", 0))
+            return up / len(asked)
         values = [s.values["value"] for s in window if s.values.get("value") is not None]
         return values[-1] if values else None
 
@@ -335,18 +335,24 @@ class SLOMonitor:
         ]
 
     def verdicts(self) -> list[dict[str, object]]:
-        """Per objective: did it hold after the fault, the worst value and when (for the report)."""
+        """Per objective: did it hold, the worst value and when (for the report).
+
+        An objective held only if it was judged at least once and never broke; one with no
+        data at all did not hold (``worst_value`` None says why).
+        """
         t0 = self.timeline.t0
         out: list[dict[str, object]] = []
         for objective in self.objectives:
             evaluations = self.evaluations(objective)
             failing = [e for e in evaluations if e.held is False]
+            judged = any(e.held is not None for e in evaluations)
             worst = _worst(objective, evaluations)
             out.append(
                 {
                     "name": objective.name,
                     "objective": objective.describe(),
-                    "held": not failing,
+                    # no data is not "held": nothing showed the objective was met
+                    "held": judged and not failing,
                     "worst_value": worst.value if worst else None,
                     "worst_at": _rel(worst.at, t0) if worst else None,
                     "breached_s": round(_breached_seconds(evaluations), 3),
@@ -489,6 +495,22 @@ class SLOMonitor:
         if t0 is None:
             return f"{at - self.timeline.started_at:+.1f} s from start"
         return f"T0{at - t0:+.1f} s"
+
+
+def _users_asked(sample: Sample) -> bool:
+    """Did users ask anything in this second of load? Only such seconds judge availability.
+
+    The load's stats count requests when they complete. A second with completed requests
+    was asked. A second with none is asked only if users were running and the service had
+    answered before: then requests were on their way and none came back (a hang is
+    downtime). Before the first answer (Locust still spawning, the first requests still in
+    flight) or with no user running, nobody was waiting on the service: no data.
+    """
+    requests = sample.values.get("requests", 0)
+    if requests > 0:
+        return True
+    answered_before = sample.values.get("total_requests", 0) - requests > 0
+    return sample.values.get("users", 0) > 0 and answered_before
 
 
 def _worst(objective: Objective, evaluations: Sequence[Evaluation]) -> Evaluation | None:
