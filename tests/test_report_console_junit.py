@@ -6,9 +6,12 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from pytest_resilience.report.console import phase_line, terminal_summary_lines
+from pytest_resilience.report.console import notice_lines, phase_line, terminal_summary_lines
 from pytest_resilience.report.junit import junit_properties
 from pytest_resilience.report.sample import sample_result
+from pytest_resilience.results import resilience_section_lines
+from pytest_resilience.run import ChaosRun
+from pytest_resilience.settings import ChaosSettings
 
 
 def test_junit_properties_hold_figures_and_verdicts():
@@ -81,3 +84,29 @@ def test_extras_and_properties_reach_pytest_html_and_junitxml(pytester):
     props = {p.get("name"): p.get("value") for p in ET.parse(xml).getroot().iter("property")}
     assert props["time_to_recover_s"] == "12"
     assert props["healed_by"] == "engine"
+
+
+NOTICES = [
+    "probes: built-in (prometheus is not on PATH)",
+    "ledger #3 latency (500 ms on postgres) left open by pid 41: revert failed: no server\n"
+    "the embedded Toxiproxy died with its session",
+]
+
+
+def test_notices_are_readable_console_lines_before_the_summary(tmp_path):
+    run = ChaosRun(ChaosSettings(ledger=tmp_path / "ledger.sqlite"))
+    run.notices.extend(NOTICES)
+    run.results.append(sample_result(0, recover_after=12))
+    lines = resilience_section_lines(run)
+    assert lines[:3] == [
+        "notice: probes: built-in (prometheus is not on PATH)",
+        "notice: ledger #3 latency (500 ms on postgres) left open by pid 41: revert failed: "
+        "no server",
+        "        the embedded Toxiproxy died with its session",
+    ]
+    assert lines[3].startswith("1 chaos scenario(s): 1 passed")
+    assert not any("[" in line and "'" in line for line in lines[:3])  # no list repr
+    assert notice_lines([["nested", "notices"], "", None]) == [
+        "notice: nested",
+        "notice: notices",
+    ]

@@ -132,3 +132,25 @@ def test_html_extras_is_one_pytest_html_extra_with_chart_figures_actions_verdict
     ):
         assert text in html
     assert "seconds from fault injection (T0)" in html  # the chart's x axis
+
+
+def test_notices_show_as_a_list_of_lines_not_a_python_list(tmp_path, results):
+    out = tmp_path / "r.html"
+    notices = [
+        "probes: built-in (prometheus is not on PATH)",
+        "ledger #3 pod_kill (api-0) left open by pid 41: reverted",
+    ]
+    info = {**RUN_INFO, "notices": notices, "allow": ["kind-ci", "chaos"]}
+    write_resilience_report(out, results, history_dir=None, run_info=info)
+    html = out.read_text()
+    block = re.search(r'<div id="notices"[^>]*>(.*?)</div>', html, re.S)
+    assert block, "no notices block in the report"
+    assert re.findall(r"<li>(.*?)</li>", block[1]) == notices
+    assert "[&#34;" not in html and '["' not in html and "[&#39;" not in html
+    assert "<th>allow</th><td>kind-ci<br>chaos</td>" in html
+    assert json.loads(out.with_suffix(".json").read_text())["run_info"]["notices"] == notices
+
+    quiet = tmp_path / "quiet.html"
+    write_resilience_report(quiet, results, history_dir=None, run_info={**RUN_INFO, "notices": []})
+    text = quiet.read_text()
+    assert 'id="notices"' not in text and "<th>notices</th>" not in text

@@ -15,7 +15,7 @@ from .run import ChaosRun
 from .slo import SLOMonitor
 from .timeline import ALERT_FIRED, Timeline
 
-__all__ = ["attach", "scenario_result", "summary_lines", "write_report"]
+__all__ = ["attach", "resilience_section_lines", "scenario_result", "summary_lines", "write_report"]
 
 
 def scenario_result(
@@ -73,6 +73,13 @@ def write_report(run: ChaosRun) -> None:
             "notices": list(run.notices),
         },
     )
+
+
+def resilience_section_lines(run: ChaosRun) -> list[str]:
+    """Everything the terminal's "resilience" section prints: the notices, then the summary."""
+    from .report.console import notice_lines
+
+    return [*notice_lines(run.notices), *summary_lines(run)]
 
 
 def summary_lines(run: ChaosRun) -> list[str]:

@@ -6,14 +6,14 @@ reporter, which adds colour where the terminal takes it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from ..redaction import redact_text
 from .model import ScenarioResult
-from .rendering import format_rate, format_score, format_seconds
+from .rendering import format_rate, format_score, format_seconds, readable_notices
 from .score import run_metrics
 
-__all__ = ["PHASES", "PHASE_OF_EVENT", "phase_line", "terminal_summary_lines"]
+__all__ = ["PHASES", "PHASE_OF_EVENT", "notice_lines", "phase_line", "terminal_summary_lines"]
 
 #: phase key -> what the line says; unknown phases are printed as given
 PHASES = {
@@ -49,6 +49,20 @@ def phase_line(phase: str, scenario: str, t: float | None) -> str:
     when = "T" if t is None else f"T{t:+.1f}s"
     label = PHASES.get(phase, phase.replace("_", " "))
     return redact_text(f"[chaos] {when:>9}  {label:<13}  {scenario}")
+
+
+def notice_lines(notices: Iterable[object]) -> list[str]:
+    """The run's notices as console lines: ``notice: <text>``, one per notice.
+
+    A notice of several lines keeps them, indented under its first, so a multi-line
+    message (a revert that failed with its reason) stays one readable block.
+    """
+    lines: list[str] = []
+    for notice in readable_notices(list(notices)):
+        first, *rest = notice.splitlines()
+        lines.append(f"notice: {first}")
+        lines.extend(f"        {line}" for line in rest if line.strip())
+    return [redact_text(line) for line in lines]
 
 
 def terminal_summary_lines(results: Sequence[ScenarioResult], *, slowest: int = 3) -> list[str]:

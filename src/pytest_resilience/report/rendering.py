@@ -7,13 +7,21 @@ Jinja2 (already required by pytest-html) autoescapes every value, so text from t
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import jinja2
 
 from .model import SLOVerdict
 
-__all__ = ["environment", "format_seconds", "format_worst", "healed_label", "template_text"]
+__all__ = [
+    "environment",
+    "format_seconds",
+    "format_worst",
+    "healed_label",
+    "readable_notices",
+    "template_text",
+]
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -73,6 +81,23 @@ def format_worst(verdict: SLOVerdict) -> str:
     return f"{value:g}"
 
 
+def readable_notices(value: object) -> list[str]:
+    """The run's notices as text a person reads, one string per notice, never a list's repr.
+
+    Takes what ``run_info["notices"]`` holds (a list of strings, as the plugin gives it) and
+    anything else a caller put there: nested lists give one notice per item, blank ones go.
+    """
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value.strip()] if value.strip() else []
+    if isinstance(value, Mapping):
+        return [f"{key}: {text}" for key, item in value.items() for text in readable_notices(item)]
+    if isinstance(value, Iterable):
+        return [text for item in value for text in readable_notices(item)]
+    return [str(value)]
+
+
 def healed_label(healed_by: str | None) -> str:
     return HEALED_LABELS.get(healed_by, str(healed_by))
 
@@ -92,6 +117,7 @@ def environment() -> jinja2.Environment:
         num=format_number,
         signed=format_signed,
         metric=format_metric,
+        notices=readable_notices,
     )
     env.globals.update(worst=format_worst, healed_label=healed_label)
     return env
