@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_resilience.report.model import ScenarioResult, SLOVerdict
 from pytest_resilience.report.sample import sample_result
 from pytest_resilience.report.score import (
     SCORE_FORMULA,
@@ -12,6 +13,8 @@ from pytest_resilience.report.score import (
     scenario_score,
     strategy_stats,
 )
+from pytest_resilience.slo import SLOMonitor
+from pytest_resilience.timeline import Timeline
 
 
 def test_score_formula_parts():
@@ -73,3 +76,46 @@ def test_strategy_success_rate_and_time_to_recover():
     assert by_name["restart"].healed == 1
     assert by_name["scale-up"].success_rate == 1.0
     assert by_name["scale-up"].mean_time_to_recover_s == 30.0
+
+
+def _scenario_whose_slo_had_no_data(outcome: str) -> ScenarioResult:
+    """What the plugin records for a scenario whose SLO was never judged (no load ran)."""
+    line = Timeline("no-data", clock=lambda: 1000.0)
+    monitor = SLOMonitor(line)
+    monitor.error_rate(below=0.01)
+    return ScenarioResult.from_timeline(
+        line,
+        nodeid="scenarios/test_x.py::test_x",
+        outcome=outcome,
+        duration_s=3.0,
+        slo_verdicts=monitor.verdicts(),
+    )
+
+
+def test_a_run_whose_only_scenario_failed_on_an_slo_without_data_scores_zero():
+    failed = _scenario_whose_slo_had_no_data("failed")
+    assert [v.held for v in failed.slo_verdicts] == [False]
+    assert scenario_score(failed).score == 0.0
+    assert run_score([failed]) == 0.0
+    assert run_metrics([failed]).score == 0.0
+
+
+def test_an_slo_without_data_is_not_held_even_when_a_verdict_says_so():
+    # a verdict written as "held" without a single reading (as older runs' JSON holds them)
+    passed = sample_result(0, healed_by="engine", recover_after=30)
+    passed.slo_verdicts = [
+        SLOVerdict("error-rate", "error rate <= 1.00% over 5 s", held=True, worst_value=None)
+    ]
+    assert scenario_score(passed).slos_held == 0.0
+
+
+@pytest.mark.parametrize("outcome", ["failed", "error"])
+def test_a_failed_or_errored_scenario_never_raises_the_run_score(outcome: str):
+    # Everything about it looked fine (SLOs held, no breach), yet the test failed: another
+    # check of the scenario broke, so it scores nothing.
+    looks_fine = sample_result(1, healed_by="engine", recover_after=5, outcome=outcome)
+    assert all(v.held for v in looks_fine.slo_verdicts)
+    assert scenario_score(looks_fine).score == 0.0
+    weaker = sample_result(2, healed_by="engine", recover_after=30, pages=1)  # 77
+    assert run_score([weaker, looks_fine]) <= run_score([weaker])
+    assert run_metrics([weaker, looks_fine]).score <= run_metrics([weaker]).score

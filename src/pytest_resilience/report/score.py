@@ -1,11 +1,13 @@
 """The run's figures: the seed's metrics table, per-strategy figures and the resilience score.
 
 Resilience score (0-100, higher is better), per scenario that ran (skipped ones are left
-out; an ``error`` outcome scores 0)::
+out; a ``failed`` or ``error`` outcome scores 0, so a broken scenario can never raise the
+run's score, whatever its parts say)::
 
     score = 100 * (0.5 * V + 0.3 * R + 0.2 * A)
 
-    V  SLO verdicts held: held / declared (no SLO declared: 1 if the test passed, else 0)
+    V  SLO verdicts held: held / declared (no SLO declared: 1 if the test passed, else 0);
+       an SLO that was never judged (no data) did not hold
     R  recovery speed: 1 if no SLO breached; 0 if it never recovered; else
        max(0, 1 - time_to_recover / recovery budget)   (budget: 300 s unless given)
     A  healed without a human: 1 if healed by the engine or the platform and no page was
@@ -30,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .impact import breached, error_rate_downtime_s
-from .model import ScenarioResult
+from .model import ScenarioResult, SLOVerdict
 
 __all__ = [
     "RECOVERY_BUDGET_S",
@@ -51,7 +53,8 @@ SCORE_FORMULA = (
     "R: recovery speed, 1 if no SLO breached, 0 if never recovered, "
     "else max(0, 1 - time to recover / {budget:g} s). "
     "A: 1 if healed by the engine or the platform without a page (or nothing needed healing), "
-    "else 0. An errored scenario scores 0; skipped ones are left out."
+    "else 0. An SLO with no data did not hold. A failed or errored scenario scores 0; "
+    "skipped ones are left out."
 )
 
 
@@ -105,14 +108,18 @@ class RunMetrics:
 def scenario_score(
     result: ScenarioResult, *, recovery_budget_s: float = RECOVERY_BUDGET_S
 ) -> ScenarioScore | None:
-    """The score of one scenario, with its parts; None for a skipped one."""
+    """The score of one scenario, with its parts; None for a skipped one.
+
+    A failed scenario keeps its parts (what went wrong shows in them) but scores 0: the
+    test said the system is not resilient here, and no part may say otherwise.
+    """
     if result.outcome == "skipped":
         return None
     if result.outcome == "error":
         return ScenarioScore(0.0, 0.0, 0.0, 0.0)
     verdicts = result.slo_verdicts
     held = (
-        sum(v.held for v in verdicts) / len(verdicts)
+        sum(_held(v) for v in verdicts) / len(verdicts)
         if verdicts
         else float(result.outcome == "passed")
     )
@@ -135,6 +142,8 @@ def scenario_score(
         + WEIGHTS["recovery_speed"] * speed
         + WEIGHTS["self_healed"] * healed
     )
+    if result.outcome != "passed":
+        total = 0.0
     return ScenarioScore(round(total, 1), round(held, 3), round(speed, 3), healed)
 
 
@@ -221,6 +230,11 @@ def strategy_stats(results: Sequence[ScenarioResult]) -> list[StrategyStats]:
         )
         for name, entry in sorted(by_strategy.items())
     ]
+
+
+def _held(verdict: SLOVerdict) -> bool:
+    """Held and judged: a verdict with no worst value never saw a reading (no data)."""
+    return bool(verdict.held) and verdict.worst_value is not None
 
 
 def _mean(values: Sequence[float]) -> float | None:
