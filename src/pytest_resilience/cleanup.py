@@ -1,4 +1,5 @@
-"""``pytest --chaos-cleanup``: revert whatever a killed run left injected, then exit."""
+"""``pytest --chaos-cleanup``: revert whatever a killed run left injected, remove the work
+dirs of dead sessions, then exit."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ from collections.abc import Callable
 from .errors import ResilienceError
 from .faults.base import FaultContext, ledger_ref, revert_entries
 from .run import ChaosRun
+from .workdirs import sweep_dead_work_dirs
 
 __all__ = ["cleanup"]
 
 
 def cleanup(run: ChaosRun) -> int:
-    entries = run.ledger.open_entries()
     write = print
+    for swept in sweep_dead_work_dirs():
+        write(f"chaos cleanup: removed work dir {swept.path} of dead session pid {swept.pid}")
+    entries = run.ledger.open_entries()
     # On kubernetes the cluster itself says what is still injected (annotations), so a
     # cleanup runs even with an empty ledger: the fault may come from another machine.
     kube = run.settings.target == "kubernetes"

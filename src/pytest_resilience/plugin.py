@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -87,9 +86,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 def chaos_target(request: pytest.FixtureRequest) -> Iterator[Target]:
     """The system under test: the embedded local target, or a Kubernetes cluster."""
     run = request.config.stash[RUN_KEY]
-    # Not under pytest's 0700 basetemp: the demo's Postgres drops root and must reach its data.
-    work_dir = Path(tempfile.mkdtemp(prefix="pytest-resilience-"))
-    work_dir.chmod(0o755)
+    work_dir = run.make_work_dir()  # owned (pid), so a later session can sweep it if we die
     try:
         target = _or_fail(lambda: run.open_target(work_dir))
         try:

@@ -17,6 +17,7 @@ from .ledger import Ledger
 from .report.model import ScenarioResult
 from .settings import ChaosSettings
 from .targets.base import Target
+from .workdirs import make_work_dir, sweep_dead_work_dirs
 
 if TYPE_CHECKING:
     from .monitoring import Monitoring
@@ -44,6 +45,14 @@ class ChaosRun:
         if self._ledger is None:
             self._ledger = Ledger(self.settings.ledger)
         return self._ledger
+
+    def make_work_dir(self) -> Path:
+        """This session's work dir, once the dirs of dead (SIGKILLed) sessions are gone."""
+        for swept in sweep_dead_work_dirs():
+            line = f"removed work dir {swept.path} of dead session pid {swept.pid}"
+            log.warning(line)
+            self.notices.append(line)
+        return make_work_dir()
 
     def open_target(self, work_dir: Path) -> Target:
         """Start the target this run was asked for (``--chaos-target``)."""

@@ -54,6 +54,7 @@ __all__ = [
     "enter_pod",
     "find_memory_controller",
     "limit_bytes",
+    "mount_points",
     "mount_volume",
     "pod_processes",
     "remove_cgroup_tree",
@@ -540,6 +541,11 @@ def mounted_volumes() -> list[tuple[int, Path]]:
             if pid.isdigit():
                 found.append((int(pid), Path(fields[1])))
     return found
+
+
+def mount_points() -> list[Path]:
+    """Every mount point on this machine (any filesystem), as this process sees them."""
+    return [Path(fields[1]) for fields in _mount_table() if len(fields) > 1]
 
 
 def sweep_stale_volumes() -> list[Path]:
