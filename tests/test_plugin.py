@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 GOOD_SCENARIO = """
@@ -113,3 +117,19 @@ def test_cleanup_with_empty_ledger_exits_zero(pytester: pytest.Pytester) -> None
     result = pytester.runpytest("--chaos-cleanup", "--chaos-ledger=ledger.sqlite")
     result.stdout.fnmatch_lines(["chaos cleanup: nothing open in *ledger.sqlite"])
     assert result.ret == 0
+
+
+def test_the_main_job_starts_without_a_warning_when_the_test_extra_is_absent() -> None:
+    """pyproject.toml configures test-only plugins; a user without them sees nothing of it."""
+    repo = Path(__file__).resolve().parents[1]
+    absent = ["-p", "no:timeout", "-p", "no:asyncio", "-p", "no:kmock", "-p", "no:cacheprovider"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", *absent, "--collect-only", "-q", "-m", "chaos", "scenarios"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "warning" not in (done.stdout + done.stderr).lower(), done.stdout + done.stderr

@@ -30,6 +30,8 @@ SLO_KEY = pytest.StashKey[SLOMonitor]()
 OUTCOME_KEY = pytest.StashKey[str]()
 DURATION_KEY = pytest.StashKey[float]()
 _PREVIOUS_SIGTERM = pytest.StashKey[Any]()
+PREFLIGHT_KEY = pytest.StashKey[str]()
+VERDICTS_KEY = pytest.StashKey[list[Any]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -77,6 +79,71 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
         return ScenarioFile.from_parent(parent, path=file_path)
     return None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A chaos scenario whose faults need what this machine lacks is skipped here, naming
+    it and the install line; under CI it fails at setup instead (no green by skipping)."""
+    from .preflight import in_ci, verdicts_for
+
+    chaos = [item for item in items if item.get_closest_marker("chaos") is not None]
+    verdicts = verdicts_for(config.stash[RUN_KEY].settings.target, map(_faults_of, chaos))
+    config.stash[VERDICTS_KEY] = verdicts
+    for item, verdict in zip(chaos, verdicts, strict=True):
+        if verdict.runs:
+            continue
+        if in_ci():
+            item.stash[PREFLIGHT_KEY] = verdict.reason()
+        else:
+            item.add_marker(pytest.mark.skip(reason=verdict.reason()))
+
+
+def _faults_of(item: pytest.Item) -> tuple[str, list[str]]:
+    """(nodeid, the fixtures it requests and, for a YAML scenario, its method's faults)."""
+    from .collect import ScenarioItem
+
+    names = list(getattr(item, "fixturenames", ()))
+    if isinstance(item, ScenarioItem):
+        names += [step.fault for step in item.scenario.method]
+    return item.nodeid, names
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if PREFLIGHT_KEY in item.stash:
+        reason = item.stash[PREFLIGHT_KEY]
+        pytest.fail(f"{reason}; CI is set, so this is an error, not a skip", pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """The safety net behind the preflight: a fault injected by hand (``inject(...)``)
+    that finds a privilege missing skips its scenario, naming it; under CI it fails."""
+    from .errors import PrivilegeError
+    from .preflight import in_ci
+
+    try:
+        return (yield)
+    except PrivilegeError as exc:
+        if item.get_closest_marker("chaos") is None or in_ci():
+            raise
+        reason = str(exc)
+    pytest.skip(f"this machine cannot inject the scenario's fault: {reason}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> bool | None:
+    """``--chaos-doctor``: print the checks and verdicts, run nothing."""
+    run = session.config.stash[RUN_KEY]
+    if not run.settings.doctor:
+        return None
+    from .preflight import doctor_lines
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for line in doctor_lines(run.settings, session.config.stash.get(VERDICTS_KEY, [])):
+        reporter.write_line(line)
+    return True
 
 
 # -- fixtures -------------------------------------------------------------------------------

@@ -50,6 +50,11 @@ OPTIONS = (
     _Option("--resilience-history", "directory of earlier runs' summaries, for the trend"),
     _Option("--chaos-dry-run", "log what each fault would do; touch nothing", is_flag=True),
     _Option(
+        "--chaos-doctor",
+        "print what this machine or cluster can run, and each scenario's verdict; run nothing",
+        is_flag=True,
+    ),
+    _Option(
         "--remediation-playbooks",
         "playbooks layered over the bundled ones (default: the project's remediators/)",
     ),
@@ -86,6 +91,7 @@ class ChaosSettings:
     history: Path | None = None
     dry_run: bool = False
     playbooks: Path | None = None
+    doctor: bool = False
     rootdir: Path = field(default_factory=Path.cwd)
 
     @classmethod
@@ -126,5 +132,6 @@ class ChaosSettings:
             history=path("resilience_history"),
             dry_run=bool(get("chaos_dry_run")),
             playbooks=playbooks,
+            doctor=bool(get("chaos_doctor")),
             rootdir=root,
         )
