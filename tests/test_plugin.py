@@ -123,8 +123,9 @@ def test_the_main_job_starts_without_a_warning_when_the_test_extra_is_absent() -
     """pyproject.toml configures test-only plugins; a user without them sees nothing of it."""
     repo = Path(__file__).resolve().parents[1]
     absent = ["-p", "no:timeout", "-p", "no:asyncio", "-p", "no:kmock", "-p", "no:cacheprovider"]
+    collect = ["--collect-only", "-q", "-m", "chaos", "scenarios"]
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", *absent, "--collect-only", "-q", "-m", "chaos", "scenarios"],
+        [sys.executable, "-m", "pytest", *absent, *collect],
         cwd=repo,
         capture_output=True,
         text=True,
