@@ -36,17 +36,21 @@ __all__ = [
 ]
 
 # The demo's SLO signals. Each aggregates to one series, so a probe reads one number.
+# A counter of something that has not happened yet (a 5xx, a cache miss) often has no
+# series at all: prometheus-client exports a labelled child only once it is used. Such a
+# part is `or vector(0)`, so a healthy service reads 0 errors (1.0 hits), not "no data";
+# a service that served nothing in the window still reads no data (an empty total, 0/0).
 ERROR_RATE = (
-    'sum(rate(demo_requests_total{status=~"5.."}[30s])) / sum(rate(demo_requests_total[30s]))'
+    '(sum(rate(demo_requests_total{status=~"5.."}[30s])) or vector(0))'
+    " / sum(rate(demo_requests_total[30s]))"
 )
 LATENCY_P99 = (
     "histogram_quantile(0.99, sum by (le) (rate(demo_request_duration_seconds_bucket[30s])))"
 )
 POOL_USE = "max(demo_db_pool_in_use / demo_db_pool_max)"
-CACHE_HIT_RATIO = (
-    "sum(rate(demo_cache_hits_total[30s])) / "
-    "(sum(rate(demo_cache_hits_total[30s])) + sum(rate(demo_cache_misses_total[30s])))"
-)
+_CACHE_HITS = "(sum(rate(demo_cache_hits_total[30s])) or vector(0))"
+_CACHE_MISSES = "(sum(rate(demo_cache_misses_total[30s])) or vector(0))"
+CACHE_HIT_RATIO = f"{_CACHE_HITS} / ({_CACHE_HITS} + {_CACHE_MISSES})"
 # cgroup usage (what the OOM killer counts), not resident memory of the one process
 MEMORY_SHARE = "max(demo_memory_usage_bytes / demo_memory_limit_bytes)"
 DISK_USE = "max(demo_disk_used_ratio)"
