@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -217,35 +218,62 @@ def test_the_guardian_unmounts_volumes_when_the_session_is_sigkilled(tmp_path: P
             subprocess.run(["umount", "-l", volume], check=False)
 
 
-def test_without_root_a_volume_is_a_plain_directory_and_disk_fill_is_refused():
-    script = (
-        "import json, logging, os, sys; from pathlib import Path\n"
-        "from pytest_resilience.errors import PrivilegeError\n"
-        "from pytest_resilience.faults.base import FaultContext\n"
-        "from pytest_resilience.faults.disk import DiskFill\n"
-        "from pytest_resilience.targets.local import LocalTarget\n"
-        "from pytest_resilience.targets.local_resources import mounted_volumes\n"
-        "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
-        "with LocalTarget.from_file(sys.argv[1], work_dir=Path(sys.argv[2])) as t:\n"
-        "    path = t.data_dir('store')\n"
-        "    (plain,) = t.pods('app=plain')\n"
-        "    shown = t.exec(plain, ['/bin/sh', '-c', 'echo $STORE_DIR']).stdout.strip()\n"
-        "    try:\n        DiskFill('store').inject(FaultContext(target=t))\n"
-        "    except PrivilegeError as exc:\n        refused = str(exc)\n"
-        "    else:\n        refused = None\n"
-        "    print(json.dumps({'uid': os.geteuid(), 'dir': path.is_dir(), 'shown': shown,\n"
-        "        'path': str(path), 'left': os.listdir(path),\n"
-        "        'mounted': [str(p) for _, p in mounted_volumes()], 'refused': refused}))\n"
-    )
-    done = run_unprivileged(script, VOLUME)
+#: Starts VOLUME (argv: services file, work dir), tries disk_fill on "store", prints what it saw.
+UNBOUNDED_VOLUME_PROBE = (
+    "import json, logging, os, sys; from pathlib import Path\n"
+    "from pytest_resilience.errors import PrivilegeError\n"
+    "from pytest_resilience.faults.base import FaultContext\n"
+    "from pytest_resilience.faults.disk import DiskFill\n"
+    "from pytest_resilience.targets.local import LocalTarget\n"
+    "from pytest_resilience.targets.local_resources import mounted_volumes\n"
+    "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+    "with LocalTarget.from_file(sys.argv[1], work_dir=Path(sys.argv[2])) as t:\n"
+    "    path = t.data_dir('store')\n"
+    "    (plain,) = t.pods('app=plain')\n"
+    "    shown = t.exec(plain, ['/bin/sh', '-c', 'echo $STORE_DIR']).stdout.strip()\n"
+    "    try:\n        DiskFill('store').inject(FaultContext(target=t))\n"
+    "    except PrivilegeError as exc:\n        refused = str(exc)\n"
+    "    else:\n        refused = None\n"
+    "    print(json.dumps({'uid': os.geteuid(), 'dir': path.is_dir(), 'shown': shown,\n"
+    "        'path': str(path), 'left': os.listdir(path),\n"
+    "        'mounted': [str(p) for _, p in mounted_volumes()], 'refused': refused}))\n"
+)
+
+
+def check_unbounded_volume(done: subprocess.CompletedProcess[str]) -> dict:
+    """The target ran with a plain data dir for "store" and refused disk_fill on it."""
     seen = json.loads(done.stdout)
-    assert seen["uid"] != 0
     assert seen["dir"] and seen["shown"] == seen["path"], "the data dir exists and pods see it"
     assert seen["path"] not in seen["mounted"] and seen["left"] == []
-    assert "store" in done.stderr and "plain directory" in done.stderr, done.stderr
-    refused = seen["refused"]
-    assert refused is not None, "disk_fill on an unbounded volume must be refused"
-    assert "store" in refused and "root" in refused and "tmpfs" in refused, refused
+    assert "service store: volume of 8 MiB is a plain directory" in done.stderr, done.stderr
+    assert seen["refused"] is not None, "disk_fill on an unbounded volume must be refused"
+    assert "'store'" in seen["refused"] and "tmpfs" in seen["refused"], seen["refused"]
+    return seen
+
+
+def test_without_root_a_volume_is_a_plain_directory_and_disk_fill_is_refused():
+    seen = check_unbounded_volume(run_unprivileged(UNBOUNDED_VOLUME_PROBE, VOLUME))
+    assert seen["uid"] != 0
+    assert "root" in seen["refused"] and f"uid {seen['uid']}" in seen["refused"]
+
+
+@as_root
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+def test_root_without_cap_sys_admin_gets_a_plain_directory_too(tmp_path: Path):
+    """Root in a container without CAP_SYS_ADMIN: mount(2) says EPERM, the target still runs."""
+    services = tmp_path / "services.yaml"
+    services.write_text(VOLUME)
+    no_caps = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"]
+    done = subprocess.run(
+        [*no_caps, sys.executable, "-c", UNBOUNDED_VOLUME_PROBE, services, tmp_path / "work"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    seen = check_unbounded_volume(done)
+    assert seen["uid"] == 0 and "CAP_SYS_ADMIN" in seen["refused"], seen["refused"]
 
 
 # -- memory ---------------------------------------------------------------------------------
