@@ -140,6 +140,58 @@ def test_availability_counts_a_hang_after_users_were_answered_as_down(line: Time
         monitor.assert_holds()
 
 
+class _SilentAtFirst:
+    """A probe with nothing to say for its first ``silent`` reads (a rate before two scrapes)."""
+
+    def __init__(self, silent: int, value: float | None = 0.0) -> None:
+        self.silent = silent
+        self.value = value
+        self.reads = 0
+
+    def __call__(self) -> float | None:
+        self.reads += 1
+        return None if self.reads <= self.silent else self.value
+
+
+def test_steady_state_check_waits_for_a_probes_first_reading() -> None:
+    line = Timeline("first-reading")
+    monitor = SLOMonitor(line, poll_interval_s=0.05)
+    probe = _SilentAtFirst(silent=4)
+    try:
+        monitor.probe("error_rate", probe, below=0.01)
+        monitor.assert_holds()  # right after declaring: no reading yet, so it waits
+        assert probe.reads > 4
+        assert [s.values["value"] for s in line.series("error_rate")][:1] == [0.0]
+    finally:
+        monitor.close()
+
+
+def test_a_probe_that_never_reads_fails_naming_the_slo_and_the_wait() -> None:
+    line = Timeline("never")
+    monitor = SLOMonitor(line, poll_interval_s=0.05)
+    try:
+        monitor.probe(
+            "checkout_errors", _SilentAtFirst(silent=10**9), below=0.01, first_reading_s=0.3
+        )
+        with pytest.raises(SLOViolation) as info:
+            monitor.assert_holds()
+        message = str(info.value)
+        assert "'checkout_errors'" in message
+        assert "no data to judge" in message and "within 0.3 s" in message
+    finally:
+        monitor.close()
+
+
+def test_judging_a_past_range_does_not_wait(line: Timeline) -> None:
+    monitor = SLOMonitor(line, poll_interval_s=3600)
+    monitor.probe("queue_depth", lambda: None, below=10, first_reading_s=3600)
+    try:
+        with pytest.raises(SLOViolation, match="no reading in that time"):
+            monitor.assert_holds(since=900, until=990)  # the clock says 1000: over already
+    finally:
+        monitor.close()
+
+
 def test_failure_budget(line: Timeline) -> None:
     monitor = SLOMonitor(line)
     line.mark(FAULT_INJECTED, "x", at=100)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,6 +33,10 @@ __all__ = ["Evaluation", "Objective", "SLOMonitor"]
 log = logging.getLogger("pytest_resilience.slo")
 
 Signal = Literal["error_rate", "latency", "availability", "probe"]
+
+#: how long a steady-state check waits for a probe's first reading (a PromQL rate needs
+#: two scrapes of a series that may only appear with the first request)
+FIRST_READING_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,8 @@ class SLOMonitor:
         self._states: dict[str, _State] = {}
         self._lock = threading.Lock()
         self._pollers: list[_Poller] = []
+        #: probe objectives: seconds assert_holds waits for their first reading
+        self._first_reading_s: dict[str, float] = {}
         #: names of the objectives read from Prometheus (the report's probe path)
         self.promql_names: set[str] = set()
         self._unsubscribe = timeline.on_record(self._on_sample)
@@ -179,12 +186,21 @@ class SLOMonitor:
         window_s: float = 5.0,
         interval_s: float | None = None,
         query: str = "",
+        first_reading_s: float = FIRST_READING_S,
     ) -> Objective:
         """An SLO on any probe (a callable giving a number, or None for no data).
 
         The probe is read once now (so a broken one fails here, naming the SLO), then
-        polled every ``interval_s`` into the timeline series ``name``.
+        polled every ``interval_s`` into the timeline series ``name``. A probe may have
+        nothing to say yet (a PromQL rate before its second scrape): ``assert_holds``
+        waits up to ``first_reading_s`` for its first reading before it calls that no data.
         """
+        if not first_reading_s >= 0:
+            raise ConfigError(
+                f"first_reading_s must be >= 0 seconds, got {first_reading_s!r}",
+                source=f"SLO {name!r}",
+                field="first_reading_s",
+            )
         if (below is None) == (above is None):
             raise ConfigError(
                 f"give exactly one of below= or above= (got below={below!r}, above={above!r})",
@@ -198,6 +214,8 @@ class SLOMonitor:
         )
         first = probe()  # raises: the SLO is broken, say so before the scenario starts
         self.add(objective)
+        with self._lock:
+            self._first_reading_s[name] = float(first_reading_s)
         if first is not None:
             self.timeline.record(name, {"value": float(first)})
         poller = _Poller(name, probe, self.timeline, interval_s or self.poll_interval_s)
@@ -215,6 +233,7 @@ class SLOMonitor:
         window_s: float = 5.0,
         range_s: float | None = None,
         interval_s: float | None = None,
+        first_reading_s: float = FIRST_READING_S,
     ) -> Objective:
         """An SLO on a PromQL expression, evaluated against the run's Prometheus.
 
@@ -223,7 +242,9 @@ class SLOMonitor:
         ``range_s`` each reading is the worst point of a range query over the last
         ``range_s`` seconds (max for ``below``, min for ``above``). An expression the
         server rejects fails here with the server's message and the SLO's name; an
-        unreachable Prometheus fails here too, within the probe's timeout.
+        unreachable Prometheus fails here too, within the probe's timeout. Until the
+        expression has a value (a rate needs two scrapes), ``assert_holds`` waits up to
+        ``first_reading_s`` for it.
         """
         if expr is None:
             from .prometheus import DEMO_SLOS
@@ -264,6 +285,7 @@ class SLOMonitor:
             window_s=window_s,
             interval_s=interval_s,
             query=expr,
+            first_reading_s=first_reading_s,
         )
 
     def add(self, objective: Objective) -> Objective:
@@ -368,15 +390,30 @@ class SLOMonitor:
         since: float | None = None,
         until: float | None = None,
     ) -> None:
-        """Fail if any evaluation in [since, until] broke its objective."""
-        for objective in self._resolve(objectives):
+        """Fail if any evaluation in [since, until] broke its objective.
+
+        A probe objective with no reading in the range yet (a steady-state check right
+        after load started) is waited for, up to its ``first_reading_s``.
+        """
+        chosen = self._resolve(objectives)
+        waited = self._wait_first_readings(chosen, since=since, until=until)
+        for objective in chosen:
             evaluations = self.evaluations(objective, since=since, until=until)
-            if not any(e.held is not None for e in evaluations):
-                hint = (
-                    "its probe gave no reading yet"
-                    if objective.signal == "probe"
-                    else "is load running (the `load` fixture) for this scenario?"
-                )
+            if not _judged(evaluations):
+                if objective.signal != "probe":
+                    hint = "is load running (the `load` fixture) for this scenario?"
+                elif objective.name in waited:
+                    hint = (
+                        f"its probe gave no reading within {waited[objective.name]:g} s of "
+                        "waiting for the first one"
+                        + (
+                            " (does the expression match any series yet?)"
+                            if objective.query
+                            else ""
+                        )
+                    )
+                else:
+                    hint = "its probe gave no reading in that time"
                 raise SLOViolation(
                     f"SLO {objective.name!r} ({objective.describe()}): no data to judge; {hint}"
                 )
@@ -462,6 +499,34 @@ class SLOMonitor:
 
     # -- internals ------------------------------------------------------------------------
 
+    def _wait_first_readings(
+        self, chosen: Sequence[Objective], *, since: float | None, until: float | None
+    ) -> dict[str, float]:
+        """Wait for each unread probe objective's first reading; return name -> seconds waited.
+
+        Judging a range that has already ended waits for nothing: no later reading lands in it.
+        """
+        if until is not None and until < self.timeline.now():
+            return {}
+        with self._lock:
+            bounds = {
+                o.name: self._first_reading_s[o.name]
+                for o in chosen
+                if o.name in self._first_reading_s
+            }
+        unread = [
+            name for name in bounds if not _judged(self.evaluations(name, since=since, until=until))
+        ]
+        if not unread:
+            return {}
+        started = time.monotonic()
+        for name in sorted(unread, key=bounds.__getitem__):  # each up to its own bound
+            self.timeline.wait_for(
+                lambda name=name: _judged(self.evaluations(name, since=since, until=until)),
+                timeout=max(0.0, started + bounds[name] - time.monotonic()),
+            )
+        return {name: bounds[name] for name in unread}
+
     def _recovered_at(self, objective: Objective, start: float, stable: float) -> float | None:
         evaluations = [e for e in self.evaluations(objective, since=start) if e.held is not None]
         if not evaluations or not evaluations[-1].held:
@@ -511,6 +576,10 @@ def _users_asked(sample: Sample) -> bool:
         return True
     answered_before = sample.values.get("total_requests", 0) - requests > 0
     return sample.values.get("users", 0) > 0 and answered_before
+
+
+def _judged(evaluations: Sequence[Evaluation]) -> bool:
+    return any(e.held is not None for e in evaluations)
 
 
 def _worst(objective: Objective, evaluations: Sequence[Evaluation]) -> Evaluation | None:
