@@ -1,20 +1,41 @@
-"""A kmock KubernetesEmulator with the few controllers a real cluster would run.
+"""A kmock KubernetesEmulator with the components a real cluster would run around it.
 
-kmock's emulator stores objects and serves list/watch/get/patch/delete over real HTTP, but
-runs no controllers and knows no subresources. The KubernetesTarget is tested against it
-through the official client, so the pieces a cluster would add are here, each labelled
-with the real component it stands for:
+kmock's emulator stores objects and serves get/patch/delete over real HTTP, but runs no
+controllers and knows no subresources. The KubernetesTarget is tested against it through
+the official client, so the pieces a cluster adds are here, each labelled with the real
+component (and the source file in kubernetes/kubernetes it was checked against):
 
-- ``_reconcile``       the Deployment + ReplicaSet controllers (template hash, revisions,
-                        replacement pods, status counts) and the scheduler (node choice);
-- ``_kubelet_start``    the kubelet starting a pod (Running, Ready condition);
-- ``_serve_exec``       the kubelet's exec endpoint (websocket, v4 channel protocol) with a
-                        tiny model of what the fault commands do (signals to PID 1, iptables
-                        hooks, files); no command is ever run on this machine;
-- ``_serve_eviction``   the Eviction API with PodDisruptionBudget checks (429);
-- ephemeral containers  the kubelet starting an ephemeral container after the subresource
-                        patch (the emulator merges that patch into the pod object);
+- :mod:`kube_apiserver`  list and watch as kube-apiserver serves them: numeric
+                         resourceVersions, 410 Gone for a compacted version, bookmarks,
+                         ``timeoutSeconds``, label and field selectors server-side;
+- ``_create``            ``metadata.generateName``: the API server appends 5 random
+                         characters (apiserver/pkg/storage/names/generate.go);
+- ``_delete_pod``        graceful deletion (pkg/registry/core/pod/strategy.go
+                         CheckGracefulDelete): Terminating (deletionTimestamp) first, the
+                         kubelet's final delete after the grace period; grace 0 removes
+                         the pod at once;
+- ``_reconcile``         the Deployment controller (pkg/controller/deployment/rolling.go,
+                         sync.go: RollingUpdate with maxSurge/maxUnavailable, Recreate,
+                         revisions), the ReplicaSet controller (pkg/controller/replicaset/
+                         replica_set.go manageReplicas, controller_utils.go: pods named
+                         ``<replicaset>-<5 random>``, deletion ranking) and the scheduler
+                         (spreads pods of one owner over schedulable nodes, random among
+                         equals as pkg/scheduler/schedule_one.go selectHost);
+- ``_kubelet_*``         the kubelet: start (Running), readiness only after the readiness
+                         probe's first period (pkg/kubelet/prober/worker.go), container
+                         restarts, termination, ephemeral containers whose image may fail
+                         to pull (ErrImagePull, then ImagePullBackOff);
+- ``_serve_exec``        the exec subresource (websocket, v4 channel protocol): the API
+                         server's container check (400 "container X is not valid for pod
+                         Y"), the runtime's "executable file not found in $PATH" for a
+                         binary the image lacks (an InternalError Status on the error
+                         channel, as pkg/kubelet/cri/streaming/remotecommand writes it),
+                         and a tiny model of what the fault commands do; nothing runs here;
+- ``_serve_eviction``    the Eviction API with PodDisruptionBudget checks (429), then a
+                         graceful delete (pkg/registry/core/pod/storage/eviction.go);
 - ``forbid`` / ``refuse_ephemeral``  RBAC and PodSecurity admission refusing a request.
+
+Emulated time is scaled (``TIME_SCALE``): a 2 s probe period takes 20 ms here.
 
 The emulator runs in its own event loop thread so the synchronous client under test can
 talk to it from the test thread.
@@ -23,9 +44,9 @@ talk to it from the test thread.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import hashlib
 import json
+import math
+import random
 import re
 import signal
 import threading
@@ -36,6 +57,7 @@ from typing import Any
 
 import aiohttp.web
 import kmock
+from kube_apiserver import History, StampingBus, WatchOptions, now, serve_list, serve_watch
 
 PODS = kmock.resource("v1/pods")
 NODES = kmock.resource("v1/nodes")
@@ -45,17 +67,78 @@ REPLICASETS = kmock.resource("apps/v1/replicasets")
 PDBS = kmock.resource("policy/v1/poddisruptionbudgets")
 NETPOLS = kmock.resource("networking.k8s.io/v1/networkpolicies")
 KUBELET_STARTUP_S = 0.02  # the emulated kubelet's container start latency
+TIME_SCALE = 0.01  # one second of a real probe period or grace period, in emulated seconds
+_REVISION = "deployment.kubernetes.io/revision"
+# apimachinery/pkg/util/rand/rand.go: no vowels (no words), no 0/1/3 (no look-alikes)
+_ALPHANUMS = "bcdfghjklmnpqrstvwxz2456789"
+#: executables in the demo image (python:3.11-slim + the app): no kill (procps), no
+#: iptables, no ps. An image missing from ``EmulatedCluster.image_binaries`` has them all.
+DEMO_IMAGE_BINARIES = frozenset(
+    {"sh", "python", "python3", "cat", "rm", "df", "fallocate", "dd", "ls", "sleep", "echo"}
+)
 
 
 def _now(offset_s: float = 0) -> str:
-    t = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=offset_s)
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return now(offset_s)
+
+
+def random_suffix(rng: random.Random, n: int = 5) -> str:
+    """utilrand.String(5): the suffix generateName gets."""
+    return "".join(rng.choice(_ALPHANUMS) for _ in range(n))
 
 
 def _template_hash(template: dict[str, Any]) -> str:
+    """controller.ComputeHash: fnv32a over the template, then rand.SafeEncodeString."""
     t = json.loads(json.dumps(template))
     (t.get("metadata") or {}).get("labels", {}).pop("pod-template-hash", None)
-    return hashlib.sha1(json.dumps(t, sort_keys=True).encode()).hexdigest()[:10]
+    h = 0x811C9DC5
+    for byte in json.dumps(t, sort_keys=True).encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return "".join(_ALPHANUMS[ord(c) % len(_ALPHANUMS)] for c in str(h))
+
+
+def _pull_error(image: str) -> str:
+    return (
+        f'failed to pull and unpack image "{image}": failed to resolve reference: '
+        "dial tcp: lookup registry-1.docker.io: no such host"
+    )
+
+
+def _is_terminating(pod: dict[str, Any]) -> bool:
+    return bool(pod.get("metadata", {}).get("deletionTimestamp"))
+
+
+def _is_ready(pod: dict[str, Any]) -> bool:
+    return not _is_terminating(pod) and any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in pod.get("status", {}).get("conditions", [])
+    )
+
+
+def _active(pod: dict[str, Any]) -> bool:
+    """controller.FilterActivePods: not terminating, not finished."""
+    return not _is_terminating(pod) and pod.get("status", {}).get("phase") not in (
+        "Succeeded",
+        "Failed",
+    )
+
+
+def _int_or_percent(value: Any, total: int, *, round_up: bool) -> int:
+    """intstr.GetScaledValueFromIntOrPercent."""
+    if isinstance(value, str) and value.endswith("%"):
+        scaled = int(value[:-1]) * total / 100
+        return math.ceil(scaled) if round_up else math.floor(scaled)
+    return int(value)
+
+
+def _probe_delay(container: dict[str, Any]) -> float | None:
+    """Seconds until the readiness probe first succeeds; None: no probe, ready when running."""
+    probe = container.get("readinessProbe")
+    if not probe:
+        return None
+    return (int(probe.get("initialDelaySeconds", 0)) + int(probe.get("periodSeconds", 10))) * (
+        TIME_SCALE
+    )
 
 
 @dataclass
@@ -67,35 +150,64 @@ class ContainerModel:
     paused: bool = False
 
 
+class _Buses(dict[Any, StampingBus]):
+    """Where kmock looks up a resource's event bus: every write is stamped and kept."""
+
+    def __init__(self, history: History) -> None:
+        super().__init__()
+        self.history = history
+
+    def __missing__(self, res: Any) -> StampingBus:
+        bus = self[res] = StampingBus(self.history, res)
+        return bus
+
+
 class ClusterEmulator(kmock.KubernetesEmulator):
     cluster: EmulatedCluster
 
     async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
         c = self.cluster
         plural = request.resource.plural if request.resource else None
-        rule = (str(request.method.value).upper(), plural, request.subresource)
-        for method, res, sub, message in c.forbidden:
-            if (method, res, sub) == rule:
+        method = str(request.method.value).upper()
+        rule = (method, plural, request.subresource)
+        for m, res, sub, message in c.forbidden:
+            if (m, res, sub) == rule:
                 return await self._render_error(
                     kmock.KubernetesError(status=403, reason="Forbidden", message=message)
                 )
-        if request.action == kmock.action.WATCH and plural in c.expire_watches:
-            return await self._expire_watch(request, c.expire_watches.pop(plural))
+        try:
+            if request.action == kmock.action.WATCH and plural:
+                how = c.expire_watches.pop(plural, None)
+                if how in ("end", "410"):
+                    return await self._expire_watch(request, how)
+                return await serve_watch(
+                    self, c.history, request, c.watch_options, hang=how == "hang"
+                )
+            if request.action == kmock.action.LIST and plural and not request.subresource:
+                return serve_list(self, c.history, request)
+        except kmock.KubernetesError as exc:  # a bad selector or resourceVersion: 400
+            return await self._render_error(exc)
         if request.subresource == "exec":
             return await self._serve_exec(request)
-        if request.subresource == "eviction" and rule[0] == "POST":
+        if request.subresource == "eviction" and method == "POST":
             return await self._serve_eviction(request)
+        if plural == "pods" and method == "DELETE" and request.name and not request.subresource:
+            return await self._delete_pod(request)
         if request.subresource == "ephemeralcontainers" and c.refuse_ephemeral:
             return await self._render_error(
                 kmock.KubernetesError(
                     status=403,
                     reason="Forbidden",
-                    message='pods "x" is forbidden: violates PodSecurity "baseline:latest": '
-                    "non-default capabilities (container uses NET_ADMIN)",
+                    message=f'pods "{request.name}" is forbidden: violates PodSecurity '
+                    '"baseline:latest": non-default capabilities (container uses NET_ADMIN)',
                 )
             )
+        if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+            meta = request.data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = meta["generateName"] + random_suffix(c.rng)
         generation = None
-        if plural == "deployments" and rule[0] == "PATCH" and request.subresource != "status":
+        if plural == "deployments" and method == "PATCH" and request.subresource != "status":
             current = self._get(DEPLOYMENTS, request.namespace, request.name)
             if current is not None:
                 generation = int(current.get("metadata", {}).get("generation") or 1) + 1
@@ -112,8 +224,6 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                     {"metadata": {"generation": generation}},
                 )
             c.spawn(self._reconcile(request.namespace, request.name))
-        elif plural == "pods" and rule[0] == "DELETE":
-            c.spawn(self._reconcile_all(request.namespace))
         elif plural == "pods" and request.subresource == "ephemeralcontainers":
             c.spawn(self._kubelet_start_ephemeral(request.namespace, request.name))
         return response
@@ -125,9 +235,12 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if how == "410":
             gone = {
                 "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
                 "code": 410,
                 "reason": "Expired",
-                "message": "too old resource version",
+                "message": "too old resource version: 1 (2)",
             }
             await response.write(json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")
         await response.write_eof()
@@ -148,13 +261,18 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if r == res and (ns is None or n == ns) and not o.deleted
         ]
 
-    async def _create(self, res: Any, ns: str | None, body: dict[str, Any]) -> None:
-        key = (res, ns, body["metadata"]["name"])
+    async def _create(self, res: Any, ns: str | None, body: dict[str, Any]) -> str:
+        """Create as the API server would; ``generateName`` gets its random suffix."""
+        meta = body["metadata"]
+        if not meta.get("name"):
+            meta["name"] = meta["generateName"] + random_suffix(self.cluster.rng)
+        key = (res, ns, meta["name"])
         if key in self._objects:
             self._objects[key].create(body)
         else:
             self._objects[key] = body
         await self._buses[res].put({"type": "ADDED", "object": self._objects[key].raw})
+        return str(meta["name"])
 
     async def _patch(self, res: Any, ns: str | None, name: str, patch: dict[str, Any]) -> None:
         key = (res, ns, name)
@@ -171,129 +289,283 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self._objects[key].delete()
         await self._buses[res].put({"type": "DELETED", "object": raw})
 
+    # --------------------------------------------------------- graceful delete
+
+    async def _delete_pod(self, request: Any) -> aiohttp.web.StreamResponse:
+        """DELETE a pod: CheckGracefulDelete, then Terminating or gone at once."""
+        ns, name = request.namespace, request.name
+        grace: int | None = None
+        raw_grace = request._raw_request.query.get("gracePeriodSeconds")
+        if raw_grace not in (None, ""):
+            grace = int(raw_grace)
+        elif isinstance(request.data, dict) and request.data.get("gracePeriodSeconds") is not None:
+            grace = int(request.data["gracePeriodSeconds"])
+        async with self._lock:
+            pod = self._get(PODS, ns, name)
+            if pod is None:
+                return await self._render_error(kmock.KubernetesObjectNotFoundError())
+            result = await self._graceful_delete(pod, grace)
+        return aiohttp.web.json_response(result)
+
+    async def _graceful_delete(self, pod: dict[str, Any], grace: int | None) -> dict[str, Any]:
+        """Caller holds the lock. Returns the object as the DELETE response shows it."""
+        ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        if grace is None:
+            grace = int(pod.get("spec", {}).get("terminationGracePeriodSeconds", 30))
+        if not pod.get("spec", {}).get("nodeName") or pod.get("status", {}).get("phase") in (
+            "Succeeded",
+            "Failed",
+        ):
+            grace = 0
+        if grace == 0:
+            await self._delete(PODS, ns, name)
+            self.cluster.spawn(self._reconcile_owner(pod))
+            return pod
+        if not _is_terminating(pod):
+            await self._patch(
+                PODS,
+                ns,
+                name,
+                {
+                    "metadata": {
+                        "deletionTimestamp": _now(grace),
+                        "deletionGracePeriodSeconds": grace,
+                    }
+                },
+            )
+            self.cluster.spawn(self._kubelet_terminate(ns, name, pod["metadata"].get("uid"), grace))
+            self.cluster.spawn(self._reconcile_owner(pod))
+        return self._get(PODS, ns, name) or pod
+
+    async def _kubelet_terminate(self, ns: str, name: str, uid: Any, grace: int) -> None:
+        """The kubelet: SIGTERM, wait (the app exits or the grace ends), then delete."""
+        await asyncio.sleep(min(grace * TIME_SCALE, self.cluster.termination_s))
+        async with self._lock:
+            pod = self._get(PODS, ns, name)
+            if pod is None or pod["metadata"].get("uid") != uid:
+                return
+            statuses = pod.get("status", {}).get("containerStatuses", [])
+            for s in statuses:
+                s["ready"] = False
+                s["state"] = {"terminated": {"exitCode": 0, "reason": "Completed"}}
+            await self._patch(
+                PODS,
+                ns,
+                name,
+                {
+                    "status": {
+                        "containerStatuses": statuses,
+                        "conditions": [{"type": "Ready", "status": "False"}],
+                    }
+                },
+            )
+            await self._delete(PODS, ns, name)  # the kubelet's final delete, grace 0
+        self.cluster.spawn(self._reconcile_all(ns))
+
     # ------------------------------------- Deployment/ReplicaSet controllers
+
+    async def _reconcile_owner(self, pod: dict[str, Any]) -> None:
+        await self._reconcile_all(pod["metadata"]["namespace"])
 
     async def _reconcile_all(self, ns: str) -> None:
         for dep in self._items(DEPLOYMENTS, ns):
             await self._reconcile(ns, dep["metadata"]["name"])
 
+    def _owned(self, res: Any, ns: str, owner_kind: str, owner: dict[str, Any]) -> list[Any]:
+        uid = owner["metadata"].get("uid")
+        return [
+            o
+            for o in self._items(res, ns)
+            if any(
+                r.get("kind") == owner_kind and r.get("uid") == uid
+                for r in o["metadata"].get("ownerReferences", [])
+            )
+        ]
+
     async def _reconcile(self, ns: str, name: str) -> None:
-        """The Deployment and ReplicaSet controllers plus the scheduler, in one pass."""
-        started: list[str] = []
+        """The Deployment controller, then the ReplicaSet controller for each of its sets."""
         async with self._lock:
             dep = self._get(DEPLOYMENTS, ns, name)
             if dep is None:
                 return
-            template = dep["spec"]["template"]
+            spec = dep["spec"]
+            replicas = int(spec.get("replicas", 1))
+            template = spec["template"]
             h = _template_hash(template)
-            owned = [
-                rs
-                for rs in self._items(REPLICASETS, ns)
-                if any(r.get("name") == name for r in rs["metadata"].get("ownerReferences", []))
-            ]
-            revisions = [
-                int(rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"])
-                for rs in owned
-            ]
-            current = next(
+            owned = self._owned(REPLICASETS, ns, "Deployment", dep)
+            revisions = [int(rs["metadata"]["annotations"][_REVISION]) for rs in owned]
+            new = next(
                 (rs for rs in owned if rs["metadata"]["labels"]["pod-template-hash"] == h), None
             )
             top = max(revisions, default=0)
-            rs_name = f"{name}-{h}"
-            if current is None:
-                tmpl = json.loads(json.dumps(template))
-                tmpl.setdefault("metadata", {}).setdefault("labels", {})["pod-template-hash"] = h
-                await self._create(
-                    REPLICASETS,
-                    ns,
-                    {
-                        "apiVersion": "apps/v1",
-                        "kind": "ReplicaSet",
-                        "metadata": {
-                            "name": rs_name,
-                            "namespace": ns,
-                            "uid": f"uid-rs-{h}",
-                            "labels": {
-                                **dep["spec"]["selector"]["matchLabels"],
-                                "pod-template-hash": h,
-                            },
-                            "annotations": {"deployment.kubernetes.io/revision": str(top + 1)},
-                            "ownerReferences": [
-                                {
-                                    "apiVersion": "apps/v1",
-                                    "kind": "Deployment",
-                                    "name": name,
-                                    "uid": dep["metadata"].get("uid"),
-                                    "controller": True,
-                                }
-                            ],
-                        },
-                        "spec": {
-                            "replicas": dep["spec"]["replicas"],
-                            "template": tmpl,
-                            "selector": {
-                                "matchLabels": {
-                                    **dep["spec"]["selector"]["matchLabels"],
-                                    "pod-template-hash": h,
-                                }
-                            },
-                        },
-                    },
-                )
+            if spec.get("paused") and new is None:
+                await self._update_status(ns, name)
+                return
+            if new is None:
+                new = await self._new_replicaset(dep, h, top + 1)
                 revision = top + 1
             else:
-                revision = int(
-                    current["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
-                )
-                if revision < top:  # a rollback reuses the old ReplicaSet as the newest revision
+                revision = int(new["metadata"]["annotations"][_REVISION])
+                if revision < top:  # a rollback makes the old ReplicaSet the newest revision
                     revision = top + 1
                     await self._patch(
                         REPLICASETS,
                         ns,
-                        rs_name,
-                        {
-                            "metadata": {
-                                "annotations": {"deployment.kubernetes.io/revision": str(revision)}
-                            }
-                        },
+                        new["metadata"]["name"],
+                        {"metadata": {"annotations": {_REVISION: str(revision)}}},
                     )
-            if dep["metadata"].get("annotations", {}).get(
-                "deployment.kubernetes.io/revision"
-            ) != str(revision):
+            if (dep["metadata"].get("annotations") or {}).get(_REVISION) != str(revision):
                 await self._patch(
                     DEPLOYMENTS,
                     ns,
                     name,
+                    {"metadata": {"annotations": {_REVISION: str(revision)}}},
+                )
+            olds = [rs for rs in owned if rs["metadata"]["name"] != new["metadata"]["name"]]
+            sizes = {rs["metadata"]["name"]: int(rs["spec"].get("replicas", 0)) for rs in owned}
+            sizes[new["metadata"]["name"]] = int(new["spec"].get("replicas", 0))
+            pods = [p for p in self._items(PODS, ns) if p["metadata"].get("ownerReferences")]
+            available = {
+                rs["metadata"]["name"]: sum(
+                    1 for p in self._pods_of_rs(pods, rs) if _active(p) and _is_ready(p)
+                )
+                for rs in [new, *olds]
+            }
+            new_name = new["metadata"]["name"]
+            if not spec.get("paused"):
+                self._rollout(spec, replicas, new_name, olds, sizes, available, pods)
+            for rs in [new, *olds]:
+                rs_name = rs["metadata"]["name"]
+                if int(rs["spec"].get("replicas", 0)) != sizes[rs_name]:
+                    await self._patch(
+                        REPLICASETS, ns, rs_name, {"spec": {"replicas": sizes[rs_name]}}
+                    )
+            started: list[str] = []
+            for rs in [new, *olds]:
+                rs = self._get(REPLICASETS, ns, rs["metadata"]["name"]) or rs
+                started += await self._manage_replicas(rs, self._pods_of_rs(pods, rs))
+            await self._update_status(ns, name)
+        for pod_name in started:
+            self.cluster.spawn(self._kubelet_start(ns, pod_name, name))
+
+    def _rollout(
+        self,
+        spec: dict[str, Any],
+        replicas: int,
+        new: str,
+        olds: list[dict[str, Any]],
+        sizes: dict[str, int],
+        available: dict[str, int],
+        pods: list[dict[str, Any]],
+    ) -> None:
+        """rolling.go rolloutRolling (or recreate.go), as replica counts per ReplicaSet."""
+        strategy = spec.get("strategy") or {}
+        old_names = [rs["metadata"]["name"] for rs in olds]
+        if strategy.get("type") == "Recreate":
+            for o in old_names:
+                sizes[o] = 0
+            old_pods_left = any(
+                p for rs in olds for p in self._pods_of_rs(pods, rs)
+            )  # terminating ones included: recreate waits for them
+            sizes[new] = 0 if old_pods_left else replicas
+            return
+        rolling = strategy.get("rollingUpdate") or {}
+        surge = _int_or_percent(rolling.get("maxSurge", "25%"), replicas, round_up=True)
+        unavailable = _int_or_percent(
+            rolling.get("maxUnavailable", "25%"), replicas, round_up=False
+        )
+        if surge == 0 and unavailable == 0:
+            unavailable = 1  # deploymentutil.ResolveFenceposts
+        # reconcileNewReplicaSet: NewRSNewReplicas
+        if sizes[new] > replicas:
+            sizes[new] = replicas
+        elif sizes[new] < replicas:
+            total = sum(sizes.values())
+            room = replicas + surge - total
+            if room > 0:
+                sizes[new] += min(room, replicas - sizes[new])
+        # reconcileOldReplicaSets: never below replicas - maxUnavailable available pods
+        if not any(sizes[o] for o in old_names):
+            return
+        all_pods = sum(sizes.values())
+        min_available = replicas - unavailable
+        new_unavailable = sizes[new] - available.get(new, 0)
+        budget = all_pods - min_available - new_unavailable
+        if budget <= 0:
+            return
+        for o in old_names:  # cleanupUnhealthyReplicas first
+            take = min(budget, sizes[o] - available.get(o, 0))
+            if take > 0:
+                sizes[o] -= take
+                budget -= take
+        total_available = sum(available.get(n, 0) for n in [new, *old_names])
+        budget = total_available - min_available
+        for o in old_names:  # scaleDownOldReplicaSetsForRollingUpdate
+            take = min(budget, sizes[o], available.get(o, 0))
+            if take > 0:
+                sizes[o] -= take
+                budget -= take
+
+    def _pods_of_rs(self, pods: list[dict[str, Any]], rs: dict[str, Any]) -> list[dict[str, Any]]:
+        uid = rs["metadata"].get("uid")
+        return [
+            p
+            for p in pods
+            if any(r.get("uid") == uid for r in p["metadata"].get("ownerReferences", []))
+        ]
+
+    async def _new_replicaset(self, dep: dict[str, Any], h: str, revision: int) -> dict[str, Any]:
+        ns, name = dep["metadata"]["namespace"], dep["metadata"]["name"]
+        tmpl = json.loads(json.dumps(dep["spec"]["template"]))
+        tmpl.setdefault("metadata", {}).setdefault("labels", {})["pod-template-hash"] = h
+        match = {**dep["spec"]["selector"]["matchLabels"], "pod-template-hash": h}
+        body = {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "metadata": {
+                "name": f"{name}-{h}",  # deployment sync.go getNewReplicaSet
+                "namespace": ns,
+                "labels": {**tmpl["metadata"]["labels"]},
+                "annotations": {_REVISION: str(revision)},
+                "ownerReferences": [
                     {
-                        "metadata": {
-                            "annotations": {"deployment.kubernetes.io/revision": str(revision)}
-                        }
-                    },
+                        "apiVersion": "apps/v1",
+                        "kind": "Deployment",
+                        "name": name,
+                        "uid": dep["metadata"].get("uid"),
+                        "controller": True,
+                    }
+                ],
+            },
+            "spec": {"replicas": 0, "template": tmpl, "selector": {"matchLabels": match}},
+        }
+        rs_name = await self._create(REPLICASETS, ns, body)
+        return self._get(REPLICASETS, ns, rs_name) or body
+
+    async def _manage_replicas(self, rs: dict[str, Any], pods: list[dict[str, Any]]) -> list[str]:
+        """replica_set.go manageReplicas: create or delete pods toward spec.replicas."""
+        ns, rs_name = rs["metadata"]["namespace"], rs["metadata"]["name"]
+        active = [p for p in pods if _active(p)]
+        want = int(rs["spec"].get("replicas", 0))
+        started: list[str] = []
+        if len(active) > want:
+            # controller.ActivePodsWithRanks: unscheduled, pending, not ready, newest first
+            def rank(p: dict[str, Any]) -> tuple[int, int, int, str]:
+                return (
+                    1 if p["spec"].get("nodeName") else 0,
+                    1 if p.get("status", {}).get("phase") == "Running" else 0,
+                    1 if _is_ready(p) else 0,
+                    "".join(
+                        chr(255 - ord(ch)) for ch in p["metadata"].get("creationTimestamp", "")
+                    ),
                 )
-            pods = [
-                p
-                for p in self._items(PODS, ns)
-                if any(
-                    r.get("kind") == "ReplicaSet" and r.get("name", "").startswith(name + "-")
-                    for r in p["metadata"].get("ownerReferences", [])
-                )
-            ]
-            for p in pods:  # old revisions go (a Recreate-like rollout, enough for tests)
-                if p["metadata"]["labels"].get("pod-template-hash") != h:
-                    await self._delete(PODS, ns, p["metadata"]["name"])
-            mine = [p for p in pods if p["metadata"]["labels"].get("pod-template-hash") == h]
-            want = int(dep["spec"].get("replicas", 1))
-            for p in mine[want:]:
-                await self._delete(PODS, ns, p["metadata"]["name"])
-            nodes = [
-                n["metadata"]["name"]
-                for n in self._items(NODES, None)
-                if not n.get("spec", {}).get("unschedulable")
-            ]
-            for _ in range(len(mine), want):
-                self.cluster.serial += 1
-                pod_name = f"{rs_name}-{self.cluster.serial:05d}"
-                tmpl = json.loads(json.dumps(template))
+
+            for p in sorted(active, key=rank)[: len(active) - want]:
+                await self._graceful_delete(p, None)
+        for _ in range(len(active), want):
+            tmpl = json.loads(json.dumps(rs["spec"]["template"]))
+            node = self._schedule(ns, rs)
+            started.append(
                 await self._create(
                     PODS,
                     ns,
@@ -301,60 +573,78 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                         "apiVersion": "v1",
                         "kind": "Pod",
                         "metadata": {
-                            "name": pod_name,
+                            "generateName": f"{rs_name}-",  # controller_utils.go getPodsPrefix
                             "namespace": ns,
-                            "uid": f"uid-{pod_name}",
                             "creationTimestamp": _now(self.cluster.pod_age_offset_s),
-                            "labels": {
-                                **tmpl.get("metadata", {}).get("labels", {}),
-                                "pod-template-hash": h,
-                            },
+                            "labels": dict(tmpl.get("metadata", {}).get("labels", {})),
+                            "annotations": dict(tmpl.get("metadata", {}).get("annotations", {})),
                             "ownerReferences": [
                                 {
                                     "apiVersion": "apps/v1",
                                     "kind": "ReplicaSet",
                                     "name": rs_name,
-                                    "uid": f"uid-rs-{h}",
+                                    "uid": rs["metadata"].get("uid"),
                                     "controller": True,
                                 }
                             ],
                         },
-                        # the scheduler: spread over schedulable nodes
-                        "spec": {
-                            **tmpl.get("spec", {}),
-                            "nodeName": nodes[self.cluster.serial % len(nodes)] if nodes else None,
-                        },
+                        "spec": {**tmpl.get("spec", {}), "nodeName": node},
                         "status": {"phase": "Pending"},
                     },
                 )
-                started.append(pod_name)
-            await self._update_status(ns, name)
-        for pod_name in started:
-            self.cluster.spawn(self._kubelet_start(ns, pod_name, name))
+            )
+        return started
+
+    def _schedule(self, ns: str, rs: dict[str, Any]) -> str | None:
+        """The scheduler: a schedulable Ready node with the fewest pods of this ReplicaSet's
+        workload, random among equals (schedule_one.go selectHost)."""
+        nodes = [
+            n["metadata"]["name"]
+            for n in self._items(NODES, None)
+            if not n.get("spec", {}).get("unschedulable")
+            and any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in n.get("status", {}).get("conditions", [])
+            )
+        ]
+        if not nodes:
+            return None  # Pending, unschedulable
+        labels = {k: v for k, v in rs["spec"]["selector"]["matchLabels"].items()}
+        labels.pop("pod-template-hash", None)
+        load = {n: 0 for n in nodes}
+        for p in self._items(PODS, ns):
+            node = p["spec"].get("nodeName")
+            pl = p["metadata"].get("labels", {})
+            if node in load and _active(p) and all(pl.get(k) == v for k, v in labels.items()):
+                load[node] += 1
+        least = min(load.values())
+        return self.cluster.rng.choice(sorted(n for n, c in load.items() if c == least))
 
     async def _update_status(self, ns: str, name: str) -> None:
+        """Status of the Deployment and its ReplicaSets (sync.go syncDeploymentStatus)."""
         dep = self._get(DEPLOYMENTS, ns, name)
         if dep is None:
             return
         h = _template_hash(dep["spec"]["template"])
-        pods = [
-            p
-            for p in self._items(PODS, ns)
-            if p["metadata"]["labels"].get("pod-template-hash")
-            and any(
-                r.get("name", "").startswith(name + "-")
-                for r in p["metadata"].get("ownerReferences", [])
-            )
-        ]
-        ready = [
-            p
-            for p in pods
-            if any(
-                c["type"] == "Ready" and c["status"] == "True"
-                for c in p.get("status", {}).get("conditions", [])
-            )
-        ]
-        updated = [p for p in pods if p["metadata"]["labels"]["pod-template-hash"] == h]
+        pods = [p for p in self._items(PODS, ns) if _active(p)]
+        totals = {"replicas": 0, "updated": 0, "ready": 0}
+        for rs in self._owned(REPLICASETS, ns, "Deployment", dep):
+            mine = self._pods_of_rs(pods, rs)
+            ready = sum(1 for p in mine if _is_ready(p))
+            totals["replicas"] += len(mine)
+            totals["ready"] += ready
+            if rs["metadata"]["labels"].get("pod-template-hash") == h:
+                totals["updated"] += len(mine)
+            status = {
+                "replicas": len(mine),
+                "fullyLabeledReplicas": len(mine),
+                "readyReplicas": ready,
+                "availableReplicas": ready,
+                "observedGeneration": rs["metadata"].get("generation", 1),
+            }
+            if rs.get("status") != status:
+                await self._patch(REPLICASETS, ns, rs["metadata"]["name"], {"status": status})
+        want = int(dep["spec"].get("replicas", 1))
         await self._patch(
             DEPLOYMENTS,
             ns,
@@ -362,10 +652,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             {
                 "status": {
                     "observedGeneration": dep["metadata"].get("generation", 1),
-                    "replicas": len(pods),
-                    "updatedReplicas": len(updated),
-                    "readyReplicas": len(ready),
-                    "availableReplicas": len(ready),
+                    "replicas": totals["replicas"],
+                    "updatedReplicas": totals["updated"],
+                    "readyReplicas": totals["ready"],
+                    "availableReplicas": totals["ready"],
+                    "unavailableReplicas": max(want - totals["ready"], 0) or None,
                 }
             },
         )
@@ -373,13 +664,19 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     # ----------------------------------------------------------------- kubelet
 
     async def _kubelet_start(self, ns: str, pod: str, deployment: str | None) -> None:
-        """The kubelet: pull, start, pass the readiness probe."""
+        """The kubelet: pull, start; Ready at once without a readiness probe, else after the
+        probe's first period (initialDelaySeconds + periodSeconds)."""
         await asyncio.sleep(KUBELET_STARTUP_S)
         async with self._lock:
             obj = self._get(PODS, ns, pod)
-            if obj is None:
+            if obj is None or _is_terminating(obj):
                 return
-            names = [c["name"] for c in obj.get("spec", {}).get("containers", [])] or ["main"]
+            uid = obj["metadata"].get("uid")
+            containers = obj.get("spec", {}).get("containers", []) or [{"name": "main"}]
+            delays = [_probe_delay(c) for c in containers]
+            ready_now = all(d is None for d in delays)
+            self.cluster.serial += 1
+            serial = self.cluster.serial
             await self._patch(
                 PODS,
                 ns,
@@ -387,45 +684,137 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 {
                     "status": {
                         "phase": "Running",
-                        "podIP": f"10.244.0.{self.cluster.serial % 250 + 1}",
-                        "conditions": [{"type": "Ready", "status": "True"}],
+                        "podIP": f"10.244.{serial // 250}.{serial % 250 + 1}",
+                        "startTime": _now(),
+                        "conditions": [
+                            {"type": "PodScheduled", "status": "True"},
+                            {"type": "Initialized", "status": "True"},
+                            {"type": "ContainersReady", "status": str(ready_now)},
+                            {"type": "Ready", "status": str(ready_now)},
+                        ],
                         "containerStatuses": [
                             {
-                                "name": n,
-                                "ready": True,
+                                "name": c["name"],
+                                "image": c.get("image", ""),
+                                "ready": ready_now,
+                                "started": True,
                                 "restartCount": 0,
                                 "state": {"running": {"startedAt": _now()}},
                             }
-                            for n in names
+                            for c in containers
                         ],
                     }
                 },
             )
             if deployment:
                 await self._update_status(ns, deployment)
+        if not ready_now:
+            await asyncio.sleep(max(d or 0 for d in delays))
+            await self._kubelet_mark_ready(ns, pod, uid)
+        if deployment:
+            await self._reconcile(ns, deployment)  # the controllers watch pods turn Ready
+
+    async def _kubelet_mark_ready(self, ns: str, pod: str, uid: Any) -> None:
+        """The readiness prober's first success."""
+        async with self._lock:
+            obj = self._get(PODS, ns, pod)
+            if obj is None or obj["metadata"].get("uid") != uid or _is_terminating(obj):
+                return
+            statuses = obj.get("status", {}).get("containerStatuses", [])
+            for s in statuses:
+                s["ready"] = True
+            await self._patch(
+                PODS,
+                ns,
+                pod,
+                {
+                    "status": {
+                        "containerStatuses": statuses,
+                        "conditions": [
+                            {"type": "PodScheduled", "status": "True"},
+                            {"type": "Initialized", "status": "True"},
+                            {"type": "ContainersReady", "status": "True"},
+                            {"type": "Ready", "status": "True"},
+                        ],
+                    }
+                },
+            )
 
     async def _kubelet_start_ephemeral(self, ns: str, pod: str) -> None:
+        """Ephemeral containers: pulled from the node's images, or ErrImagePull and then
+        ImagePullBackOff when the image is neither on the node nor pullable."""
         await asyncio.sleep(KUBELET_STARTUP_S)
         async with self._lock:
             obj = self._get(PODS, ns, pod)
             if obj is None:
                 return
-            statuses = [
-                {"name": c["name"], "state": {"running": {"startedAt": _now()}}}
-                for c in obj["spec"].get("ephemeralContainers", [])
-            ]
+            known = {
+                s["name"]: s for s in obj.get("status", {}).get("ephemeralContainerStatuses") or []
+            }
+            statuses, failed = [], []
+            for c in obj["spec"].get("ephemeralContainers", []):
+                if c["name"] in known:
+                    statuses.append(known[c["name"]])
+                elif c.get("image") in self.cluster.unpullable_images:
+                    failed.append(c)
+                    statuses.append(
+                        {
+                            "name": c["name"],
+                            "image": c.get("image"),
+                            "ready": False,
+                            "restartCount": 0,
+                            "state": {
+                                "waiting": {
+                                    "reason": "ErrImagePull",
+                                    "message": _pull_error(str(c.get("image"))),
+                                }
+                            },
+                        }
+                    )
+                else:
+                    statuses.append(
+                        {
+                            "name": c["name"],
+                            "image": c.get("image"),
+                            "ready": False,
+                            "restartCount": 0,
+                            "state": {"running": {"startedAt": _now()}},
+                        }
+                    )
             await self._patch(PODS, ns, pod, {"status": {"ephemeralContainerStatuses": statuses}})
+        if failed:
+            await asyncio.sleep(KUBELET_STARTUP_S)
+            async with self._lock:
+                obj = self._get(PODS, ns, pod)
+                if obj is None:
+                    return
+                statuses = obj.get("status", {}).get("ephemeralContainerStatuses") or []
+                for s in statuses:
+                    if s["name"] in {c["name"] for c in failed}:
+                        s["state"] = {
+                            "waiting": {
+                                "reason": "ImagePullBackOff",
+                                "message": f'Back-off pulling image "{s.get("image")}"',
+                            }
+                        }
+                await self._patch(
+                    PODS, ns, pod, {"status": {"ephemeralContainerStatuses": statuses}}
+                )
 
     async def _kubelet_restart_container(self, ns: str, pod: str) -> None:
-        """PID 1 died: the kubelet restarts the container (restartCount+1, NotReady, Ready)."""
+        """PID 1 died: the kubelet restarts the container (restartCount+1, NotReady), the
+        readiness probe passes again after its period."""
         async with self._lock:
             obj = self._get(PODS, ns, pod)
             if obj is None:
                 return
+            uid = obj["metadata"].get("uid")
             statuses = obj.get("status", {}).get("containerStatuses", [])
             for s in statuses:
                 s["restartCount"] = int(s.get("restartCount", 0)) + 1
                 s["ready"] = False
+                s["lastState"] = {"terminated": {"exitCode": 143, "reason": "Error"}}
+                s["state"] = {"running": {"startedAt": _now()}}
             await self._patch(
                 PODS,
                 ns,
@@ -437,14 +826,14 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                     }
                 },
             )
-        await asyncio.sleep(KUBELET_STARTUP_S)
-        async with self._lock:
-            await self._patch(
-                PODS, ns, pod, {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
-            )
+            delays = [_probe_delay(c) for c in obj.get("spec", {}).get("containers", [])]
+        await asyncio.sleep(KUBELET_STARTUP_S + max((d or 0 for d in delays), default=0))
+        await self._kubelet_mark_ready(ns, pod, uid)
+
+    # -------------------------------------------------------------------- exec
 
     async def _serve_exec(self, request: Any) -> aiohttp.web.StreamResponse:
-        """The kubelet's exec endpoint: websocket with the v4 channel protocol."""
+        """The exec subresource: the API server's checks, then the kubelet's websocket."""
         raw = request._raw_request
         argv = raw.query.getall("command", [])
         container = raw.query.get("container")
@@ -452,19 +841,39 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             pod = self._get(PODS, request.namespace, request.name)
         if pod is None:
             return await self._render_error(kmock.KubernetesObjectNotFoundError())
-        if container and container not in {c["name"] for c in pod["spec"].get("containers", [])} | {
-            c["name"] for c in pod["spec"].get("ephemeralContainers", [])
-        }:
-            return await self._render_error(
+        spec = pod.get("spec", {})
+        regular = {c["name"]: c for c in spec.get("containers", [])}
+        ephemeral = {c["name"]: c for c in spec.get("ephemeralContainers", [])}
+        if container and container not in regular | ephemeral:
+            return await self._render_error(  # pkg/registry/core/pod/strategy.go
                 kmock.KubernetesError(
-                    status=400, reason="BadRequest", message=f"container {container} is not valid"
+                    status=400,
+                    reason="BadRequest",
+                    message=f"container {container} is not valid for pod {request.name}",
                 )
             )
+        chosen = (regular | ephemeral).get(container or "") or next(iter(regular.values()), {})
+        if container in ephemeral:
+            states = {
+                s["name"]: s.get("state") or {}
+                for s in pod.get("status", {}).get("ephemeralContainerStatuses") or []
+            }
+            if "running" not in states.get(container, {}):
+                return await self._render_error(  # the kubelet: no such running container
+                    kmock.KubernetesError(
+                        status=500,
+                        reason="InternalError",
+                        message="unable to upgrade connection: "
+                        f'container not found ("{container}")',
+                    )
+                )
         key = (request.namespace, request.name)
         self.cluster.exec_log.append((request.namespace, request.name, container, list(argv)))
-        code, out, err = self.cluster.exec_reply(argv)
+        binaries = self.cluster.image_binaries.get(chosen.get("image", ""))
+        missing = bool(argv) and binaries is not None and argv[0].rsplit("/", 1)[-1] not in binaries
+        code, out, err = (0, "", "") if missing else self.cluster.exec_reply(argv)
         model = self.cluster.containers.setdefault(key, ContainerModel())
-        if code == 0:
+        if code == 0 and not missing:
             await self._apply_exec(request.namespace, request.name, argv, model)
         ws = aiohttp.web.WebSocketResponse(protocols=["v4.channel.k8s.io"])
         await ws.prepare(raw)
@@ -472,29 +881,51 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             await ws.send_bytes(b"\x01" + out.encode())
         if err:
             await ws.send_bytes(b"\x02" + err.encode())
-        status: dict[str, Any] = (
-            {"status": "Success"}
-            if code == 0
-            else {
+        status: dict[str, Any]
+        if missing:  # remotecommand: a runtime error is an InternalError Status, no exit code
+            cause = (
+                "failed to exec in container: failed to start exec "
+                f'"{random_suffix(self.cluster.rng, 12)}": '
+                f"OCI runtime exec failed: exec failed: unable to start container process: "
+                f'exec: "{argv[0]}": executable file not found in $PATH: unknown'
+            )
+            status = {
+                "metadata": {},
                 "status": "Failure",
+                "message": "Internal error occurred: error executing command in container: "
+                + cause,
+                "reason": "InternalError",
+                "details": {
+                    "causes": [{"message": f"error executing command in container: {cause}"}]
+                },
+                "code": 500,
+            }
+        elif code == 0:
+            status = {"metadata": {}, "status": "Success"}
+        else:
+            status = {
+                "metadata": {},
+                "status": "Failure",
+                "message": f"command terminated with non-zero exit code: exit status {code}",
                 "reason": "NonZeroExitCode",
                 "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
             }
-        )
         await ws.send_bytes(b"\x03" + json.dumps(status).encode())
         await ws.close()
         return ws
 
     async def _apply_exec(self, ns: str, pod: str, argv: list[str], model: ContainerModel) -> None:
         """A model of the fault commands' effects; nothing runs on this machine."""
-        if len(argv) == 3 and argv[0] == "kill" and argv[2] == "1":
-            sig = signal.Signals["SIG" + argv[1].lstrip("-")]
-            if sig in (signal.SIGSTOP, signal.SIGCONT):
-                model.paused = sig == signal.SIGSTOP
-            elif sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        script = argv[2] if argv[:2] == ["sh", "-c"] else " ".join(argv)
+        kill = re.fullmatch(r"\s*kill -(\w+) 1\s*", script)
+        if kill:
+            # pid_namespaces(7): PID 1 gets only the signals it has a handler for when
+            # they come from inside its namespace; SIGKILL and SIGSTOP never. The demo app
+            # (aiohttp) handles SIGTERM/SIGINT and exits: the kubelet restarts it.
+            sig = signal.Signals["SIG" + kill.group(1).removeprefix("SIG")]
+            if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
                 self.cluster.spawn(self._kubelet_restart_container(ns, pod))
             return
-        script = argv[2] if argv[:2] == ["sh", "-c"] else " ".join(argv)
         for hook, chain in re.findall(r"iptables -I (INPUT|OUTPUT) -j (\S+)", script):
             model.hooks.add(f"{hook} {chain}")
         for hook, chain in re.findall(r"iptables -D (INPUT|OUTPUT) -j (\S+)", script):
@@ -509,30 +940,26 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     # --------------------------------------------------------------- Eviction
 
     async def _serve_eviction(self, request: Any) -> aiohttp.web.StreamResponse:
-        """The Eviction API: honour PodDisruptionBudgets, else delete the pod."""
+        """The Eviction API: honour PodDisruptionBudgets, then delete gracefully."""
         ns, name = request.namespace, request.name
         async with self._lock:
             pod = self._get(PODS, ns, name)
             if pod is None:
                 return await self._render_error(kmock.KubernetesObjectNotFoundError())
             labels = pod["metadata"].get("labels", {})
-            for pdb in self._items(PDBS, ns):
+            # eviction.go canIgnorePDB: a terminating or unscheduled pod goes without a check
+            check = not _is_terminating(pod) and pod.get("status", {}).get("phase") == "Running"
+            for pdb in self._items(PDBS, ns) if check else ():
                 sel = pdb["spec"].get("selector", {}).get("matchLabels", {})
                 if not all(labels.get(k) == v for k, v in sel.items()):
                     continue
                 matching = [
                     p
                     for p in self._items(PODS, ns)
-                    if all(p["metadata"].get("labels", {}).get(k) == v for k, v in sel.items())
+                    if _active(p)
+                    and all(p["metadata"].get("labels", {}).get(k) == v for k, v in sel.items())
                 ]
-                healthy = sum(
-                    1
-                    for p in matching
-                    if any(
-                        c["type"] == "Ready" and c["status"] == "True"
-                        for c in p.get("status", {}).get("conditions", [])
-                    )
-                )
+                healthy = sum(1 for p in matching if _is_ready(p))
                 if "minAvailable" in pdb["spec"]:
                     allowed = healthy - int(pdb["spec"]["minAvailable"])
                 else:
@@ -547,8 +974,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                             "disruption budget.",
                         )
                     )
-            await self._delete(PODS, ns, name)
-        self.cluster.spawn(self._reconcile_all(ns))
+            await self._graceful_delete(pod, None)
         return aiohttp.web.json_response(
             {"apiVersion": "v1", "kind": "Status", "status": "Success", "code": 201}, status=201
         )
@@ -571,10 +997,20 @@ class EmulatedCluster:
         self.containers: dict[tuple[str, str], ContainerModel] = {}
         self.forbidden: list[tuple[str, str, str | None, str]] = []
         self.refuse_ephemeral = False
-        self.expire_watches: dict[str, str] = {}  # plural -> "end" | "410", for the next watch
+        #: plural -> how the next watch of it ends: "end" (server timeout at once), "410"
+        #: (ERROR Expired at once) or "hang" (a dead TCP connection: no byte, no FIN)
+        self.expire_watches: dict[str, str] = {}
         self.evictions_refused = 0
         self.serial = 0
         self.pod_age_offset_s = 0.0
+        self.rng = random.Random()
+        self.history = History()
+        self.watch_options = WatchOptions()
+        self.termination_s = 0.05  # the emulated app's exit after SIGTERM, within its grace
+        #: image -> its executables (exec of anything else: "executable file not found")
+        self.image_binaries: dict[str, frozenset[str]] = {}
+        #: images no node has and no registry serves (ErrImagePull)
+        self.unpullable_images: set[str] = set()
         self._ready = threading.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._thread = threading.Thread(target=self._main, daemon=True, name="kmock")
@@ -603,6 +1039,8 @@ class EmulatedCluster:
         self._stop = asyncio.Event()
         async with ClusterEmulator() as emu, kmock.Server(emu) as server:
             emu.cluster = self
+            self.history.changed = asyncio.Condition()
+            emu._buses = _Buses(self.history)  # type: ignore[assignment]
             for res in (PODS, NODES, SERVICES, DEPLOYMENTS, REPLICASETS, PDBS, NETPOLS):
                 emu.resources[res] = kmock.ResourceInfo()  # empty kinds list as [], not 404
             self.emu, self.url = emu, str(server.url).rstrip("/")
@@ -709,7 +1147,7 @@ class EmulatedCluster:
         filler: int = 0,
     ) -> None:
         """Nodes, a Deployment whose pods are Ready, and ``filler`` unrelated pods."""
-        for node in nodes:
+        for i, node in enumerate(nodes):
             self.add(
                 NODES,
                 None,
@@ -720,7 +1158,7 @@ class EmulatedCluster:
                     "spec": {},
                     "status": {
                         "conditions": [{"type": "Ready", "status": "True"}],
-                        "addresses": [{"type": "InternalIP", "address": "172.18.0.2"}],
+                        "addresses": [{"type": "InternalIP", "address": f"172.18.0.{i + 2}"}],
                     },
                 },
             )
@@ -738,12 +1176,28 @@ class EmulatedCluster:
                     "generation": 1,
                     "labels": labels,
                 },
-                "spec": {
+                "spec": {  # as deploy/k8s/api.yaml: surge 1, a readiness probe every 2 s
                     "replicas": replicas,
                     "selector": {"matchLabels": labels},
+                    "strategy": {
+                        "type": "RollingUpdate",
+                        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+                    },
                     "template": {
                         "metadata": {"labels": labels},
-                        "spec": {"containers": [{"name": "api", "image": "chaos-demo:v1"}]},
+                        "spec": {
+                            "terminationGracePeriodSeconds": 10,
+                            "containers": [
+                                {
+                                    "name": "api",
+                                    "image": "chaos-demo:v1",
+                                    "readinessProbe": {
+                                        "httpGet": {"path": "/readyz", "port": 8080},
+                                        "periodSeconds": 2,
+                                    },
+                                }
+                            ],
+                        },
                     },
                 },
             },
@@ -797,10 +1251,22 @@ class EmulatedCluster:
                 raise AssertionError(f"condition not met within {timeout}s: {check}")
             time.sleep(0.01)
 
-    def pods_of(self, ns: str, app: str) -> Iterator[dict[str, Any]]:
+    def pods_of(self, ns: str, app: str, *, terminating: bool = False) -> Iterator[dict[str, Any]]:
+        """Pods labelled app=APP; Terminating ones (deletionTimestamp set) only if asked."""
         return (
-            p for p in self.items(PODS, ns) if p["metadata"].get("labels", {}).get("app") == app
+            p
+            for p in self.items(PODS, ns)
+            if p["metadata"].get("labels", {}).get("app") == app
+            and (terminating or not _is_terminating(p))
         )
+
+    def compact(self) -> None:
+        """etcd compaction: a watch from any resourceVersion so far now gets 410 Gone."""
+
+        async def go() -> None:
+            self.history.compact()
+
+        self.run(go())
 
 
 # ------------------------------------------------------------------ pytest fixtures

@@ -229,10 +229,13 @@ def test_drain_evicts_through_the_api_and_respects_the_pdb(
     )
     api = cluster.obj(DEPLOYMENTS, NS, "api")
     assert api
-    target.scale("api", 4)  # two pods on worker-2 (the emulated scheduler round-robins)
+    target.scale("api", 4)  # 4 pods spread over 3 nodes: one node has two (discovered)
     target.wait_ready("api", timeout=10)
-    on_node = [p for p in cluster.pods_of(NS, "api") if p["spec"]["nodeName"] == "worker-2"]
-    assert len(on_node) == 2
+    by_node: dict[str, list[dict]] = {}
+    for p in cluster.pods_of(NS, "api"):
+        by_node.setdefault(p["spec"]["nodeName"], []).append(p)
+    (busy,) = [n for n, pods in by_node.items() if len(pods) == 2]
+    on_node = by_node[busy]
     daemon = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -244,19 +247,19 @@ def test_drain_evicts_through_the_api_and_respects_the_pdb(
                 {"kind": "DaemonSet", "name": "log-agent", "apiVersion": "apps/v1"}
             ],
         },
-        "spec": {"nodeName": "worker-2"},
+        "spec": {"nodeName": busy},
         "status": {"phase": "Running"},
     }
     cluster.add(PODS, NS, daemon)
-    evicted = target.drain("worker-2", timeout=20)
+    evicted = target.drain(busy, timeout=20)
     assert sorted(p.name for p in evicted) == sorted(p["metadata"]["name"] for p in on_node)
-    assert cluster.obj(NODES, None, "worker-2")["spec"]["unschedulable"] is True
+    assert cluster.obj(NODES, None, busy)["spec"]["unschedulable"] is True
     assert cluster.obj(PODS, NS, "log-agent") is not None  # DaemonSet pods stay
     evictions = [r for r in cluster.requests() if r.subresource == "eviction"]
     assert len(evictions) == 2 + cluster.evictions_refused
     assert cluster.evictions_refused >= 1  # the PDB said 429 and drain backed off
     target.wait_ready("api", timeout=10)
-    assert all(p["spec"]["nodeName"] != "worker-2" for p in cluster.pods_of(NS, "api"))
+    assert all(p["spec"]["nodeName"] != busy for p in cluster.pods_of(NS, "api"))
 
 
 def test_exec_returns_output_and_exit_code(
