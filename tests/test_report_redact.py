@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pytest
 
 from pytest_resilience import redaction
@@ -81,3 +84,14 @@ def test_redact_text_rules(text, expected):
 def test_short_registered_values_are_refused():
     assert redaction.register_secret("db") is False
     assert redaction.redact_text("db is up") == "db is up"
+
+
+def test_a_secret_in_a_node_id_is_masked_before_the_id_gets_its_line_breaks(tmp_path):
+    result = sample_result(0)
+    result = dataclasses.replace(result, nodeid=f"tests/test_x.py::test_login[{ENV_TOKEN}]")
+    redaction.register_secret(ENV_TOKEN)  # known only now, after the result was built
+    out = tmp_path / "r.html"
+    write_resilience_report(out, [result], history_dir=None, run_info={})
+    html = out.read_text()
+    assert "<wbr>" in html  # the id does get its break chances
+    assert ENV_TOKEN not in re.sub(r"<wbr>", "", html)

@@ -147,7 +147,7 @@ def test_notices_show_as_a_list_of_lines_not_a_python_list(tmp_path, results):
     assert block, "no notices block in the report"
     assert re.findall(r"<li>(.*?)</li>", block[1]) == notices
     assert "[&#34;" not in html and '["' not in html and "[&#39;" not in html
-    assert "<th>allow</th><td>kind-ci<br>chaos</td>" in html
+    assert '<th>allow</th><td class="id">kind-ci<br>chaos</td>' in html
     assert json.loads(out.with_suffix(".json").read_text())["run_info"]["notices"] == notices
 
     quiet = tmp_path / "quiet.html"
