@@ -5,7 +5,19 @@ event (it reads a key it only sets when deserializing), and deserializing every 
 1,000-pod namespace into models is wasted work. So this is the informer pattern in
 miniature: list once (the baseline, no events), then watch from the list's
 resourceVersion; when the server ends the stream (timeout) watch again from the last
-version; on ``410 Gone`` list again. Never a polling loop over all pods.
+version; on ``410 Gone`` (an ERROR event, or the HTTP status on the watch request) list
+again. Never a polling loop over all pods.
+
+Every watch asks the server to end it after ``timeout_s`` (``timeoutSeconds``) and sets a
+client read timeout a little longer than that (``_request_timeout``): a TCP connection
+that died without a FIN (node gone, NAT entry dropped) sends no byte, and without the
+read timeout the thread would block in ``recv`` forever. Such a stream is closed and the
+watch resumes from its last version; no re-list. ``allowWatchBookmarks`` lets the server
+send BOOKMARK events (every minute and right before the deadline on kube-apiserver),
+whose only content is a resourceVersion: taking it keeps the resume point recent while
+nothing in the watched scope changes, so a compaction of other objects' history does not
+force a re-list. The API conventions promise no bookmark at all, so nothing depends on
+one arriving.
 
 Each loop keeps the last state of every object and emits events only on transitions, so a
 stream that replays objects as ADDED (servers and emulators do on re-watch) is harmless.
@@ -62,6 +74,10 @@ class ResourceWatch:
     key: Callable[[Obj], str] = lambda o: o["metadata"]["name"]
     accept: Callable[[Obj], bool] = lambda o: True
     timeout_s: int = 300
+    #: how long past ``timeout_s`` a silent stream is still trusted (None: a tenth of
+    #: ``timeout_s``, between 2 and 30 s)
+    read_grace_s: float | None = None
+    connect_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         self.state: dict[str, Obj] = {}
@@ -111,21 +127,39 @@ class ResourceWatch:
         self.synced.set()
         return str((data.get("metadata") or {}).get("resourceVersion") or "")
 
+    @property
+    def read_timeout_s(self) -> float:
+        grace = self.read_grace_s
+        if grace is None:
+            grace = min(max(self.timeout_s / 10, 2.0), 30.0)
+        return self.timeout_s + grace
+
     def _watch(self, version: str) -> str:
+        import urllib3.exceptions
+        from kubernetes.client.exceptions import ApiException
+        from kubernetes.watch.watch import iter_resp_lines
+
         kwargs: dict[str, Any] = dict(
             watch=True,
             timeout_seconds=self.timeout_s,
             allow_watch_bookmarks=True,
             _preload_content=False,
+            _request_timeout=(self.connect_timeout_s, self.read_timeout_s),
         )
         if version:
             kwargs["resource_version"] = version
         self.requests += 1
-        resp = self._resp = self.list_fn(**kwargs)
+        try:
+            resp = self._resp = self.list_fn(**kwargs)
+        except ApiException as exc:
+            if exc.status == 410:
+                raise _Gone() from None
+            raise
+        except urllib3.exceptions.ReadTimeoutError:
+            log.info("watch %s: no answer in %.0fs, watching again", self.name, self.read_timeout_s)
+            return version
         if self._stop.is_set():
             _abort(resp)
-        from kubernetes.watch.watch import iter_resp_lines
-
         try:
             for line in iter_resp_lines(resp):
                 if not line.strip():
@@ -147,8 +181,16 @@ class ResourceWatch:
                     self.state.pop(k, None)
                 else:
                     self.state[k] = new
+        except (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.ProtocolError) as exc:
+            if self._stop.is_set():
+                return version
+            # silent past the server's own deadline (or reset): the connection is dead
+            log.info(
+                "watch %s: stream broken (%s); watching again from %s", self.name, exc, version
+            )
         finally:
             self._resp = None
+            resp.close()  # never hand a half-read (or dead) connection back to the pool
             resp.release_conn()
         return version
 

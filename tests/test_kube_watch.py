@@ -1,0 +1,169 @@
+"""The list+watch loop (targets/kube_watch.py) against the emulated API server's watch.
+
+The emulator's watch behaves as kube-apiserver's watch cache does (tests/kube_apiserver.py):
+numeric resourceVersions, ``timeoutSeconds``, bookmarks, 410 Gone after compaction. Here a
+connection dies without a FIN, history is compacted, and the loop must neither hang nor
+miss an event, and re-list only when the server says the version is gone.
+"""
+
+# ruff: noqa: F401, F811 - pytest fixtures imported from kube_controllers
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kube_controllers import NODES, EmulatedCluster, cluster
+
+from pytest_resilience.targets.base import EventKind, TargetEvent
+from pytest_resilience.targets.kube_api import connect
+from pytest_resilience.targets.kube_watch import ResourceWatch, diff_pod
+
+NS = "chaos-demo"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[TargetEvent] = []
+        self.died = threading.Event()
+
+    def __call__(self, event: TargetEvent) -> None:
+        self.events.append(event)
+        if event.kind == EventKind.POD_DIED:
+            self.died.set()
+
+
+@pytest.fixture
+def core(cluster: EmulatedCluster, tmp_path: Path) -> Iterator[Any]:
+    import kubernetes.client as kc
+
+    client = connect(kubeconfig=str(cluster.kubeconfig(tmp_path))).api_client()
+    try:
+        yield kc.CoreV1Api(client)
+    finally:
+        client.close()
+
+
+def start_watch(core: Any, recorder: Recorder, timeout_s: int) -> ResourceWatch:
+    watch = ResourceWatch(
+        name="pods",
+        list_fn=functools.partial(core.list_namespaced_pod, NS),
+        differ=diff_pod,
+        emit=recorder,
+        timeout_s=timeout_s,
+    ).start()
+    assert watch.synced.wait(10)
+    return watch
+
+
+def pod_requests(cluster: EmulatedCluster, *, watch: bool) -> list[Any]:
+    path = f"/api/v1/namespaces/{NS}/pods"
+    return [
+        r
+        for r in cluster.requests()
+        if r.path == path
+        and (r.query.get("watch") == "true") == watch
+        and "labelSelector" not in r.query  # not kill_one's own list
+    ]
+
+
+def kill_one(core: Any) -> str:
+    pods = core.list_namespaced_pod(NS, label_selector="app=api").items
+    name = pods[0].metadata.name
+    core.delete_namespaced_pod(name, NS, grace_period_seconds=0)
+    return str(name)
+
+
+def touch_a_node(cluster: EmulatedCluster) -> None:
+    """A write the pod watch never sees, so only a bookmark can carry its version."""
+
+    async def patch() -> None:
+        assert cluster.emu is not None
+        async with cluster.emu._lock:
+            await cluster.emu._patch(NODES, None, "worker-1", {"metadata": {"labels": {"x": "1"}}})
+
+    cluster.run(patch())
+
+
+def test_a_dead_connection_does_not_hang_the_watch(cluster: EmulatedCluster, core: Any) -> None:
+    cluster.expire_watches["pods"] = "hang"  # the first watch: no byte, no FIN, ever
+    recorder = Recorder()
+    watch = start_watch(core, recorder, timeout_s=1)
+    try:
+        victim = kill_one(core)
+        assert recorder.died.wait(30), "the watch thread hangs on a dead connection"
+        assert victim in {e.pod for e in recorder.events if e.kind == EventKind.POD_DIED}
+        # it watched again from its last version: no re-list for a dead connection
+        assert len(pod_requests(cluster, watch=False)) == 1
+        assert len(pod_requests(cluster, watch=True)) >= 2
+        versions = [r.query.get("resourceVersion") for r in pod_requests(cluster, watch=True)]
+        assert all(v and v.isdigit() for v in versions)
+    finally:
+        watch.stop()
+
+
+def test_watch_requests_ask_for_bookmarks_and_a_server_timeout(
+    cluster: EmulatedCluster, core: Any
+) -> None:
+    watch = start_watch(core, Recorder(), timeout_s=7)
+    try:
+        cluster.eventually(lambda: pod_requests(cluster, watch=True))
+        (first, *_) = pod_requests(cluster, watch=True)
+        assert first.query["timeoutSeconds"] == "7"
+        assert first.query["allowWatchBookmarks"] == "true"
+        listed = pod_requests(cluster, watch=False)[0]
+        assert "resourceVersion" not in listed.query  # the first list: the current state
+    finally:
+        watch.stop()
+
+
+def test_compacted_history_forces_a_relist_that_reports_what_was_missed(
+    cluster: EmulatedCluster, core: Any
+) -> None:
+    cluster.watch_options.bookmark_interval_s = 3600.0  # a server that sends no bookmark
+    cluster.watch_options.bookmark_before_deadline_s = 0.0
+    recorder = Recorder()
+    cluster.expire_watches["pods"] = "end"  # the first watch ends at once ...
+    watch = start_watch(core, recorder, timeout_s=1)
+    try:
+        cluster.eventually(lambda: len(pod_requests(cluster, watch=True)) >= 1)
+        # ... while it is down, history moves on and is compacted
+        touch_a_node(cluster)
+        cluster.compact()
+        cluster.eventually(lambda: len(pod_requests(cluster, watch=False)) == 2, timeout=20)
+        victim = kill_one(core)
+        assert recorder.died.wait(20)
+        assert victim in {e.pod for e in recorder.events if e.kind == EventKind.POD_DIED}
+    finally:
+        watch.stop()
+
+
+def test_a_bookmark_carries_the_version_past_a_compaction(
+    cluster: EmulatedCluster, core: Any
+) -> None:
+    cluster.watch_options.bookmark_interval_s = 0.1
+    recorder = Recorder()
+    watch = start_watch(core, recorder, timeout_s=1)
+    try:
+        touch_a_node(cluster)
+        node_rv = int(cluster.obj(NODES, None, "worker-1")["metadata"]["resourceVersion"])
+        # a bookmark after the node write moves the watch's version to it ...
+        cluster.eventually(
+            lambda: any(
+                int(r.query.get("resourceVersion") or 0) >= node_rv
+                for r in pod_requests(cluster, watch=True)
+            ),
+            timeout=20,
+        )
+        cluster.compact()  # ... so a compaction at that version costs no re-list
+        watches = len(pod_requests(cluster, watch=True))
+        cluster.eventually(lambda: len(pod_requests(cluster, watch=True)) > watches, timeout=20)
+        victim = kill_one(core)
+        assert recorder.died.wait(20)
+        assert victim in {e.pod for e in recorder.events if e.kind == EventKind.POD_DIED}
+        assert len(pod_requests(cluster, watch=False)) == 1
+    finally:
+        watch.stop()
