@@ -44,6 +44,7 @@ talk to it from the test thread.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import random
@@ -95,6 +96,11 @@ def _template_hash(template: dict[str, Any]) -> str:
     for byte in json.dumps(t, sort_keys=True).encode():
         h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
     return "".join(_ALPHANUMS[ord(c) % len(_ALPHANUMS)] for c in str(h))
+
+
+def _image_id(image: str) -> str:
+    digest = hashlib.sha256(image.encode()).hexdigest()
+    return f"docker.io/library/{image.split(':')[0]}@sha256:{digest}"
 
 
 def _pull_error(image: str) -> str:
@@ -696,6 +702,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                             {
                                 "name": c["name"],
                                 "image": c.get("image", ""),
+                                "imageID": _image_id(c.get("image", "")),
+                                "containerID": "containerd://"
+                                + random_suffix(self.cluster.rng, 64),
                                 "ready": ready_now,
                                 "started": True,
                                 "restartCount": 0,
@@ -761,6 +770,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                         {
                             "name": c["name"],
                             "image": c.get("image"),
+                            "imageID": "",
                             "ready": False,
                             "restartCount": 0,
                             "state": {
@@ -776,6 +786,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                         {
                             "name": c["name"],
                             "image": c.get("image"),
+                            "imageID": _image_id(str(c.get("image"))),
+                            "containerID": "containerd://" + random_suffix(self.cluster.rng, 64),
                             "ready": False,
                             "restartCount": 0,
                             "state": {"running": {"startedAt": _now()}},
@@ -991,7 +1003,8 @@ class Request:
 class EmulatedCluster:
     """The emulator on a free port, in a background event loop thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, host: str = "127.0.0.1") -> None:
+        self.host = host  # 0.0.0.0: reachable on this machine's other addresses too
         self.exec_log: list[tuple[str, str, str | None, list[str]]] = []
         self.exec_replies: list[tuple[Callable[[list[str]], bool], tuple[int, str, str]]] = []
         self.containers: dict[tuple[str, str], ContainerModel] = {}
@@ -1037,7 +1050,7 @@ class EmulatedCluster:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        async with ClusterEmulator() as emu, kmock.Server(emu) as server:
+        async with ClusterEmulator() as emu, kmock.Server(emu, host=self.host) as server:
             emu.cluster = self
             self.history.changed = asyncio.Condition()
             emu._buses = _Buses(self.history)  # type: ignore[assignment]
@@ -1060,15 +1073,21 @@ class EmulatedCluster:
 
     # test-facing helpers
     def kubeconfig(
-        self, tmp_path: Path, *, context: str = "kind-test", namespace: str = "chaos-demo"
+        self,
+        tmp_path: Path,
+        *,
+        context: str = "kind-test",
+        namespace: str = "chaos-demo",
+        server: str | None = None,
     ) -> Path:
+        """A kubeconfig for this emulator; ``server`` overrides the URL (another address)."""
         path = tmp_path / "kubeconfig"
         path.write_text(
             json.dumps(
                 {
                     "apiVersion": "v1",
                     "kind": "Config",
-                    "clusters": [{"name": "emu", "cluster": {"server": self.url}}],
+                    "clusters": [{"name": "emu", "cluster": {"server": server or self.url}}],
                     "users": [{"name": "emu", "user": {"token": "test-token"}}],
                     "contexts": [
                         {

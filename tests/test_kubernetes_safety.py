@@ -4,7 +4,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -143,3 +148,111 @@ def test_unreachable_api_server(tmp_path: Path) -> None:
         t._client.configuration.retries = 0
         with pytest.raises(KubeUnreachable, match="is the cluster up"):
             t.pods("app=api")
+
+
+# -- where the context's API server is (defect 8: the name alone proves nothing) -----------
+
+
+def _other_address() -> str:
+    """This machine's non-loopback IPv4 address: not loopback, not a docker network."""
+    import ipaddress
+
+    import psutil
+
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            ip = ipaddress.ip_address(a.address) if a.family == socket.AF_INET else None
+            if ip and not ip.is_loopback and ip not in ipaddress.ip_network("172.16.0.0/12"):
+                return a.address
+    pytest.skip("this machine has no address besides loopback and docker's")
+
+
+@pytest.fixture
+def remote_cluster() -> Iterator[EmulatedCluster]:
+    """An emulated cluster listening on every address, reached on a non-local one."""
+    with EmulatedCluster(host="0.0.0.0") as c:
+        c.seed()
+        yield c
+
+
+def test_a_kind_context_on_a_remote_server_is_refused_before_any_request(
+    remote_cluster: EmulatedCluster, tmp_path: Path
+) -> None:
+    port = remote_cluster.url.rsplit(":", 1)[1]
+    server = f"http://{_other_address()}:{port}"
+    path = remote_cluster.kubeconfig(tmp_path, context="kind-ci", server=server)
+    before = len(remote_cluster.requests())
+    with pytest.raises(NotAllowed) as info:
+        KubernetesTarget(kubeconfig=str(path), namespace=NS)
+    message = str(info.value)
+    assert server in message and "'kind-ci'" in message
+    assert "not on this machine" in message and "--chaos-allow context:kind-ci" in message
+    assert len(remote_cluster.requests()) == before  # refused before anything was sent
+    with KubernetesTarget(kubeconfig=str(path), namespace=NS, allow=["context:kind-ci"]) as t:
+        assert len(t.pods("app=api")) == 3  # allowed explicitly: the same cluster, reachable
+
+
+def test_every_context_refusal_names_the_api_server(
+    cluster: EmulatedCluster, tmp_path: Path
+) -> None:
+    with pytest.raises(NotAllowed, match=re.escape(f"(API server {cluster.url})")):
+        make(cluster, tmp_path, context="prod-eu")
+    with pytest.raises(NotAllowed, match=re.escape(f"(API server {cluster.url})")):
+        make(cluster, tmp_path, allow=["!context:kind-test"])
+    assert cluster.requests() == []
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        "https://127.0.0.1:41235",
+        "https://127.0.0.2:6443",
+        "https://[::1]:6443",
+        "https://localhost:6443",
+        "https://172.18.0.3:6443",  # kind's docker network
+        "https://chaos-control-plane:6443",  # kind get kubeconfig --internal
+    ],
+)
+def test_kind_servers_on_this_machine_or_docker_are_allowed(server: str) -> None:
+    ChaosPolicy.parse().check_context("kind-chaos", server=server)
+
+
+@pytest.mark.parametrize(
+    "server", ["https://10.20.0.5:6443", "https://api.kind.example.com", "https://192.0.2.9"]
+)
+def test_kind_servers_elsewhere_are_refused_unless_allowed(server: str) -> None:
+    with pytest.raises(NotAllowed, match=re.escape(server)):
+        ChaosPolicy.parse().check_context("kind-chaos", server=server)
+    ChaosPolicy.parse(["context:kind-chaos"]).check_context("kind-chaos", server=server)
+    ChaosPolicy.parse(["context:kind-*"]).check_context("kind-chaos", server=server)
+
+
+def test_the_run_header_shows_context_server_and_namespace(
+    cluster: EmulatedCluster, tmp_path: Path
+) -> None:
+    path = cluster.kubeconfig(tmp_path)
+    (tmp_path / "test_x.py").write_text("def test_nothing():\n    pass\n")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--chaos-target=kubernetes",
+            "--kube-context=kind-test",
+            f"--chaos-namespace={NS}",
+            "--collect-only",
+            "-p",
+            "no:cacheprovider",
+            str(tmp_path / "test_x.py"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "KUBECONFIG": str(path)},
+    )
+    assert (
+        f"chaos target: kubernetes, context 'kind-test', API server {cluster.url}, "
+        f"namespace '{NS}'" in proc.stdout
+    ), proc.stdout + proc.stderr
+    assert cluster.requests() == []  # the header resolves the kubeconfig, sends nothing

@@ -132,6 +132,16 @@ def pytest_runtest_call(item: pytest.Item):
     pytest.skip(f"this machine cannot inject the scenario's fault: {reason}")
 
 
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """Which cluster a kubernetes run will break: context, API server URL, namespace."""
+    run = config.stash.get(RUN_KEY, None)
+    if run is None or run.settings.target != "kubernetes":
+        return None
+    from .targets.kube_api import describe_target
+
+    return describe_target(context=run.settings.kube_context, namespace=run.settings.namespace)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session: pytest.Session) -> bool | None:
     """``--chaos-doctor``: print the checks and verdicts, run nothing."""

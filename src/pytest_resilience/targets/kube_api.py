@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from ..errors import NotAllowed, TargetError
 
 __all__ = [
+    "ContextName",
     "KubeApiError",
     "KubeConflict",
     "KubeConnection",
@@ -33,6 +34,7 @@ __all__ = [
     "KubeUnreachable",
     "call",
     "connect",
+    "describe_target",
     "translate",
 ]
 
@@ -89,6 +91,22 @@ class KubeServerError(KubeApiError):
 
 class KubeUnreachable(KubeApiError):
     """No HTTP answer at all: connection refused, DNS, TLS, timeout."""
+
+
+class ContextName(str):
+    """A kubeconfig context's name that also knows its API server URL.
+
+    A plain ``str`` everywhere a name is expected; the safety policy reads ``server`` so a
+    refusal can say which cluster the name points at, and a ``kind-*`` name on a server
+    that is not kind's is caught (:mod:`.kube_safety`).
+    """
+
+    server: str
+
+    def __new__(cls, name: str, server: str) -> ContextName:
+        obj = super().__new__(cls, name)
+        obj.server = server
+        return obj
 
 
 @dataclass(frozen=True)
@@ -150,7 +168,26 @@ def connect(*, kubeconfig: str | None = None, context: str | None = None) -> Kub
         )
     except ConfigException as exc:
         raise TargetError(f"context {chosen!r} in {path!r} is unusable: {exc}") from None
-    return KubeConnection(context=chosen, configuration=configuration, kubeconfig=path)
+    return KubeConnection(
+        context=ContextName(chosen, str(configuration.host)),
+        configuration=configuration,
+        kubeconfig=path,
+    )
+
+
+def describe_target(
+    *, kubeconfig: str | None = None, context: str | None = None, namespace: str
+) -> str:
+    """The run header's line: which cluster a run will break, resolved from the kubeconfig
+    without contacting it (so a refused context still shows where it points)."""
+    try:
+        conn = connect(kubeconfig=kubeconfig, context=context)
+    except TargetError as exc:
+        return f"chaos target: kubernetes, {exc}"
+    return (
+        f"chaos target: kubernetes, context {str(conn.context)!r}, API server {conn.host}, "
+        f"namespace {namespace!r} (kubeconfig {conn.kubeconfig})"
+    )
 
 
 def call(

@@ -20,17 +20,29 @@ call that changes something, so a refusal never leaves half a fault behind.
     never touch contexts matching PATTERN (``!context:kind-prod``).
 
 A deny always wins over an allow.
+
+A context's *name* proves nothing: anyone can call a production context ``kind-dev``. So
+every refusal names the context's API server URL, and a ``kind-*`` context is allowed by
+default only when its server is where kind puts it: a loopback address or ``localhost``
+(kind publishes the API server on 127.0.0.1), docker's bridge networks (172.16.0.0/12,
+docker's default address pools, where ``kind get kubeconfig --internal`` and CI runners in
+containers reach it), ``host.docker.internal``, or a kind node container name
+(``<cluster>-control-plane``). Anywhere else needs ``--chaos-allow context:NAME`` (any
+allow rule the user wrote, ``context:kind-*`` included). The server is read from the
+kubeconfig (:func:`.kube_api.connect`), so this is decided before any request is sent.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from ..errors import ConfigError, NotAllowed
 
-__all__ = ["DEFAULT_CONTEXTS", "SYSTEM_NAMESPACES", "ChaosPolicy"]
+__all__ = ["DEFAULT_CONTEXTS", "SYSTEM_NAMESPACES", "ChaosPolicy", "is_kind_server"]
 
 DEFAULT_CONTEXTS: tuple[str, ...] = ("kind-*",)
 SYSTEM_NAMESPACES: tuple[str, ...] = (
@@ -49,6 +61,8 @@ class ChaosPolicy:
     deny_contexts: tuple[str, ...] = ()
     allow_namespaces: tuple[str, ...] = ()
     deny_namespaces: tuple[str, ...] = ()
+    #: the context patterns the user allowed (``--chaos-allow context:...``), defaults aside
+    explicit_contexts: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, values: Iterable[str] | str | None = ()) -> ChaosPolicy:
@@ -78,19 +92,34 @@ class ChaosPolicy:
                     ("namespace", True): deny_ns,
                 }[(kind, negate)]
                 target.append(pattern)
-        return cls(tuple(allow_ctx), tuple(deny_ctx), tuple(allow_ns), tuple(deny_ns))
+        explicit = tuple(allow_ctx[len(DEFAULT_CONTEXTS) :])
+        return cls(tuple(allow_ctx), tuple(deny_ctx), tuple(allow_ns), tuple(deny_ns), explicit)
 
-    def check_context(self, context: str) -> None:
-        if _matches(context, self.deny_contexts):
+    def check_context(self, context: str, *, server: str | None = None) -> None:
+        """Refuse a context that is denied, not allowed, or a ``kind-*`` name on a server
+        that is not kind's. ``server`` defaults to the one a :class:`.kube_api.ContextName`
+        carries."""
+        if server is None:
+            server = getattr(context, "server", None)
+        name = str(context)
+        where = f" (API server {server})" if server else ""
+        if _matches(name, self.deny_contexts):
             raise NotAllowed(
-                f"kube context {context!r} is denied by --chaos-allow '!context:...'; "
+                f"kube context {name!r}{where} is denied by --chaos-allow '!context:...'; "
                 "remove that rule to run chaos against it"
             )
-        if not _matches(context, self.allow_contexts):
+        if not _matches(name, self.allow_contexts):
             raise NotAllowed(
-                f"kube context {context!r} is not allowed for chaos (allowed: "
+                f"kube context {name!r}{where} is not allowed for chaos (allowed: "
                 f"{', '.join(self.allow_contexts)}); if this cluster is meant to be broken, "
-                f"pass --chaos-allow context:{context}"
+                f"pass --chaos-allow context:{name}"
+            )
+        if server and not _matches(name, self.explicit_contexts) and not is_kind_server(server):
+            raise NotAllowed(
+                f"kube context {name!r} is named like a kind cluster, but its API server "
+                f"{server} is not on this machine or a docker network (kind serves on "
+                "127.0.0.1); the name alone does not make it a throwaway cluster. If it is "
+                f"meant to be broken, pass --chaos-allow context:{name}"
             )
 
     def check_namespace(self, namespace: str) -> None:
@@ -104,6 +133,23 @@ class ChaosPolicy:
                 f"namespace {namespace!r} is a system namespace and is never touched by default; "
                 f"pass --chaos-allow namespace:{namespace} if you really mean it"
             )
+
+
+_DOCKER_NETWORKS = (ipaddress.ip_network("172.16.0.0/12"),)
+
+
+def is_kind_server(server: str) -> bool:
+    """Whether an API server URL is where a kind cluster's would be (see module docs)."""
+    host = (urlsplit(server if "//" in server else f"//{server}").hostname or "").lower()
+    if host in ("localhost", "host.docker.internal") or host.endswith(".localhost"):
+        return True
+    if host.endswith("-control-plane"):  # a kind node container on the docker network
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or any(ip in net for net in _DOCKER_NETWORKS)
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
