@@ -345,8 +345,7 @@ def chart_legend(result: ScenarioResult) -> list[LegendEntry]:
 
 def _marks(result: ScenarioResult) -> dict[str, list]:
     timeline = result.timeline
-    t0 = result.t0
-    zero = t0 if t0 is not None else float(timeline.get("started_at") or 0.0)
+    zero = result.zero
     marks: dict[str, list] = {k: [] for k in _MARK_LABELS}
     open_actions: dict[Any, list[float]] = {}
     fault_open: list[float] = []

@@ -30,7 +30,7 @@ class LoadPoints:
 
 def load_points(result: ScenarioResult) -> LoadPoints:
     timeline = result.timeline
-    zero = _zero(timeline, result.t0)
+    zero = result.zero
     samples = _load_samples(timeline)
     t, err, p99, rps = [], [], [], []
     for sample in samples:
@@ -114,12 +114,6 @@ def _load_samples(timeline: Mapping[str, Any]) -> list[dict[str, Any]]:
         if samples and {"requests", "p99"} <= set(samples[0].get("values") or {}):
             return samples
     return []
-
-
-def _zero(timeline: Mapping[str, Any], t0: float | None) -> float:
-    if t0 is not None:
-        return t0
-    return float(timeline.get("started_at") or 0.0)
 
 
 def _last_seen(timeline: Mapping[str, Any]) -> float:
