@@ -271,6 +271,9 @@ class ProcTarget:
     def pod_port(self, pod: Pod) -> int | None:
         return self._admin_port
 
+    def admin_url(self, pod: Pod) -> str | None:  # the PodAdmin capability
+        return f"http://{pod.host}:{self._admin_port}" if self._admin_port else None
+
     def version(self, workload: str) -> str:
         return self._workloads[workload].version
 

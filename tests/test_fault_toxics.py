@@ -35,11 +35,15 @@ SOCKET_TIMEOUT = 5.0
 
 @dataclass(frozen=True)
 class ProxiedTarget:
-    """Where the faults land. Toxiproxy faults read only ``name`` and ``toxiproxy_url`` of a
-    target, so this is the whole interface they use, not a stand-in for project code."""
+    """Where the faults land. Toxiproxy faults use only ``name`` and the DependencyProxies
+    capability of a target, so this is the whole interface they use, not a stand-in for
+    project code."""
 
     toxiproxy_url: str | None
     name: str = "local"
+
+    def toxiproxy_server(self) -> str | None:
+        return self.toxiproxy_url
 
 
 # -- real servers -----------------------------------------------------------------------------
@@ -316,9 +320,11 @@ def test_sigkilled_run_is_undone_from_the_ledger(
         from pytest_resilience.faults.toxics import Latency, ProxyDown
         from pytest_resilience.ledger import Ledger
 
-        class Target:  # the two attributes Toxiproxy faults read
+        class Target:  # what Toxiproxy faults use of a target
             name = "local"
-            toxiproxy_url = {toxiproxy_url!r}
+
+            def toxiproxy_server(self):
+                return {toxiproxy_url!r}
 
         PROXY = {proxy!r}
         session = FaultSession(Target(), ledger=Ledger(Path({str(ledger.path)!r})))
@@ -345,17 +351,26 @@ def test_sigkilled_run_is_undone_from_the_ledger(
     assert ledger.open_entries() == []
 
 
-def test_cleanup_of_a_toxic_already_gone_and_of_an_entry_without_url(
-    client: ToxiproxyClient, proxy: str, ledger: Ledger, target: ProxiedTarget
+def test_cleanup_of_a_toxic_already_gone_and_of_an_entry_that_never_acted(
+    client: ToxiproxyClient, proxy: str, ledger: Ledger, toxiproxy_url: str
 ) -> None:
-    # Opened before the fault acted (no URL recorded yet): the cleanup target's server is used.
+    # Killed between opening its entry and naming its server: it sent nothing to any server,
+    # which the cleanup proves from the entry alone (no server, no server version), with a
+    # target that has no Toxiproxy of its own (issue 10, item 11).
     fault = Latency(proxy, ms=100)
     early = ledger.open("latency", target="local", description="x", spec=fault.plan())
-    client.add_toxic(proxy, "latency", name=fault.toxic_name, latency=100)
-    gone = ledger.open("toxic", target="local", description="y", spec={**fault.plan()})
+    # Named its server, then the toxic was gone already (404 is fine).
+    server = {"url": toxiproxy_url, "server_version": client.version()}
+    gone = ledger.open("toxic", target="local", description="y", spec={**fault.plan(), **server})
     entries = [ledger.get(early), ledger.get(gone)]
-    outcomes = revert_entries(entries, ledger, FaultContext(target=target))
-    assert [o for _, o in outcomes] == ["reverted", "reverted"]  # second one: 404 is fine
+    outcomes = revert_entries(entries, ledger, FaultContext(target=ProxiedTarget(None)))
+    assert [o for _, o in outcomes] == [
+        "closed, nothing left to undo: it never acted: its run ended before it sent "
+        "anything to a Toxiproxy server",
+        "reverted",
+    ]
+    assert ledger.get(early).outcome.startswith("closed by cleanup: it never acted")  # type: ignore[union-attr]
+    assert _open_entries(ledger) == []
     assert client.toxics(proxy) == []
 
 
@@ -363,7 +378,7 @@ def test_cleanup_against_a_silent_server(ledger: Ledger) -> None:
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    spec = {"proxy": "postgres", "toxic": "pyres-00000000", "url": url}
+    spec = {"proxy": "postgres", "toxic": "pyres-00000000", "url": url, "server_version": "2.9.0"}
     external = ledger.open("latency", target="local", description="x", spec=spec)
     embedded = ledger.open(
         "latency",
@@ -376,8 +391,9 @@ def test_cleanup_against_a_silent_server(ledger: Ledger) -> None:
     # An external server may still hold the toxic: say so and keep the entry open.
     assert ext[1].startswith("revert failed") and "does not answer" in ext[1]
     assert "--chaos-cleanup" in ext[1]
-    # The embedded server died with its run, and its toxics with it.
-    assert emb[1] == "reverted"
+    # The embedded server died with its run, and its toxics with it: closed, saying why.
+    assert emb[1].startswith("closed, nothing left to undo: the embedded Toxiproxy at")
+    assert "died with its run" in emb[1]
     assert [e.id for e in _open_entries(ledger)] == [external]
 
 

@@ -22,12 +22,12 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from pytest_resilience.errors import ConfigError, FaultError, SelectorMatchedNothing
-from pytest_resilience.faults import iptables
 from pytest_resilience.faults.base import (
     ActiveFault,
     Fault,
@@ -35,14 +35,17 @@ from pytest_resilience.faults.base import (
     FaultSession,
     revert_entries,
 )
-from pytest_resilience.faults.disk import FILL_PREFIX, DiskFill
-from pytest_resilience.faults.memory import HOG_MODULE, MemoryStress
+from pytest_resilience.faults.disk import DiskFill
+from pytest_resilience.faults.memory import MemoryStress
 from pytest_resilience.faults.network import NetworkBlock
 from pytest_resilience.faults.node import NodeFailure
 from pytest_resilience.faults.pod_kill import PodKill
 from pytest_resilience.faults.toxics import Latency, ProxyDown, Toxic
 from pytest_resilience.ledger import Ledger
+from pytest_resilience.targets import iptables
 from pytest_resilience.targets.local import LocalTarget
+from pytest_resilience.targets.local_faults import FILL_PREFIX
+from pytest_resilience.targets.local_memory import HOG_MODULE
 from pytest_resilience.timeline import FAULT_INJECTED, FAULT_REVERTED, Timeline
 from pytest_resilience.toxiproxy import ToxiproxyClient
 
@@ -171,6 +174,12 @@ def assert_restored(before: State, after: State) -> None:
         assert now <= was + MEMORY_SLACK, f"a web pod kept {(now - was) / MIB:.1f} MiB"
 
 
+def hogs_of(handle: ActiveFault) -> list[dict[str, Any]]:
+    """The memory helpers a memory_stress recorded (its change record's detail)."""
+    (record,) = handle.spec["records"]
+    return record["detail"]["hogs"]
+
+
 def chains(fault: Fault) -> frozenset[str]:
     chain = getattr(fault, "chain", None)
     return frozenset({chain}) if chain else frozenset()
@@ -281,7 +290,8 @@ def check_proxy_down(target: LocalTarget, before: State, handle: ActiveFault) ->
 
 def check_disk(target: LocalTarget, before: State, handle: ActiveFault) -> None:
     volume = target.volume("db")
-    fill = Path(handle.spec["file"])
+    (record,) = handle.spec["records"]
+    fill = Path(record["detail"]["file"])
     assert fill.parent == volume and fill.name.startswith(FILL_PREFIX) and fill.exists()
     stats = os.statvfs(volume)
     assert 1 - stats.f_bfree / stats.f_blocks >= 0.90
@@ -295,8 +305,9 @@ def check_disk(target: LocalTarget, before: State, handle: ActiveFault) -> None:
 
 def check_memory(target: LocalTarget, before: State, handle: ActiveFault) -> None:
     pods = target.pods("app=web")
-    assert len(handle.spec["hogs"]) == len(pods)
-    for pod, hog in zip(pods, handle.spec["hogs"], strict=True):
+    hogs = hogs_of(handle)
+    assert len(hogs) == len(pods)
+    for pod, hog in zip(pods, hogs, strict=True):
         used, limit = target.memory_usage(pod)
         assert limit == 128 * MIB
         assert 0.8 * limit - MEMORY_SLACK <= used < limit, used / MIB
@@ -459,13 +470,13 @@ def test_memory_stress_reports_the_share_and_a_spike_frees_at_once(
     before = settled(target)
     (pod, _) = target.pods("app=web")
     handle = session.inject(MemoryStress("web", share=0.5, count=1))
-    (hog,) = handle.spec["hogs"]
+    (hog,) = hogs_of(handle)
     assert hog["pod"] == pod.name and hog["bytes"] > 0
     used, limit = target.memory_usage(pod)
     assert 0.5 * limit - MEMORY_SLACK <= used <= 0.5 * limit + MEMORY_SLACK
     handle.revert()
     spike = session.inject(MemoryStress("web", share=0.6, hold=False))
-    assert len(spike.spec["hogs"]) == 2  # each grew to 60%, then let go
+    assert len(hogs_of(spike)) == 2  # each grew to 60%, then let go
     spike.revert()
     assert_restored(before, settled(target))
 

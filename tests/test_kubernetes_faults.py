@@ -41,7 +41,7 @@ def test_network_block_by_ephemeral_container(
     target: KubernetesTarget, cluster: EmulatedCluster, kubeconfig: Path
 ) -> None:
     pod = target.select("app=api")[0]
-    record = target.network_block(pod, ledger_id="L-net-1", ports=[5432], direction="egress")
+    record = target.block_pod_network(pod, ledger_id="L-net-1", ports=[5432], direction="egress")
     obj = cluster.obj(PODS, NS, pod.name)
     (eph,) = obj["spec"]["ephemeralContainers"]
     assert eph["name"] == record.detail["container"]
@@ -71,7 +71,7 @@ def test_network_block_falls_back_to_networkpolicy(
 ) -> None:
     cluster.refuse_ephemeral = True  # PodSecurity admission forbids NET_ADMIN
     pod = target.select("app=api")[0]
-    record = target.network_block(pod, ledger_id="L-net-2")
+    record = target.block_pod_network(pod, ledger_id="L-net-2")
     assert record.detail["method"] == "networkpolicy"
     policy = cluster.obj(NETPOLS, NS, record.detail["policy"])
     label = record.detail["label"]
@@ -90,7 +90,7 @@ def test_network_block_falls_back_to_networkpolicy(
 
 def test_disk_fill_and_undo(target: KubernetesTarget, cluster: EmulatedCluster) -> None:
     pod = target.select("app=api")[0]
-    record = target.disk_fill(pod, ledger_id="L-disk", path="/var/lib/data/", size_mb=512)
+    record = target.fill_pod_disk(pod, ledger_id="L-disk", path="/var/lib/data/", size_mb=512)
     path = record.detail["file"]
     assert path.startswith("/var/lib/data/.pytest-resilience-fill-")
     assert cluster.containers[(NS, pod.name)].files == {path: 512}
@@ -106,13 +106,13 @@ def test_disk_fill_failure_is_a_fault_error_and_leaves_no_mark(
     )
     pod = target.select("app=api")[0]
     with pytest.raises(FaultError, match=r"Read-only file system.*writable mount"):
-        target.disk_fill(pod, ledger_id="L-ro", path="/", size_mb=1)
+        target.fill_pod_disk(pod, ledger_id="L-ro", path="/", size_mb=1)
     assert FAULT_ANNOTATION not in annotations(cluster, pod.name)
 
 
 def test_memory_stress_and_undo(target: KubernetesTarget, cluster: EmulatedCluster) -> None:
     pod = target.select("app=api")[1]
-    record = target.memory_stress(pod, ledger_id="L-mem", mb=256, duration_s=60)
+    record = target.stress_pod_memory(pod, ledger_id="L-mem", mb=256, duration_s=60)
     argv = cluster.exec_log[-1][3]
     assert "256 << 20" in argv[2] and "python3" in argv[2]
     assert record.detail["pidfile"] in cluster.containers[(NS, pod.name)].files
@@ -123,7 +123,7 @@ def test_memory_stress_and_undo(target: KubernetesTarget, cluster: EmulatedClust
 def test_node_failure_cordons_drains_and_undo_uncordons(
     target: KubernetesTarget, cluster: EmulatedCluster
 ) -> None:
-    record = target.node_failure("worker-3", ledger_id="L-node")
+    record = target.fail_node("worker-3", ledger_id="L-node")
     node = cluster.obj(NODES, None, "worker-3")
     assert node["spec"]["unschedulable"] is True
     assert node["metadata"]["annotations"][FAULT_ANNOTATION] == "L-node"
@@ -139,7 +139,7 @@ def test_node_failure_cordons_drains_and_undo_uncordons(
 
 def test_undo_after_the_pod_is_gone(target: KubernetesTarget, cluster: EmulatedCluster) -> None:
     pod = target.select("app=api")[0]
-    record = target.disk_fill(pod, ledger_id="L-gone", path="/data", size_mb=1)
+    record = target.fill_pod_disk(pod, ledger_id="L-gone", path="/data", size_mb=1)
     target.kill_pod(pod)
     target.undo(record)  # nothing left to revert: no error
 
@@ -151,5 +151,5 @@ def test_undo_refuses_a_record_from_another_cluster(target: KubernetesTarget) ->
 
 
 def test_bad_record_is_a_clear_error(target: KubernetesTarget) -> None:
-    with pytest.raises(FaultError, match="not a kubernetes change record"):
+    with pytest.raises(FaultError, match="not a change record"):
         target.undo({"kind": "disk_fill"})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .errors import ResilienceError
-from .faults.base import FaultContext, ledger_ref, revert_entries
+from .faults.base import FaultContext, is_settled, ledger_ref, revert_entries
 from .run import ChaosRun
 from .workdirs import sweep_dead_work_dirs
 
@@ -36,7 +36,7 @@ def cleanup(run: ChaosRun) -> int:
             write(
                 f"chaos cleanup: ledger #{entry.id} {entry.kind} ({entry.description}): {outcome}"
             )
-            failed += outcome != "reverted"
+            failed += not is_settled(outcome)
         if kube:
             failed += _undo_marked_elsewhere(run, target, write)
     finally:

@@ -113,6 +113,12 @@ class Ledger:
                 (time.time(), outcome, entry_id),
             )
 
+    def discard(self, entry_id: int) -> None:
+        """Drop an entry whose fault never acted (a failed precondition): there is nothing
+        to revert, and an open entry would make every later session try."""
+        with self._lock:
+            self._db.execute("DELETE FROM entries WHERE id = ? AND closed_at IS NULL", (entry_id,))
+
     def open_entries(self, *, include_live_owners: bool = False) -> list[LedgerEntry]:
         """Entries not yet closed; by default only those whose owning process is gone."""
         with self._lock:

@@ -40,7 +40,7 @@ from .prometheus import (
     PromQLProbe,
     ScrapeTarget,
 )
-from .targets.base import Target
+from .targets.base import PodMetrics, Target
 from .timeline import ACTION_STARTED, ALERT_FIRED, Timeline
 
 __all__ = [
@@ -66,22 +66,24 @@ RULE_FIRING = "rule_firing"
 
 
 def pod_targets(target: Target) -> list[ScrapeTarget]:
-    """Every live pod with a private port, as a scrape target labelled service/pod/node."""
-    pod_port = getattr(target, "pod_port", None)
-    if not callable(pod_port):
+    """Every live pod serving /metrics at an address of its own (the
+    :class:`~.targets.base.PodMetrics` capability), as a scrape target labelled
+    service/pod/node; none on a target without it."""
+    if not isinstance(target, PodMetrics):
         return []
     found = []
     for pod in target.pods():
         try:
-            port = pod_port(pod)
+            url = target.metrics_url(pod)
         except Exception:  # gone between listing and asking
             continue
-        if not port:
-            continue
+        parts = urllib.parse.urlsplit(url) if url else None
+        if parts is None or parts.path != "/metrics" or not parts.netloc:
+            continue  # Prometheus' file_sd takes host:port, scraped at /metrics
         labels = {"service": pod.workload, "pod": pod.name}
         if pod.node:
             labels["node"] = pod.node
-        found.append(ScrapeTarget(f"{pod.host}:{port}", labels))
+        found.append(ScrapeTarget(parts.netloc, labels))
     return found
 
 
@@ -107,9 +109,7 @@ class PodFollower:
 
     def start(self) -> PodFollower:
         self.refresh()
-        subscribe = getattr(self.target, "subscribe", None)
-        if callable(subscribe):
-            self._unsubscribe = subscribe(lambda _event: self._wake.set())
+        self._unsubscribe = self.target.subscribe(lambda _event: self._wake.set())
         self._thread = threading.Thread(target=self._run, name="prometheus-pods", daemon=True)
         self._thread.start()
         return self

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from prometheus_client.parser import text_string_to_metric_families
 
 from .engine.alerts import Rule
-from .targets.base import Pod, Target
+from .targets.base import Pod, PodMetrics, Target
 from .timeline import Timeline
 
 __all__ = ["BuiltinProbes", "LabelledProbe", "PodScrape", "scenario_rules"]
@@ -202,12 +202,12 @@ class BuiltinProbes:
         return PodScrape(pod.name, time.monotonic(), values)
 
     def _metrics_url(self, pod: Pod) -> str | None:
-        pod_port = getattr(self.target, "pod_port", None)
+        if not isinstance(self.target, PodMetrics):
+            return None
         try:
-            port = pod_port(pod) if callable(pod_port) else None
+            return self.target.metrics_url(pod)
         except Exception:  # the pod went away between listing and asking
             return None
-        return f"http://{pod.host}:{port}/metrics" if port else None
 
     def _deltas(self, counter: str) -> dict[str, tuple[float, float]]:
         """Per pod: (counter increase, seconds) across its scrape history (resets handled)."""

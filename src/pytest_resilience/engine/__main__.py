@@ -157,9 +157,8 @@ def _serve(args: argparse.Namespace) -> int:
     LOGGER.info("engine serving on %s", engine.webhook_url)
     done.wait()
     engine.close()
-    close = getattr(target, "close", None)
-    if callable(close) and not isinstance(target, _NoTarget):
-        close()
+    if not isinstance(target, _NoTarget):
+        target.close()
     return 0
 
 

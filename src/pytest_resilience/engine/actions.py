@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import TargetError
-from ..targets.base import Pod, Target
+from ..targets.base import Pod, PodAdmin, Target
 from .alerts import Alert, Probe
 
 __all__ = ["REGISTRY", "ActionContext", "AdminUrl", "action", "default_admin_url"]
@@ -45,19 +45,20 @@ def action(name: str) -> Callable[[ActionFn], ActionFn]:
 
 
 def default_admin_url(target: Target, pod: Pod) -> str:
-    """``http://<pod.host>:<pod port>``: the local target's per-pod private port.
+    """Where the pod's admin hooks are, from the target's
+    :class:`~..targets.base.PodAdmin` capability (the local target: the pod's private port).
 
-    Targets without ``pod_port(pod)`` (Kubernetes) need an ``admin_url`` passed to the
-    Engine that knows where the admin port lives there.
+    A target without it needs an ``admin_url`` passed to the Engine that knows where the
+    admin port lives there.
     """
-    pod_port = getattr(target, "pod_port", None)
-    port = pod_port(pod) if callable(pod_port) else None
-    if not port:
+    url = target.admin_url(pod) if isinstance(target, PodAdmin) else None
+    if not url:
         raise TargetError(
-            f"no admin port known for pod {pod.name!r} on target {target.name!r}: "
-            "give the Engine an admin_url(target, pod) function"
+            f"no admin endpoint known for pod {pod.name!r} on target {target.name!r} (it lacks "
+            "the 'pod_admin' capability or the pod has none): give the Engine an "
+            "admin_url(target, pod) function"
         )
-    return f"http://{pod.host}:{port}"
+    return url
 
 
 @dataclass

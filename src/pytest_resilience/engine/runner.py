@@ -159,9 +159,7 @@ class Engine:
         if self.rules.rules:
             self._spawn(self._evaluate, "engine-rules")
         self.outbox.start()
-        subscribe = getattr(self.target, "subscribe", None)
-        if callable(subscribe):
-            self._unsubscribe = subscribe(self.event_alerts)
+        self._unsubscribe = self.target.subscribe(self.event_alerts)
         if self.listen is not None:
             from .webhook import WebhookServer
 

@@ -3,9 +3,17 @@
 A fault subclass only says how to act and how to undo. :class:`FaultSession` owns the
 order that makes faults safe: the ledger entry is written before the fault acts, the
 entry is closed only after the revert is confirmed, and :meth:`FaultSession.revert_all`
-undoes everything still active whatever ended the test (failure, Ctrl-C, SIGTERM).
-After a SIGKILL the ledger entry survives, and :func:`revert_entries` undoes it from the
-recorded spec alone, using the reverter registered for the fault's kind.
+undoes everything still active whatever ended the test (failure, Ctrl-C, SIGTERM). A
+fault that failed before changing anything (a precondition: no iptables, no root, no
+such pod) leaves no entry at all.
+
+Faults carried out by the target (:class:`TargetFault`: network block, disk fill, memory
+stress, node failure) keep validation, ``describe`` and ``plan`` here and call the
+target's primitive, which writes :class:`~..targets.base.ChangeRecord` s ahead into the
+fault's ledger spec. After a SIGKILL the entry survives, and :func:`revert_entries` undoes
+it from the spec alone: ``target.undo(record)`` for each record, else the reverter
+registered for the fault's kind. A reverter that can prove the fault cannot still be
+acting (its server, process, mount or rule is gone) says why, and the entry is closed.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from typing import Any, ClassVar
 
 from ..errors import FaultError, ResilienceError
 from ..ledger import Ledger, LedgerEntry
-from ..targets.base import Target
+from ..targets.base import ChangeLog, Target
 from ..timeline import FAULT_INJECTED, FAULT_REVERTED, Timeline
 
 __all__ = [
@@ -30,13 +38,17 @@ __all__ = [
     "Fault",
     "FaultContext",
     "FaultSession",
+    "TargetFault",
+    "is_settled",
     "ledger_ref",
     "register_reverter",
+    "undo_recorded",
 ]
 
 log = logging.getLogger("pytest_resilience.faults")
 
-Reverter = Callable[[dict[str, Any], "FaultContext"], None]
+#: undoes a ledger spec; returns why nothing was left to undo (None: it undid the fault)
+Reverter = Callable[[dict[str, Any], "FaultContext"], str | None]
 _REVERTERS: dict[str, Reverter] = {}
 _SESSIONS: weakref.WeakSet[FaultSession] = weakref.WeakSet()
 
@@ -64,6 +76,12 @@ class Fault(abc.ABC):
 
     _note: Callable[[dict[str, Any]], None] | None = None
 
+    @property
+    def acted(self) -> bool:
+        """Whether :meth:`inject` may have changed anything; False after a failed
+        precondition, so the session leaves no ledger entry for it."""
+        return True
+
     @abc.abstractmethod
     def describe(self) -> str:
         """One line for logs, the timeline and the ledger: what, where, how much."""
@@ -79,6 +97,60 @@ class Fault(abc.ABC):
     def plan(self) -> dict[str, Any]:
         """What is known before acting; written to the ledger ahead of :meth:`inject`."""
         return {}
+
+
+class TargetFault(Fault):
+    """A fault the target carries out with one of its primitives; undo is the target's.
+
+    Subclasses validate, describe and plan, and call the primitive with :attr:`changes`
+    in :meth:`inject`; :meth:`revert` undoes the records newest first.
+    """
+
+    _changes: ChangeLog | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:  # also for an entry killed before its first record
+            _REVERTERS[cls.kind] = undo_recorded
+
+    @property
+    def changes(self) -> ChangeLog:
+        """The records of this fault's changes, written ahead to its ledger entry."""
+        if self._changes is None:  # injected without a FaultSession: nothing persists them
+            self._changes = ChangeLog(self.ledger_id or f"unledgered-{secrets.token_hex(6)}")
+        return self._changes
+
+    @property
+    def acted(self) -> bool:
+        return bool(self.changes.records)
+
+    def spec(self) -> dict[str, Any]:
+        return {**self.plan(), **self.changes.spec()}
+
+    def revert(self, ctx: FaultContext) -> None:
+        changes = self.changes
+        for record in reversed(changes.records):
+            ctx.target.undo(record)
+        if not changes.complete:  # killed or failed mid-primitive: what has no record yet
+            ctx.target.undo_unrecorded(changes.ledger_id, made_on=ctx.target.name)
+
+
+def undo_recorded(spec: dict[str, Any], ctx: FaultContext) -> str | None:
+    """The reverter of every :class:`TargetFault`: undo its records from the spec alone."""
+    reasons: list[str] = []
+    undone = 0
+    for record in reversed(spec.get("records") or []):
+        reason = ctx.target.undo(record)
+        if reason is None:
+            undone += 1
+        elif reason not in reasons:
+            reasons.append(reason)
+    found = ctx.target.undo_unrecorded(str(spec["ledger_id"]), made_on=str(spec["target"]))
+    if undone or found:
+        return None
+    if not spec.get("records"):
+        return "it never acted: no change was recorded before its run ended"
+    return "; ".join(reasons) or None
 
 
 def register_reverter(kind: str) -> Callable[[Reverter], Reverter]:
@@ -150,10 +222,19 @@ class FaultSession:
                 fault.kind, target=self.ctx.target.name, description=description, spec=fault.plan()
             )
             fault.ledger_id = ledger_ref(self.ledger.session, entry_id)
-            ledger, planned = self.ledger, fault.plan()
-            fault._note = lambda spec: ledger.update_spec(entry_id, {**planned, **spec})
+            ledger, planned, noted = self.ledger, fault.plan(), {}
+
+            def note(spec: dict[str, Any]) -> None:
+                noted.update(spec)
+                ledger.update_spec(entry_id, {**planned, **noted})
+
+            fault._note = note
         else:
             fault.ledger_id = f"unledgered-{secrets.token_hex(6)}"
+        if isinstance(fault, TargetFault):
+            fault._changes = ChangeLog(
+                fault.ledger_id, persist=lambda records: fault.note({"records": records})
+            )
         handle = ActiveFault(self, fault, entry_id)
         self._faults.append(handle)
         # T0 is when the fault starts acting: the platform's reaction (a pod_died event)
@@ -162,9 +243,13 @@ class FaultSession:
         try:
             handle.spec = fault.inject(self.ctx) or {}
         except BaseException as exc:
-            # A half-done inject is still a fault on the system: undo what we can.
-            handle.injected_at = acting_at
-            self._revert(handle)
+            if not fault.acted:  # a failed precondition: nothing to undo, no entry to keep
+                self._faults.remove(handle)
+                if self.ledger is not None and entry_id is not None:
+                    self.ledger.discard(entry_id)
+            else:  # a half-done inject is still a fault on the system: undo what we can
+                handle.injected_at = acting_at
+                self._revert(handle)
             if isinstance(exc, ResilienceError | KeyboardInterrupt | SystemExit):
                 raise
             raise FaultError(f"could not inject {fault.kind} ({description}): {exc}") from exc
@@ -232,6 +317,15 @@ def ledger_ref(session: str, entry_id: int) -> str:
     return f"{session}#{entry_id}"
 
 
+#: how an outcome of :func:`revert_entries` starts when the fault was proven gone already
+CLOSED = "closed, nothing left to undo:"
+
+
+def is_settled(outcome: str) -> bool:
+    """Whether an outcome of :func:`revert_entries` closed its entry (reverted or proven gone)."""
+    return outcome == "reverted" or outcome.startswith(CLOSED)
+
+
 def revert_entries(
     entries: list[LedgerEntry], ledger: Ledger, ctx: FaultContext
 ) -> list[tuple[LedgerEntry, str]]:
@@ -241,14 +335,14 @@ def revert_entries(
     load_all()  # a fresh cleanup process has imported no fault module, so no reverter yet
     outcomes: list[tuple[LedgerEntry, str]] = []
     for entry in entries:
-        reverter = _REVERTERS.get(entry.kind)
+        reverter = undo_recorded if "records" in entry.spec else _REVERTERS.get(entry.kind)
         if reverter is None:
             outcomes.append((entry, f"no reverter registered for kind {entry.kind!r}: left open"))
             continue
         try:
             # What the spec cannot know (it was written before the id existed): which
             # entry it is and where it was made, for a fault killed halfway through inject.
-            reverter(
+            settled = reverter(
                 {
                     "ledger_id": ledger_ref(entry.session, entry.id),
                     "target": entry.target,
@@ -258,6 +352,10 @@ def revert_entries(
             )
         except Exception as exc:
             outcomes.append((entry, f"revert failed: {exc}"))
+            continue
+        if settled:  # proven unable to act any more: closed, saying why
+            ledger.close(entry.id, outcome=f"closed by cleanup: {settled}")
+            outcomes.append((entry, f"{CLOSED} {settled}"))
             continue
         ledger.close(entry.id, outcome="reverted by cleanup")
         outcomes.append((entry, "reverted"))

@@ -1,31 +1,28 @@
-"""Fail a node: every pod on it hangs, as on a kernel lock-up or a lost kubelet.
+"""Fail a node: its pods stop answering, as on a kernel lock-up or a lost kubelet.
 
-On the local target the pods on the node are paused (SIGSTOP), so they hold their
-sockets and answer nothing, which is what clients of a NodeNotReady node see; revert
-resumes them. On Kubernetes the node is cordoned and drained by the target.
+The target does it (:meth:`~..targets.base.FaultPrimitives.node_failure`): the local
+target pauses every pod on the node (SIGSTOP, so they hold their sockets and answer
+nothing, which is what clients of a NodeNotReady node see); Kubernetes cordons the node
+and drains it through the Eviction API. The undo resumes or uncordons.
 """
 
 from __future__ import annotations
 
-import signal
 from typing import Any
 
-import psutil
-
 from ..errors import FaultError, SelectorMatchedNothing
-from .base import Fault, FaultContext, register_reverter
+from .base import FaultContext, TargetFault
 
 __all__ = ["NodeFailure"]
 
 
-class NodeFailure(Fault):
+class NodeFailure(TargetFault):
     kind = "node_failure"
 
     def __init__(self, node: str) -> None:
         if not node or not isinstance(node, str):
             raise FaultError(f"node_failure needs a node name, got {node!r}")
         self.node = node
-        self._paused: list[Any] = []
 
     def describe(self) -> str:
         return f"fail node {self.node!r}"
@@ -39,53 +36,5 @@ class NodeFailure(Fault):
             raise SelectorMatchedNothing(
                 f"node_failure: no node named {self.node!r}; the target has {known}"
             )
-        if ctx.target.name == "kubernetes":
-            return {"node": self.node, **self._kube_inject(ctx)}  # cordon + drain
-        pods = [p for p in ctx.target.pods() if p.node == self.node]
-        for pod in pods:
-            ctx.target.pause_pod(pod)
-            self._paused.append(pod)
-        return {"node": self.node, "pids": [p.pid for p in pods if p.pid]}
-
-    def revert(self, ctx: FaultContext) -> None:
-        if self._kube is not None:
-            self._kube_revert(ctx)
-            return
-        # Pods drained meanwhile (by the engine, say) are gone: resume those still there.
-        present = {p.name for p in ctx.target.pods()}
-        for pod in reversed(self._paused):
-            if pod.name in present:
-                ctx.target.resume_pod(pod)
-        self._paused.clear()
-
-    # -- kubernetes: the target's primitives, through faults/kube_dispatch.py -------------
-    _kube: Any = None  # kube_dispatch.KubeChanges once injected on kubernetes
-
-    def _kube_inject(self, ctx: FaultContext) -> dict[str, Any]:
-        from . import kube_dispatch
-
-        self._kube = kube_dispatch.KubeChanges(self.ledger_id)
-        return kube_dispatch.node_failure(ctx, self._kube, node=self.node)
-
-    def _kube_revert(self, ctx: FaultContext) -> None:
-        from . import kube_dispatch
-
-        kube_dispatch.revert(ctx, self._kube)
-
-
-@register_reverter(NodeFailure.kind)
-def _revert_from_ledger(spec: dict[str, Any], ctx: FaultContext) -> None:
-    from . import kube_dispatch
-
-    if kube_dispatch.handles(spec, ctx):
-        kube_dispatch.revert_spec(spec, ctx)
-        return
-    # A killed run's local pods died with it; resume any that is still stopped.
-    for pid in spec.get("pids", []):
-        try:
-            process = psutil.Process(pid)
-            if process.status() == psutil.STATUS_STOPPED:
-                for member in [process, *process.children(recursive=True)]:
-                    member.send_signal(signal.SIGCONT)
-        except psutil.NoSuchProcess:
-            continue
+        ctx.target.node_failure(self.node, changes=self.changes)
+        return self.spec()

@@ -67,6 +67,10 @@ class PodKill(Fault):
             self.killed.append(pod.name)
         return {"killed": self.killed, "workloads": self._workloads}
 
+    @property
+    def acted(self) -> bool:
+        return bool(self.killed)
+
     def revert(self, ctx: FaultContext) -> None:
         _wait_replaced(ctx, self._workloads, self.replaced_within_s)
         if self._killed_at is not None:
@@ -85,9 +89,10 @@ def _wait_replaced(ctx: FaultContext, workloads: Mapping[str, int], timeout: flo
 
 
 @register_reverter(PodKill.kind)
-def _revert_from_ledger(spec: dict[str, Any], ctx: FaultContext) -> None:
-    # Nothing to undo by hand: the platform replaces killed pods. On the local target a
-    # killed run's pods died with it, so there is nothing left to wait for either.
-    if ctx.target.name == "local":
-        return
+def _revert_from_ledger(spec: dict[str, Any], ctx: FaultContext) -> str | None:
+    # Nothing to undo by hand: the platform replaces killed pods. Where a killed run's
+    # pods died with it (local), there is nothing left to wait for either.
+    if not ctx.target.pods_outlive_session:
+        return "its pods died with their session"
     _wait_replaced(ctx, spec.get("workloads", {}), 60.0)
+    return None

@@ -2,13 +2,16 @@
 
 Each fault acts on the Toxiproxy proxy named after the dependency ("postgres", "redis"), so
 only the traffic that goes through that proxy is hurt: the service under test keeps its other
-connections, and nothing needs root. The server comes from the target
-(``target.toxiproxy_url``): the local target routes proxied services through its embedded
-server, on Kubernetes it is ``--toxiproxy-url``.
+connections, and nothing needs root. The server comes from the target's
+:class:`~..targets.base.DependencyProxies` capability: the local target routes proxied
+services through its embedded server, on Kubernetes it is ``--toxiproxy-url``.
 
 Every toxic gets a unique name (``pyres-<hex>``) before anything is sent, and the ledger holds
-proxy, toxic name and server URL, so a run killed with SIGKILL is undone from the ledger
-alone: remove that toxic (already gone is fine) or enable that proxy again.
+proxy, toxic name, server URL and version *before* the first request that changes anything,
+so a run killed with SIGKILL is undone from the ledger alone: remove that toxic (already gone
+is fine) or enable that proxy again. An entry without a server version was killed before it
+sent anything, and an embedded server that refuses connections died with its run, toxics and
+all: either way the cleanup closes the entry and says why.
 
 The HTTP client (requests, toxiproxy-python) is imported only when a fault acts, so importing
 this module to register its reverters costs next to nothing.
@@ -21,6 +24,7 @@ import secrets
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..errors import ConfigError, FaultError, SelectorMatchedNothing
+from ..targets.base import DependencyProxies, Target
 from ..toxiproxy.toxics import check_toxic
 from .base import Fault, FaultContext, register_reverter
 
@@ -61,13 +65,17 @@ class _ToxiproxyFault(Fault):
             spec["url"] = self.toxiproxy_url
         return spec
 
+    @property
+    def acted(self) -> bool:
+        return self._acted_on is not None
+
     def _connect(self, ctx: FaultContext) -> ToxiproxyClient:
         """The client for this fault's server; FaultError saying how to get one if none."""
-        url = self.toxiproxy_url or getattr(ctx.target, "toxiproxy_url", None)
+        url = self.toxiproxy_url or _target_server(ctx.target)
         if not url:
             raise FaultError(
                 f"{self.kind} on proxy {self.proxy!r} needs a Toxiproxy server and target "
-                f"{getattr(ctx.target, 'name', '?')!r} has none: {HOW_TO_GET_A_SERVER}"
+                f"{ctx.target.name!r} has none: {HOW_TO_GET_A_SERVER}"
             )
         from ..toxiproxy.client import ToxiproxyClient
 
@@ -131,6 +139,7 @@ class Toxic(_ToxiproxyFault):
         client = self._connect(ctx)
         self._check_proxy(client)
         spec = self._server_spec(client)
+        self.note(spec)  # ledger first: the server is named before anything is sent to it
         self._acted_on = client.url  # before the request: a timed-out add may still land
         client.add_toxic(
             self.proxy,
@@ -205,6 +214,7 @@ class ProxyDown(_ToxiproxyFault):
         self.was_enabled = self._check_proxy(client)
         spec = self._server_spec(client)
         if self.was_enabled:
+            self.note({**spec, "was_enabled": True})  # ledger first, as for a toxic
             self._acted_on = client.url
             client.disable(self.proxy)
         return {**spec, "proxy": self.proxy, "was_enabled": self.was_enabled}
@@ -250,24 +260,19 @@ def _enable(client: ToxiproxyClient, proxy: str) -> None:
         log.info("proxy %r is gone, nothing to enable (%s)", proxy, exc.error)
 
 
-def _cleanup_client(spec: dict[str, Any], ctx: FaultContext) -> ToxiproxyClient:
-    """The server the ledger names; the target's if the run died before recording it."""
-    url = spec.get("url") or getattr(ctx.target, "toxiproxy_url", None)
-    if not url:
-        raise FaultError(
-            f"ledger entry for proxy {spec.get('proxy')!r} names no Toxiproxy server and target "
-            f"{getattr(ctx.target, 'name', '?')!r} has none: {HOW_TO_GET_A_SERVER}"
-        )
-    from ..toxiproxy.client import ToxiproxyClient
-
-    return ToxiproxyClient(url)
+def _target_server(target: Target) -> str | None:
+    return target.toxiproxy_server() if isinstance(target, DependencyProxies) else None
 
 
-def _undo_from_ledger(spec: dict[str, Any], ctx: FaultContext) -> None:
+def _undo_from_ledger(spec: dict[str, Any], ctx: FaultContext) -> str | None:
     """Remove the toxic the spec names, or enable its proxy again (a ProxyDown spec)."""
-    from ..toxiproxy.client import ToxiproxyUnreachable
+    from ..toxiproxy.client import ToxiproxyClient, ToxiproxyUnreachable
 
-    client = _cleanup_client(spec, ctx)
+    if "server_version" not in spec:
+        # The server and its version reach the ledger before any request that changes
+        # something: without them this fault was killed before it sent anything.
+        return "it never acted: its run ended before it sent anything to a Toxiproxy server"
+    client = ToxiproxyClient(spec["url"])
     toxic = spec.get("toxic")
     undo = f"toxic {toxic}" if toxic else "the disabled proxy"
     try:
@@ -275,12 +280,16 @@ def _undo_from_ledger(spec: dict[str, Any], ctx: FaultContext) -> None:
             _remove_toxic(client, spec["proxy"], toxic)
         else:
             _enable(client, spec["proxy"])
+        return None
     except ToxiproxyUnreachable as exc:
         # Toxiproxy keeps proxies and toxics in memory only. The embedded server exits with
         # the run that started it, so "refused" there means the fault died with it.
         if exc.refused and str(spec.get("server_version", "")).endswith(EMBEDDED_VERSION_MARK):
             log.info("embedded toxiproxy %s is gone, and %s with it", client.url, undo)
-            return
+            return (
+                f"the embedded Toxiproxy at {client.url} that held {undo} died with its run "
+                "(it keeps toxics in memory only)"
+            )
         raise FaultError(
             f"Toxiproxy at {client.url} does not answer, so {undo} on proxy {spec['proxy']!r} "
             f"may still be active: {exc}. Restore access to it and run `pytest --chaos-cleanup`"
@@ -289,12 +298,12 @@ def _undo_from_ledger(spec: dict[str, Any], ctx: FaultContext) -> None:
 
 @register_reverter(Toxic.kind)
 @register_reverter(Latency.kind)
-def _revert_toxic_from_ledger(spec: dict[str, Any], ctx: FaultContext) -> None:
-    _undo_from_ledger(spec, ctx)
+def _revert_toxic_from_ledger(spec: dict[str, Any], ctx: FaultContext) -> str | None:
+    return _undo_from_ledger(spec, ctx)
 
 
 @register_reverter(ProxyDown.kind)
-def _revert_proxy_down_from_ledger(spec: dict[str, Any], ctx: FaultContext) -> None:
+def _revert_proxy_down_from_ledger(spec: dict[str, Any], ctx: FaultContext) -> str | None:
     if spec.get("was_enabled") is False:  # it was down before this fault; leave it so
-        return
-    _undo_from_ledger(spec, ctx)
+        return "the proxy was down before this fault, which left it so"
+    return _undo_from_ledger(spec, ctx)

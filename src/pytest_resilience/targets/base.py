@@ -3,6 +3,14 @@
 Faults and remediation actions speak only to :class:`Target`; the embedded local target
 and the Kubernetes target implement it. Values crossing the seam are small frozen
 dataclasses, so a fault never holds on to a live client object or process handle.
+
+Three layers: the core :class:`Target` protocol (pods, workloads, nodes, lifecycle,
+events); the :class:`FaultPrimitives` every target carries out itself, each leaving
+:class:`ChangeRecord` s that one generic ``undo(record)`` reverts, in this process or in a
+cleanup after SIGKILL; and the small capability protocols (:data:`CAPABILITIES`) for what
+not every target has. Code above the seam asks ``isinstance(target, PodAdmin)``, never
+``target.name`` or ``getattr``; a scenario needing a capability its target lacks is
+skipped at collection (:mod:`pytest_resilience.capabilities`).
 """
 
 from __future__ import annotations
@@ -11,22 +19,36 @@ import enum
 import signal as _signal
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from ..errors import ConfigError
+from ..errors import ConfigError, FaultError
 
 __all__ = [
+    "CAPABILITIES",
+    "ChangeLog",
+    "ChangeRecord",
+    "DependencyProxies",
     "EventKind",
     "ExecResult",
+    "FaultPrimitives",
     "Node",
+    "ObjectRef",
     "Pod",
+    "PodAdmin",
+    "PodLogs",
+    "PodMetrics",
+    "PodResources",
+    "Releases",
     "Target",
     "TargetEvent",
     "Workload",
     "match_labels",
     "parse_selector",
 ]
+
+Direction = Literal["ingress", "egress", "both"]
+BlockAction = Literal["drop", "reject"]
 
 
 @dataclass(frozen=True)
@@ -100,8 +122,218 @@ class TargetEvent:
     at: float = field(default_factory=time.time)
 
 
+@dataclass(frozen=True)
+class ObjectRef:
+    """One thing a fault changed: a Pod, a Node, a NetworkPolicy, an iptables chain, a file."""
+
+    kind: str
+    name: str
+    namespace: str | None = None
+
+
+@dataclass(frozen=True)
+class ChangeRecord:
+    """What one fault primitive changed; enough to undo it from this alone.
+
+    Target-neutral on the outside (the ledger stores ``to_dict()`` and hands it back to
+    ``target.undo``); ``detail`` is the making target's own business. ``target`` names the
+    kind of target that made it, ``context`` where (a kube context, a host), so an undo on
+    the wrong one is refused with what to run instead.
+    """
+
+    kind: str
+    ledger_id: str
+    context: str
+    objects: tuple[ObjectRef, ...]
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    dry_run: bool = False
+    target: str = "kubernetes"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["objects"] = [asdict(o) for o in self.objects]
+        data["detail"] = dict(self.detail)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChangeRecord:
+        try:
+            return cls(
+                kind=str(data["kind"]),
+                ledger_id=str(data["ledger_id"]),
+                context=str(data.get("context", "")),
+                objects=tuple(ObjectRef(**o) for o in data.get("objects") or ()),
+                detail=dict(data.get("detail") or {}),
+                dry_run=bool(data.get("dry_run", False)),
+                # records written before targets were named came from kubernetes only
+                target=str(data.get("target") or "kubernetes"),
+            )
+        except (KeyError, TypeError) as exc:
+            raise FaultError(f"not a change record ({exc}): {dict(data)!r}") from None
+
+
+class ChangeLog:
+    """The change records of one fault, written ahead of the change they describe.
+
+    A primitive calls :meth:`put` *before* it acts, so a SIGKILL at any moment leaves a
+    record the cleanup can undo (an undo of something never done is a no-op). ``persist``
+    writes the whole list (to the ledger); ``complete`` says every primitive returned.
+    """
+
+    def __init__(
+        self,
+        ledger_id: str,
+        *,
+        persist: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> None:
+        if not ledger_id:
+            raise FaultError("a fault primitive needs a ledger id: inject through a FaultSession")
+        self.ledger_id = ledger_id
+        self.records: list[ChangeRecord] = []
+        self.complete = False
+        self._persist = persist
+
+    def put(self, record: ChangeRecord) -> None:
+        """Add ``record``, or replace the one about the same objects (a fuller version)."""
+        for i, known in enumerate(self.records):
+            if (known.kind, known.objects) == (record.kind, record.objects):
+                self.records[i] = record
+                break
+        else:
+            self.records.append(record)
+        self._write()
+
+    def discard(self, record: ChangeRecord) -> None:
+        """Forget a record whose change did not happen (and was undone by the primitive)."""
+        self.records = [
+            r for r in self.records if (r.kind, r.objects) != (record.kind, record.objects)
+        ]
+        self._write()
+
+    def spec(self) -> dict[str, Any]:
+        return {"records": [r.to_dict() for r in self.records]}
+
+    def _write(self) -> None:
+        if self._persist is not None:
+            self._persist(self.spec()["records"])
+
+
 @runtime_checkable
-class Target(Protocol):
+class FaultPrimitives(Protocol):
+    """The faults every target carries out itself, and the one undo of what they did.
+
+    Each primitive validates what only the target can know (the selector matches, the
+    tool or privilege it needs is there) *before* its first :meth:`ChangeLog.put`, so a
+    failed precondition leaves nothing to revert; then it records ahead and acts.
+    """
+
+    def network_block(
+        self,
+        selector: str | Mapping[str, str] | None,
+        *,
+        port: int | None,
+        direction: Direction,
+        action: BlockAction,
+        name: str,
+        changes: ChangeLog,
+    ) -> None: ...
+
+    def disk_fill(
+        self, workload: str, *, percent: float, path: str | None, changes: ChangeLog
+    ) -> None: ...
+
+    def memory_stress(
+        self,
+        selector: str | Mapping[str, str],
+        *,
+        share: float,
+        mb: int | None,
+        hold: bool,
+        count: int | None,
+        changes: ChangeLog,
+    ) -> None: ...
+
+    def node_failure(self, node: str, *, changes: ChangeLog) -> None: ...
+
+    def undo(self, record: ChangeRecord | Mapping[str, Any]) -> str | None:
+        """Revert one record; idempotent. Returns why nothing was left to undo, if so."""
+        ...
+
+    def undo_unrecorded(self, ledger_id: str, *, made_on: str) -> int:
+        """Undo what a fault killed mid-primitive changed without a record reaching the
+        ledger (annotated objects, tagged helpers); returns how many it found.
+        ``made_on`` is the target name the ledger entry was opened on: a different
+        target refuses, saying which to use."""
+        ...
+
+
+# -- capabilities: what not every target has ---------------------------------------------
+
+
+@runtime_checkable
+class PodMetrics(Protocol):
+    """Each pod serves Prometheus metrics this process can scrape."""
+
+    def metrics_url(self, pod: Pod) -> str | None:
+        """The URL of the pod's own /metrics, None for a pod that serves none."""
+        ...
+
+
+@runtime_checkable
+class PodAdmin(Protocol):
+    """Each pod has admin hooks (``POST <admin_url>/admin/...``) this process can reach."""
+
+    def admin_url(self, pod: Pod) -> str | None:
+        """Base URL of the pod's admin hooks, None for a pod that has none."""
+        ...
+
+
+@runtime_checkable
+class DependencyProxies(Protocol):
+    """Dependencies are reached through Toxiproxy proxies named after them."""
+
+    def toxiproxy_server(self) -> str | None:
+        """URL of the Toxiproxy server carrying the dependencies, None when none is set up."""
+        ...
+
+
+@runtime_checkable
+class Releases(Protocol):
+    """A workload can be switched to another release (``bad_deploy``); ``Workload.version``
+    reports the release that runs, :meth:`Target.rollback` goes back."""
+
+    def rollout(self, workload: str, version: str) -> None: ...
+
+
+@runtime_checkable
+class PodResources(Protocol):
+    """A pod's resource usage against its limits can be read."""
+
+    def memory_usage(self, pod: Pod) -> tuple[int, int | None]:
+        """(bytes used, limit in bytes or None)."""
+        ...
+
+
+@runtime_checkable
+class PodLogs(Protocol):
+    """A pod's output can be read (for error messages that show what the pod said)."""
+
+    def log_tail(self, pod: Pod, *, lines: int = 3) -> str: ...
+
+
+#: capability name (as in ``@pytest.mark.chaos(requires=[...])``) -> protocol
+CAPABILITIES: dict[str, type] = {
+    "pod_metrics": PodMetrics,
+    "pod_admin": PodAdmin,
+    "dependency_proxies": DependencyProxies,
+    "releases": Releases,
+    "pod_resources": PodResources,
+    "pod_logs": PodLogs,
+}
+
+
+@runtime_checkable
+class Target(FaultPrimitives, Protocol):
     """Where faults land and remediation acts.
 
     Every method that changes something is synchronous and returns once the platform has
@@ -109,6 +341,9 @@ class Target(Protocol):
     """
 
     name: str
+    #: False where a session's pods are its own processes (local): a killed session's
+    #: pods, releases and paused nodes died with it, so a cleanup has none to restore.
+    pods_outlive_session: bool
 
     def pods(
         self, selector: str | Mapping[str, str] = "", *, namespace: str | None = None

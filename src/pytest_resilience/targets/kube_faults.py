@@ -23,17 +23,16 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import shlex
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import PurePosixPath
+from typing import Any, Literal, Protocol
 
-from ..errors import FaultError
-from .base import Pod
+from ..errors import FaultError, SelectorMatchedNothing
+from .base import ChangeLog, ChangeRecord, ObjectRef, Pod
 from .kube_api import KubeApiError, KubeForbidden, KubeInvalid, KubeNotFound
-
-if TYPE_CHECKING:  # the mixin's host
-    from .kubernetes import KubernetesTarget
+from .kube_safety import ChaosPolicy
 
 __all__ = [
     "FAULT_ANNOTATION",
@@ -48,65 +47,166 @@ log = logging.getLogger("pytest_resilience.targets.kubernetes")
 FAULT_ANNOTATION = "pytest-resilience/fault"
 RECORD_ANNOTATION_PREFIX = "pytest-resilience/record-"
 BLOCK_LABEL_PREFIX = "pytest-resilience/block-"
+TARGET = "kubernetes"
 Direction = Literal["egress", "ingress", "both"]
 
 
-@dataclass(frozen=True)
-class ObjectRef:
-    kind: str  # Pod, Node, NetworkPolicy
+class _KubeHost(Protocol):
+    """What the primitives use of the target they are mixed into (no import of it: the
+    target imports this module)."""
+
     name: str
-    namespace: str | None = None
-
-
-@dataclass(frozen=True)
-class ChangeRecord:
-    """What one fault changed in the cluster; enough to undo it from this alone.
-
-    ``detail`` keys by ``kind``:
-    network_block: method (ephemeral|networkpolicy), container, chains | policy, label;
-    disk_fill: container, file; memory_stress: container, pidfile;
-    node_failure: was_unschedulable, evicted (namespace/name list).
-    """
-
-    kind: str
-    ledger_id: str
+    policy: ChaosPolicy
     context: str
-    objects: tuple[ObjectRef, ...]
-    detail: Mapping[str, Any] = field(default_factory=dict)
-    dry_run: bool = False
+    namespace: str
+    dry_run: bool
+    net_image: str
+    _core: Any
+    _net: Any
 
-    @property
-    def key(self) -> str:
-        return _short(self.ledger_id)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["objects"] = [asdict(o) for o in self.objects]
-        data["detail"] = dict(self.detail)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ChangeRecord:
-        try:
-            return cls(
-                kind=str(data["kind"]),
-                ledger_id=str(data["ledger_id"]),
-                context=str(data.get("context", "")),
-                objects=tuple(ObjectRef(**o) for o in data.get("objects") or ()),
-                detail=dict(data.get("detail") or {}),
-                dry_run=bool(data.get("dry_run", False)),
-            )
-        except (KeyError, TypeError) as exc:
-            raise FaultError(f"not a kubernetes change record ({exc}): {dict(data)!r}") from None
+    def pods(
+        self, selector: str | Mapping[str, str] = "", *, namespace: str | None = None
+    ) -> list[Pod]: ...
+    def select(
+        self, selector: str | Mapping[str, str], *, namespace: str | None = None
+    ) -> list[Pod]: ...
+    def exec(
+        self, pod: Pod, argv: Sequence[str], *, timeout: float = 30.0, container: str | None = None
+    ) -> Any: ...
+    def drain(self, node: str, *, timeout: float = 120.0) -> list[Pod]: ...
+    def uncordon(self, node: str) -> None: ...
+    def _read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]: ...
+    def _change(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
+    def _watch_until(self, *args: Any, **kwargs: Any) -> Mapping[str, Any] | None: ...
+    def _node_raw(self, node: str) -> dict[str, Any]: ...
+    def _patch_meta(
+        self, kind: str, name: str, namespace: str | None, meta: Mapping[str, Any]
+    ) -> None: ...
+    # the mixin's own methods, called on the host
+    def _mark(self, record: ChangeRecord, *, extra_labels: Mapping[str, str] = ...) -> None: ...
+    def _unmark(self, record: ChangeRecord) -> None: ...
 
 
 class KubeFaults:
-    """Fault primitives mixed into :class:`~.kubernetes.KubernetesTarget`."""
+    """Fault primitives mixed into :class:`~.kubernetes.KubernetesTarget`.
+
+    The seam's primitives (:class:`~.base.FaultPrimitives`) pick the pods and call the
+    per-pod ones (``block_pod_network``, ``fill_pod_disk``, ``stress_pod_memory``,
+    ``fail_node``), putting each record in the fault's :class:`~.base.ChangeLog` once its
+    objects are annotated: a kill in between is found again by :meth:`undo_unrecorded`.
+    """
+
+    # ------------------------------------------------------------ the seam
+
+    def network_block(
+        self: _KubeHost,
+        selector: str | Mapping[str, str] | None,
+        *,
+        port: int | None,
+        direction: Direction,
+        action: Literal["drop", "reject"],
+        name: str,
+        changes: ChangeLog,
+    ) -> None:
+        """Block each matching pod's traffic in its own network namespace (ephemeral
+        container with iptables; a NetworkPolicy where ephemeral containers are refused)."""
+        if selector is None:
+            raise FaultError(
+                "network_block on kubernetes needs a pod selector (e.g. 'app=postgres'); "
+                "port= alone names no pod"
+            )
+        for pod in self.select(selector):
+            changes.put(
+                self.block_pod_network(  # type: ignore[attr-defined]
+                    pod,
+                    ledger_id=changes.ledger_id,
+                    ports=[port] if port else (),
+                    direction=direction,
+                    action=action,
+                )
+            )
+        changes.complete = True
+
+    def disk_fill(
+        self: _KubeHost, workload: str, *, percent: float, path: str | None, changes: ChangeLog
+    ) -> None:
+        """Fill the volume behind ``path`` (default: the first writable mount) in every pod of
+        ``workload`` up to ``percent`` of its filesystem, measured with ``df``."""
+        for pod in _workload_pods(self, workload):
+            container, directory = _fill_dir(self, pod, path)
+            usage = self.disk_usage(pod, directory, container=container)  # type: ignore[attr-defined]
+            if usage is None:  # dry run: nothing measured, nothing written
+                size_mb = 1
+            else:
+                total, used = usage
+                size_mb = math.ceil((total * percent / 100 - used) / 2**20)
+                if size_mb <= 0:
+                    log.info("disk_fill: %s already at %g%% or more", pod.name, percent)
+                    continue
+            changes.put(
+                self.fill_pod_disk(  # type: ignore[attr-defined]
+                    pod,
+                    ledger_id=changes.ledger_id,
+                    path=directory,
+                    size_mb=size_mb,
+                    container=container,
+                )
+            )
+        changes.complete = True
+
+    def memory_stress(
+        self: _KubeHost,
+        selector: str | Mapping[str, str],
+        *,
+        share: float,
+        mb: int | None,
+        hold: bool,
+        count: int | None,
+        changes: ChangeLog,
+    ) -> None:
+        """Hold ``mb`` MiB in every matching pod (a workload name or a label selector);
+        the undo kills the holder. No pod memory usage is read here, so ``share`` cannot
+        be turned into bytes: ``mb`` is required."""
+        if mb is None:
+            raise FaultError(
+                f"memory_stress on kubernetes: the target reports no pod memory usage, so "
+                f"{share:.0%} of the limit cannot be computed; give mb=<MiB to add>"
+            )
+        pods = _workload_pods(self, selector)
+        for pod in pods[:count] if count else pods:
+            changes.put(
+                self.stress_pod_memory(  # type: ignore[attr-defined]
+                    pod,
+                    ledger_id=changes.ledger_id,
+                    mb=mb,
+                    duration_s=3600.0 if hold else 0.0,
+                )
+            )
+        changes.complete = True
+
+    def node_failure(self: _KubeHost, node: str, *, changes: ChangeLog) -> None:
+        """Cordon the node and evict its pods (Eviction API, PodDisruptionBudgets honoured)."""
+        changes.put(self.fail_node(node, ledger_id=changes.ledger_id))  # type: ignore[attr-defined]
+        changes.complete = True
+
+    def undo_unrecorded(self: _KubeHost, ledger_id: str, *, made_on: str) -> int:
+        """Undo what the annotations say ``ledger_id`` changed (a fault killed between
+        annotating an object and its record reaching the ledger)."""
+        if made_on != TARGET:
+            raise FaultError(
+                f"this fault was injected on the {made_on!r} target: revert it with "
+                f"`pytest --chaos-cleanup --chaos-target={made_on}`"
+            )
+        found = [r for r in self.find_marked() if r.ledger_id == ledger_id]  # type: ignore[attr-defined]
+        for record in found:
+            log.info("undoing %s on %s, marked by a half-done inject", record.kind, record.objects)
+            self.undo(record)  # type: ignore[attr-defined]
+        return len(found)
 
     # ---------------------------------------------------------------- network
 
-    def network_block(
-        self: KubernetesTarget,
+    def block_pod_network(
+        self: _KubeHost,
         pod: Pod,
         *,
         ledger_id: str,
@@ -143,6 +243,7 @@ class KubeFaults:
                 "action": action,
             },
             dry_run=self.dry_run,
+            target=TARGET,
         )
         self._mark(record)
         try:
@@ -165,7 +266,7 @@ class KubeFaults:
             )
         return record
 
-    def _add_ephemeral(self: KubernetesTarget, pod: Pod, container: str) -> None:
+    def _add_ephemeral(self: _KubeHost, pod: Pod, container: str) -> None:
         current = self._read(
             self._core.read_namespaced_pod,
             pod.name,
@@ -196,9 +297,7 @@ class KubeFaults:
             name=pod.name,
         )
 
-    def _wait_container_running(
-        self: KubernetesTarget, pod: Pod, container: str, timeout: float
-    ) -> None:
+    def _wait_container_running(self: _KubeHost, pod: Pod, container: str, timeout: float) -> None:
         if self.dry_run:
             return
 
@@ -227,7 +326,7 @@ class KubeFaults:
             )
 
     def _network_policy_block(
-        self: KubernetesTarget,
+        self: _KubeHost,
         pod: Pod,
         ledger_id: str,
         direction: Direction,
@@ -252,6 +351,7 @@ class KubeFaults:
                 "why": str(refusal)[:300],
             },
             dry_run=self.dry_run,
+            target=TARGET,
         )
         self._mark(record, extra_labels={label: "true"})
         types = {"egress": ["Egress"], "ingress": ["Ingress"], "both": ["Ingress", "Egress"]}
@@ -286,7 +386,7 @@ class KubeFaults:
 
     # ------------------------------------------------------------ disk, memory
 
-    def volume_mounts(self: KubernetesTarget, pod: Pod) -> list[tuple[str, str]]:
+    def volume_mounts(self: _KubeHost, pod: Pod) -> list[tuple[str, str]]:
         """``(container, mountPath)`` of the pod's writable volume mounts, in spec order;
         the service account token and other read-only mounts are left out."""
         obj = self._read(
@@ -308,7 +408,7 @@ class KubeFaults:
         ]
 
     def disk_usage(
-        self: KubernetesTarget, pod: Pod, path: str, *, container: str | None = None
+        self: _KubeHost, pod: Pod, path: str, *, container: str | None = None
     ) -> tuple[int, int] | None:
         """``(total, used)`` bytes of the filesystem holding ``path`` in the pod (``df``);
         None in a dry run, where nothing is exec'd."""
@@ -329,8 +429,8 @@ class KubeFaults:
             raise FaultError(f"disk_fill: df -Pk {path} gave no filesystem size: {lines!r}")
         return total, used
 
-    def disk_fill(
-        self: KubernetesTarget,
+    def fill_pod_disk(
+        self: _KubeHost,
         pod: Pod,
         *,
         ledger_id: str,
@@ -351,6 +451,7 @@ class KubeFaults:
             objects=(ObjectRef("Pod", pod.name, pod.namespace),),
             detail={"container": container, "file": target, "size_mb": size_mb},
             dry_run=self.dry_run,
+            target=TARGET,
         )
         self._mark(record)
         f = shlex.quote(target)
@@ -367,8 +468,8 @@ class KubeFaults:
             )
         return record
 
-    def memory_stress(
-        self: KubernetesTarget,
+    def stress_pod_memory(
+        self: _KubeHost,
         pod: Pod,
         *,
         ledger_id: str,
@@ -389,6 +490,7 @@ class KubeFaults:
             objects=(ObjectRef("Pod", pod.name, pod.namespace),),
             detail={"container": container, "pidfile": pidfile, "mb": mb},
             dry_run=self.dry_run,
+            target=TARGET,
         )
         self._mark(record)
         hog = (
@@ -410,8 +512,8 @@ class KubeFaults:
 
     # -------------------------------------------------------------------- node
 
-    def node_failure(
-        self: KubernetesTarget, node: str, *, ledger_id: str, timeout: float = 120.0
+    def fail_node(
+        self: _KubeHost, node: str, *, ledger_id: str, timeout: float = 120.0
     ) -> ChangeRecord:
         """Take a node out: cordon, then drain through the Eviction API."""
         was = bool(self._node_raw(node).get("spec", {}).get("unschedulable", False))
@@ -422,6 +524,7 @@ class KubeFaults:
             objects=(ObjectRef("Node", node),),
             detail={"was_unschedulable": was},
             dry_run=self.dry_run,
+            target=TARGET,
         )
         self._mark(record)
         evicted = self.drain(node, timeout=timeout)
@@ -435,14 +538,20 @@ class KubeFaults:
                 "evicted": [f"{p.namespace}/{p.name}" for p in evicted],
             },
             dry_run=self.dry_run,
+            target=TARGET,
         )
 
     # -------------------------------------------------------------------- undo
 
-    def undo(self: KubernetesTarget, record: ChangeRecord | Mapping[str, Any]) -> None:
+    def undo(self: _KubeHost, record: ChangeRecord | Mapping[str, Any]) -> str | None:
         """Revert one record; idempotent, and an object already gone counts as reverted."""
         if not isinstance(record, ChangeRecord):
             record = ChangeRecord.from_dict(record)
+        if record.target != TARGET:
+            raise FaultError(
+                f"record {record.ledger_id} was made on the {record.target!r} target: undo it "
+                f"with `pytest --chaos-cleanup --chaos-target={record.target}`"
+            )
         if record.context and record.context != self.context:
             raise FaultError(
                 f"record {record.ledger_id} was made on context {record.context!r}, this target "
@@ -485,8 +594,9 @@ class KubeFaults:
         else:
             raise FaultError(f"undo: unknown change record kind {record.kind!r}")
         self._unmark(record)
+        return None
 
-    def _exec_undo(self: KubernetesTarget, pod: Pod, script: str, container: str | None) -> None:
+    def _exec_undo(self: _KubeHost, pod: Pod, script: str, container: str | None) -> None:
         try:
             result = self.exec(pod, ["sh", "-c", script], container=container)
         except KubeNotFound:
@@ -497,7 +607,7 @@ class KubeFaults:
                 f"{result.stderr.strip()}"
             )
 
-    def find_marked(self: KubernetesTarget) -> list[ChangeRecord]:
+    def find_marked(self: _KubeHost) -> list[ChangeRecord]:
         """Every change record annotated on pods and NetworkPolicies of the namespace and on
         nodes: what a cleanup must revert when the ledger file is not at hand."""
         # One fault may change several pods under one ledger id: one record per object.
@@ -527,28 +637,28 @@ class KubeFaults:
     # ------------------------------------------------------------------ marking
 
     def _mark(
-        self: KubernetesTarget, record: ChangeRecord, *, extra_labels: Mapping[str, str] = {}
+        self: _KubeHost, record: ChangeRecord, *, extra_labels: Mapping[str, str] = {}
     ) -> None:
         ref = record.objects[0]
         ids = self._fault_ids(ref) | {record.ledger_id}
         meta: dict[str, Any] = {
             "annotations": {
                 FAULT_ANNOTATION: " ".join(sorted(ids)),
-                RECORD_ANNOTATION_PREFIX + record.key: json.dumps(record.to_dict()),
+                RECORD_ANNOTATION_PREFIX + _short(record.ledger_id): json.dumps(record.to_dict()),
             }
         }
         if extra_labels:
             meta["labels"] = dict(extra_labels)
         self._patch_meta(ref.kind, ref.name, ref.namespace, meta)
 
-    def _unmark(self: KubernetesTarget, record: ChangeRecord) -> None:
+    def _unmark(self: _KubeHost, record: ChangeRecord) -> None:
         ref = record.objects[0]
         try:
             ids = self._fault_ids(ref) - {record.ledger_id}
             meta: dict[str, Any] = {
                 "annotations": {
                     FAULT_ANNOTATION: " ".join(sorted(ids)) or None,
-                    RECORD_ANNOTATION_PREFIX + record.key: None,
+                    RECORD_ANNOTATION_PREFIX + _short(record.ledger_id): None,
                 }
             }
             label = record.detail.get("label")
@@ -558,7 +668,7 @@ class KubeFaults:
         except KubeNotFound:
             pass
 
-    def _fault_ids(self: KubernetesTarget, ref: ObjectRef) -> set[str]:
+    def _fault_ids(self: _KubeHost, ref: ObjectRef) -> set[str]:
         if ref.kind == "Node":
             obj = self._node_raw(ref.name)
         else:
@@ -573,6 +683,44 @@ class KubeFaults:
             )
         value = (obj.get("metadata", {}).get("annotations") or {}).get(FAULT_ANNOTATION, "")
         return set(value.split())
+
+
+def _workload_pods(target: _KubeHost, name: str | Mapping[str, str]) -> list[Pod]:
+    """A workload (Deployment) name or a label selector, as the local target takes both."""
+    if isinstance(name, str) and "=" not in name:
+        pods = [p for p in target.pods() if p.workload == name]
+        if not pods:
+            raise SelectorMatchedNothing(
+                f"no pod of workload {name!r} in namespace {target.namespace!r} "
+                f"(context {target.context!r}); give a label selector such as 'app={name}'"
+            )
+        return pods
+    return target.select(name)
+
+
+def _fill_dir(target: _KubeHost, pod: Pod, path: str | None) -> tuple[str | None, str]:
+    """(container, directory) to fill: ``path`` inside a mount, or the first writable mount."""
+    mounts = target.volume_mounts(pod)  # type: ignore[attr-defined]
+    if path is None:
+        if not mounts:
+            raise SelectorMatchedNothing(
+                f"disk_fill: pod {pod.namespace}/{pod.name} mounts no writable volume; "
+                "give path= (a directory on the filesystem to fill)"
+            )
+        return mounts[0]
+    chosen = PurePosixPath(path)
+    if not chosen.is_absolute():
+        if not mounts:
+            raise FaultError(
+                f"disk_fill: relative path {path!r} but pod {pod.name} mounts no volume; "
+                "give an absolute path"
+            )
+        container, mount = mounts[0]
+        return container, str(PurePosixPath(mount) / chosen)
+    for container, mount in mounts:
+        if chosen.is_relative_to(mount):
+            return container, str(chosen)
+    return None, str(chosen)
 
 
 def _short(ledger_id: str) -> str:

@@ -85,6 +85,8 @@ class KubernetesTarget(KubeFaults):
     """
 
     name = "kubernetes"
+    #: pods are the cluster's: a killed session leaves them running, with its releases
+    pods_outlive_session = True
 
     def __init__(
         self,
@@ -106,6 +108,8 @@ class KubernetesTarget(KubeFaults):
         self.dry_run = dry_run
         self.dry_run_calls: list[str] = []
         self.net_image = net_image
+        #: In a cluster Toxiproxy runs as a Deployment, reached via ``--toxiproxy-url``.
+        self.toxiproxy_url: str | None = None
         self._watch_timeout_s = watch_timeout_s
         import kubernetes.client as kc
 
@@ -190,6 +194,10 @@ class KubernetesTarget(KubeFaults):
                         return f"http://{addr['address']}:{ports[0]['nodePort']}"
         port = ports[0].get("port", 80)
         return f"http://{workload}.{self.namespace}.svc.cluster.local:{port}"
+
+    def toxiproxy_server(self) -> str | None:
+        """:class:`~.base.DependencyProxies`: the server given with ``--toxiproxy-url``."""
+        return self.toxiproxy_url
 
     # ---------------------------------------------------------------- changing
 

@@ -64,6 +64,7 @@ from .base import (
     match_labels,
     parse_selector,
 )
+from .local_faults import LocalFaults
 from .local_resources import (
     GUARDIAN_SCRIPT,
     PodCgroups,
@@ -161,7 +162,7 @@ class _ServiceState:
     last_failure: _Failure | None = None
 
 
-class LocalTarget:
+class LocalTarget(LocalFaults):
     """Services from a YAML file as supervised local processes; implements ``Target``.
 
     ``timeline_hook`` is subscribed before anything starts: a callable taking a
@@ -479,6 +480,20 @@ class LocalTarget:
         """The pod's private port (``pod_port: true``), or None."""
         return self._pod(pod).pod_port
 
+    def metrics_url(self, pod: Pod) -> str | None:
+        """:class:`~.base.PodMetrics`: /metrics on the pod's private port."""
+        port = self.pod_port(pod)
+        return f"http://{pod.host}:{port}/metrics" if port else None
+
+    def admin_url(self, pod: Pod) -> str | None:
+        """:class:`~.base.PodAdmin`: the admin hooks are on the pod's private port."""
+        port = self.pod_port(pod)
+        return f"http://{pod.host}:{port}" if port else None
+
+    def toxiproxy_server(self) -> str | None:
+        """:class:`~.base.DependencyProxies`: the server carrying the proxied services."""
+        return self.toxiproxy_url
+
     def data_dir(self, service: str) -> Path:
         path = self._service(service).data_dir
         if path is None:
@@ -562,6 +577,12 @@ class LocalTarget:
         """
         name = pod.name if isinstance(pod, Pod) else pod
         return self._call(functools.partial(self._spawn_helper, name, list(argv), env or {}))
+
+    def log_tail(self, pod: Pod, *, lines: int = 3) -> str:
+        """:class:`~.base.PodLogs`: the last ``lines`` of the pod's log, joined by " | "."""
+        with contextlib.suppress(OSError):
+            return " | ".join(self.log_path(pod).read_text(errors="replace").splitlines()[-lines:])
+        return ""
 
     def log_path(self, pod: Pod | str) -> Path:
         """Where the pod's stdout and stderr go; kept after the pod is gone."""
