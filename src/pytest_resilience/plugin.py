@@ -500,10 +500,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     run = config.stash.get(RUN_KEY, None)
     if run is None or not (run.results or run.notices):
         return
-    from .results import summary_lines
+    from .results import resilience_section_lines
 
     terminalreporter.section("resilience")
-    for line in [*run.notices, *summary_lines(run)]:
+    for line in resilience_section_lines(run):
         terminalreporter.write_line(line)
 
 
