@@ -23,6 +23,7 @@ from ..errors import NotAllowed, TargetError
 
 __all__ = [
     "ContextName",
+    "ExecStatus",
     "KubeApiError",
     "KubeConflict",
     "KubeConnection",
@@ -35,6 +36,7 @@ __all__ = [
     "call",
     "connect",
     "describe_target",
+    "exec_status",
     "translate",
 ]
 
@@ -188,6 +190,63 @@ def describe_target(
         f"chaos target: kubernetes, context {str(conn.context)!r}, API server {conn.host}, "
         f"namespace {namespace!r} (kubeconfig {conn.kubeconfig})"
     )
+
+
+@dataclass(frozen=True)
+class ExecStatus:
+    """How an exec ended, from the Status on the exec websocket's error channel.
+
+    ``ran``: the command started (its exit code is real). When it did not (a binary the
+    image lacks, a stopped container, a broken stream), ``message`` is the server's own
+    text and ``exit_code`` follows ``docker exec``: 127 not found, 126 not executable,
+    -1 anything else.
+    """
+
+    exit_code: int
+    message: str = ""
+    ran: bool = False
+
+
+def exec_status(error_channel: str | bytes | None) -> ExecStatus:
+    """Read the v4 exec protocol's final Status (channel 3) without losing its message.
+
+    Success is exit 0; ``NonZeroExitCode`` carries the code as the ``ExitCode`` cause;
+    any other Failure (``InternalError`` from the kubelet's remotecommand server when the
+    runtime could not start the process) keeps its ``message``. The client library's
+    ``returncode`` reads ``causes[0].message`` as an int and fails on exactly those.
+    """
+    if isinstance(error_channel, bytes):
+        error_channel = error_channel.decode("utf-8", "replace")
+    text = (error_channel or "").strip()
+    if not text:
+        return ExecStatus(-1, "exec stream ended with no status (connection lost?)")
+    try:
+        status = json.loads(text)
+    except ValueError:
+        return ExecStatus(-1, f"exec stream ended with an unreadable status: {text[:300]}")
+    if not isinstance(status, dict):
+        return ExecStatus(-1, f"exec stream ended with an unreadable status: {text[:300]}")
+    if status.get("status") == "Success":
+        return ExecStatus(0, "", ran=True)
+    causes = (status.get("details") or {}).get("causes") or ()
+    if status.get("reason") == "NonZeroExitCode":
+        for cause in causes:
+            if cause.get("reason") == "ExitCode":
+                with contextlib.suppress(TypeError, ValueError):
+                    return ExecStatus(int(cause.get("message")), "", ran=True)
+    message = str(
+        status.get("message")
+        or "; ".join(str(c.get("message")) for c in causes if c.get("message"))
+        or text[:300]
+    )
+    lowered = message.lower()
+    if "executable file not found" in lowered or "no such file or directory" in lowered:
+        code = 127
+    elif "permission denied" in lowered:
+        code = 126
+    else:
+        code = -1
+    return ExecStatus(code, message)
 
 
 def call(
