@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from pytest_resilience import FaultError, Timeline
+from pytest_resilience.errors import PrivilegeError
 from pytest_resilience.faults.base import (
     Fault,
     FaultContext,
@@ -21,9 +22,12 @@ from pytest_resilience.faults.base import (
     register_reverter,
     revert_entries,
 )
+from pytest_resilience.faults.network import NetworkBlock
 from pytest_resilience.ledger import Ledger
+from pytest_resilience.targets.local import LocalTarget
 from pytest_resilience.timeline import FAULT_INJECTED, FAULT_REVERTED
 
+WEB_SERVICES = Path(__file__).parent / "local_services" / "web.yaml"
 TARGET = types.SimpleNamespace(name="test")  # these faults act on files, not on a target
 
 
@@ -178,3 +182,99 @@ def test_a_fault_names_what_it_learnt_in_the_ledger_before_acting(
     fault = NotingFault(tmp_path / "learnt", ledger)
     FaultSession(TARGET, ledger=ledger).inject(fault).revert()
     assert fault.spec_before_acting == {"path": str(tmp_path / "learnt")}
+
+
+# -- what no cleanup could settle (issue 10, items 3 and 11) ---------------------------------
+
+
+def test_a_network_block_without_iptables_is_refused_and_leaves_no_entry(
+    tmp_path: Path, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The precondition fails before anything changes: nothing to revert (no FileNotFoundError
+    # from a revert running `iptables`), and no open entry for every later session to trip on.
+    bare = tmp_path / "bin"  # a PATH on which there is no iptables
+    bare.mkdir()
+    monkeypatch.setenv("PATH", str(bare))
+    target = LocalTarget.from_file(WEB_SERVICES, work_dir=tmp_path / "work")  # not started
+    session = FaultSession(target, ledger=ledger)
+    with pytest.raises(PrivilegeError, match=r"needs the iptables binary") as info:
+        session.inject(NetworkBlock("app=web"))
+    assert info.value.__context__ is None  # nothing failed while handling it
+    assert ledger.open_entries(include_live_owners=True) == []
+    assert session.active == []
+    session.revert_all()  # nothing left that a revert would try
+
+
+LATENCY_KILLED_MID_INJECT = """
+import os, signal, sys
+from pathlib import Path
+from pytest_resilience.faults.base import FaultSession
+from pytest_resilience.faults.toxics import Latency
+from pytest_resilience.ledger import Ledger
+
+class Local:  # the moment of the kill: the fault asks its target for the Toxiproxy server
+    name = "local"
+
+    def toxiproxy_server(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    toxiproxy_url = property(toxiproxy_server)  # where faults asked before capabilities
+
+FaultSession(Local(), ledger=Ledger(Path(sys.argv[1]))).inject(Latency("postgres", ms=300))
+"""
+
+
+def test_cleanup_closes_a_latency_killed_before_it_reached_toxiproxy(tmp_path: Path) -> None:
+    ledger_path = tmp_path / "ledger.sqlite"
+    killed = subprocess.run(
+        [sys.executable, "-c", LATENCY_KILLED_MID_INJECT, str(ledger_path)],
+        capture_output=True,
+        timeout=60,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    (project := tmp_path / "project").mkdir()
+    (project / "pytest.ini").write_text("[pytest]\n")
+    # The user's cleanup: the local target, not started, so no Toxiproxy server of its own.
+    cleanup = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--chaos-cleanup",
+            f"--chaos-ledger={ledger_path}",
+        ],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = cleanup.stdout + cleanup.stderr
+    assert cleanup.returncode == 0, out
+    assert "latency (latency 300±0 ms downstream on proxy 'postgres'" in out, out
+    assert "closed, nothing left to undo: it never acted" in out, out
+    assert "Traceback" not in out, out
+    ledger = Ledger(ledger_path)
+    try:
+        (entry,) = [ledger.get(1)]
+        assert entry.closed_at is not None, entry
+        assert entry.outcome.startswith("closed by cleanup: it never acted")  # type: ignore[union-attr]
+        again = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-p",
+                "no:cacheprovider",
+                "--chaos-cleanup",
+                f"--chaos-ledger={ledger_path}",
+            ],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert again.returncode == 0 and "nothing open" in again.stdout, again.stdout
+    finally:
+        ledger.close_db()
