@@ -39,7 +39,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "chaos: a chaos scenario (fault under load, SLO checks)")
+    config.addinivalue_line(
+        "markers",
+        "chaos(requires=[...]): a chaos scenario (fault under load, SLO checks); requires "
+        "names target capabilities it needs (skipped where the target lacks one)",
+    )
     config.stash[RUN_KEY] = ChaosRun(ChaosSettings.from_config(config))
     # SIGTERM (CI cancelling a job) becomes KeyboardInterrupt, so pytest runs every
     # fixture teardown and each fault is reverted, as on Ctrl-C.
@@ -85,8 +89,11 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A chaos scenario whose faults need what this machine lacks is skipped here, naming
     it and the install line; under CI it fails at setup instead (no green by skipping)."""
+    from .capabilities import skip_lacking
     from .preflight import in_ci, verdicts_for
 
+    # What the target cannot do at all is skipped, naming the capability (CI too).
+    skip_lacking(items, target=config.stash[RUN_KEY].settings.target)
     chaos = [item for item in items if item.get_closest_marker("chaos") is not None]
     verdicts = verdicts_for(config.stash[RUN_KEY].settings.target, map(_faults_of, chaos))
     config.stash[VERDICTS_KEY] = verdicts

@@ -1,0 +1,99 @@
+"""Which scenarios the chosen target can run, decided at collection.
+
+A capability (:data:`~.targets.base.CAPABILITIES`) is a small protocol a target class
+implements or not, so this is known before the target starts: a scenario that needs one its
+target lacks is skipped with the capability named, instead of failing halfway with an
+AttributeError, and ``pytest --collect-only`` shows what runs where. A scenario needs:
+
+- what its ``@pytest.mark.chaos(requires=[...])`` names;
+- what the fault fixtures it requests need (:data:`FIXTURE_NEEDS`), and for a YAML
+  scenario, the faults of its method.
+
+Unknown capability names are a usage error naming the scenario and the known names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import pytest
+
+from .targets.base import CAPABILITIES
+
+__all__ = ["FIXTURE_NEEDS", "offered", "required", "skip_lacking", "target_class"]
+
+#: fault fixture -> the capabilities it cannot work without
+FIXTURE_NEEDS: dict[str, tuple[str, ...]] = {
+    "bad_deploy": ("releases",),
+    "latency": ("dependency_proxies",),
+    "toxic": ("dependency_proxies",),
+    "proxy_down": ("dependency_proxies",),
+}
+
+
+def target_class(kind: str) -> type:
+    """The class behind ``--chaos-target`` (imported only for the kind asked for)."""
+    if kind == "kubernetes":
+        from .targets.kubernetes import KubernetesTarget
+
+        return KubernetesTarget
+    from .targets.local import LocalTarget
+
+    return LocalTarget
+
+
+def offered(cls: type) -> frozenset[str]:
+    """The capability names a target class implements."""
+    return frozenset(name for name, protocol in CAPABILITIES.items() if issubclass(cls, protocol))
+
+
+def required(item: pytest.Item) -> list[str]:
+    """The capabilities ``item`` needs, in the order first named; UsageError on a typo."""
+    needs: list[str] = []
+    for mark in item.iter_markers("chaos"):
+        asked = mark.kwargs.get("requires", ())
+        names: Sequence[object] = [asked] if isinstance(asked, str) else list(asked)
+        for name in names:
+            if name not in CAPABILITIES:
+                raise pytest.UsageError(
+                    f"{item.nodeid}: @pytest.mark.chaos(requires=...) names unknown capability "
+                    f"{name!r}; known: {', '.join(sorted(CAPABILITIES))}"
+                )
+            needs.append(str(name))
+    for fixture in _faults_used(item):
+        needs.extend(FIXTURE_NEEDS.get(fixture, ()))
+    return list(dict.fromkeys(needs))
+
+
+def skip_lacking(items: Iterable[pytest.Item], *, target: str) -> list[tuple[pytest.Item, str]]:
+    """Mark every item needing a capability ``target`` lacks as skipped; returns them with
+    the reason (the capability named, and what it is)."""
+    cls = target_class(target)
+    has = offered(cls)
+    skipped: list[tuple[pytest.Item, str]] = []
+    for item in items:
+        lacking = [name for name in required(item) if name not in has]
+        if not lacking:
+            continue
+        what = "; ".join(f"{name!r}: {_summary(name)}" for name in lacking)
+        reason = f"target {target!r} lacks the capability {what}"
+        item.add_marker(pytest.mark.skip(reason=reason))
+        skipped.append((item, reason))
+    return skipped
+
+
+def _faults_used(item: pytest.Item) -> list[str]:
+    """Fixture names of the item, plus the faults a YAML scenario's method injects."""
+    if not isinstance(item, pytest.Function):
+        return []
+    names = list(item.fixturenames)
+    from .collect import ScenarioItem
+
+    if isinstance(item, ScenarioItem):
+        names.extend(step.fault for step in item.scenario.method)
+    return names
+
+
+def _summary(name: str) -> str:
+    doc = (CAPABILITIES[name].__doc__ or name).strip()
+    return doc.splitlines()[0].rstrip(".")

@@ -1,0 +1,155 @@
+"""The Target seam holds: nothing above it asks which target it is, and a scenario needing
+what its target cannot do is skipped at collection, naming the capability.
+
+Above the seam are faults/, slo.py, probes.py, monitoring.py and engine/ (DESIGN.md,
+Targets). The check parses each module (ast, so comments and strings do not count) and
+flags a comparison of a target's ``name`` and any ``getattr``/``hasattr`` on a target.
+"""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import pytest_resilience
+from pytest_resilience.capabilities import offered
+from pytest_resilience.targets.base import CAPABILITIES, FaultPrimitives
+from pytest_resilience.targets.kubernetes import KubernetesTarget
+from pytest_resilience.targets.local import LocalTarget
+
+pytest_plugins = ["pytester"]
+
+PACKAGE = Path(pytest_resilience.__file__).parent
+ABOVE_THE_SEAM = ["faults", "slo.py", "probes.py", "monitoring.py", "engine"]
+
+
+def _modules() -> list[Path]:
+    found: list[Path] = []
+    for entry in ABOVE_THE_SEAM:
+        path = PACKAGE / entry
+        found += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    return found
+
+
+def _is_target(node: ast.AST) -> bool:
+    """``target``, ``ctx.target``, ``self.ctx.target``, ``kube_target`` ...: a target."""
+    if isinstance(node, ast.Name):
+        return node.id.endswith("target")
+    if isinstance(node, ast.Attribute):
+        return node.attr.endswith("target")
+    return False
+
+
+def seam_breaches(source: str, filename: str = "<source>") -> list[str]:
+    """Each place ``source`` compares a target's name or probes a target with getattr."""
+    breaches = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.Compare):
+            for side in [node.left, *node.comparators]:
+                if (
+                    isinstance(side, ast.Attribute)
+                    and side.attr == "name"
+                    and _is_target(side.value)
+                ):
+                    breaches.append(f"{filename}:{node.lineno}: compares {ast.unparse(side)}")
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr")
+            and node.args
+            and _is_target(node.args[0])
+        ):
+            breaches.append(f"{filename}:{node.lineno}: probes with {ast.unparse(node)}")
+    return breaches
+
+
+def test_the_check_sees_what_it_is_for() -> None:
+    bad = textwrap.dedent(
+        """
+        if ctx.target.name == "kubernetes":
+            pass
+        port = getattr(self.target, "pod_port", None)
+        if "local" != target.name or hasattr(target, "rollout"):
+            pass
+        """
+    )
+    assert len(seam_breaches(bad)) == 4, seam_breaches(bad)
+    fine = 'raise FaultError(f"target {ctx.target.name!r} has none")\nx = getattr(exc, "mark")\n'
+    assert seam_breaches(fine) == []
+
+
+def test_nothing_above_the_seam_asks_which_target_it_is() -> None:
+    modules = _modules()
+    assert len(modules) > 10, modules  # the rooms exist where DESIGN.md says
+    breaches = [b for path in modules for b in seam_breaches(path.read_text(), str(path))]
+    assert breaches == [], "\n".join(breaches)
+
+
+def test_kube_dispatch_is_gone_and_the_kubernetes_modules_do_not_import_each_other() -> None:
+    assert not (PACKAGE / "faults" / "kube_dispatch.py").exists()
+    tree = ast.parse((PACKAGE / "targets" / "kube_faults.py").read_text())
+    imported = {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module is not None
+    }
+    assert "kubernetes" not in imported and not any(m.endswith(".kubernetes") for m in imported)
+
+
+def test_both_targets_carry_the_seam_and_say_what_they_offer() -> None:
+    assert issubclass(LocalTarget, FaultPrimitives)
+    assert issubclass(KubernetesTarget, FaultPrimitives)
+    assert offered(LocalTarget) == set(CAPABILITIES)
+    assert "releases" not in offered(KubernetesTarget)
+
+
+SCENARIOS = """
+import pytest
+
+@pytest.mark.chaos(requires=["pod_admin"])
+def test_admin_hook(chaos_target):
+    raise AssertionError("must not run: the target has no pod admin endpoint")
+
+@pytest.mark.chaos
+def test_bad_release(bad_deploy):
+    raise AssertionError("must not run: the target cannot switch releases")
+
+def test_plain():
+    pass
+"""
+
+
+def test_a_scenario_needing_a_missing_capability_is_skipped_at_collection(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_scenarios=SCENARIOS)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--chaos-target=kubernetes", "-rs"
+    )
+    result.assert_outcomes(passed=1, skipped=2)
+    result.stdout.fnmatch_lines(
+        [
+            "SKIPPED*test_scenarios.py:*target 'kubernetes' lacks the capability 'pod_admin'*",
+            "SKIPPED*test_scenarios.py:*target 'kubernetes' lacks the capability 'releases'*",
+        ],
+        consecutive=False,
+    )
+    assert "AttributeError" not in result.stdout.str()
+
+
+def test_an_unknown_capability_is_a_usage_error_naming_it(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_typo="""
+        import pytest
+
+        @pytest.mark.chaos(requires=["pod_admn"])
+        def test_it():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_typo.py::test_it*unknown capability 'pod_admn'*known:*"])
