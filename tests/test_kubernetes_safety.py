@@ -89,9 +89,9 @@ def test_changes_in_a_protected_namespace_never_reach_the_server(
         with pytest.raises(NotAllowed):
             t.exec(coredns, ["true"])
         with pytest.raises(NotAllowed):
-            t.network_block(coredns, ledger_id="l-1")
+            t.block_pod_network(coredns, ledger_id="l-1")
         with pytest.raises(NotAllowed):
-            t.disk_fill(coredns, ledger_id="l-2", path="/data", size_mb=10)
+            t.fill_pod_disk(coredns, ledger_id="l-2", path="/data", size_mb=10)
     assert cluster.mutating_requests() == []
     assert cluster.requests() == []
 
@@ -103,7 +103,7 @@ def test_dry_run_logs_and_changes_nothing(cluster: EmulatedCluster, tmp_path: Pa
         t.scale("api", 7)
         t.restart("api")
         t.cordon("worker-1")
-        rec = t.network_block(pod, ledger_id="dry-1")
+        rec = t.block_pod_network(pod, ledger_id="dry-1")
         assert t.exec(pod, ["rm", "-rf", "/"]).stderr.startswith("dry-run")
         assert rec.dry_run
     assert cluster.mutating_requests() == []
