@@ -142,10 +142,17 @@ class Selector:
 
     @classmethod
     def from_query(cls, query: Any, plural: str) -> Selector:
-        return cls(
-            tuple(parse_label_selector(query.get("labelSelector", ""))),
-            tuple(parse_field_selector(query.get("fieldSelector", ""), plural)),
-        )
+        """The request's selectors; a bad one is the API server's 400."""
+        labels, fields = query.get("labelSelector", ""), query.get("fieldSelector", "")
+        try:
+            return cls(
+                tuple(parse_label_selector(labels)), tuple(parse_field_selector(fields, plural))
+            )
+        except SelectorError as exc:
+            raise bad_request(
+                f'Unable to find "{plural}" that match label selector "{labels}", '
+                f'field selector "{fields}": {exc}'
+            ) from None
 
     def matches(self, obj: dict[str, Any] | None) -> bool:
         if obj is None:

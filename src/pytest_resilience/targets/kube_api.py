@@ -105,10 +105,13 @@ class ContextName(str):
 
     server: str
 
-    def __new__(cls, name: str, server: str) -> ContextName:
+    def __new__(cls, name: str, server: str = "") -> ContextName:
         obj = super().__new__(cls, name)
         obj.server = server
         return obj
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:  # copy, deepcopy, pickle
+        return (ContextName, (str(self), self.server))
 
 
 @dataclass(frozen=True)
