@@ -299,8 +299,10 @@ class DependencyProxies(Protocol):
 
 @runtime_checkable
 class Releases(Protocol):
-    """A workload can be switched to another release (``bad_deploy``); ``Workload.version``
-    reports the release that runs, :meth:`Target.rollback` goes back."""
+    """A workload can be switched to another release, as ``bad_deploy`` does.
+
+    ``Workload.version`` reports the release that runs; :meth:`Target.rollback` goes back.
+    """
 
     def rollout(self, workload: str, version: str) -> None: ...
 
