@@ -21,6 +21,14 @@ pytestmark = pytest.mark.chaos
 #: error rate while the database is gone: cold reads (6%) and writes (4%) of the demo load
 #: fail, plus the requests that time out before the breaker opens
 DEGRADED_ERROR_RATE = 0.25
+#: Availability is judged per second: a second is up when a request in it succeeded. 80%
+#: over 10 s allows two seconds in ten without a successful answer (the load generator
+#: counts requests when they complete, so one starved of CPU on a shared runner shows an
+#: empty second while the service is fine) and fails on an outage of three seconds or more;
+#: what it is here to catch, every request failing once the database is gone (no cached
+#: reads served), reads 0%. 99% over 5 s tolerated no second at all.
+AVAILABILITY = 0.8
+AVAILABILITY_WINDOW_S = 10
 BLOCK_S = 10  # seconds of load under the fault
 BREAKER_TIMEOUT_S = 15.0
 
@@ -30,7 +38,7 @@ def test_postgres_lost_breaker_opens_service_stays_available(
 ):
     slo.error_rate(below=0.01, window_s=5)
     slo.latency(percentile=99, below_ms=2000, window_s=5)
-    slo.availability(above=0.99, window_s=5)
+    slo.availability(above=AVAILABILITY, window_s=AVAILABILITY_WINDOW_S)
     slo.add(Objective("degraded_error_rate", "error_rate", DEGRADED_ERROR_RATE, window_s=5))
     probes = BuiltinProbes(chaos_target, timeline)
 
