@@ -1,0 +1,100 @@
+"""The kind path of both workflows: every image on the nodes before the cluster is used,
+the whole scenarios/ set, and the list of what kind skips, printed.
+
+A kind node pulls from the internet unless the image is already in its containerd
+(``kind load docker-image``) and the pod's pull policy lets it use that copy (a pinned
+tag: IfNotPresent; ``:latest`` means Always). A pull at fault time (the network block's
+ephemeral container) makes a chaos run depend on Docker Hub's rate limit, so every image
+the manifests and the target use is pulled or built once, loaded, and only then applied.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+MANIFESTS = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
+DEMO_IMAGE = "pytest-resilience-demo:ci"
+
+
+def manifest_images() -> set[str]:
+    images: set[str] = set()
+    for path in MANIFESTS:
+        for doc in yaml.safe_load_all(path.read_text()):
+            spec = (doc or {}).get("spec", {}).get("template", {}).get("spec", {})
+            for c in [*spec.get("containers", []), *spec.get("initContainers", [])]:
+                images.add(c["image"])
+    return images
+
+
+def net_image() -> str:
+    """The ephemeral container image the Kubernetes target uses by default."""
+    from pytest_resilience.targets.kubernetes import KubernetesTarget
+
+    return str(inspect.signature(KubernetesTarget.__init__).parameters["net_image"].default)
+
+
+def steps(path: Path) -> list[dict[str, Any]]:
+    (job,) = yaml.safe_load(path.read_text())["jobs"].values()
+    return list(job["steps"])
+
+
+def index_of(all_steps: list[dict[str, Any]], needle: str) -> int:
+    found = [i for i, s in enumerate(all_steps) if needle in " ".join(s.get("run", "").split())]
+    assert found, f"no step runs {needle!r}"
+    return found[0]
+
+
+def test_every_image_has_a_pinned_tag_the_node_can_reuse() -> None:
+    for path in MANIFESTS:
+        for doc in yaml.safe_load_all(path.read_text()):
+            spec = (doc or {}).get("spec", {}).get("template", {}).get("spec", {})
+            for c in spec.get("containers", []):
+                tag = c["image"].rsplit(":", 1)[-1] if ":" in c["image"] else "latest"
+                assert tag != "latest", f"{path.name}: {c['image']} would be pulled (Always)"
+                assert c.get("imagePullPolicy", "IfNotPresent") == "IfNotPresent", c["image"]
+    assert ":" in net_image() and not net_image().endswith(":latest")
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_every_image_is_loaded_before_the_cluster_is_used(path: Path) -> None:
+    all_steps = steps(path)
+    apply_at = index_of(all_steps, "kubectl apply -f deploy/k8s/")
+    pytest_at = index_of(all_steps, "pytest -m chaos scenarios/ -rs")
+    build_at = index_of(all_steps, f"docker build -f deploy/Dockerfile.demo -t {DEMO_IMAGE} .")
+    assert build_at < apply_at
+    loaded: set[str] = set()
+    pulled: set[str] = set()
+    for s in all_steps[:apply_at]:
+        for line in s.get("run", "").replace("\\\n", " ").splitlines():  # continuations
+            words = line.split()
+            if words[:3] == ["kind", "load", "docker-image"]:
+                loaded |= {w for w in words[3:] if not w.startswith("-") and w != "chaos"}
+            if words[:2] == ["docker", "pull"]:
+                pulled |= {w for w in words[2:] if not w.startswith("-")}
+        assert "$" not in " ".join(loaded), "images are named literally, so this test can see them"
+    wanted = manifest_images() | {net_image()}
+    assert wanted <= loaded, f"not loaded into the nodes: {sorted(wanted - loaded)}"
+    assert wanted - {DEMO_IMAGE} <= pulled, f"not pulled first: {sorted(wanted - pulled)}"
+    assert apply_at < pytest_at
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_the_workflow_prints_what_runs_on_kind_and_what_is_skipped(path: Path) -> None:
+    all_steps = steps(path)
+    listing = index_of(all_steps, "pytest --collect-only -q -m chaos scenarios/")
+    skipped = index_of(all_steps, "--setup-plan")
+    run_at = index_of(all_steps, "pytest -m chaos scenarios/ -rs")
+    assert listing < run_at and skipped < run_at
+    text = " ".join(all_steps[skipped]["run"].split())
+    for part in ("-m chaos scenarios/", "--chaos-target=kubernetes", "-rs", "SKIPPED"):
+        assert part in text, part
+    run = " ".join(all_steps[run_at]["run"].split())
+    assert "-rs" in run  # the run's summary names every skip with its reason too
+    assert " -k " not in run and "--deselect" not in run  # the whole set, no cherry-picking
