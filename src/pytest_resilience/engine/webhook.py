@@ -1,8 +1,10 @@
-"""Alertmanager-compatible webhook receiver (payload version 4), on its own asyncio loop.
+"""Alertmanager-compatible webhook receiver, on its own asyncio loop.
 
-Alertmanager retries a delivery only on 5xx (a 4xx is dropped for good), so: malformed
-payloads get 400 with a message naming the field (retrying cannot fix them), and a full
-queue gets 503 with Retry-After (retrying will). Identical re-deliveries (Alertmanager
+Alertmanager retries a delivery only on 5xx (a 4xx is dropped for good), so: every body an
+alert can be understood from is taken (:mod:`.intake` says what that covers: versions 1, 3,
+4 and none, Grafana-managed alerting's body, missing statuses and timestamps); only a body
+with no alert in it gets 400, naming the field (retrying cannot fix it); a full queue gets
+503 with Retry-After (retrying will). Identical re-deliveries (Alertmanager
 re-sends a group on every ``group_interval``/``repeat_interval``) are recognised and
 answered 200 without queueing anything. Binds to loopback unless told otherwise.
 """
@@ -17,28 +19,20 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import web
 
 from ..errors import ConfigError
-from .alerts import FIRING, RESOLVED, Alert
+from .alerts import Alert
+from .intake import PayloadError, parse_payload, read_delivery
 from .redaction import LOGGER, register_secret
 
 __all__ = ["PayloadError", "WebhookServer", "parse_listen", "parse_payload"]
 
-_ZERO_TIME = "0001-01-01T00:00:00Z"
-
 
 class AlertSink(Protocol):
     def submit(self, alert: Alert) -> bool: ...
-
-
-class PayloadError(ValueError):
-    def __init__(self, field: str, message: str) -> None:
-        self.field = field
-        super().__init__(f"{field}: {message}")
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -46,93 +40,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not host:
         raise ConfigError(f"expected HOST:PORT, got {listen!r}", field="listen")
     return host.strip("[]"), int(port)
-
-
-def parse_payload(data: Any, *, now: float | None = None) -> tuple[str, list[Alert]]:
-    """Validate a version-4 webhook payload; returns (groupKey, alerts)."""
-    now = time.time() if now is None else now
-    if not isinstance(data, dict):
-        raise PayloadError("body", f"expected a JSON object, got {type(data).__name__}")
-    if data.get("version") != "4":
-        raise PayloadError("version", f'expected "4", got {data.get("version")!r}')
-    group_key = data.get("groupKey")
-    if not isinstance(group_key, str):
-        raise PayloadError("groupKey", "expected a string")
-    _status(data.get("status"), "status")
-    items = data.get("alerts")
-    if not isinstance(items, list):
-        raise PayloadError("alerts", f"expected a list, got {type(items).__name__}")
-    return group_key, [_alert(item, f"alerts[{i}]", now) for i, item in enumerate(items)]
-
-
-def _status(value: Any, field: str) -> str:
-    if value not in (FIRING, RESOLVED):
-        raise PayloadError(field, f"expected 'firing' or 'resolved', got {value!r}")
-    return value
-
-
-def _strings(value: Any, field: str, *, required: bool) -> dict[str, str]:
-    if value is None and not required:
-        return {}
-    if not isinstance(value, dict):
-        raise PayloadError(field, f"expected an object, got {type(value).__name__}")
-    for key, item in value.items():
-        if not isinstance(item, str):
-            raise PayloadError(f"{field}.{key}", f"expected a string, got {type(item).__name__}")
-    return value
-
-
-def _time(value: Any, field: str, *, required: bool) -> float | None:
-    if value is None and not required:
-        return None
-    if not isinstance(value, str):
-        raise PayloadError(field, "expected an RFC 3339 timestamp string")
-    if value == _ZERO_TIME:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise PayloadError(field, f"not an RFC 3339 timestamp: {value[:40]!r}") from None
-    if parsed.tzinfo is None:
-        raise PayloadError(field, f"timestamp without a time zone: {value[:40]!r}")
-    try:
-        return parsed.timestamp()
-    except (OverflowError, OSError, ValueError):
-        raise PayloadError(field, f"timestamp out of range: {value[:40]!r}") from None
-
-
-def _alert(item: Any, where: str, now: float) -> Alert:
-    if not isinstance(item, dict):
-        raise PayloadError(where, f"expected an object, got {type(item).__name__}")
-    status = _status(item.get("status"), f"{where}.status")
-    labels = _strings(item.get("labels"), f"{where}.labels", required=True)
-    name = labels.get("alertname")
-    if not name:
-        raise PayloadError(f"{where}.labels.alertname", "missing")
-    annotations = _strings(item.get("annotations"), f"{where}.annotations", required=False)
-    starts = _time(item.get("startsAt"), f"{where}.startsAt", required=True)
-    ends = _time(item.get("endsAt"), f"{where}.endsAt", required=False)
-    fingerprint = item.get("fingerprint", "")
-    if not isinstance(fingerprint, str):
-        raise PayloadError(f"{where}.fingerprint", "expected a string")
-    try:
-        value = float(annotations["value"]) if "value" in annotations else None
-    except ValueError:
-        value = None
-    return Alert(
-        name=name,
-        target=Alert.target_from_labels(labels) or labels.get("instance", "") or "unknown",
-        labels=dict(labels),
-        annotations=dict(annotations),
-        severity=labels.get("severity", "warning"),
-        status=status,
-        starts_at=starts if starts is not None else now,
-        ends_at=ends if status == RESOLVED else None,
-        fingerprint=fingerprint,
-        value=value,
-        source="webhook",
-        received_at=now,
-    )
 
 
 def _delivery_key(group_key: str, status: str, alerts: list[Alert]) -> str:
@@ -240,12 +147,15 @@ class WebhookServer:
         except (ValueError, RecursionError) as exc:
             return self._reject(400, "body", f"not valid JSON: {str(exc)[:200]}")
         try:
-            group_key, alerts = parse_payload(data, now=self._clock())
+            delivery = read_delivery(data, now=self._clock())
         except PayloadError as exc:
-            return self._reject(400, exc.field, str(exc).split(": ", 1)[1])
+            return self._reject(400, exc.field, exc.message)
         except RecursionError:
             return self._reject(400, "body", "nested too deeply")
-        key = _delivery_key(group_key, data["status"], alerts)
+        alerts = list(delivery.alerts)
+        if delivery.notes:
+            LOGGER.info("webhook body taken with notes: %s", "; ".join(delivery.notes))
+        key = _delivery_key(delivery.group_key, delivery.status, alerts)
         now = self._clock()
         self._expire(now)
         if key in self._seen:
@@ -263,7 +173,10 @@ class WebhookServer:
                 )
         self._seen[key] = now
         self.counters["accepted"] += len(alerts)
-        return web.json_response({"status": "ok", "accepted": len(alerts)})
+        answer: dict[str, object] = {"status": "ok", "accepted": len(alerts)}
+        if delivery.notes:
+            answer["ignored"] = list(delivery.notes)
+        return web.json_response(answer)
 
     def _expire(self, now: float) -> None:
         while self._seen and (
