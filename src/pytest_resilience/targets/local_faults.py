@@ -426,8 +426,8 @@ def _undo_memory(
         if process is not None and local_memory.is_hog(process):
             local_memory.stop_process(process)
             stopped += 1
-    # whatever a half-done inject left running under its tag
-    stopped += local_memory.stop_tagged(tag)
+    if not procs:  # from the record alone: also helpers it never recorded, by their tag
+        stopped += local_memory.stop_tagged(tag)
     if procs or stopped:
         return None
     return "its memory helpers died with their session, and the memory with them"
