@@ -261,8 +261,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return json.loads(json.dumps(self._objects[key].raw))
 
     def _items(self, res: Any, ns: str | None) -> list[dict[str, Any]]:
+        """The stored objects, not copies (the controllers only read them, as from an
+        informer cache); writes go through ``_patch``. Copying 1,000 pods on every pass
+        would make the emulator, not the client, slower with a bigger namespace."""
         return [
-            json.loads(json.dumps(o.raw))
+            o.raw
             for (r, n, _), o in self._objects.items()
             if r == res and (ns is None or n == ns) and not o.deleted
         ]
@@ -1003,6 +1006,9 @@ class Request:
 class EmulatedCluster:
     """The emulator on a free port, in a background event loop thread."""
 
+    #: the emulator served (tests/kube_kubelet.py puts a process-running kubelet in it)
+    emulator_class: type[ClusterEmulator] = ClusterEmulator
+
     def __init__(self, *, host: str = "127.0.0.1") -> None:
         self.host = host  # 0.0.0.0: reachable on this machine's other addresses too
         self.exec_log: list[tuple[str, str, str | None, list[str]]] = []
@@ -1050,7 +1056,7 @@ class EmulatedCluster:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        async with ClusterEmulator() as emu, kmock.Server(emu, host=self.host) as server:
+        async with self.emulator_class() as emu, kmock.Server(emu, host=self.host) as server:
             emu.cluster = self
             self.history.changed = asyncio.Condition()
             emu._buses = _Buses(self.history)  # type: ignore[assignment]
@@ -1144,7 +1150,7 @@ class EmulatedCluster:
         async def get() -> Any:
             assert self.emu is not None
             async with self.emu._lock:
-                return self.emu._items(res, ns)
+                return json.loads(json.dumps(self.emu._items(res, ns)))
 
         return self.run(get())
 

@@ -42,6 +42,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pytest_resilience.demo.postgres")
     parser.add_argument("--data", required=True, type=Path, help="PGDATA directory")
     parser.add_argument("--port", required=True, type=int, help="TCP port on 127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (a pod's IP)")
     return parser.parse_args(argv)
 
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.stderr.flush()
     os.execv(
         postgres,
-        [postgres, "-D", str(data), "-p", str(args.port), "-h", "127.0.0.1", "-k", str(socket_dir)],
+        [postgres, "-D", str(data), "-p", str(args.port), "-h", args.host, "-k", str(socket_dir)],
     )
 
 

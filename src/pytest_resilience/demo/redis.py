@@ -29,10 +29,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pytest_resilience.demo.redis")
     parser.add_argument("--port", required=True, type=int, help="TCP port on 127.0.0.1")
     parser.add_argument("--data", type=Path, help="directory for the append-only file")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (a pod's IP)")
     args = parser.parse_args(argv)
 
     server = str(server_path())
-    argv_out = [server, "--bind", "127.0.0.1", "--port", str(args.port), "--save", ""]
+    argv_out = [server, "--bind", args.host, "--port", str(args.port), "--save", ""]
     argv_out += ["--daemonize", "no", "--protected-mode", "no", "--loglevel", "warning"]
     if args.data is not None:
         args.data.mkdir(parents=True, exist_ok=True)

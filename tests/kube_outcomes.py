@@ -1,0 +1,31 @@
+"""A pytest plugin for the inner sessions of test_kube_scenarios.py: each test's outcome.
+
+Loaded with ``-p kube_outcomes``; writes ``{nodeid: "passed" | "failed" | "skipped: why"}``
+as JSON to the file named by ``KUBE_OUTCOMES`` (junit's classname loses the ``.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+_results: dict[str, str] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _results[report.nodeid] = f"skipped: {reason}"
+    elif report.failed:
+        _results[report.nodeid] = "failed" if report.when == "call" else f"error ({report.when})"
+    elif report.when == "call":
+        _results.setdefault(report.nodeid, "passed")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    path = os.environ.get("KUBE_OUTCOMES")
+    if path:
+        Path(path).write_text(json.dumps(_results, indent=1))
