@@ -110,3 +110,15 @@ def test_notices_are_readable_console_lines_before_the_summary(tmp_path):
         "notice: nested",
         "notice: notices",
     ]
+
+
+def test_a_failed_scenario_whose_slo_had_no_data_says_so_not_violated():
+    from dataclasses import replace
+
+    from pytest_resilience.report.model import SLOVerdict
+
+    result = sample_result(1, healed_by="none", recover_after=None)
+    silent = SLOVerdict("error-rate", "error rate <= 1.00% over 5 s", held=False)
+    lines = terminal_summary_lines([replace(result, slo_verdicts=[silent])])
+    (failed,) = [line for line in lines if "FAILED" in line]
+    assert failed.endswith("SLO 'error-rate' had no data"), failed

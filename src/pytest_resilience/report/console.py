@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from ..redaction import redact_text
-from .model import ScenarioResult
+from .model import ScenarioResult, SLOVerdict
 from .rendering import format_rate, format_score, format_seconds, readable_notices
 from .score import run_metrics
 
@@ -93,6 +93,11 @@ def terminal_summary_lines(results: Sequence[ScenarioResult], *, slowest: int = 
     for result in results:
         if result.outcome in ("failed", "error"):
             broken = [v for v in result.slo_verdicts if not v.held]
-            why = ", ".join(f"SLO {v.name!r} violated" for v in broken) or result.outcome
+            why = ", ".join(_broken(v) for v in broken) or result.outcome
             lines.append(f"  {result.outcome.upper()}: {result.nodeid}: {why}")
     return [redact_text(line) for line in lines]
+
+
+def _broken(verdict: SLOVerdict) -> str:
+    """An SLO with no reading did not hold, but nothing showed it violated either."""
+    return f"SLO {verdict.name!r} " + ("had no data" if verdict.worst_value is None else "violated")
