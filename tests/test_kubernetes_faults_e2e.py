@@ -29,7 +29,7 @@ from kube_controllers import (  # fixtures: cluster, kubeconfig, target
 )
 
 from pytest_resilience.cleanup import cleanup
-from pytest_resilience.faults.base import FaultContext, FaultSession, revert_entries
+from pytest_resilience.faults.base import FaultContext, FaultSession, is_settled, revert_entries
 from pytest_resilience.faults.disk import DiskFill
 from pytest_resilience.faults.memory import MemoryStress
 from pytest_resilience.faults.network import NetworkBlock
@@ -359,7 +359,8 @@ def test_cleanup_from_the_ledger_alone_after_sigkill(
         entries = ledger.open_entries()
         assert sorted(e.kind for e in entries) == ["disk_fill", "network_block", "node_failure"]
         (net,) = [e for e in entries if e.kind == "network_block"]
-        assert "records" not in net.spec  # killed before inject returned
+        # killed mid-inject: the first pod's record was written ahead, before it was touched
+        assert [r["kind"] for r in net.spec["records"]] == ["network_block"]
         with KubernetesTarget(kubeconfig=str(kubeconfig), namespace=NS) as fresh:
             outcomes = revert_entries(entries, ledger, FaultContext(target=fresh))
             assert [o for _, o in outcomes] == ["reverted"] * 3
@@ -532,3 +533,85 @@ def test_plugin_refuses_a_system_namespace(
     )
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*chaos target did not start:*kube-system*"])
+
+
+_KILLED_AT_A_WRITE = """
+import os, signal, sys
+from pathlib import Path
+
+from pytest_resilience.faults.base import FaultSession
+from pytest_resilience.faults.network import NetworkBlock
+from pytest_resilience.faults.node import NodeFailure
+from pytest_resilience.ledger import Ledger
+from pytest_resilience.targets.kubernetes import KubernetesTarget
+
+kubeconfig, ledger_path, fault, kill_at = sys.argv[1:]
+writes = 0
+write = Ledger.update_spec
+
+
+def update_spec(self, entry_id, spec):  # the real write, then SIGKILL at the n-th
+    global writes
+    if int(kill_at) == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    write(self, entry_id, spec)
+    writes += 1
+    if writes == int(kill_at):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+Ledger.update_spec = update_spec
+target = KubernetesTarget(kubeconfig=kubeconfig, namespace="chaos-demo")
+FaultSession(target, ledger=Ledger(Path(ledger_path))).inject(eval(fault))
+print("not killed after", writes, "writes", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "fault",
+    ['NetworkBlock("app=api", port=5432, direction="egress")', 'NodeFailure("worker-3")'],
+    ids=["network_block", "node_failure"],
+)
+def test_a_sigkill_at_any_ledger_write_leaves_nothing_cleanup_cannot_settle(
+    cluster: EmulatedCluster, kubeconfig: Path, tmp_path: Path, fault: str
+) -> None:
+    """Killed before the first write (entry open, nothing recorded), or after any write: the
+    record of a pod not yet touched, of a container never added, of a change half made.
+    A cleanup from the ledger alone closes every entry and the cluster holds none of it."""
+    for kill_at in range(0, 20):
+        ledger_path = tmp_path / f"kill-{kill_at}.sqlite"
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _KILLED_AT_A_WRITE,
+                str(kubeconfig),
+                str(ledger_path),
+                fault,
+                str(kill_at),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if child.returncode == 0:  # fewer writes than kill_at: every moment was seen
+            assert "not killed after" in child.stdout and kill_at >= 3, child.stdout
+            return
+        assert child.returncode == -signal.SIGKILL, child.stderr
+        ledger = Ledger(ledger_path)
+        try:
+            entries = ledger.open_entries()
+            assert len(entries) == 1, (kill_at, entries)
+            with KubernetesTarget(kubeconfig=str(kubeconfig), namespace=NS) as fresh:
+                outcomes = revert_entries(entries, ledger, FaultContext(target=fresh))
+                assert all(is_settled(o) for _, o in outcomes), (kill_at, outcomes)
+                assert fresh.find_marked() == [], kill_at
+            assert ledger.open_entries(include_live_owners=True) == [], kill_at
+        finally:
+            ledger.close_db()
+        for key, model in cluster.containers.items():
+            assert model.hooks == set(), (kill_at, key)
+        assert not any(marked(p) for p in cluster.items(PODS, NS)), kill_at
+        node = cluster.obj(NODES, None, "worker-3")
+        assert not node["spec"].get("unschedulable") and not marked(node), kill_at  # type: ignore[index]
+    pytest.fail(f"{fault}: still writing its ledger entry after 20 writes")

@@ -123,6 +123,7 @@ class KubeFaults:
                     ports=[port] if port else (),
                     direction=direction,
                     action=action,
+                    changes=changes,
                 )
             )
         changes.complete = True
@@ -150,6 +151,7 @@ class KubeFaults:
                     path=directory,
                     size_mb=size_mb,
                     container=container,
+                    changes=changes,
                 )
             )
         changes.complete = True
@@ -180,13 +182,14 @@ class KubeFaults:
                     ledger_id=changes.ledger_id,
                     mb=mb,
                     duration_s=3600.0 if hold else 0.0,
+                    changes=changes,
                 )
             )
         changes.complete = True
 
     def node_failure(self: _KubeHost, node: str, *, changes: ChangeLog) -> None:
         """Cordon the node and evict its pods (Eviction API, PodDisruptionBudgets honoured)."""
-        changes.put(self.fail_node(node, ledger_id=changes.ledger_id))  # type: ignore[attr-defined]
+        changes.put(self.fail_node(node, ledger_id=changes.ledger_id, changes=changes))  # type: ignore[attr-defined]
         changes.complete = True
 
     def undo_unrecorded(self: _KubeHost, ledger_id: str, *, made_on: str) -> int:
@@ -215,9 +218,11 @@ class KubeFaults:
         direction: Direction = "both",
         action: Literal["drop", "reject"] = "drop",
         timeout: float = 60.0,
+        changes: ChangeLog | None = None,
     ) -> ChangeRecord:
         """Drop (or reject) the pod's traffic (to/from ``ports``/``hosts``; everything but
-        loopback if neither is given) in ``direction``."""
+        loopback if neither is given) in ``direction``. ``changes`` gets the record before
+        the pod is touched (each per-pod primitive takes it the same way)."""
         self.policy.check_namespace(pod.namespace)
         if direction not in ("egress", "ingress", "both"):
             raise FaultError(
@@ -245,6 +250,7 @@ class KubeFaults:
             dry_run=self.dry_run,
             target=TARGET,
         )
+        _ahead(changes, record)
         self._mark(record)
         try:
             self._add_ephemeral(pod, container)
@@ -253,13 +259,17 @@ class KubeFaults:
                 raise
             log.warning("ephemeral containers refused (%s); falling back to NetworkPolicy", refusal)
             self._unmark(record)
-            return self._network_policy_block(pod, ledger_id, direction, refusal)
+            _drop(changes, record)
+            return self._network_policy_block(  # type: ignore[attr-defined]
+                pod, ledger_id, direction, refusal, changes=changes
+            )
         self._wait_container_running(pod, container, timeout)
         script = _iptables_apply(chains, ports, hosts, direction, action.upper())
         result = self.exec(pod, ["sh", "-c", script], container=container, timeout=timeout)
         if result.exit_code != 0:
             self.exec(pod, ["sh", "-c", _iptables_revert(chains)], container=container)
             self._unmark(record)
+            _drop(changes, record)
             raise FaultError(
                 f"network_block: iptables in {pod.namespace}/{pod.name} exited "
                 f"{result.exit_code}: {result.stderr.strip() or result.stdout.strip()}"
@@ -331,6 +341,8 @@ class KubeFaults:
         ledger_id: str,
         direction: Direction,
         refusal: KubeApiError,
+        *,
+        changes: ChangeLog | None = None,
     ) -> ChangeRecord:
         key = _short(ledger_id)
         label = BLOCK_LABEL_PREFIX + key
@@ -353,6 +365,7 @@ class KubeFaults:
             dry_run=self.dry_run,
             target=TARGET,
         )
+        _ahead(changes, record)
         self._mark(record, extra_labels={label: "true"})
         types = {"egress": ["Egress"], "ingress": ["Ingress"], "both": ["Ingress", "Egress"]}
         body = {
@@ -437,6 +450,7 @@ class KubeFaults:
         path: str,
         size_mb: int,
         container: str | None = None,
+        changes: ChangeLog | None = None,
     ) -> ChangeRecord:
         """``fallocate`` a file of ``size_mb`` in ``path`` (a volume mount) inside the pod;
         running out of space on the way counts as filled."""
@@ -453,6 +467,7 @@ class KubeFaults:
             dry_run=self.dry_run,
             target=TARGET,
         )
+        _ahead(changes, record)
         self._mark(record)
         f = shlex.quote(target)
         script = (
@@ -462,6 +477,7 @@ class KubeFaults:
         result = self.exec(pod, ["sh", "-c", script], container=container)
         if result.exit_code != 0:
             self._unmark(record)
+            _drop(changes, record)
             raise FaultError(
                 f"disk_fill: could not write {target} in {pod.namespace}/{pod.name} (exit "
                 f"{result.exit_code}): {result.stderr.strip()}; is {path!r} a writable mount?"
@@ -476,6 +492,7 @@ class KubeFaults:
         mb: int,
         duration_s: float = 300.0,
         container: str | None = None,
+        changes: ChangeLog | None = None,
     ) -> ChangeRecord:
         """Start a background process in the pod that touches ``mb`` MiB and holds it for
         ``duration_s`` (needs ``python3`` in the container); undo kills it."""
@@ -492,6 +509,7 @@ class KubeFaults:
             dry_run=self.dry_run,
             target=TARGET,
         )
+        _ahead(changes, record)
         self._mark(record)
         hog = (
             f"import time; b = bytearray(b'\\x01') * ({int(mb)} << 20); "
@@ -504,6 +522,7 @@ class KubeFaults:
         result = self.exec(pod, ["sh", "-c", script], container=container)
         if result.exit_code != 0:
             self._unmark(record)
+            _drop(changes, record)
             raise FaultError(
                 f"memory_stress in {pod.namespace}/{pod.name} failed (exit {result.exit_code}): "
                 f"{result.stderr.strip()}"
@@ -513,7 +532,12 @@ class KubeFaults:
     # -------------------------------------------------------------------- node
 
     def fail_node(
-        self: _KubeHost, node: str, *, ledger_id: str, timeout: float = 120.0
+        self: _KubeHost,
+        node: str,
+        *,
+        ledger_id: str,
+        timeout: float = 120.0,
+        changes: ChangeLog | None = None,
     ) -> ChangeRecord:
         """Take a node out: cordon, then drain through the Eviction API."""
         was = bool(self._node_raw(node).get("spec", {}).get("unschedulable", False))
@@ -526,6 +550,7 @@ class KubeFaults:
             dry_run=self.dry_run,
             target=TARGET,
         )
+        _ahead(changes, record)
         self._mark(record)
         evicted = self.drain(node, timeout=timeout)
         return ChangeRecord(
@@ -567,6 +592,7 @@ class KubeFaults:
             else None
         )
         d = record.detail
+        reason: str | None = None
         if record.kind == "network_block" and d.get("method") == "networkpolicy" and pod:
             with contextlib.suppress(KubeNotFound):
                 self._change(
@@ -580,7 +606,9 @@ class KubeFaults:
                     name=d["policy"],
                 )
         elif record.kind == "network_block" and pod:
-            self._exec_undo(pod, _iptables_revert(d["chains"]), d["container"])
+            reason = self._ephemeral_never_ran(pod, str(d["container"]))  # type: ignore[attr-defined]
+            if reason is None:
+                self._exec_undo(pod, _iptables_revert(d["chains"]), d["container"])
         elif record.kind == "disk_fill" and pod:
             self._exec_undo(pod, f"rm -f {shlex.quote(d['file'])}", d.get("container"))
         elif record.kind == "memory_stress" and pod:
@@ -594,7 +622,44 @@ class KubeFaults:
         else:
             raise FaultError(f"undo: unknown change record kind {record.kind!r}")
         self._unmark(record)
-        return None
+        return reason
+
+    def _ephemeral_never_ran(self: _KubeHost, pod: Pod, container: str) -> str | None:
+        """Why the block's container cannot have written a rule (it was never added, or
+        never started: the rules are written by exec in it, which needs it running), or
+        None when it runs and the chains must be deleted through it. A container that ran
+        and exited may have left its rules in the pod's network namespace, with nothing to
+        remove them through but replacing the pod: that is an error saying so."""
+        try:
+            obj = self._read(
+                self._core.read_namespaced_pod,
+                pod.name,
+                pod.namespace,
+                verb="get",
+                resource="pods",
+                namespace=pod.namespace,
+                name=pod.name,
+            )
+        except KubeNotFound:
+            return None  # the pod is gone, and the fault with it; the exec says so too
+        spec = obj.get("spec", {}).get("ephemeralContainers") or ()
+        if not any(c.get("name") == container for c in spec):
+            return f"its ephemeral container {container} was never added, so it wrote no rule"
+        statuses = obj.get("status", {}).get("ephemeralContainerStatuses") or ()
+        status = next((s for s in statuses if s.get("name") == container), {})
+        state = status.get("state") or {}
+        if state.get("running"):
+            return None
+        if not state.get("terminated") and not (status.get("lastState") or {}).get("terminated"):
+            waiting = state.get("waiting") or {}
+            why = waiting.get("reason") or "no status yet"
+            return f"its ephemeral container {container} never started ({why}), so it wrote no rule"
+        raise FaultError(
+            f"network_block: ephemeral container {container} in {pod.namespace}/{pod.name} has "
+            "exited, and the iptables chains it may have written stay in the pod's network "
+            f"namespace until the pod is replaced: kubectl delete pod -n {pod.namespace} "
+            f"{pod.name}"
+        )
 
     def _exec_undo(self: _KubeHost, pod: Pod, script: str, container: str | None) -> None:
         try:
@@ -683,6 +748,18 @@ class KubeFaults:
             )
         value = (obj.get("metadata", {}).get("annotations") or {}).get(FAULT_ANNOTATION, "")
         return set(value.split())
+
+
+def _ahead(changes: ChangeLog | None, record: ChangeRecord) -> None:
+    """The record reaches the ledger before the object is touched (annotated, then changed)."""
+    if changes is not None:
+        changes.put(record)
+
+
+def _drop(changes: ChangeLog | None, record: ChangeRecord) -> None:
+    """A primitive undid its own half-done change: the record describes nothing any more."""
+    if changes is not None:
+        changes.discard(record)
 
 
 def _workload_pods(target: _KubeHost, name: str | Mapping[str, str]) -> list[Pod]:
