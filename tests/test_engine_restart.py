@@ -19,8 +19,9 @@ import requests
 from aiohttp import web
 from test_engine_support import AdminHooks, ThreadedApp, wait_for
 
+# named as the bundled playbook it replaces: serve layers --playbooks over the bundled ones
 PLAYBOOK = """\
-playbook: Memory
+playbook: Resource Exhaustion
 alerts: [HighMemoryUsage]
 steps:
   - name: gc

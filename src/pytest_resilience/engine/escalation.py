@@ -27,10 +27,67 @@ from ..errors import ConfigError
 from .redaction import LOGGER, redact, register_secret
 from .store import Incident, OutboxItem, Store
 
-__all__ = ["PAGERDUTY_URL", "Channel", "GenericWebhook", "Outbox", "PagerDuty"]
+__all__ = [
+    "PAGERDUTY_SEVERITY",
+    "PAGERDUTY_URL",
+    "Channel",
+    "GenericWebhook",
+    "Outbox",
+    "PagerDuty",
+    "pagerduty_severity",
+]
 
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
-_PD_SEVERITIES = ("critical", "error", "warning", "info")
+
+#: The ``severity`` label values rule sets really use, onto PagerDuty's four (the Events API
+#: refuses any other value). Written out, not guessed: ``page`` (SRE-book style rules) is a
+#: page; ``major``/``minor`` (telco/ITIL, e.g. alertmonitor's) are error/warning; ``none``
+#: (kube-prometheus' Watchdog, InfoInhibitor) and ``low`` are info. A missing label is read as
+#: warning where the alert is parsed; a value not listed here pages as ``error``, the
+#: original kept in ``custom_details.severity_label``.
+PAGERDUTY_SEVERITY: dict[str, str] = {
+    "critical": "critical",
+    "crit": "critical",
+    "page": "critical",
+    "pager": "critical",
+    "emergency": "critical",
+    "emerg": "critical",
+    "fatal": "critical",
+    "disaster": "critical",
+    "p1": "critical",
+    "sev1": "critical",
+    "error": "error",
+    "err": "error",
+    "major": "error",
+    "high": "error",
+    "p2": "error",
+    "sev2": "error",
+    "warning": "warning",
+    "warn": "warning",
+    "minor": "warning",
+    "medium": "warning",
+    "average": "warning",
+    "p3": "warning",
+    "sev3": "warning",
+    "": "warning",
+    "info": "info",
+    "informational": "info",
+    "information": "info",
+    "notice": "info",
+    "low": "info",
+    "none": "info",
+    "ok": "info",
+    "debug": "info",
+    "p4": "info",
+    "p5": "info",
+    "sev4": "info",
+    "sev5": "info",
+}
+
+
+def pagerduty_severity(value: str | None) -> str:
+    """PagerDuty's severity for a ``severity`` label value (see :data:`PAGERDUTY_SEVERITY`)."""
+    return PAGERDUTY_SEVERITY.get((value or "").strip().lower(), "error")
 
 
 @dataclass(frozen=True)
@@ -72,7 +129,7 @@ class PagerDuty:
     def payload(self, incident: Incident, event_action: str) -> dict[str, Any]:
         body: dict[str, Any] = {"event_action": event_action, "dedup_key": incident.id}
         if event_action == "trigger":
-            severity = incident.severity if incident.severity in _PD_SEVERITIES else "error"
+            severity = pagerduty_severity(incident.severity)
             body["payload"] = {
                 "summary": incident.summary[:1024],
                 "source": incident.target or "pytest-resilience",
@@ -84,6 +141,7 @@ class PagerDuty:
                     "playbook": incident.playbook,
                     "reason": incident.reason,
                     "labels": dict(incident.alert.labels),
+                    "severity_label": incident.severity,
                 },
             }
             body["client"] = "pytest-resilience"

@@ -8,7 +8,13 @@ Schema (one playbook per file; every duration is ``500ms``, ``5s``, ``2m`` or a 
 seconds)::
 
     playbook: High Error Rate          # required, unique name
-    alerts: [ErrorRateHighCritical]    # required: alert names this playbook handles
+    alerts:                            # required: alert names this playbook handles
+      - ErrorRateHighCritical
+      - alert: KubePodCrashLooping     # an alias: a name real rule sets use (kube-prometheus)
+        as: PodCrashLoop               # optional: `when: {alert: ...}` sees it as this name
+        target: [pod, deployment]      # labels naming what to act on, tried in order; each
+                                       # names what it says (pod, node; instance: a host),
+                                       # any other label a workload; or {label: x, kind: node}
     description: free text
     rules:                             # optional: alerts the engine raises itself from probes
       - {alert: HighMemoryUsage, probe: memory_share, above: 0.9, for: 10s,
@@ -38,6 +44,11 @@ seconds)::
 
 Actions name Python functions registered with :func:`~.actions.action`; an unknown action
 or parameter is a :class:`~pytest_resilience.errors.ConfigError` naming file, line, field.
+
+An alias's ``target`` labels are looked up on the target when the alert fires (see
+:mod:`.targeting`): an alert whose labels name nothing the target has (another namespace,
+an exporter's own pod, a host that is no node) opens an incident with a note saying what
+was tried and is escalated, never acted on.
 """
 
 from __future__ import annotations
@@ -54,10 +65,12 @@ import yaml
 from ..errors import ConfigError
 from .actions import REGISTRY
 from .alerts import _OPS, Alert, Rule, compare
+from .targeting import KINDS, TargetLabel
 
 __all__ = [
     "BUNDLED_PLAYBOOKS",
     "ActionCall",
+    "Alias",
     "Condition",
     "Option",
     "Playbook",
@@ -117,8 +130,9 @@ class When:
     value: tuple[str, float] | None = None
     severity: tuple[str, ...] = ()
 
-    def matches(self, alert: Alert) -> bool:
-        if self.alerts and alert.name not in self.alerts:
+    def matches(self, alert: Alert, *, known_as: str = "") -> bool:
+        """``known_as``: the name an alias stands for (options name the playbook's alerts)."""
+        if self.alerts and alert.name not in self.alerts and known_as not in self.alerts:
             return False
         if self.severity and alert.severity not in self.severity:
             return False
@@ -143,8 +157,20 @@ class Step:
     options: tuple[Option, ...]
     verify: VerifySpec = VerifySpec()
 
-    def choose(self, alert: Alert) -> Option | None:
-        return next((o for o in self.options if o.when is None or o.when.matches(alert)), None)
+    def choose(self, alert: Alert, *, known_as: str = "") -> Option | None:
+        return next(
+            (o for o in self.options if o.when is None or o.when.matches(alert, known_as=known_as)),
+            None,
+        )
+
+
+@dataclass(frozen=True)
+class Alias:
+    """Another name for an alert a playbook handles, and the labels that name its target."""
+
+    name: str
+    known_as: str = ""
+    target: tuple[TargetLabel, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -158,6 +184,12 @@ class Playbook:
     escalate_severity: str = "critical"
     escalate_summary: str = ""
     follow_up: tuple[str, ...] = ()
+    aliases: Mapping[str, Alias] = field(default_factory=dict)
+
+    def known_as(self, alert_name: str) -> str:
+        """The playbook's own name for ``alert_name`` (itself unless an alias says other)."""
+        alias = self.aliases.get(alert_name)
+        return alias.known_as or alert_name if alias else alert_name
 
 
 # -- YAML with line numbers ------------------------------------------------------------
@@ -322,9 +354,30 @@ def load_playbook(path: str | Path) -> Playbook:
         doc, ("playbook", "alerts", "description", "rules", "steps", "escalate", "follow_up"), ""
     )
     name = r.get(doc, "playbook", "", str, required=True)
-    alerts = r.get(doc, "alerts", "", list, required=True)
-    if not alerts or not all(isinstance(a, str) and a for a in alerts):
+    alerts_node = r.get(doc, "alerts", "", list, required=True)
+    if not alerts_node:
         raise r.error("must be a non-empty list of alert names", "alerts", doc, "alerts")
+    alerts: list[str] = []
+    aliases: dict[str, Alias] = {}
+    for i, item in enumerate(alerts_node):
+        entry = _alias(r, item, alerts_node, i)
+        if entry.name in alerts:
+            raise r.error(
+                f"alert {entry.name!r} is listed twice", _join("alerts", i), alerts_node, i
+            )
+        alerts.append(entry.name)
+        if isinstance(item, _Map):
+            aliases[entry.name] = entry
+    plain = [a for a in alerts if a not in aliases]
+    for i, item in enumerate(alerts_node):
+        known = aliases.get(item["alert"]).known_as if isinstance(item, _Map) else ""
+        if known and known not in plain:
+            raise r.error(
+                f"'as: {known}' must name one of this playbook's own alerts {plain}",
+                _join(_join("alerts", i), "as"),
+                item,
+                "as",
+            )
     steps_node = r.get(doc, "steps", "", list, required=True)
     if not steps_node:
         raise r.error("a playbook needs at least one step", "steps", doc, "steps")
@@ -351,7 +404,49 @@ def load_playbook(path: str | Path) -> Playbook:
         escalate_severity=str(esc.get("severity", "critical")),
         escalate_summary=str(esc.get("summary", "")),
         follow_up=tuple(items),
+        aliases=aliases,
     )
+
+
+def _alias(r: _Reader, item: Any, seq: _Seq, index: int) -> Alias:
+    """A plain alert name, or ``{alert, as, target}``: a real rule set's name for it."""
+    where = _join("alerts", index)
+    if isinstance(item, str) and item:
+        return Alias(item)
+    if not isinstance(item, _Map):
+        raise r.error(
+            f"an alert is a name or a mapping with 'alert:', got {item!r}", where, seq, index
+        )
+    r.known(item, ("alert", "as", "target"), where)
+    name = r.get(item, "alert", where, str, required=True)
+    known_as = r.get(item, "as", where, str) or ""
+    labels = r.get(item, "target", where, list) or []
+    specs: list[TargetLabel] = []
+    for j, spec in enumerate(labels):
+        at = _join(_join(where, "target"), j)
+        if isinstance(spec, str) and spec:
+            specs.append(TargetLabel.inferred(spec))
+            continue
+        if not isinstance(spec, _Map):
+            raise r.error(
+                f"a target label is a name or {{label, kind}}, got {spec!r}", at, labels, j
+            )
+        r.known(spec, ("label", "kind"), at)
+        label = r.get(spec, "label", at, str, required=True)
+        kind = r.get(spec, "kind", at, str) or TargetLabel.inferred(label).kind
+        if kind not in KINDS:
+            raise r.error(
+                f"expected one of {list(KINDS)}, got {kind!r}", _join(at, "kind"), spec, "kind"
+            )
+        specs.append(TargetLabel(label, kind))
+    if not specs:
+        raise r.error(
+            "an alias needs 'target': the labels that name what to act on, e.g. [pod]",
+            _join(where, "target"),
+            item,
+            "alert",
+        )
+    return Alias(name, known_as, tuple(specs))
 
 
 def _step(r: _Reader, node: Any, path: str) -> Step:

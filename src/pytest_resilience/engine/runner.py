@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import timeline as tl
@@ -40,6 +40,7 @@ from .store import (
     OutboxItem,
     Store,
 )
+from .targeting import NoTarget, find_target, retarget
 from .verify import FIXED, INCONCLUSIVE, NOT_FIXED, Interrupted, VerifyResult, verify
 
 __all__ = ["SYMPTOM_ALERTS", "Engine", "StrategyRun", "make_engine"]
@@ -114,6 +115,9 @@ class Engine:
         dirs = [playbooks_dir] if isinstance(playbooks_dir, str | Path) else playbooks_dir
         self.playbooks: list[Playbook] = load_playbooks(*dirs)
         self._routes = {name: book for book in self.playbooks for name in book.alerts}
+        # fingerprint -> target of an open/escalated incident of an aliased alert, so its
+        # repeats and its resolution find the incident without looking the labels up again
+        self._located: dict[str, tuple[str, str]] = {}
         self.store = Store(store_path)
         self.safety = Safety(self.store, safety or SafetyPolicy())
         self.outbox = Outbox(self.store, escalation)
@@ -242,17 +246,43 @@ class Engine:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            # outside the store's transaction: finding a target may ask the platform's API
+            located = [self._locate(alert) for alert in batch if alert is not None]
             with self.store.transaction():
-                for alert in batch:
+                for alert, no_target in located:
                     try:
-                        if alert is not None:
-                            self._decide(alert)
+                        self._decide(alert, no_target)
                     except Exception:
                         LOGGER.exception("deciding on alert failed")
             for _ in batch:
                 self._queue.task_done()
 
-    def _decide(self, alert: Alert) -> None:
+    def _known_as(self, alert_name: str) -> str:
+        """The playbook's own name for an alert (an alias's ``as:``), else the name itself."""
+        book = self._routes.get(alert_name)
+        return book.known_as(alert_name) if book else alert_name
+
+    def _locate(self, alert: Alert) -> tuple[Alert, str | None]:
+        """``alert`` about the target its labels name (aliases only), or why there is none."""
+        book = self._routes.get(alert.name)
+        alias = book.aliases.get(alert.name) if book else None
+        if alias is None or not alias.target:
+            return alert, None
+        with self._lock:
+            known = self._located.get(alert.fingerprint) if alert.fingerprint else None
+        if known is not None:
+            return replace(alert, target=known[1]), None
+        try:
+            return retarget(alert, find_target(alert, alias.target, self.target)), None
+        except Exception as exc:  # NoTarget, or a broken target: it must not lose the alert
+            reason = str(exc) if isinstance(exc, NoTarget) else f"target look-up failed: {exc}"
+            # the incident is about what the labels name, not the exporter that reported it
+            named = next(
+                (alert.labels[t.label] for t in alias.target if alert.labels.get(t.label)), ""
+            )
+            return replace(alert, target=named or alert.target), reason
+
+    def _decide(self, alert: Alert, no_target: str | None = None) -> None:
         key = alert.key
         with self._lock:
             run = self._open.get(key)
@@ -289,6 +319,13 @@ class Engine:
             incident = self._open_incident(alert, None, now)
             self._escalate(incident, f"no playbook handles alert {alert.name!r}")
             return
+        if no_target is not None:
+            # nothing was tried, so the page carries the alert's own severity, not the
+            # playbook's "remediation failed" one
+            incident = self._open_incident(alert, book, now, severity=alert.severity)
+            self.store.note(incident.id, "no_target", f"{no_target}; nothing was done")
+            self._escalate(incident, no_target)
+            return
         decision = self.safety.admit(alert.name, alert.target, now)
         if not decision.allowed and decision.reason == "cooldown":
             self.store.add_alert(alert, "suppressed: cooldown")
@@ -302,12 +339,13 @@ class Engine:
 
     def _inhibitor(self, alert: Alert) -> str | None:
         """The cause incident that explains this symptom alert, if any (see SYMPTOM_ALERTS)."""
-        if alert.name not in self.symptoms:
+        if self._known_as(alert.name) not in self.symptoms:
             return None
         with self._lock:
             keys = [*self._open, *self._escalated]
         for name, target in keys:
-            if name not in self.symptoms and (target == alert.target or name == "NodeNotReady"):
+            cause = self._known_as(name)
+            if cause not in self.symptoms and (target == alert.target or cause == "NodeNotReady"):
                 return f"{name} on {target} is being handled"
         return None
 
@@ -317,13 +355,14 @@ class Engine:
         Only a cause closing can release anything, and only symptoms on its target (any
         target for a node): the rest is not looked at, which keeps an alert storm linear.
         """
-        if closed_alert in self.symptoms:
+        closed = self._known_as(closed_alert)
+        if closed in self.symptoms:
             return
         with self._lock:
             held = [
                 (key, alert)
                 for key, alert in self._held.items()
-                if closed_alert == "NodeNotReady" or alert.target == closed_target
+                if closed == "NodeNotReady" or alert.target == closed_target
             ]
         for key, alert in held:
             if self._inhibitor(alert) is None:
@@ -336,7 +375,9 @@ class Engine:
                 else:
                     self.store.add_alert(alert, "resolved while inhibited")
 
-    def _open_incident(self, alert: Alert, book: Playbook | None, now: float) -> Incident:
+    def _open_incident(
+        self, alert: Alert, book: Playbook | None, now: float, *, severity: str | None = None
+    ) -> Incident:
         incident = Incident(
             id=f"inc-{uuid.uuid4().hex[:12]}",
             alert_name=alert.name,
@@ -345,7 +386,7 @@ class Engine:
             playbook=book.name if book else "",
             status=OPEN,
             step=0,
-            severity=book.escalate_severity if book else alert.severity,
+            severity=severity or (book.escalate_severity if book else alert.severity),
             summary=(book.escalate_summary if book and book.escalate_summary else "")
             or alert.annotations.get("summary", "")
             or f"{alert.name} on {alert.target}",
@@ -359,6 +400,7 @@ class Engine:
             closed_at=None,
         )
         self.store.open_incident(incident)
+        self._remember_location(incident)
         self.store.add_alert(alert, "incident", incident.id)
         self.store.note(
             incident.id, "alert", f"{alert.name} firing on {alert.target} ({alert.source})"
@@ -377,6 +419,18 @@ class Engine:
         )
         return incident
 
+    def _remember_location(self, incident: Incident) -> None:
+        book = self._routes.get(incident.alert_name)
+        if incident.fingerprint and book is not None and incident.alert_name in book.aliases:
+            with self._lock:
+                self._located[incident.fingerprint] = (incident.alert_name, incident.target)
+
+    def _forget_location(self, key: tuple[str, str]) -> None:
+        """The incident on ``key`` closed: its alert's next firing is looked up afresh."""
+        with self._lock:
+            for fingerprint in [f for f, k in self._located.items() if k == key]:
+                del self._located[fingerprint]
+
     # -- remediation -------------------------------------------------------------------
 
     def _resume(self) -> None:
@@ -388,11 +442,13 @@ class Engine:
                 f"engine restarted; resuming at step {incident.step + 1}"
                 + (f" ({interrupted} interrupted action(s) marked)" if interrupted else ""),
             )
+            self._remember_location(incident)
             if incident.playbook not in {b.name for b in self.playbooks}:
                 self._escalate(incident, f"playbook {incident.playbook!r} no longer loaded")
                 continue
             self._launch(_Run(incident, resumed=True))
         for incident in self.store.incidents(status=ESCALATED):
+            self._remember_location(incident)
             with self._lock:
                 self._escalated[(incident.alert_name, incident.target)] = incident.id
 
@@ -420,6 +476,9 @@ class Engine:
             if not keep_open:
                 with self._lock:
                     self._open.pop((incident.alert_name, incident.target), None)
+                    escalated = (incident.alert_name, incident.target) in self._escalated
+                if not escalated:
+                    self._forget_location((incident.alert_name, incident.target))
                 # before going idle: a released alert is queued work
                 self._release_held(incident.alert_name, incident.target)
             with self._lock:
@@ -438,14 +497,16 @@ class Engine:
         )
         rule = self.rules.rule_for(incident.alert)
         done = {a.step for a in self.store.actions(incident.id)} if run.resumed else set()
+        tried = bool(done)
         for index in range(incident.step, len(book.steps)):
             step = book.steps[index]
             self.store.update_incident(incident.id, step=index)
-            option = step.choose(incident.alert)
+            option = step.choose(incident.alert, known_as=book.known_as(incident.alert_name))
             if option is None:
                 self.store.note(incident.id, "skipped", f"step {step.name!r}: no option matches")
                 continue
             spec = option.verify or step.verify
+            tried = True
             if index in done:
                 self.store.note(incident.id, "resumed", f"step {step.name!r} already acted: verify")
                 acted = True
@@ -490,6 +551,13 @@ class Engine:
                 return
             if policy == "escalate":
                 break
+        if not tried:  # e.g. a warning-level alert the playbook acts on only when critical
+            self._escalate(
+                incident,
+                f"no step of playbook {book.name!r} applies to this alert "
+                f"(severity {incident.alert.severity!r}): nothing was done",
+            )
+            return
         reason = f"still failing after playbook {book.name!r}"
         self._escalate(incident, reason)
         if self.safety.record_outcome(False, time.time()):
@@ -571,6 +639,7 @@ class Engine:
         """The alert resolved after a page: close the incident and resolve the page."""
         with self._lock:
             self._escalated.pop(key, None)
+        self._forget_location(key)
         self._release_held(*key)
         incident = self.store.incident(incident_id)
         if incident is None:
