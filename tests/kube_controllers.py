@@ -186,10 +186,19 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 how = c.expire_watches.pop(plural, None)
                 if how in ("end", "410"):
                     return await self._expire_watch(request, how)
+                if how == "http410":  # an older apiserver: the watch request itself is 410
+                    raise kmock.KubernetesError(
+                        status=410,
+                        reason="Expired",
+                        message="too old resource version: 1 (2)",
+                    )
                 return await serve_watch(
                     self, c.history, request, c.watch_options, hang=how == "hang"
                 )
             if request.action == kmock.action.LIST and plural and not request.subresource:
+                if plural in c.hang_lists:  # a dead connection: the answer never comes
+                    c.hang_lists.discard(plural)
+                    await asyncio.Event().wait()
                 return serve_list(self, c.history, request)
         except kmock.KubernetesError as exc:  # a bad selector or resourceVersion: 400
             return await self._render_error(exc)
@@ -1017,8 +1026,11 @@ class EmulatedCluster:
         self.forbidden: list[tuple[str, str, str | None, str]] = []
         self.refuse_ephemeral = False
         #: plural -> how the next watch of it ends: "end" (server timeout at once), "410"
-        #: (ERROR Expired at once) or "hang" (a dead TCP connection: no byte, no FIN)
+        #: (ERROR Expired at once), "http410" (the request answered 410) or "hang" (a dead
+        #: TCP connection: no byte, no FIN)
         self.expire_watches: dict[str, str] = {}
+        #: plurals whose next list never answers (a connection dead mid-request)
+        self.hang_lists: set[str] = set()
         self.evictions_refused = 0
         self.serial = 0
         self.pod_age_offset_s = 0.0

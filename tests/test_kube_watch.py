@@ -47,15 +47,16 @@ def core(cluster: EmulatedCluster, tmp_path: Path) -> Iterator[Any]:
         client.close()
 
 
-def start_watch(core: Any, recorder: Recorder, timeout_s: int) -> ResourceWatch:
+def start_watch(core: Any, recorder: Recorder, timeout_s: int, **kw: Any) -> ResourceWatch:
     watch = ResourceWatch(
         name="pods",
         list_fn=functools.partial(core.list_namespaced_pod, NS),
         differ=diff_pod,
         emit=recorder,
         timeout_s=timeout_s,
+        **kw,
     ).start()
-    assert watch.synced.wait(10)
+    assert watch.synced.wait(30), "no baseline list"
     return watch
 
 
@@ -165,5 +166,31 @@ def test_a_bookmark_carries_the_version_past_a_compaction(
         assert recorder.died.wait(20)
         assert victim in {e.pod for e in recorder.events if e.kind == EventKind.POD_DIED}
         assert len(pod_requests(cluster, watch=False)) == 1
+    finally:
+        watch.stop()
+
+
+def test_a_list_on_a_dead_connection_is_retried(cluster: EmulatedCluster, core: Any) -> None:
+    cluster.hang_lists.add("pods")  # the first list's answer never comes
+    recorder = Recorder()
+    watch = start_watch(core, recorder, timeout_s=5, list_timeout_s=1.0)
+    try:
+        assert len(pod_requests(cluster, watch=False)) == 2  # given up on, listed again
+        victim = kill_one(core)
+        assert recorder.died.wait(20)
+        assert victim in {e.pod for e in recorder.events if e.kind == EventKind.POD_DIED}
+    finally:
+        watch.stop()
+
+
+def test_a_watch_request_answered_410_lists_again(cluster: EmulatedCluster, core: Any) -> None:
+    cluster.expire_watches["pods"] = "http410"
+    recorder = Recorder()
+    watch = start_watch(core, recorder, timeout_s=5)
+    try:
+        cluster.eventually(lambda: len(pod_requests(cluster, watch=False)) == 2)
+        victim = kill_one(core)
+        assert recorder.died.wait(20)
+        assert victim in {e.pod for e in recorder.events if e.kind == EventKind.POD_DIED}
     finally:
         watch.stop()

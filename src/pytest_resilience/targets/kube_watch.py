@@ -78,6 +78,8 @@ class ResourceWatch:
     #: ``timeout_s``, between 2 and 30 s)
     read_grace_s: float | None = None
     connect_timeout_s: float = 10.0
+    #: a list answers at once or not at all: past this its connection is dead
+    list_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         self.state: dict[str, Obj] = {}
@@ -117,7 +119,9 @@ class ResourceWatch:
 
     def _relist(self) -> str:
         self.requests += 1
-        resp = self.list_fn(_preload_content=False)
+        resp = self.list_fn(
+            _preload_content=False, _request_timeout=(self.connect_timeout_s, self.list_timeout_s)
+        )
         data = json.loads(resp.data)
         fresh = {self.key(o): o for o in data.get("items") or () if self.accept(o)}
         if self.synced.is_set():  # a re-list after 410: report what changed meanwhile
