@@ -1,6 +1,7 @@
 """``python -m pytest_resilience.engine``: the engine as a standalone service.
 
     serve       run the webhook receiver and the engine until SIGTERM/SIGINT
+    incidents   list the incidents a store holds (table or JSON), ids for postmortem
     postmortem  export one incident (Markdown or JSON) from a store
 
 The target is the embedded local target (``--target local --services FILE``), or any
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, ResilienceError
 from .escalation import GenericWebhook, PagerDuty
+from .listing import incidents_json, incidents_table, list_incidents, parse_since
 from .playbooks import BUNDLED_PLAYBOOKS
 from .postmortem import build_postmortem
 from .redaction import LOGGER
@@ -28,7 +30,7 @@ from .safety import SafetyPolicy
 from .store import Store
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pytest_resilience.engine")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the engine with its webhook receiver")
@@ -39,31 +41,125 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="a directory of playbooks layered over the bundled ones (repeatable)",
     )
-    serve.add_argument("--store", required=True, type=Path)
-    serve.add_argument("--listen", default="127.0.0.1:9095")
-    serve.add_argument("--target", choices=("none", "local"), default="none")
-    serve.add_argument("--services", type=Path, help="services YAML for --target local")
-    serve.add_argument("--target-factory", help="module:function returning a Target")
-    serve.add_argument("--dry-run", action="store_true")
+    serve.add_argument(
+        "--store",
+        required=True,
+        type=Path,
+        help="SQLite file of incidents, actions and the page outbox (created if missing; "
+        "a restart on the same file resumes open incidents)",
+    )
+    serve.add_argument(
+        "--listen",
+        default="127.0.0.1:9095",
+        metavar="HOST:PORT",
+        help="where the Alertmanager-compatible webhook listens (POST /alerts, GET /healthz); "
+        "default %(default)s, port 0 picks a free one",
+    )
+    serve.add_argument(
+        "--target",
+        choices=("none", "local"),
+        default="none",
+        help="what actions act on: none (every alert is escalated) or local (the embedded "
+        "local target, needs --services); default %(default)s",
+    )
+    serve.add_argument(
+        "--services", type=Path, metavar="FILE", help="services YAML for --target local"
+    )
+    serve.add_argument(
+        "--target-factory",
+        metavar="MODULE:FUNCTION",
+        help="a function returning a Target, instead of --target",
+    )
+    serve.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="decide and record every step, act on nothing",
+    )
     serve.add_argument("--token-env", help="env var holding the bearer token the webhook requires")
     serve.add_argument("--pagerduty", action="store_true", help="page via PAGERDUTY_ROUTING_KEY")
     serve.add_argument("--pagerduty-url", help="Events API v2 URL (default PagerDuty's)")
-    serve.add_argument("--escalation-webhook", action="append", default=[], metavar="URL")
-    serve.add_argument("--cooldown", type=float, default=SafetyPolicy.cooldown_s)
-    serve.add_argument("--breaker-failures", type=int, default=SafetyPolicy.breaker_failures)
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument(
+        "--escalation-webhook",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="also POST each escalation as JSON to URL (repeatable)",
+    )
+    serve.add_argument(
+        "--cooldown",
+        type=float,
+        default=SafetyPolicy.cooldown_s,
+        metavar="SECONDS",
+        help="no second remediation of the same alert on the same target within this "
+        "time; default %(default)s",
+    )
+    serve.add_argument(
+        "--breaker-failures",
+        type=int,
+        default=SafetyPolicy.breaker_failures,
+        metavar="N",
+        help="failed remediations in a row that open the circuit breaker (auto-remediation "
+        "paused, everything escalated until it resets); default %(default)s",
+    )
+    serve.add_argument(
+        "--log-level",
+        default="INFO",
+        help="DEBUG, INFO, WARNING or ERROR; default %(default)s",
+    )
+    listing = sub.add_parser(
+        "incidents", help="list the incidents of a store, newest last (ids for postmortem)"
+    )
+    listing.add_argument("--store", required=True, type=Path, help="the engine's SQLite file")
+    listing.add_argument(
+        "--open",
+        action="store_true",
+        help="only incidents not closed yet (being remediated, or paged and still firing)",
+    )
+    listing.add_argument(
+        "--since",
+        metavar="DURATION|ISO",
+        help="only incidents opened since then: 30m, 2h, 7d ago, or 2026-12-01T08:00:00Z",
+    )
+    listing.add_argument(
+        "--format", choices=("table", "json"), default="table", help="default %(default)s"
+    )
     pm = sub.add_parser("postmortem", help="export an incident's postmortem")
-    pm.add_argument("--store", required=True, type=Path)
-    pm.add_argument("incident")
-    pm.add_argument("--format", choices=("md", "json"), default="md")
-    args = parser.parse_args(argv)
+    pm.add_argument("--store", required=True, type=Path, help="the engine's SQLite file")
+    pm.add_argument("incident", help="incident id, as `incidents` lists it")
+    pm.add_argument("--format", choices=("md", "json"), default="md", help="default %(default)s")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "postmortem":
             return _postmortem(args)
+        if args.command == "incidents":
+            return _incidents(args)
         return _serve(args)
     except ResilienceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _incidents(args: argparse.Namespace) -> int:
+    if not args.store.exists():
+        raise ConfigError(f"no store at {args.store}", field="--store")
+    since = parse_since(args.since) if args.since else None
+    store = Store(args.store)
+    try:
+        incidents = list_incidents(store, open_only=args.open, since=since)
+    finally:
+        store.close()
+    if args.format == "json":
+        print(incidents_json(incidents))
+    elif incidents:
+        print(incidents_table(incidents))
+    else:
+        filtered = " matching the filters" if since is not None or args.open else ""
+        print(f"no incidents in {args.store}{filtered}")
+    return 0
 
 
 def _postmortem(args: argparse.Namespace) -> int:
