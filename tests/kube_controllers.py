@@ -241,6 +241,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             c.spawn(self._reconcile(request.namespace, request.name))
         elif plural == "pods" and request.subresource == "ephemeralcontainers":
             c.spawn(self._kubelet_start_ephemeral(request.namespace, request.name))
+        elif plural == "nodes" and method == "PATCH":  # uncordon: Pending pods may now fit
+            for ns in {d["metadata"]["namespace"] for d in self._items(DEPLOYMENTS, None)}:
+                c.spawn(self._reconcile_all(ns))
         return response
 
     async def _expire_watch(self, request: Any, how: str) -> aiohttp.web.StreamResponse:
@@ -461,7 +464,16 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             started: list[str] = []
             for rs in [new, *olds]:
                 rs = self._get(REPLICASETS, ns, rs["metadata"]["name"]) or rs
-                started += await self._manage_replicas(rs, self._pods_of_rs(pods, rs))
+                mine = self._pods_of_rs(pods, rs)
+                started += await self._manage_replicas(rs, mine)
+                for p in mine:  # the scheduler binds pods left Pending when no node fitted
+                    if _active(p) and not p["spec"].get("nodeName"):
+                        node = self._schedule(ns, rs)
+                        if node:
+                            await self._patch(
+                                PODS, ns, p["metadata"]["name"], {"spec": {"nodeName": node}}
+                            )
+                            started.append(p["metadata"]["name"])
             await self._update_status(ns, name)
         for pod_name in started:
             self.cluster.spawn(self._kubelet_start(ns, pod_name, name))
@@ -687,8 +699,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         await asyncio.sleep(KUBELET_STARTUP_S)
         async with self._lock:
             obj = self._get(PODS, ns, pod)
-            if obj is None or _is_terminating(obj):
-                return
+            if obj is None or _is_terminating(obj) or not obj["spec"].get("nodeName"):
+                return  # gone, going, or not scheduled: no kubelet runs it
             uid = obj["metadata"].get("uid")
             containers = obj.get("spec", {}).get("containers", []) or [{"name": "main"}]
             delays = [_probe_delay(c) for c in containers]

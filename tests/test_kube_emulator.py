@@ -299,3 +299,29 @@ def test_an_ephemeral_container_whose_image_cannot_be_pulled(
             tty=False,
         )
     assert "container not found" in str(info.value)
+
+
+def test_pods_stay_pending_while_no_node_is_schedulable(
+    cluster: EmulatedCluster, core: Any
+) -> None:
+    v1, _ = core
+    for node in ("worker-1", "worker-2", "worker-3"):
+        v1.patch_node(node, {"spec": {"unschedulable": True}})
+    victim = next(cluster.pods_of(NS, "api"))["metadata"]["name"]
+    v1.delete_namespaced_pod(victim, NS, grace_period_seconds=0)
+
+    def pending() -> list[dict[str, Any]]:
+        return [p for p in cluster.pods_of(NS, "api") if p["status"].get("phase") == "Pending"]
+
+    (waiting,) = cluster.eventually(pending)
+    assert not waiting["spec"].get("nodeName")  # the scheduler found no node
+    v1.patch_node("worker-2", {"spec": {"unschedulable": None}})
+    cluster.eventually(
+        lambda: (
+            (cluster.obj(PODS, NS, waiting["metadata"]["name"]) or {})
+            .get("spec", {})
+            .get("nodeName")
+            == "worker-2"
+        )
+    )
+    cluster.eventually(lambda: len([p for p in cluster.pods_of(NS, "api") if _ready(p)]) == 3)
