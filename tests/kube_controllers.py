@@ -888,6 +888,14 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                     message=f"container {container} is not valid for pod {request.name}",
                 )
             )
+        if not spec.get("nodeName"):  # strategy.go streamLocation: no node, no kubelet
+            return await self._render_error(
+                kmock.KubernetesError(
+                    status=400,
+                    reason="BadRequest",
+                    message=f"pod {request.name} does not have a host assigned",
+                )
+            )
         chosen = (regular | ephemeral).get(container or "") or next(iter(regular.values()), {})
         if container in ephemeral:
             states = {
