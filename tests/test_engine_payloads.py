@@ -141,3 +141,14 @@ def test_capitalised_severity_is_normalised():
 def test_resolved_alert_with_zero_end_time_is_resolved_at_receipt():
     _, alerts = parse_payload(_sample("severity-major-group-resolved"), now=2000.0)
     assert {(a.status, a.ends_at) for a in alerts} == {("resolved", 2000.0)}
+
+
+def test_grafana_legacy_state_stands_in_for_a_missing_group_status():
+    body = _sample("grafana-alerting-default-payload")
+    body.pop("status")
+    for alert in body["alerts"]:
+        alert.pop("status")
+    _, (alert,) = parse_payload(body)
+    assert alert.status == "firing"  # "state": "alerting"
+    body["state"] = "ok"
+    assert parse_payload(body)[1][0].status == "resolved"
