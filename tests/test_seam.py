@@ -153,3 +153,14 @@ def test_an_unknown_capability_is_a_usage_error_naming_it(pytester: pytest.Pytes
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*test_typo.py::test_it*unknown capability 'pod_admn'*known:*"])
+
+
+def test_a_yaml_scenario_is_judged_by_the_faults_of_its_method(pytester: pytest.Pytester) -> None:
+    shipped = Path(__file__).parent.parent / "scenarios" / "bad_release_rollback.yaml"
+    (pytester.path / "scenarios").mkdir()
+    (pytester.path / "scenarios" / "release.yaml").write_text(shipped.read_text())
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--chaos-target=kubernetes", "-rs", "scenarios"
+    )
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["SKIPPED*release.yaml*lacks the capability 'releases'*"])

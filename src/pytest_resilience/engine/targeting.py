@@ -78,8 +78,10 @@ class _View:
 
     def _get(self, what: str) -> list[Any]:
         if what not in self._cache:
-            try:
-                self._cache[what] = list(getattr(self._target, what)())
+            try:  # the core Target protocol's listings, nothing probed
+                t = self._target
+                listing = {"workloads": t.workloads, "pods": t.pods, "nodes": t.nodes}[what]()
+                self._cache[what] = list(listing)
             except Exception as exc:  # no target, no permission, API down: nothing to act on
                 raise NoTarget(
                     f"cannot list the {what} of target {_name(self._target)!r}: {exc}"
@@ -97,7 +99,7 @@ class _View:
 
 
 def _name(target: Any) -> str:
-    return str(getattr(target, "name", type(target).__name__))
+    return str(target.name)  # every Target has one (the engine's stand-in too)
 
 
 def _in(namespace: str | None, obj: Any) -> bool:
