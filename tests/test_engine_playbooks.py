@@ -118,13 +118,16 @@ def test_a_project_playbook_replaces_the_bundled_one_of_its_name(tmp_path):
     assert books["Resource Exhaustion"] == bundled["Resource Exhaustion"]
 
 
-def test_a_project_playbook_taking_a_bundled_alert_names_both(tmp_path):
+def test_a_project_playbook_takes_its_alerts_from_the_bundled_ones(tmp_path):
+    bundled = {b.name: b for b in load_playbooks(BUNDLED_PLAYBOOKS)}
     write(tmp_path, GOOD.replace("alerts: [Demo]", "alerts: [PodCrashLoop]"))
-    with pytest.raises(ConfigError) as info:
-        load_playbooks(BUNDLED_PLAYBOOKS, tmp_path)
-    message = str(info.value)
-    assert "'PodCrashLoop' is already handled by playbook" in message
-    assert str(tmp_path / "book.yaml") in message
+    books = {b.name: b for b in load_playbooks(BUNDLED_PLAYBOOKS, tmp_path)}
+    routes = {alert: name for name, b in books.items() for alert in b.alerts}
+    assert routes["PodCrashLoop"] == "Demo"
+    crash = next(n for n, b in bundled.items() if "PodCrashLoop" in b.alerts)
+    assert set(books.get(crash, bundled[crash]).alerts) == set(bundled[crash].alerts) - {
+        "PodCrashLoop"
+    }
 
 
 def test_the_engine_factory_uses_the_bundled_playbooks_without_a_project_dir(tmp_path):

@@ -56,7 +56,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -296,27 +296,23 @@ def parse_duration(value: Any, *, field: str = "duration", source: str | None = 
 def load_playbooks(*directories: str | Path) -> list[Playbook]:
     """Every ``*.yaml``/``*.yml`` in ``directories``, layered in the order given.
 
-    A playbook replaces one of the same name from an earlier directory (a project
-    overrides a bundled strategy by naming it); within one directory names are unique,
-    and across the result each alert routes to exactly one playbook.
+    A later directory wins: its playbook replaces one of the same name, and takes the
+    alerts it names from earlier playbooks (a project's own playbook for
+    ``HighMemoryUsage`` is the one that runs). Within one directory names are unique and
+    each alert routes to one playbook.
     """
     by_name: dict[str, Playbook] = {}
     for directory in directories:
-        by_name.update({book.name: book for book in _load_directory(Path(directory))})
-    books = list(by_name.values())
-    by_alert: dict[str, Playbook] = {}
-    for book in books:
-        for alert in book.alerts:
-            if alert in by_alert:
-                raise ConfigError(
-                    f"alert {alert!r} is already handled by playbook "
-                    f"{by_alert[alert].name!r} ({by_alert[alert].source}); give one of "
-                    "them the other's name to replace it, or drop the alert from one",
-                    source=str(book.source),
-                    field="alerts",
-                )
-            by_alert[alert] = book
-    return books
+        layer = _load_directory(Path(directory))
+        claimed = {alert for book in layer for alert in book.alerts}
+        for name, book in list(by_name.items()):
+            kept = tuple(alert for alert in book.alerts if alert not in claimed)
+            if not kept:
+                del by_name[name]
+            elif kept != book.alerts:
+                by_name[name] = replace(book, alerts=kept)
+        by_name.update({book.name: book for book in layer})
+    return list(by_name.values())
 
 
 def _load_directory(directory: Path) -> list[Playbook]:
@@ -336,6 +332,17 @@ def _load_directory(directory: Path) -> list[Playbook]:
             )
         names[book.name] = book
         books.append(book)
+    by_alert: dict[str, Playbook] = {}
+    for book in books:
+        for alert in book.alerts:
+            if alert in by_alert:
+                raise ConfigError(
+                    f"alert {alert!r} is already handled by playbook "
+                    f"{by_alert[alert].name!r} ({by_alert[alert].source})",
+                    source=str(book.source),
+                    field="alerts",
+                )
+            by_alert[alert] = book
     return books
 
 
