@@ -16,7 +16,8 @@ import pytest
 from pytest_resilience.probes import BuiltinProbes
 from pytest_resilience.slo import Objective
 
-pytestmark = pytest.mark.chaos
+# The breakers are read from each API pod's /metrics (BuiltinProbes).
+pytestmark = pytest.mark.chaos(requires=["pod_metrics"])
 
 #: error rate while the database is gone: cold reads (6%) and writes (4%) of the demo load
 #: fail, plus the requests that time out before the breaker opens

@@ -24,7 +24,8 @@ import pytest
 from pytest_resilience.engine.alerts import Alert, Rule, RuleEvaluator
 from pytest_resilience.probes import BuiltinProbes
 
-pytestmark = pytest.mark.chaos
+# demo_disk_used_ratio is read from each API pod's /metrics (BuiltinProbes).
+pytestmark = pytest.mark.chaos(requires=["pod_metrics"])
 
 ROWS = range(9001, 9041)  # clear of the seeded ids (1..1000) and the load's writes (1001..1100)
 DISK_ALERT = Rule("DiskSpaceLow", "disk_use", "above", 0.85, "postgres", for_s=1.0)

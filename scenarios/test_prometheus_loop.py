@@ -24,7 +24,8 @@ from remediation_faults import ConnectionLeak
 from pytest_resilience.monitoring import loop_split
 from pytest_resilience.timeline import ALERT_FIRED, ALERT_RESOLVED, STEADY_STATE
 
-pytestmark = pytest.mark.chaos
+# The leak goes in through each pod's admin hooks; the built-in path reads its /metrics.
+pytestmark = pytest.mark.chaos(requires=["pod_admin", "pod_metrics"])
 
 STRATEGY = "Resource Exhaustion"
 ALERT = "DatabaseConnectionPoolExhaustion"

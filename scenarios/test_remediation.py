@@ -28,7 +28,9 @@ from remediation_faults import (
 from pytest_resilience.slo import Objective
 from pytest_resilience.timeline import ESCALATED
 
-pytestmark = pytest.mark.chaos
+# The faults go in through each pod's admin hooks, the engine reads its /metrics, and
+# api_restored puts the release back.
+pytestmark = pytest.mark.chaos(requires=["pod_admin", "pod_metrics", "releases"])
 
 USERS = {"users": 20, "spawn_rate": 20}
 

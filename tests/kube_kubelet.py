@@ -223,6 +223,8 @@ class PodContext:
     services: dict[str, str]  # Service name -> ClusterIP (what cluster DNS would answer)
     mounts: dict[str, str] = field(default_factory=dict)  # mountPath -> host dir
     containers: dict[str, Container] = field(default_factory=dict)
+    #: host iptables chains hooked for this pod (its netns's rules): gone with the pod
+    chains: set[str] = field(default_factory=set)
     stopping: bool = False
     gone: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -617,6 +619,7 @@ class ProcessKubelet(ClusterEmulator):
                         "finishedAt": _now(),
                     }
                 }
+        await _drop_chains(ctx)
         self.runtime.pop(ctx.uid, None)
         ctx.gone.set()
 
@@ -653,6 +656,9 @@ class ProcessKubelet(ClusterEmulator):
         kill = re.fullmatch(r"\s*kill -(\w+) 1\s*", script)
         if not kill:
             await super()._apply_exec(ns, pod, argv, model)
+            ctx = self._runtime_of(ns, pod)
+            if ctx is not None and "iptables" in script:
+                await self._netns_iptables(ctx, script)
             return
         ctx = self._runtime_of(ns, pod)
         if ctx is None:
@@ -663,6 +669,45 @@ class ProcessKubelet(ClusterEmulator):
             if cont.proc is not None and _catches(cont.proc.pid, sig):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(cont.proc.pid, sig)
+
+    async def _netns_iptables(self, ctx: PodContext, script: str) -> None:
+        """iptables run in the pod's netns (the network_block's ephemeral container), done
+        for real on this machine's tables, scoped to the pod IP: the netns's INPUT hook is
+        ``INPUT -d POD_IP``, its OUTPUT hook ``OUTPUT -s POD_IP``, and "not on the pod's
+        loopback" (``! -i lo``) is "not from the pod itself". Refused (logged, nothing run)
+        unless every line is one of the iptables forms the fault writes."""
+        ip = re.escape(ctx.ip)
+        host = script
+        for verb in ("-I", "-C", "-D"):
+            host = host.replace(f"{verb} INPUT -j", f"{verb} INPUT -d {ctx.ip} -j")
+            host = host.replace(f"{verb} OUTPUT -j", f"{verb} OUTPUT -s {ctx.ip} -j")
+        host = host.replace("! -i lo", f"! -s {ctx.ip}").replace("! -o lo", f"! -d {ctx.ip}")
+        chain = r"PRC-[0-9a-f]{10}-[IO]"
+        allowed = [
+            r"set -e",
+            r"true",
+            rf"iptables -N {chain} 2>/dev/null \|\| iptables -F {chain}",
+            rf"iptables -A {chain} [-\w./! ]+ -j (DROP|REJECT)",
+            rf"iptables -C (INPUT -d|OUTPUT -s) {ip} -j {chain} 2>/dev/null \|\| "
+            rf"iptables -I (INPUT -d|OUTPUT -s) {ip} -j {chain}",
+            rf"while iptables -D (INPUT -d|OUTPUT -s) {ip} -j {chain} 2>/dev/null; do :; done",
+            rf"iptables -F {chain} 2>/dev/null; iptables -X {chain} 2>/dev/null",
+        ]
+        lines = [line.strip() for line in host.splitlines() if line.strip()]
+        odd = [line for line in lines if not any(re.fullmatch(a, line) for a in allowed)]
+        if odd:
+            log.warning("pod %s: iptables script not realised (unknown lines %s)", ctx.name, odd)
+            return
+        proc = await asyncio.create_subprocess_exec(
+            "sh", "-c", host, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        out, _ = await proc.communicate()
+        if proc.returncode:
+            log.warning("pod %s: iptables exited %s: %s", ctx.name, proc.returncode, out)
+        for c in re.findall(rf"-I (?:INPUT -d|OUTPUT -s) {ip} -j ({chain})", host):
+            ctx.chains.add(c)
+        for c in re.findall(rf"iptables -X ({chain})", host):
+            ctx.chains.discard(c)
 
     # ----------------------------------------------------------- proxy subresource
 
@@ -734,6 +779,19 @@ class ProcessKubelet(ClusterEmulator):
                     message=f"error trying to reach service: {exc}",
                 )
             )
+
+
+async def _drop_chains(ctx: PodContext) -> None:
+    """The pod's netns is gone, and its rules with it."""
+    for chain in sorted(ctx.chains):
+        script = (
+            f"while iptables -D INPUT -d {ctx.ip} -j {chain} 2>/dev/null; do :; done; "
+            f"while iptables -D OUTPUT -s {ctx.ip} -j {chain} 2>/dev/null; do :; done; "
+            f"iptables -F {chain} 2>/dev/null; iptables -X {chain} 2>/dev/null; true"
+        )
+        proc = await asyncio.create_subprocess_exec("sh", "-c", script)
+        await proc.wait()
+    ctx.chains.clear()
 
 
 def _first_port(pod: dict[str, Any]) -> int | None:

@@ -18,7 +18,7 @@ _results: dict[str, str] = {}
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        _results[report.nodeid] = f"skipped: {reason}"
+        _results[report.nodeid] = f"skipped: {str(reason).removeprefix('Skipped: ')}"
     elif report.failed:
         _results[report.nodeid] = "failed" if report.when == "call" else f"error ({report.when})"
     elif report.when == "call":
