@@ -19,14 +19,18 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from kube_controllers import PODS
 from kube_kubelet import KubeletCluster, demo_manifests
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,3 +188,94 @@ def test_every_scenario_runs_on_kubernetes_or_is_skipped_naming_the_capability(
     assert not any(_alive(before[name]) for name in killed), "a killed pod's process lives"
     assert all(_alive(pid) for pid in after.values() if pid is not None)
     assert kind.proxy.connections > connections, "the load did not go through the Service"
+
+
+# ------------------------------------------------ the kubelet stand-in's own behaviour
+
+NETWORK_OK = os.geteuid() == 0 and shutil.which("iptables") is not None
+
+
+@pytest.fixture
+def target(kind: KubeletCluster, run_dir: Path) -> Iterator[Any]:
+    from pytest_resilience.targets.kubernetes import KubernetesTarget
+
+    kubeconfig = kind.kubeconfig(run_dir, context="kind-chaos", namespace=NAMESPACE)
+    t = KubernetesTarget(kubeconfig=str(kubeconfig), namespace=NAMESPACE)
+    yield t
+    t.close()
+
+
+def _connects(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not NETWORK_OK, reason="needs root and iptables")
+def test_network_block_through_the_api_server_cuts_the_pod_off_for_real(
+    kind: KubeletCluster, target: Any
+) -> None:
+    """The fault's ephemeral container runs iptables in the pod's netns; here those rules
+    land on this machine scoped to the pod IP, so the pod is really unreachable."""
+    from pytest_resilience.targets.base import ChangeLog
+
+    pg = target.select("app=postgres")[0]
+    assert _connects(pg.host, 5432)
+    changes = ChangeLog("kubelet-test-block")
+    target.network_block(
+        "app=postgres",
+        port=None,
+        direction="ingress",
+        action="reject",
+        name="kubelet-test",
+        changes=changes,
+    )
+    try:
+        assert changes.records, "the fault recorded nothing"
+        assert not _connects(pg.host, 5432), "postgres still answers under the block"
+        redis = target.select("app=redis")[0]
+        assert _connects(redis.host, 6379), "the block reached another pod"
+    finally:
+        for record in changes.records:
+            target.undo(record)
+    assert _connects(pg.host, 5432), "postgres unreachable after the undo"
+    rules = subprocess.run(["iptables", "-S"], capture_output=True, text=True).stdout
+    assert pg.host not in rules, rules
+
+
+def test_sigterm_by_exec_reaches_pid_1_and_the_kubelet_restarts_the_container(
+    kind: KubeletCluster, target: Any
+) -> None:
+    """``kill -TERM 1`` by exec: the demo handles SIGTERM and exits; the kubelet restarts
+    the container in the same pod (restartCount 1, Ready again once /readyz answers)."""
+    pod = target.select("app=api")[0]
+    pid = _api_pods(kind)[pod.name]
+    assert pid is not None
+    target.kill_pod(pod, sig=signal.SIGTERM)
+
+    def restarted() -> dict[str, Any] | None:
+        obj = kind.obj(PODS, NAMESPACE, pod.name) or {}
+        status = (obj.get("status", {}).get("containerStatuses") or [{}])[0]
+        return status if status.get("restartCount") == 1 and status.get("ready") else None
+
+    status = kind.eventually(restarted, timeout=60)
+    assert status["lastState"]["terminated"]["exitCode"] == 0  # aiohttp's graceful exit
+    assert not _alive(pid)
+    new_pid = _api_pods(kind)[pod.name]
+    assert new_pid not in (None, pid) and _alive(new_pid)  # type: ignore[arg-type]
+
+
+def test_pod_and_service_proxy_reach_the_pods(kind: KubeletCluster, target: Any) -> None:
+    """What the probes and admin hooks use from outside a cluster: the proxy subresource."""
+    import kubernetes.client as kc
+
+    pod = target.select("app=api")[0]
+    core = kc.CoreV1Api(target.conn.api_client())
+    metrics = core.connect_get_namespaced_pod_proxy_with_path(
+        f"{pod.name}:8080", NAMESPACE, "metrics"
+    )
+    assert "demo_circuit_breaker_open" in metrics
+    ready = core.connect_get_namespaced_service_proxy_with_path("api:http", NAMESPACE, "readyz")
+    assert '"status": "ready"' in ready or "'status': 'ready'" in ready, ready
