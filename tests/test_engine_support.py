@@ -23,6 +23,7 @@ from aiohttp import web
 
 from pytest_resilience.engine.playbooks import BUNDLED_PLAYBOOKS
 from pytest_resilience.errors import TargetError
+from pytest_resilience.targets import pod_http
 from pytest_resilience.targets.base import (
     EventKind,
     ExecResult,
@@ -271,8 +272,10 @@ class ProcTarget:
     def pod_port(self, pod: Pod) -> int | None:
         return self._admin_port
 
-    def admin_url(self, pod: Pod) -> str | None:  # the PodAdmin capability
-        return f"http://{pod.host}:{self._admin_port}" if self._admin_port else None
+    def post_admin(self, pod: Pod, path: str, *, timeout: float) -> bytes:  # PodAdmin
+        if not self._admin_port:
+            raise TargetError(f"pod {pod.name} has no admin port")
+        return pod_http.post(f"http://{pod.host}:{self._admin_port}{path}", timeout=timeout)
 
     def version(self, workload: str) -> str:
         return self._workloads[workload].version

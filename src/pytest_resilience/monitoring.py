@@ -66,24 +66,23 @@ RULE_FIRING = "rule_firing"
 
 
 def pod_targets(target: Target) -> list[ScrapeTarget]:
-    """Every live pod serving /metrics at an address of its own (the
-    :class:`~.targets.base.PodMetrics` capability), as a scrape target labelled
-    service/pod/node; none on a target without it."""
+    """Every live pod a Prometheus here can scrape directly (the
+    :class:`~.targets.base.PodMetrics` capability's ``metrics_address``), as a scrape
+    target labelled service/pod/node; none on a target without it."""
     if not isinstance(target, PodMetrics):
         return []
     found = []
     for pod in target.pods():
         try:
-            url = target.metrics_url(pod)
+            address = target.metrics_address(pod)
         except Exception:  # gone between listing and asking
             continue
-        parts = urllib.parse.urlsplit(url) if url else None
-        if parts is None or parts.path != "/metrics" or not parts.netloc:
-            continue  # Prometheus' file_sd takes host:port, scraped at /metrics
+        if not address:
+            continue
         labels = {"service": pod.workload, "pod": pod.name}
         if pod.node:
             labels["node"] = pod.node
-        found.append(ScrapeTarget(parts.netloc, labels))
+        found.append(ScrapeTarget(address, labels))
     return found
 
 

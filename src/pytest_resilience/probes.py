@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -184,14 +182,14 @@ class BuiltinProbes:
             return dict(found)
 
     def _scrape_pod(self, pod: Pod) -> PodScrape | None:
-        url = self._metrics_url(pod)
-        if url is None:
+        if not isinstance(self.target, PodMetrics):
             return None
-        try:
-            with urllib.request.urlopen(url, timeout=self.http_timeout_s) as response:
-                text = response.read().decode("utf-8", errors="replace")
-        except (OSError, urllib.error.URLError, ValueError):
-            return None  # a pod that does not answer is skipped, not waited for
+        try:  # a pod that does not answer is skipped, not waited for
+            text = self.target.scrape_pod(pod, timeout=self.http_timeout_s)
+        except Exception:  # the pod went away between listing and asking
+            return None
+        if text is None:
+            return None
         values: dict[str, float] = {}
         try:
             for family in text_string_to_metric_families(text):
@@ -200,14 +198,6 @@ class BuiltinProbes:
         except ValueError:
             return None
         return PodScrape(pod.name, time.monotonic(), values)
-
-    def _metrics_url(self, pod: Pod) -> str | None:
-        if not isinstance(self.target, PodMetrics):
-            return None
-        try:
-            return self.target.metrics_url(pod)
-        except Exception:  # the pod went away between listing and asking
-            return None
 
     def _deltas(self, counter: str) -> dict[str, tuple[float, float]]:
         """Per pod: (counter increase, seconds) across its scrape history (resets handled)."""

@@ -17,13 +17,12 @@ import json
 import math
 import signal
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import TargetError
+from ..targets import pod_http
 from ..targets.base import Pod, PodAdmin, Target
 from .alerts import Alert, Probe
 
@@ -45,20 +44,14 @@ def action(name: str) -> Callable[[ActionFn], ActionFn]:
 
 
 def default_admin_url(target: Target, pod: Pod) -> str:
-    """Where the pod's admin hooks are, from the target's
-    :class:`~..targets.base.PodAdmin` capability (the local target: the pod's private port).
-
-    A target without it needs an ``admin_url`` passed to the Engine that knows where the
-    admin port lives there.
-    """
-    url = target.admin_url(pod) if isinstance(target, PodAdmin) else None
-    if not url:
-        raise TargetError(
-            f"no admin endpoint known for pod {pod.name!r} on target {target.name!r} (it lacks "
-            "the 'pod_admin' capability or the pod has none): give the Engine an "
-            "admin_url(target, pod) function"
-        )
-    return url
+    """The Engine's default ``admin_url``: none of its own, so :meth:`ActionContext.admin`
+    goes through the target's :class:`~..targets.base.PodAdmin` capability (the local
+    target: the pod's private port). Give the Engine an ``admin_url(target, pod)`` to reach
+    the admin hooks another way."""
+    raise TargetError(
+        f"no admin URL of its own for pod {pod.name!r}: the target {target.name!r} reaches "
+        "admin hooks itself (PodAdmin.post_admin)"
+    )
 
 
 @dataclass
@@ -97,15 +90,16 @@ class ActionContext:
 
     def admin(self, pod: Pod, path: str) -> dict[str, Any]:
         """POST an admin hook of ``pod``; a non-2xx answer is a failed action."""
-        url = self.admin_url(self.target, pod) + path
-        request = urllib.request.Request(url, data=b"", method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.http_timeout_s) as response:
-                body = response.read()
-        except urllib.error.HTTPError as exc:
-            raise TargetError(f"POST {url} answered {exc.code}") from None
-        except OSError as exc:
-            raise TargetError(f"POST {url} failed: {exc}") from None
+        if self.admin_url is not default_admin_url:  # the Engine was told where they are
+            url = self.admin_url(self.target, pod) + path
+            body = pod_http.post(url, timeout=self.http_timeout_s)
+        elif isinstance(self.target, PodAdmin):
+            body = self.target.post_admin(pod, path, timeout=self.http_timeout_s)
+        else:
+            raise TargetError(
+                f"no admin hooks reachable for pod {pod.name!r}: target {self.target.name!r} "
+                "lacks the 'pod_admin' capability; give the Engine an admin_url(target, pod)"
+            )
         try:
             data = json.loads(body) if body else {}
         except ValueError:

@@ -272,19 +272,26 @@ class FaultPrimitives(Protocol):
 
 @runtime_checkable
 class PodMetrics(Protocol):
-    """Each pod serves Prometheus metrics this process can scrape."""
+    """Each pod serves Prometheus metrics this process can read."""
 
-    def metrics_url(self, pod: Pod) -> str | None:
-        """The URL of the pod's own /metrics, None for a pod that serves none."""
+    def scrape_pod(self, pod: Pod, *, timeout: float) -> str | None:
+        """The text of the pod's /metrics; None for a pod that serves none or does not
+        answer (skipped, never waited for)."""
+        ...
+
+    def metrics_address(self, pod: Pod) -> str | None:
+        """``host:port`` where a Prometheus on this machine scrapes the pod's /metrics
+        directly; None where it cannot (pods reached only through the target)."""
         ...
 
 
 @runtime_checkable
 class PodAdmin(Protocol):
-    """Each pod has admin hooks (``POST <admin_url>/admin/...``) this process can reach."""
+    """Each pod has admin hooks (``POST /admin/...``) this process can call."""
 
-    def admin_url(self, pod: Pod) -> str | None:
-        """Base URL of the pod's admin hooks, None for a pod that has none."""
+    def post_admin(self, pod: Pod, path: str, *, timeout: float) -> bytes:
+        """POST ``path`` to the pod's admin port; the answer's body. TargetError on a
+        non-2xx answer, no answer, or a pod without admin hooks."""
         ...
 
 

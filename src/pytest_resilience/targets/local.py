@@ -54,6 +54,7 @@ import psutil
 
 from ..errors import PrivilegeError, SelectorMatchedNothing, TargetError
 from ..ports import free_port
+from . import pod_http
 from .base import (
     EventKind,
     ExecResult,
@@ -480,15 +481,24 @@ class LocalTarget(LocalFaults):
         """The pod's private port (``pod_port: true``), or None."""
         return self._pod(pod).pod_port
 
-    def metrics_url(self, pod: Pod) -> str | None:
+    def scrape_pod(self, pod: Pod, *, timeout: float) -> str | None:
         """:class:`~.base.PodMetrics`: /metrics on the pod's private port."""
-        port = self.pod_port(pod)
-        return f"http://{pod.host}:{port}/metrics" if port else None
+        address = self.metrics_address(pod)
+        return pod_http.get_text(f"http://{address}/metrics", timeout=timeout) if address else None
 
-    def admin_url(self, pod: Pod) -> str | None:
+    def metrics_address(self, pod: Pod) -> str | None:
+        port = self.pod_port(pod)
+        return f"{pod.host}:{port}" if port else None
+
+    def post_admin(self, pod: Pod, path: str, *, timeout: float) -> bytes:
         """:class:`~.base.PodAdmin`: the admin hooks are on the pod's private port."""
         port = self.pod_port(pod)
-        return f"http://{pod.host}:{port}" if port else None
+        if not port:
+            raise TargetError(
+                f"pod {pod.name} has no private port for admin hooks (set pod_port: true on "
+                f"service {pod.workload!r})"
+            )
+        return pod_http.post(f"http://{pod.host}:{port}{path}", timeout=timeout)
 
     def toxiproxy_server(self) -> str | None:
         """:class:`~.base.DependencyProxies`: the server carrying the proxied services."""
