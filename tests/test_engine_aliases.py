@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections import Counter
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import requests
@@ -254,3 +256,41 @@ def test_severity_labels_map_onto_pagerdutys_four(monkeypatch, label, expected):
     body = PagerDuty().payload(incident, "trigger")
     assert body["payload"]["severity"] == expected
     assert body["payload"]["custom_details"]["severity_label"] == label
+
+
+class _CountingTarget(ProcTarget):
+    """The platform double, counting the listings asked of it (API calls on Kubernetes)."""
+
+    listings: ClassVar[Counter] = Counter()
+
+    def pods(self, *args, **kwargs):
+        if not getattr(self, "_inside", False):
+            self.listings["pods"] += 1
+        return super().pods(*args, **kwargs)
+
+    def workloads(self):
+        self.listings["workloads"] += 1
+        self._inside = True  # its own pods() call is part of this listing
+        try:
+            return super().workloads()
+        finally:
+            self._inside = False
+
+
+def test_an_alert_storm_lists_the_target_once_per_batch(tmp_path):
+    target = _CountingTarget({"api": (1, {"v1": SLEEP}, "v1")})
+    engine = Engine(
+        target, playbooks_dir=fast_playbooks(tmp_path / "books"), store_path=tmp_path / "e.db"
+    )
+    try:
+        for n in range(100):  # queued before the dispatcher runs: one batch
+            labels = {"alertname": "KubePodCrashLooping", "namespace": "default", "pod": f"x-{n}"}
+            engine.submit(Alert("KubePodCrashLooping", "x", labels=labels, fingerprint=f"f{n}"))
+        _CountingTarget.listings.clear()
+        engine.start()
+        wait_for(lambda: len(engine.incidents()) == 100, what="100 no-target incidents")
+        assert _CountingTarget.listings == {"pods": 1, "workloads": 1}
+        assert {i.status for i in engine.incidents()} == {"escalated"}
+    finally:
+        engine.close()
+        target.close()

@@ -40,7 +40,7 @@ from .store import (
     OutboxItem,
     Store,
 )
-from .targeting import NoTarget, find_target, retarget
+from .targeting import Listing, NoTarget, find_target, retarget
 from .verify import FIXED, INCONCLUSIVE, NOT_FIXED, Interrupted, VerifyResult, verify
 
 __all__ = ["SYMPTOM_ALERTS", "Engine", "StrategyRun", "make_engine"]
@@ -247,7 +247,8 @@ class Engine:
                 except queue.Empty:
                     break
             # outside the store's transaction: finding a target may ask the platform's API
-            located = [self._locate(alert) for alert in batch if alert is not None]
+            listing = Listing(self.target)  # one read of the target per batch, if any
+            located = [self._locate(alert, listing) for alert in batch if alert is not None]
             with self.store.transaction():
                 for alert, no_target in located:
                     try:
@@ -262,7 +263,7 @@ class Engine:
         book = self._routes.get(alert_name)
         return book.known_as(alert_name) if book else alert_name
 
-    def _locate(self, alert: Alert) -> tuple[Alert, str | None]:
+    def _locate(self, alert: Alert, listing: Listing | None = None) -> tuple[Alert, str | None]:
         """``alert`` about the target its labels name (aliases only), or why there is none."""
         book = self._routes.get(alert.name)
         alias = book.aliases.get(alert.name) if book else None
@@ -273,7 +274,8 @@ class Engine:
         if known is not None:
             return replace(alert, target=known[1]), None
         try:
-            return retarget(alert, find_target(alert, alias.target, self.target)), None
+            found = find_target(alert, alias.target, self.target, listing=listing)
+            return retarget(alert, found), None
         except Exception as exc:  # NoTarget, or a broken target: it must not lose the alert
             reason = str(exc) if isinstance(exc, NoTarget) else f"target look-up failed: {exc}"
             # the incident is about what the labels name, not the exporter that reported it

@@ -22,7 +22,7 @@ from typing import Any
 
 from .alerts import Alert
 
-__all__ = ["KINDS", "Found", "NoTarget", "TargetLabel", "find_target", "retarget"]
+__all__ = ["KINDS", "Found", "Listing", "NoTarget", "TargetLabel", "find_target", "retarget"]
 
 #: what a label's value names: a workload, a pod (its workload is acted on), a node, or a
 #: host (``instance``: scheme and port dropped, then a node, workload or pod of that name)
@@ -69,8 +69,9 @@ class NoTarget(Exception):
     """The alert names nothing the engine can act on; the message says what was tried."""
 
 
-class _View:
-    """What the target has, read once per look-up (each read may be an API call)."""
+class Listing:
+    """What the target has, each kind read at most once (a read may be an API call): the
+    engine shares one across a batch of alerts, so an alert storm lists once, not per alert."""
 
     def __init__(self, target: Any) -> None:
         self._target = target
@@ -106,14 +107,16 @@ def _in(namespace: str | None, obj: Any) -> bool:
     return namespace is None or getattr(obj, "namespace", namespace) == namespace
 
 
-def find_target(alert: Alert, labels: Sequence[TargetLabel], target: Any) -> Found:
+def find_target(
+    alert: Alert, labels: Sequence[TargetLabel], target: Any, *, listing: Listing | None = None
+) -> Found:
     """The first of ``labels`` that names a workload or node ``target`` has.
 
     An alert's ``namespace`` label must match the namespace of what is found: a crash loop
     in ``kube-system`` is not a reason to restart a same-named workload of the target's.
     Raises :class:`NoTarget` saying what each label named and why it was not taken.
     """
-    view = _View(target)
+    view = listing if listing is not None else Listing(target)
     namespace = alert.labels.get("namespace") or None
     where = f" in namespace {namespace!r}" if namespace else ""
     tried: list[str] = []
@@ -132,7 +135,7 @@ def find_target(alert: Alert, labels: Sequence[TargetLabel], target: Any) -> Fou
     )
 
 
-def _look_up(view: _View, spec: TargetLabel, value: str, namespace: str | None) -> Found | None:
+def _look_up(view: Listing, spec: TargetLabel, value: str, namespace: str | None) -> Found | None:
     if spec.kind == "workload":
         return _workload(view, value, namespace, f"label {spec.label}={value!r}")
     if spec.kind == "pod":
@@ -148,14 +151,14 @@ def _look_up(view: _View, spec: TargetLabel, value: str, namespace: str | None) 
     )
 
 
-def _workload(view: _View, name: str, namespace: str | None, via: str) -> Found | None:
+def _workload(view: Listing, name: str, namespace: str | None, via: str) -> Found | None:
     for workload in view.workloads():
         if workload.name == name and _in(namespace, workload):
             return Found(workload.name, "workload", via)
     return None
 
 
-def _pod(view: _View, name: str, namespace: str | None, label: str) -> Found | None:
+def _pod(view: Listing, name: str, namespace: str | None, label: str) -> Found | None:
     for pod in view.pods():
         if pod.name == name and _in(namespace, pod) and pod.workload:
             return Found(pod.workload, "workload", f"pod {name!r} (label {label}) of it")
@@ -170,7 +173,7 @@ def _pod(view: _View, name: str, namespace: str | None, label: str) -> Found | N
     return None
 
 
-def _node(view: _View, name: str, label: str) -> Found | None:
+def _node(view: Listing, name: str, label: str) -> Found | None:
     if any(node.name == name for node in view.nodes()):
         return Found(name, "node", f"label {label}={name!r}")
     return None
