@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,3 +280,33 @@ def test_pod_and_service_proxy_reach_the_pods(kind: KubeletCluster, target: Any)
     assert "demo_circuit_breaker_open" in metrics
     ready = core.connect_get_namespaced_service_proxy_with_path("api:http", NAMESPACE, "readyz")
     assert '"status": "ready"' in ready or "'status': 'ready'" in ready, ready
+
+
+def test_node_failure_drains_through_the_pdb_and_the_pods_run_on_the_other_worker(
+    kind: KubeletCluster, target: Any
+) -> None:
+    """Drain a worker: the Eviction API honours the api PodDisruptionBudget (minAvailable
+    2) while replacements become Ready for real on the other worker; every evicted pod's
+    process is gone, and the service answered throughout the node's loss."""
+    from pytest_resilience.targets.base import ChangeLog
+
+    nodes = {p.node for p in target.select("app=api")}
+    busy = max(nodes, key=lambda n: sum(p.node == n for p in target.select("app=api")))
+    before = _api_pods(kind)
+    doomed = {p.name for p in target.pods() if p.node == busy}
+    changes = ChangeLog("kubelet-test-node")
+    try:
+        target.node_failure(busy, changes=changes)
+        target.wait_ready("api", timeout=120, replicas=3)
+        for workload in ("postgres", "redis", "toxiproxy"):
+            target.wait_ready(workload, timeout=120)
+        assert all(p.node != busy for p in target.pods()), [(p.name, p.node) for p in target.pods()]
+        gone = set(before) & doomed
+        assert gone, "the drained worker ran no api pod"
+        assert not any(_alive(before[name]) for name in gone)
+        with urllib.request.urlopen(kind.endpoint("api") + "/readyz", timeout=10) as answer:
+            assert answer.status == 200
+    finally:
+        for record in changes.records:
+            target.undo(record)
+    assert all(n.schedulable for n in target.nodes())
