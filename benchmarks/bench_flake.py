@@ -67,7 +67,7 @@ def fresh_install(workdir: Path) -> tuple[Path, Path]:
     subprocess.run(["git", "clone", "-q", str(REPO), str(project)], check=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, "-e", str(project)], check=True)
+    subprocess.run([*pip, "-e", str(project)], check=True, capture_output=True)
     return project, venv
 
 
