@@ -164,3 +164,25 @@ def test_a_yaml_scenario_is_judged_by_the_faults_of_its_method(pytester: pytest.
     )
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["SKIPPED*release.yaml*lacks the capability 'releases'*"])
+
+
+LATENCY_SCENARIO = """
+import pytest
+
+@pytest.mark.chaos
+def test_slow_database(latency):
+    raise AssertionError("must not run: no Toxiproxy server was given")
+"""
+
+
+def test_kubernetes_without_a_toxiproxy_url_skips_the_toxiproxy_faults(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_latency=LATENCY_SCENARIO)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--chaos-target=kubernetes", "-rs"
+    )
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(
+        ["SKIPPED*lacks the capability 'dependency_proxies': no Toxiproxy server*--toxiproxy-url*"]
+    )

@@ -9,18 +9,22 @@ AttributeError, and ``pytest --collect-only`` shows what runs where. A scenario 
 - what the fault fixtures it requests need (:data:`FIXTURE_NEEDS`), and for a YAML
   scenario, the faults of its method.
 
+A target class may also lack a capability for this run only, by its settings
+(:class:`~.targets.base.ConfiguredCapabilities`: Kubernetes without ``--toxiproxy-url``).
+
 Unknown capability names are a usage error naming the scenario and the known names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import pytest
 
-from .targets.base import CAPABILITIES
+from .targets.base import CAPABILITIES, ConfiguredCapabilities
 
-__all__ = ["FIXTURE_NEEDS", "offered", "required", "skip_lacking", "target_class"]
+__all__ = ["FIXTURE_NEEDS", "missing", "offered", "required", "skip_lacking", "target_class"]
 
 #: fault fixture -> the capabilities it cannot work without
 FIXTURE_NEEDS: dict[str, tuple[str, ...]] = {
@@ -65,17 +69,26 @@ def required(item: pytest.Item) -> list[str]:
     return list(dict.fromkeys(needs))
 
 
-def skip_lacking(items: Iterable[pytest.Item], *, target: str) -> list[tuple[pytest.Item, str]]:
-    """Mark every item needing a capability ``target`` lacks as skipped; returns them with
-    the reason (the capability named, and what it is)."""
-    cls = target_class(target)
-    has = offered(cls)
+def missing(cls: type, settings: Any = None) -> dict[str, str]:
+    """Capability name -> why a target of ``cls`` configured by ``settings`` lacks it."""
+    gone = {name: _summary(name) for name in CAPABILITIES if name not in offered(cls)}
+    if settings is not None and issubclass(cls, ConfiguredCapabilities):
+        gone.update(cls.capabilities_missing(settings))
+    return gone
+
+
+def skip_lacking(items: Iterable[pytest.Item], settings: Any) -> list[tuple[pytest.Item, str]]:
+    """Mark every item needing a capability the target of ``settings`` (a ChaosSettings:
+    ``target`` and the options that configure it) lacks as skipped; returns them with the
+    reason, which names the capability and why it is missing."""
+    target = settings.target
+    gone = missing(target_class(target), settings)
     skipped: list[tuple[pytest.Item, str]] = []
     for item in items:
-        lacking = [name for name in required(item) if name not in has]
+        lacking = [name for name in required(item) if name in gone]
         if not lacking:
             continue
-        what = "; ".join(f"{name!r}: {_summary(name)}" for name in lacking)
+        what = "; ".join(f"{name!r}: {gone[name]}" for name in lacking)
         reason = f"target {target!r} lacks the capability {what}"
         item.add_marker(pytest.mark.skip(reason=reason))
         skipped.append((item, reason))

@@ -93,7 +93,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     from .preflight import in_ci, verdicts_for
 
     # What the target cannot do at all is skipped, naming the capability (CI too).
-    skip_lacking(items, target=config.stash[RUN_KEY].settings.target)
+    skip_lacking(items, config.stash[RUN_KEY].settings)
     chaos = [item for item in items if item.get_closest_marker("chaos") is not None]
     verdicts = verdicts_for(config.stash[RUN_KEY].settings.target, map(_faults_of, chaos))
     config.stash[VERDICTS_KEY] = verdicts

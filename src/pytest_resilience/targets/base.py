@@ -28,6 +28,7 @@ __all__ = [
     "CAPABILITIES",
     "ChangeLog",
     "ChangeRecord",
+    "ConfiguredCapabilities",
     "DependencyProxies",
     "EventKind",
     "ExecResult",
@@ -328,6 +329,17 @@ class PodLogs(Protocol):
     """A pod's output can be read (for error messages that show what the pod said)."""
 
     def log_tail(self, pod: Pod, *, lines: int = 3) -> str: ...
+
+
+@runtime_checkable
+class ConfiguredCapabilities(Protocol):
+    """A target class whose capabilities depend on how the run is configured (the
+    Kubernetes target has Toxiproxy only with ``--toxiproxy-url``); asked at collection."""
+
+    @classmethod
+    def capabilities_missing(cls, settings: Any) -> Mapping[str, str]:
+        """Capability name -> why this run's settings leave the target without it."""
+        ...
 
 
 #: capability name (as in ``@pytest.mark.chaos(requires=[...])``) -> protocol

@@ -199,6 +199,16 @@ class KubernetesTarget(KubeFaults):
         """:class:`~.base.DependencyProxies`: the server given with ``--toxiproxy-url``."""
         return self.toxiproxy_url
 
+    @classmethod
+    def capabilities_missing(cls, settings: Any) -> dict[str, str]:
+        """:class:`~.base.ConfiguredCapabilities`: no Toxiproxy without its URL."""
+        if settings.toxiproxy_url:
+            return {}
+        return {
+            "dependency_proxies": "no Toxiproxy server: give --toxiproxy-url http://<host>:8474 "
+            "(the toxiproxy Deployment's API, e.g. through a NodePort)"
+        }
+
     # ---------------------------------------------------------------- changing
 
     def kill_pod(self, pod: Pod, *, sig: int = _signal.SIGKILL) -> None:
