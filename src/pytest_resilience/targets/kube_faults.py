@@ -1,13 +1,13 @@
 """Fault primitives on a Kubernetes cluster, each undoable from its record alone.
 
-Each primitive returns a :class:`ChangeRecord`: what was changed (pods, nodes,
-NetworkPolicies) and what the undo needs (container, chain, file, previous state).
-``record.to_dict()`` is JSON-able, so the ledger can persist it and ``undo(record)`` can
-revert it in another process, after a crash, on another machine.
-
-Every changed object is annotated *before* the change with ``pytest-resilience/fault:
-<ledger ids>`` and ``pytest-resilience/record-<hash>: <record JSON>``; ``find_marked()``
-reads them back, so a cleanup without the ledger file still finds what to revert.
+Each primitive makes a :class:`~.base.ChangeRecord`: what was changed (pods, nodes,
+NetworkPolicies) and what the undo needs (container, chain, file, previous state). It goes
+into the fault's :class:`~.base.ChangeLog` (the ledger) *before* the object is touched, so
+``undo(record)`` reverts it in another process, after a crash, on another machine; an
+undo of what never happened (a container never added or never started) closes it, saying
+so. Then every changed object is annotated with ``pytest-resilience/fault: <ledger ids>``
+and ``pytest-resilience/record-<hash>: <record JSON>``; ``find_marked()`` reads them
+back, so a cleanup without the ledger file still finds what to revert.
 
 Network block: an ephemeral container with NET_ADMIN shares the pod's network namespace
 and holds iptables chains of ours. Ephemeral containers cannot be removed, so the undo
