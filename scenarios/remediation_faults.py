@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,17 +18,22 @@ import redis
 
 from pytest_resilience.errors import FaultError, TargetError
 from pytest_resilience.faults.base import Fault, FaultContext
-from pytest_resilience.targets.base import Pod, Target
+from pytest_resilience.targets.base import Pod, PodAdmin, Target
 
 STALE_PREFIX = "item:stale:"
 
 
 def admin(target: Target, pod: Pod | str, path: str, *, timeout: float = 5.0) -> dict[str, Any]:
-    """POST one of the pod's admin hooks on its private port."""
-    port = target.pod_port(pod)  # type: ignore[attr-defined]
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=b"", method="POST")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read() or b"{}")
+    """POST one of the pod's admin hooks, the way the target reaches its pods (the
+    :class:`~pytest_resilience.targets.base.PodAdmin` capability the scenarios require)."""
+    if not isinstance(target, PodAdmin):
+        raise FaultError(f"target {target.name!r} has no pod admin hooks (capability pod_admin)")
+    if isinstance(pod, str):
+        found = [p for p in target.pods() if p.name == pod]
+        if not found:
+            raise TargetError(f"no pod named {pod!r} for admin hook {path}")
+        pod = found[0]
+    return json.loads(target.post_admin(pod, path, timeout=timeout) or b"{}")
 
 
 def api_pods(target: Target, workload: str = "api") -> list[Pod]:
