@@ -644,3 +644,28 @@ def test_the_demo_starts_without_root_and_its_api_answers():
 def _cgroup2_mount() -> str:
     with open("/proc/self/mounts") as mounts:
         return next((ln.split()[1] for ln in mounts if ln.split()[2] == "cgroup2"), "/nonexistent")
+
+
+def test_a_rollout_steps_on_while_the_old_pod_is_still_terminating(tmp_path: Path):
+    """As the Deployment controller: the next surge pod does not wait out the old one's
+    graceful exit (here 3 s, as its pods ignore SIGTERM); the old one still exits."""
+    slow = (
+        (HERE / "web.yaml")
+        .read_text()
+        .replace('"--version", "v1"]', '"--version", "v1", "--ignore-term"]')
+    )
+    slow = slow.replace('"--version", "v2"]', '"--version", "v2", "--ignore-term"]')
+    target = LocalTarget.from_file(
+        services_file(tmp_path, "web.yaml", slow), work_dir=tmp_path / "w"
+    )
+    target.start()
+    try:
+        before = target.pods("app=web")
+        target.rollout("web", "v1")
+        still_exiting = [p.name for p in before if alive(p.pid)]
+        assert still_exiting, "the rollout waited for every old pod's graceful exit"
+        assert {p.version for p in target.pods()} == {"v1"} and len(target.pods()) == 3
+        assert all(p.ready for p in target.pods())
+        wait_until(lambda: not any(alive(p.pid) for p in before), 15, "the old pods exited at last")
+    finally:
+        target.close()

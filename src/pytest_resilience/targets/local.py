@@ -786,16 +786,25 @@ class LocalTarget(LocalFaults):
         for old in names:
             new = self._call(functools.partial(self._replace, old))
             if new is not None:
-                self._wait_replaced(old, new, timeout=None, why=why)
+                # As the Deployment controller does, the next step need not wait for the old
+                # pod's graceful exit: once it is terminating it serves nothing new.
+                self._wait_replaced(old, new, timeout=None, why=why, old_exited=False)
 
-    def _wait_replaced(self, old: str, new: str, *, timeout: float | None, why: str) -> None:
+    def _wait_replaced(
+        self, old: str, new: str, *, timeout: float | None, why: str, old_exited: bool = True
+    ) -> None:
+        """Until ``new`` is ready and ``old`` is gone (``old_exited``) or terminating.
+
+        A drain waits for the exit, as ``kubectl drain`` waits for the deletion."""
         svc = self._services[new.rsplit("-", 1)[0]]
         limit = timeout if timeout is not None else svc.spec.start_timeout_s + self.stop_grace_s
         deadline = time.monotonic() + limit
         with self._cond:
             while True:
                 new_state = self._pods.get(new)
-                if new_state is not None and new_state.ready and old not in self._pods:
+                old_state = self._pods.get(old)
+                old_done = old_state is None or (not old_exited and old_state.terminating)
+                if new_state is not None and new_state.ready and old_done:
                     return
                 if new_state is None or new_state.terminating:
                     failure = svc.last_failure
