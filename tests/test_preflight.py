@@ -63,7 +63,7 @@ def test_the_doctor_prints_checks_and_verdicts_and_runs_nothing(
         [
             "chaos doctor: target local; not CI",
             "*MISS iptables*not on PATH*-> apt-get install -y iptables",
-            "scenarios: 1 run, 1 skip",
+            "scenarios: 1 run, 1 skip (this machine), 0 skip (target lacks a capability)",
             "  run   test_the_doctor*::test_kills_a_pod",
             "  skip  test_the_doctor*::test_blocks_the_database: *iptables*",
             "*no tests ran*",

@@ -24,7 +24,15 @@ import pytest
 
 from .targets.base import CAPABILITIES, ConfiguredCapabilities
 
-__all__ = ["FIXTURE_NEEDS", "missing", "offered", "required", "skip_lacking", "target_class"]
+__all__ = [
+    "FIXTURE_NEEDS",
+    "faults_used",
+    "missing",
+    "offered",
+    "required",
+    "skip_lacking",
+    "target_class",
+]
 
 #: fault fixture -> the capabilities it cannot work without
 FIXTURE_NEEDS: dict[str, tuple[str, ...]] = {
@@ -64,7 +72,7 @@ def required(item: pytest.Item) -> list[str]:
                     f"{name!r}; known: {', '.join(sorted(CAPABILITIES))}"
                 )
             needs.append(str(name))
-    for fixture in _faults_used(item):
+    for fixture in faults_used(item):
         needs.extend(FIXTURE_NEEDS.get(fixture, ()))
     return list(dict.fromkeys(needs))
 
@@ -95,7 +103,7 @@ def skip_lacking(items: Iterable[pytest.Item], settings: Any) -> list[tuple[pyte
     return skipped
 
 
-def _faults_used(item: pytest.Item) -> list[str]:
+def faults_used(item: pytest.Item) -> list[str]:
     """Fixture names of the item, plus the faults a YAML scenario's method injects."""
     if not isinstance(item, pytest.Function):
         return []

@@ -87,33 +87,26 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A chaos scenario whose faults need what this machine lacks is skipped here, naming
-    it and the install line; under CI it fails at setup instead (no green by skipping)."""
-    from .capabilities import skip_lacking
+    """What the target cannot do at all is skipped, naming the capability (CI too); what
+    this machine lacks for a fault is skipped naming it and the install line, and under CI
+    fails at setup instead (no green by skipping)."""
+    from .capabilities import faults_used, skip_lacking
     from .preflight import in_ci, verdicts_for
 
-    # What the target cannot do at all is skipped, naming the capability (CI too).
-    skip_lacking(items, config.stash[RUN_KEY].settings)
+    settings = config.stash[RUN_KEY].settings
+    unsupported = {item.nodeid: reason for item, reason in skip_lacking(items, settings)}
     chaos = [item for item in items if item.get_closest_marker("chaos") is not None]
-    verdicts = verdicts_for(config.stash[RUN_KEY].settings.target, map(_faults_of, chaos))
+    verdicts = verdicts_for(
+        settings.target, [(item.nodeid, faults_used(item)) for item in chaos], unsupported
+    )
     config.stash[VERDICTS_KEY] = verdicts
     for item, verdict in zip(chaos, verdicts, strict=True):
-        if verdict.runs:
+        if verdict.runs or verdict.unsupported:
             continue
         if in_ci():
             item.stash[PREFLIGHT_KEY] = verdict.reason()
         else:
             item.add_marker(pytest.mark.skip(reason=verdict.reason()))
-
-
-def _faults_of(item: pytest.Item) -> tuple[str, list[str]]:
-    """(nodeid, the fixtures it requests and, for a YAML scenario, its method's faults)."""
-    from .collect import ScenarioItem
-
-    names = list(getattr(item, "fixturenames", ()))
-    if isinstance(item, ScenarioItem):
-        names += [step.fault for step in item.scenario.method]
-    return item.nodeid, names
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,13 +45,17 @@ class Verdict:
 
     nodeid: str
     missing: tuple[Check, ...] = ()
+    #: why the target cannot run it at all (a capability it lacks), or ""
+    unsupported: str = ""
 
     @property
     def runs(self) -> bool:
-        return not self.missing
+        return not self.missing and not self.unsupported
 
     def reason(self) -> str:
         """``needs iptables (apt-get install -y iptables)``: the skip reason, one line."""
+        if self.unsupported:
+            return self.unsupported
         parts = [f"{c.name}: {c.detail} ({c.fix})" if c.fix else c.name for c in self.missing]
         return "this machine lacks what the scenario's faults need: " + "; ".join(parts)
 
@@ -157,8 +161,15 @@ def needs_of(target: str, faults: Iterable[str]) -> list[str]:
     return [need for fault in faults for need in table.get(fault, ())]
 
 
-def verdicts_for(target: str, scenarios: Iterable[tuple[str, Iterable[str]]]) -> list[Verdict]:
-    """One verdict per (nodeid, fault fixtures) on ``target``; each check runs once."""
+def verdicts_for(
+    target: str,
+    scenarios: Iterable[tuple[str, Iterable[str]]],
+    unsupported: Mapping[str, str] | None = None,
+) -> list[Verdict]:
+    """One verdict per (nodeid, fault fixtures) on ``target``; each check runs once.
+
+    ``unsupported`` maps a nodeid to why the target cannot run it (capabilities.py).
+    """
     known: dict[str, Check] = {}
     verdicts = []
     for nodeid, faults in scenarios:
@@ -166,7 +177,8 @@ def verdicts_for(target: str, scenarios: Iterable[tuple[str, Iterable[str]]]) ->
         for name in needed:
             if name not in known:
                 known[name] = _CHECKS[name]()
-        verdicts.append(Verdict(nodeid, tuple(known[n] for n in needed if not known[n].ok)))
+        missing = tuple(known[n] for n in needed if not known[n].ok)
+        verdicts.append(Verdict(nodeid, missing, (unsupported or {}).get(nodeid, "")))
     return verdicts
 
 
@@ -181,9 +193,14 @@ def doctor_lines(settings: ChaosSettings, verdicts: Sequence[Verdict]) -> list[s
 
         lines += cluster_lines(settings)
     runs = [v for v in verdicts if v.runs]
-    held = [v for v in verdicts if not v.runs]
-    lines.append(f"scenarios: {len(runs)} run, {len(held)} {'fail' if in_ci() else 'skip'}")
+    unsupported = [v for v in verdicts if v.unsupported]
+    held = [v for v in verdicts if not v.runs and not v.unsupported]
+    word = "fail" if in_ci() else "skip"
+    lines.append(
+        f"scenarios: {len(runs)} run, {len(held)} {word} (this machine), "
+        f"{len(unsupported)} skip (target lacks a capability)"
+    )
     lines += [f"  run   {v.nodeid}" for v in runs]
-    word = "FAIL " if in_ci() else "skip "
-    lines += [f"  {word} {v.nodeid}: {v.reason()}" for v in held]
+    lines += [f"  {word:<5} {v.nodeid}: {v.reason()}" for v in held]
+    lines += [f"  skip  {v.nodeid}: {v.reason()}" for v in unsupported]
     return lines
