@@ -8,8 +8,8 @@ margin seen between its worst value and its bound: ``(bound - worst) / bound`` f
 upper bound, ``(worst - bound) / (1 - bound)`` for availability (the error budget left).
 Goal: every run green with ``--cpu-hog``, every held SLO's margin >= 20 %.
 
-An SLO the scenario expects to breach (``assert_recovers``) shows ``breached`` instead:
-its check is recovery in time, which the scenario's pass/fail already judges.
+An SLO the scenario expects to breach (``assert_recovers``) shows ``breached`` and the
+latest recovery seen (``back by T0+N s``), to read against the scenario's ``within_s``.
 
     python benchmarks/bench_flake.py --runs 5 --cpu-hog
 """
@@ -40,6 +40,8 @@ class Tally:
     seconds: list[float] = field(default_factory=list)
     #: SLO name -> smallest margin seen (None: breached by design in some run)
     margins: dict[str, float | None] = field(default_factory=dict)
+    #: SLO name -> latest recovery seen, seconds from T0, for SLOs that breached
+    recovered: dict[str, float] = field(default_factory=dict)
 
 
 def readme_command_a() -> str:
@@ -104,9 +106,12 @@ def tally(data: dict, totals: dict[str, Tally]) -> None:
         row.seconds.append(float(scenario.get("duration_s") or 0))
         for verdict in scenario.get("slo_verdicts", ()):
             seen = margin(verdict["objective"], verdict.get("worst_value"))
+            name = verdict["name"]
             if not verdict.get("held"):
                 seen = None
-            name = verdict["name"]
+                back = verdict.get("recovered_within_s")
+                if back is not None:
+                    row.recovered[name] = max(row.recovered.get(name, 0.0), float(back))
             if name not in row.margins:
                 row.margins[name] = seen
             elif row.margins[name] is not None:
@@ -118,13 +123,19 @@ def print_table(totals: dict[str, Tally], runs: list[tuple[int, float]]) -> None
     print(f"{'scenario':<78} {'pass':>5} {'max s':>6}  SLO margins (smallest)")
     for nodeid, row in sorted(totals.items()):
         slos = ", ".join(
-            f"{name} {'breached' if m is None else f'{m:.0%}'}" for name, m in row.margins.items()
+            _shown(name, m, row.recovered.get(name)) for name, m in row.margins.items()
         )
         slowest = max(row.seconds, default=0.0)
         print(f"{nodeid[-78:]:<78} {row.passed}/{row.runs:<3} {slowest:>6.0f}  {slos}")
     held = [m for row in totals.values() for m in row.margins.values() if m is not None]
     green = sum(rc == 0 for rc, _ in runs)
     print(f"\n{green}/{len(runs)} runs green; smallest held-SLO margin {min(held, default=0):.0%}")
+
+
+def _shown(name: str, held_margin: float | None, back: float | None) -> str:
+    if held_margin is not None:
+        return f"{name} {held_margin:.0%}"
+    return f"{name} breached" + ("" if back is None else f" (back by T0+{back:.0f} s)")
 
 
 def main() -> int:
