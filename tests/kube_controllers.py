@@ -31,6 +31,9 @@ component (and the source file in kubernetes/kubernetes it was checked against):
                          binary the image lacks (an InternalError Status on the error
                          channel, as pkg/kubelet/cri/streaming/remotecommand writes it),
                          and a tiny model of what the fault commands do; nothing runs here;
+- ``_serve_pod_proxy``   the pod proxy subresource (ProxyREST: the port as given, the
+                         pod's answer passed through, 503 when nothing answers), and
+  ``_serve_log``         the log subresource (tailLines, container required for several);
 - ``_serve_eviction``    the Eviction API with PodDisruptionBudget checks (429), then a
                          graceful delete (pkg/registry/core/pod/storage/eviction.go);
 - ``forbid`` / ``refuse_ephemeral``  RBAC and PodSecurity admission refusing a request.
@@ -70,6 +73,17 @@ NETPOLS = kmock.resource("networking.k8s.io/v1/networkpolicies")
 KUBELET_STARTUP_S = 0.02  # the emulated kubelet's container start latency
 TIME_SCALE = 0.01  # one second of a real probe period or grace period, in emulated seconds
 _REVISION = "deployment.kubernetes.io/revision"
+#: deployment_util.go annotationsToSkip: never copied from a Deployment to its ReplicaSets
+_RS_ANNOTATIONS_TO_SKIP = frozenset(
+    {
+        "kubectl.kubernetes.io/last-applied-configuration",
+        _REVISION,
+        "deployment.kubernetes.io/revision-history",
+        "deployment.kubernetes.io/desired-replicas",
+        "deployment.kubernetes.io/max-replicas",
+        "deprecated.deployment.rollback.to",
+    }
+)
 # apimachinery/pkg/util/rand/rand.go: no vowels (no words), no 0/1/3 (no look-alikes)
 _ALPHANUMS = "bcdfghjklmnpqrstvwxz2456789"
 #: executables in the demo image (python:3.11-slim + the app): no kill (procps), no
@@ -204,6 +218,16 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             return await self._render_error(exc)
         if request.subresource == "exec":
             return await self._serve_exec(request)
+        sub = request.subresource or ""
+        if plural == "pods" and (sub == "proxy" or sub.startswith("proxy/")):
+            refusal = [t for m, r, s, t in c.forbidden if (m, r, s) == (method, "pods", "proxy")]
+            if refusal:  # RBAC on pods/proxy
+                return await self._render_error(
+                    kmock.KubernetesError(status=403, reason="Forbidden", message=refusal[0])
+                )
+            return await self._serve_pod_proxy(request, method, sub.removeprefix("proxy"))
+        if plural == "pods" and sub == "log" and method == "GET":
+            return await self._serve_log(request)
         if request.subresource == "eviction" and method == "POST":
             return await self._serve_eviction(request)
         if plural == "pods" and method == "DELETE" and request.name and not request.subresource:
@@ -556,7 +580,16 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 "name": f"{name}-{h}",  # deployment sync.go getNewReplicaSet
                 "namespace": ns,
                 "labels": {**tmpl["metadata"]["labels"]},
-                "annotations": {_REVISION: str(revision)},
+                # deployment_util.go SetNewReplicaSetAnnotations: the Deployment's own
+                # annotations (change-cause and all) minus the skipped ones, and the revision
+                "annotations": {
+                    **{
+                        k: v
+                        for k, v in (dep["metadata"].get("annotations") or {}).items()
+                        if k not in _RS_ANNOTATIONS_TO_SKIP
+                    },
+                    _REVISION: str(revision),
+                },
                 "ownerReferences": [
                     {
                         "apiVersion": "apps/v1",
@@ -981,6 +1014,84 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         for path in re.findall(r"rm -f (\S+)", script):
             model.files.pop(path.strip("';"), None)
 
+    # ----------------------------------------------------- pod proxy and log
+
+    async def _serve_pod_proxy(
+        self, request: Any, method: str, path: str
+    ) -> aiohttp.web.StreamResponse:
+        """The pod proxy subresource (pkg/registry/core/pod/rest/subresources.go ProxyREST,
+        strategy.go ResourceLocation): ``NAME[:PORT]`` or ``scheme:NAME:PORT``; without a
+        port, the first declared container port; the port is joined to the pod IP as
+        given (a named port is NOT resolved for pods: the dial fails, 503); a pod without
+        an IP is 400 "address not allowed"; the pod's own answer passes through with its
+        status. The pod's side is ``EmulatedCluster.pod_http`` (nothing listens here)."""
+        parts = str(request.name).split(":")
+        if len(parts) == 3:
+            parts = parts[1:]
+        name, port = parts[0], (parts[1] if len(parts) > 1 else "")
+        async with self._lock:
+            pod = self._get(PODS, request.namespace, name)
+        if pod is None:
+            return await self._render_error(kmock.KubernetesObjectNotFoundError())
+        if not port:
+            port = next(
+                (
+                    str(p["containerPort"])
+                    for c in pod.get("spec", {}).get("containers", [])
+                    for p in c.get("ports") or ()
+                ),
+                "",
+            )
+        ip = pod.get("status", {}).get("podIP")
+        if not ip:
+            return await self._render_error(
+                kmock.KubernetesError(
+                    status=400, reason="BadRequest", message="address not allowed"
+                )
+            )
+        where = f"{ip}:{port}" if port else ip
+        reply = self.cluster.pod_http.get(
+            (method, name, port, path or "/")
+        ) or self.cluster.pod_http.get((method, "*", port, path or "/"))
+        if not port.isdigit() or reply is None:
+            why = "unknown port" if port and not port.isdigit() else "connect: connection refused"
+            return await self._render_error(  # UpgradeAwareProxyHandler: the dial failed
+                kmock.KubernetesError(
+                    status=503,
+                    reason="ServiceUnavailable",
+                    message=f"error trying to reach service: dial tcp {where}: {why}",
+                )
+            )
+        status, body = reply
+        return aiohttp.web.Response(status=status, text=body, content_type="text/plain")
+
+    async def _serve_log(self, request: Any) -> aiohttp.web.StreamResponse:
+        """The log subresource (pkg/registry/core/pod/rest/log.go, strategy.go
+        LogLocation): a pod of several containers needs ``container`` (400 naming them);
+        ``tailLines`` keeps the last N lines (the kubelet's tail). The text is
+        ``EmulatedCluster.pod_logs``."""
+        query = request._raw_request.query
+        async with self._lock:
+            pod = self._get(PODS, request.namespace, request.name)
+        if pod is None:
+            return await self._render_error(kmock.KubernetesObjectNotFoundError())
+        names = [c["name"] for c in pod.get("spec", {}).get("containers", [])]
+        container = query.get("container") or (names[0] if len(names) == 1 else "")
+        if not container:
+            return await self._render_error(
+                kmock.KubernetesError(
+                    status=400,
+                    reason="BadRequest",
+                    message=f"a container name must be specified for pod {request.name}, "
+                    f"choose one of: [{' '.join(names)}]",
+                )
+            )
+        text = self.cluster.pod_logs.get((request.namespace, request.name, container), "")
+        if query.get("tailLines"):
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[-int(query["tailLines"]) :])
+        return aiohttp.web.Response(text=text, content_type="text/plain")
+
     # --------------------------------------------------------------- Eviction
 
     async def _serve_eviction(self, request: Any) -> aiohttp.web.StreamResponse:
@@ -1062,6 +1173,11 @@ class EmulatedCluster:
         self.image_binaries: dict[str, frozenset[str]] = {}
         #: images no node has and no registry serves (ErrImagePull)
         self.unpullable_images: set[str] = set()
+        #: what pods answer over the pod proxy: (method, pod name or "*", port, path) ->
+        #: (status, body); anything else is a refused connection (503)
+        self.pod_http: dict[tuple[str, str, str, str], tuple[int, str]] = {}
+        #: (namespace, pod, container) -> the container's log (the log subresource)
+        self.pod_logs: dict[tuple[str, str, str], str] = {}
         self._ready = threading.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._thread = threading.Thread(target=self._main, daemon=True, name="kmock")

@@ -48,7 +48,8 @@ def test_select_matching_nothing_is_an_error(target: KubernetesTarget) -> None:
 
 def test_workloads_and_nodes(target: KubernetesTarget) -> None:
     (api,) = target.workloads()
-    assert (api.name, api.replicas, api.ready_replicas, api.version) == ("api", 3, 3, "1")
+    # the release (the image tag, for a template without DEMO_VERSION), not the revision
+    assert (api.name, api.replicas, api.ready_replicas, api.version) == ("api", 3, 3, "v1")
     assert [n.name for n in target.nodes()] == ["worker-1", "worker-2", "worker-3"]
 
 
@@ -184,7 +185,7 @@ def test_rollback_to_previous_revision(target: KubernetesTarget, cluster: Emulat
             == "2"
         )
     )
-    assert target.rollback("api") == "1"
+    assert target.rollback("api") == "v1"  # the release rolled back to (revision 1)
     dep = cluster.obj(DEPLOYMENTS, NS, "api")
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "chaos-demo:v1"
     assert "pod-template-hash" not in dep["spec"]["template"]["metadata"]["labels"]
@@ -202,7 +203,7 @@ def test_rollback_to_previous_revision(target: KubernetesTarget, cluster: Emulat
 
 
 def test_rollback_without_history_is_a_clear_error(target: KubernetesTarget) -> None:
-    with pytest.raises(TargetError, match="no revision older than 1"):
+    with pytest.raises(TargetError, match="no rollout history found"):
         target.rollback("api")
 
 

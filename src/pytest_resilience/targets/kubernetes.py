@@ -50,9 +50,12 @@ from .kube_api import (
     KubeTooManyRequests,
     call,
     connect,
+    exec_status,
     translate,
 )
 from .kube_faults import KubeFaults
+from .kube_pod_access import KubePodAccess, PodPorts
+from .kube_releases import plan_rollback, release_of, release_patch
 from .kube_safety import ChaosPolicy
 from .kube_watch import (
     ResourceWatch,
@@ -72,11 +75,10 @@ _HASH_LABELS = (
     "controller-revision-hash",
     "statefulset.kubernetes.io/pod-name",
 )
-_REVISION = "deployment.kubernetes.io/revision"
 _RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 
 
-class KubernetesTarget(KubeFaults):
+class KubernetesTarget(KubePodAccess, KubeFaults):
     """:class:`~pytest_resilience.targets.base.Target` on a Kubernetes cluster.
 
     ``context``/``kubeconfig`` pick the cluster (default: the kubeconfig's current
@@ -98,6 +100,7 @@ class KubernetesTarget(KubeFaults):
         dry_run: bool = False,
         watch_timeout_s: int = 300,
         net_image: str = "nicolaka/netshoot:v0.13",
+        release_env: str = "DEMO_VERSION",
     ):
         self.policy = ChaosPolicy.parse(allow)
         self.conn: KubeConnection = connect(kubeconfig=kubeconfig, context=context)
@@ -108,6 +111,10 @@ class KubernetesTarget(KubeFaults):
         self.dry_run = dry_run
         self.dry_run_calls: list[str] = []
         self.net_image = net_image
+        #: the env of the pod template that holds the release (what the demo reads)
+        self.release_env = release_env
+        self._ports: dict[tuple[str, str], PodPorts] = {}
+        self._ports_lock = threading.Lock()
         #: In a cluster Toxiproxy runs as a Deployment, reached via ``--toxiproxy-url``.
         self.toxiproxy_url: str | None = None
         self._watch_timeout_s = watch_timeout_s
@@ -143,7 +150,12 @@ class KubernetesTarget(KubeFaults):
             namespace=ns,
         )
         items = [o for o in data.get("items") or () if match_labels(_labels(o), wanted)]
-        return [_pod(o) for o in sorted(items, key=lambda o: o["metadata"]["name"])]
+        for obj in items:
+            self._remember(obj)
+        self._forget_gone(ns, {o["metadata"]["name"] for o in items}, not wanted)
+        return [
+            _pod(o, self.release_env) for o in sorted(items, key=lambda o: o["metadata"]["name"])
+        ]
 
     def select(
         self, selector: str | Mapping[str, str], *, namespace: str | None = None
@@ -166,7 +178,11 @@ class KubernetesTarget(KubeFaults):
             resource="deployments",
             namespace=self.namespace,
         )
-        return [_workload(o) for o in data.get("items") or ()]
+        return [_workload(o, self.release_env) for o in data.get("items") or ()]
+
+    def version(self, workload: str) -> str:
+        """The release the workload's template runs (:class:`~.base.Releases`)."""
+        return _workload(self._deployment(workload), self.release_env).version
 
     def nodes(self) -> list[Node]:
         data = self._read(self._core.list_node, verb="list", resource="nodes")
@@ -326,11 +342,30 @@ class KubernetesTarget(KubeFaults):
             name=workload,
         )
 
-    def rollback(self, workload: str) -> str:
-        """Re-apply the previous ReplicaSet revision's template (``kubectl rollout undo``).
+    def rollout(self, workload: str, version: str) -> None:
+        """:class:`~.base.Releases`: set the release env (``release_env``) of the pod
+        template to ``version``; the Deployment rolls it out (surge, readiness) and
+        ``wait_ready`` waits for it. A JSON patch with a ``test`` of the old value, so a
+        concurrent change of the template is a conflict, not overwritten."""
+        self.policy.check_namespace(self.namespace)
+        patch = release_patch(self._deployment(workload), self.release_env, version)
+        self._change(
+            f"PATCH deployment {self.namespace}/{workload} template env "
+            f"{self.release_env}={version}",
+            self._apps.patch_namespaced_deployment,
+            workload,
+            self.namespace,
+            patch,
+            verb="patch",
+            resource="deployments",
+            namespace=self.namespace,
+            name=workload,
+        )
 
-        Returns the revision rolled back to, e.g. ``"2"``.
-        """
+    def rollback(self, workload: str) -> str:
+        """``kubectl rollout undo`` (:mod:`.kube_releases`): the previous revision's
+        template and annotations; a paused Deployment is refused. Returns the release
+        rolled back to (e.g. ``"v1"``; the revision number where the template has none)."""
         self.policy.check_namespace(self.namespace)
         ns = self.namespace
         dep = self._deployment(workload)
@@ -356,35 +391,37 @@ class KubernetesTarget(KubeFaults):
                 for ref in rs["metadata"].get("ownerReferences") or ()
             )
         ]
-        revisions = sorted(
-            ((_revision(rs), rs) for rs in owned if _revision(rs) > 0), key=lambda p: p[0]
-        )
-        current = _revision(dep) or (revisions[-1][0] if revisions else 0)
-        older = [(rev, rs) for rev, rs in revisions if rev < current]
-        if not older:
-            raise TargetError(
-                f"rollback {ns}/{workload}: no revision older than {current} among its "
-                f"ReplicaSets ({[r for r, _ in revisions]}); nothing to roll back to"
+        plan = plan_rollback(dep, owned)
+        release = release_of(plan.template, self.release_env) or str(plan.revision)
+        if plan.patch is None:
+            log.info(
+                "rollback %s/%s skipped: the template already matches revision %s (%s)",
+                ns,
+                workload,
+                plan.revision,
+                plan.replicaset,
             )
-        rev, rs = older[-1]
-        template = json.loads(json.dumps(rs["spec"]["template"]))
-        labels = (template.get("metadata") or {}).get("labels") or {}
-        labels.pop("pod-template-hash", None)
-        patch = [{"op": "replace", "path": "/spec/template", "value": template}]
+            return release
         self._change(
             f"PATCH deployment {ns}/{workload} template := ReplicaSet "
-            f"{rs['metadata']['name']} (revision {rev})",
+            f"{plan.replicaset} (revision {plan.revision}, release {release})",
             self._apps.patch_namespaced_deployment,
             workload,
             ns,
-            patch,
+            plan.patch,
             verb="patch",
             resource="deployments",
             namespace=ns,
             name=workload,
         )
-        self._emit(TargetEvent(EventKind.ROLLED_BACK, workload=workload, detail=f"revision {rev}"))
-        return str(rev)
+        self._emit(
+            TargetEvent(
+                EventKind.ROLLED_BACK,
+                workload=workload,
+                detail=f"{release} (revision {plan.revision})",
+            )
+        )
+        return release
 
     def cordon(self, node: str) -> None:
         self._set_unschedulable(node, True)
@@ -813,7 +850,7 @@ def _selector_string(selector: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in selector.items())
 
 
-def _pod(obj: Mapping[str, Any]) -> Pod:
+def _pod(obj: Mapping[str, Any], release_env: str = "DEMO_VERSION") -> Pod:
     meta, spec, status = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status", {})
     labels = _labels(obj)
     return Pod(
@@ -824,18 +861,19 @@ def _pod(obj: Mapping[str, Any]) -> Pod:
         node=spec.get("nodeName"),
         host=status.get("podIP") or "",
         ready=pod_is_ready(obj),
-        version=labels.get("pod-template-hash", ""),
+        version=release_of(obj, release_env),
     )
 
 
-def _workload(obj: Mapping[str, Any]) -> Workload:
+def _workload(obj: Mapping[str, Any], release_env: str = "DEMO_VERSION") -> Workload:
+    """A Deployment; ``version`` is the release its template runs (not the revision)."""
     meta, spec, status = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status", {})
     return Workload(
         name=meta.get("name", ""),
         namespace=meta.get("namespace") or "default",
         replicas=int(spec.get("replicas", 1)),
         ready_replicas=int(status.get("readyReplicas") or 0),
-        version=str((meta.get("annotations") or {}).get(_REVISION, "")),
+        version=release_of(spec.get("template"), release_env),
         labels=dict((spec.get("selector") or {}).get("matchLabels") or {}),
     )
 
@@ -850,13 +888,6 @@ def _node(obj: Mapping[str, Any]) -> Node:
         ready=ready,
         schedulable=not obj.get("spec", {}).get("unschedulable", False),
     )
-
-
-def _revision(obj: Mapping[str, Any]) -> int:
-    try:
-        return int((obj.get("metadata", {}).get("annotations") or {}).get(_REVISION, 0))
-    except ValueError:
-        return 0
 
 
 def _evictable(obj: Mapping[str, Any]) -> bool:
