@@ -170,6 +170,16 @@ class ContainerModel:
     paused: bool = False
 
 
+def _kill_all_reply(spec: dict[str, Any], argv: list[str]) -> tuple[int, str, str] | None:
+    """kill(2) with pid -1 from a shell in the container: every process but PID 1 and the
+    shell itself. Without an init in front of the app (``shareProcessNamespace``, tini)
+    there is none, and the shell's kill says ESRCH."""
+    script = argv[2] if argv[:2] == ["sh", "-c"] else ""
+    if re.fullmatch(r"\s*kill -\w+ -1\s*", script) and not spec.get("shareProcessNamespace"):
+        return (1, "", "sh: 1: kill: No such process\n")
+    return None
+
+
 class _Buses(dict[Any, StampingBus]):
     """Where kmock looks up a resource's event bus: every write is stamped and kept."""
 
@@ -948,7 +958,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self.cluster.exec_log.append((request.namespace, request.name, container, list(argv)))
         binaries = self.cluster.image_binaries.get(chosen.get("image", ""))
         missing = bool(argv) and binaries is not None and argv[0].rsplit("/", 1)[-1] not in binaries
-        code, out, err = (0, "", "") if missing else self.cluster.exec_reply(argv)
+        code, out, err = (
+            (0, "", "")
+            if missing
+            else (_kill_all_reply(spec, argv) or self.cluster.exec_reply(argv))
+        )
         model = self.cluster.containers.setdefault(key, ContainerModel())
         if code == 0 and not missing:
             await self._apply_exec(request.namespace, request.name, argv, model)
@@ -994,6 +1008,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     async def _apply_exec(self, ns: str, pod: str, argv: list[str], model: ContainerModel) -> None:
         """A model of the fault commands' effects; nothing runs on this machine."""
         script = argv[2] if argv[:2] == ["sh", "-c"] else " ".join(argv)
+        if re.fullmatch(r"\s*kill -(\w+) -1\s*", script):  # an init's children: the app
+            self.cluster.spawn(self._kubelet_restart_container(ns, pod))
+            return
         kill = re.fullmatch(r"\s*kill -(\w+) 1\s*", script)
         if kill:
             # pid_namespaces(7): PID 1 gets only the signals it has a handler for when

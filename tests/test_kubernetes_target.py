@@ -76,7 +76,7 @@ def test_kill_with_sigterm_execs_kill_in_the_container(
     target.subscribe(lambda e: (events.append(e), e.kind == EventKind.POD_DIED and died.set()))
     assert target.wait_watching()
     target.kill_pod(victim, sig=signal.SIGTERM)
-    assert cluster.exec_log[-1] == (NS, victim.name, None, ["kill", "-TERM", "1"])
+    assert cluster.exec_log[-1] == (NS, victim.name, None, ["sh", "-c", "kill -TERM 1"])
     assert died.wait(10)
     dead = [e for e in events if e.kind == EventKind.POD_DIED]
     assert dead[0].pod == victim.name and dead[0].restarts == 1 and dead[0].workload == "api"
@@ -315,13 +315,6 @@ def test_endpoint_from_service(target: KubernetesTarget, cluster: EmulatedCluste
     assert target.endpoint("api") == "http://172.18.0.2:30080"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kubernetes.py _wait_replacements wants one fresh pod per kill, but a killed "
-    "replacement is itself a fresh pod of the first kill: with real (random) pod names "
-    "select()[0] can pick it; to fix: count the workload's Ready pods created since the "
-    "first kill and not killed, against the replicas wanted (seam owner)",
-)
 def test_wait_ready_after_killing_a_replacement(
     target: KubernetesTarget, cluster: EmulatedCluster
 ) -> None:
@@ -329,6 +322,6 @@ def test_wait_ready_after_killing_a_replacement(
     target.kill_pod(first)
     replacement = target.wait_replaced(first, timeout=10)
     target.kill_pod(replacement)  # a scenario killing "a pod" may well pick the new one
-    target.wait_ready("api", timeout=10)
+    target.wait_ready("api", timeout=10)  # timed out: it waited for a fresh pod per kill
     ready = [p for p in cluster.pods_of(NS, "api") if p["metadata"]["name"] != replacement.name]
     assert len(ready) == 3

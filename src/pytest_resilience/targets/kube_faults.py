@@ -13,8 +13,10 @@ Network block: an ephemeral container with NET_ADMIN shares the pod's network na
 and holds iptables chains of ours. Ephemeral containers cannot be removed, so the undo
 deletes the chains by exec in that same container (which then just sleeps). Where
 ephemeral containers are refused (old cluster: 404; PodSecurity forbids NET_ADMIN: 403;
-invalid: 422) a deny-all NetworkPolicy on a label only this pod carries is the fallback;
-NetworkPolicy cannot deny single ports, so the fallback blocks the whole direction.
+invalid: 422), or its image cannot be pulled (ErrImagePull/ImagePullBackOff: given up at
+once, not waited out), a deny-all NetworkPolicy on a label only this pod carries is the
+fallback. It blocks the whole direction (NetworkPolicy cannot deny single ports) and,
+under kind's kube-network-policies, only new connections (``NETWORK_POLICY_LIMITS``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any, Literal, Protocol
 
 from ..errors import FaultError, SelectorMatchedNothing
 from .base import ChangeLog, ChangeRecord, ObjectRef, Pod
-from .kube_api import KubeApiError, KubeForbidden, KubeInvalid, KubeNotFound
+from .kube_api import KubeForbidden, KubeInvalid, KubeNotFound
 from .kube_safety import ChaosPolicy
 
 __all__ = [
@@ -48,6 +50,23 @@ FAULT_ANNOTATION = "pytest-resilience/fault"
 RECORD_ANNOTATION_PREFIX = "pytest-resilience/record-"
 BLOCK_LABEL_PREFIX = "pytest-resilience/block-"
 TARGET = "kubernetes"
+#: what the NetworkPolicy fallback does not do (kind's kube-network-policies and most
+#: CNIs enforce policies on new connections only: conntrack keeps established ones)
+NETWORK_POLICY_LIMITS = (
+    "a NetworkPolicy only cuts new connections under kind's kube-network-policies (and most "
+    "CNIs): established ones, such as a pooled database connection, keep flowing; and it "
+    "blocks the whole direction, not single ports"
+)
+#: an ephemeral container's waiting reasons that no wait will cure (kubelet images.go)
+_PULL_FAILURES = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+)
+
+
+class _ImageNotPulled(FaultError):
+    """The network-block container's image cannot be pulled: fall back, do not wait."""
+
+
 Direction = Literal["egress", "ingress", "both"]
 
 
@@ -263,7 +282,16 @@ class KubeFaults:
             return self._network_policy_block(  # type: ignore[attr-defined]
                 pod, ledger_id, direction, refusal, changes=changes
             )
-        self._wait_container_running(pod, container, timeout)
+        try:
+            self._wait_container_running(pod, container, timeout)
+        except _ImageNotPulled as pull:
+            # the container stays Waiting (it cannot be removed) and never wrote a rule
+            log.warning("%s; falling back to NetworkPolicy: %s", pull, NETWORK_POLICY_LIMITS)
+            self._unmark(record)
+            _drop(changes, record)
+            return self._network_policy_block(  # type: ignore[attr-defined]
+                pod, ledger_id, direction, pull, changes=changes
+            )
         script = _iptables_apply(chains, ports, hosts, direction, action.upper())
         result = self.exec(pod, ["sh", "-c", script], container=container, timeout=timeout)
         if result.exit_code != 0:
@@ -317,16 +345,32 @@ class KubeFaults:
                     return s.get("state") or {}
             return {}
 
+        def settled(o: Mapping[str, Any]) -> bool:
+            waiting = state(o).get("waiting") or {}
+            return bool(
+                state(o).get("running")
+                or state(o).get("terminated")
+                or waiting.get("reason") in _PULL_FAILURES
+            )
+
         found = self._watch_until(
             self._core.list_namespaced_pod,
             lambda o: o["metadata"]["name"] == pod.name,
-            lambda o: bool(state(o).get("running") or state(o).get("terminated")),
+            settled,
             field_selector=f"metadata.name={pod.name}",
             resource="pods",
             namespace=pod.namespace,
             remaining=timeout,
             list_first=True,
         )
+        waiting = (state(found) if found else {}).get("waiting") or {}
+        if waiting.get("reason") in _PULL_FAILURES:
+            raise _ImageNotPulled(
+                f"network_block: the node cannot pull {self.net_image} for the ephemeral "
+                f"container {container} in {pod.namespace}/{pod.name} ({waiting.get('reason')}: "
+                f"{waiting.get('message', '')}); preload it (kind load docker-image "
+                f"{self.net_image}) or give the target another (net_image=)"
+            )
         if found is None or not state(found).get("running"):
             raise FaultError(
                 f"network_block: ephemeral container {container} in {pod.namespace}/{pod.name} "
@@ -340,7 +384,7 @@ class KubeFaults:
         pod: Pod,
         ledger_id: str,
         direction: Direction,
-        refusal: KubeApiError,
+        refusal: Exception,
         *,
         changes: ChangeLog | None = None,
     ) -> ChangeRecord:
@@ -361,6 +405,7 @@ class KubeFaults:
                 "label": label,
                 "direction": direction,
                 "why": str(refusal)[:300],
+                "limits": NETWORK_POLICY_LIMITS,
             },
             dry_run=self.dry_run,
             target=TARGET,

@@ -1,7 +1,8 @@
 """The Kubernetes target: a real cluster through the official ``kubernetes`` client.
 
-Pods are found by label selector in one namespace; a SIGKILL is a delete with grace 0,
-other signals are ``kill -<SIG> 1`` by exec; events come from list+watch streams
+Pods are found by label selector in one namespace; a SIGKILL is a delete with grace 0
+(the kubelet still sends SIGTERM first; a real SIGKILL by exec where asked), other signals
+are the shell builtin ``kill -<SIG> 1`` by exec; events come from list+watch streams
 (:mod:`.kube_watch`), never from polling all pods; rollback re-applies the previous
 ReplicaSet's template the way ``kubectl rollout undo`` does; drain goes through the
 Eviction API so PodDisruptionBudgets are honoured.
@@ -101,6 +102,7 @@ class KubernetesTarget(KubePodAccess, KubeFaults):
         watch_timeout_s: int = 300,
         net_image: str = "nicolaka/netshoot:v0.13",
         release_env: str = "DEMO_VERSION",
+        sigkill_by_exec: bool = False,
     ):
         self.policy = ChaosPolicy.parse(allow)
         self.conn: KubeConnection = connect(kubeconfig=kubeconfig, context=context)
@@ -113,6 +115,8 @@ class KubernetesTarget(KubePodAccess, KubeFaults):
         self.net_image = net_image
         #: the env of the pod template that holds the release (what the demo reads)
         self.release_env = release_env
+        #: kill_pod(sig=SIGKILL) by exec (a real SIGKILL) instead of delete grace 0
+        self.sigkill_by_exec = sigkill_by_exec
         self._ports: dict[tuple[str, str], PodPorts] = {}
         self._ports_lock = threading.Lock()
         #: In a cluster Toxiproxy runs as a Deployment, reached via ``--toxiproxy-url``.
@@ -227,10 +231,22 @@ class KubernetesTarget(KubePodAccess, KubeFaults):
 
     # ---------------------------------------------------------------- changing
 
-    def kill_pod(self, pod: Pod, *, sig: int = _signal.SIGKILL) -> None:
-        """SIGKILL: delete with grace 0 (the controller replaces it); else ``kill -SIG 1``."""
+    def kill_pod(
+        self, pod: Pod, *, sig: int = _signal.SIGKILL, by_exec: bool | None = None
+    ) -> None:
+        """SIGKILL: delete with grace 0 (the ReplicaSet replaces the pod). That is not a
+        bare SIGKILL: the kubelet still sends SIGTERM first and waits its minimum grace
+        (1 s) before SIGKILL, so an app with a SIGTERM handler gets to run it.
+
+        ``by_exec`` (default: the target's ``sigkill_by_exec``) makes SIGKILL a real one,
+        by exec: ``kill -KILL -1`` in the container, every process but PID 1 (the kernel
+        never delivers SIGKILL to a pid namespace's init from inside it), so the app must
+        run under an init (tini, ``shareProcessNamespace``); the container then dies and
+        the kubelet restarts it in the same pod. Other signals: ``kill -SIG 1`` by the
+        shell's builtin (``sh -c``; slim images have no ``kill`` binary)."""
         self.policy.check_namespace(pod.namespace)
-        if sig == _signal.SIGKILL:
+        exec_kill = self.sigkill_by_exec if by_exec is None else by_exec
+        if sig == _signal.SIGKILL and not exec_kill:
             self._kill_times[(pod.namespace, pod.name)] = time.time()
             self._change(
                 f"DELETE pod {pod.namespace}/{pod.name} gracePeriodSeconds=0",
@@ -247,12 +263,22 @@ class KubernetesTarget(KubePodAccess, KubeFaults):
                 self._unreplaced.setdefault(pod.workload, []).append(pod)
             return
         name = _signal.Signals(sig).name.removeprefix("SIG")
-        result = self.exec(pod, ["kill", f"-{name}", "1"])
-        if result.exit_code != 0:
+        script = "kill -KILL -1" if sig == _signal.SIGKILL else f"kill -{name} 1"
+        result = self.exec(pod, ["sh", "-c", script])
+        if result.exit_code == 0:
+            return
+        why = result.stderr.strip() or result.stdout.strip()
+        if sig == _signal.SIGKILL:
             raise TargetError(
-                f"kill -{name} 1 in pod {pod.namespace}/{pod.name} exited {result.exit_code}: "
-                f"{result.stderr.strip() or result.stdout.strip()}"
+                f"SIGKILL by exec in pod {pod.namespace}/{pod.name}: {script!r} exited "
+                f"{result.exit_code} ({why}): no process but PID 1 runs there, and PID 1 "
+                "never gets SIGKILL from inside its pid namespace; run the app under an init "
+                "(tini, shareProcessNamespace: true) or kill by delete (by_exec=False)"
             )
+        raise TargetError(
+            f"kill -{name} 1 in pod {pod.namespace}/{pod.name} exited {result.exit_code}: {why}"
+            + ("; the image has no sh" if result.exit_code == 127 else "")
+        )
 
     def pause_pod(self, pod: Pod) -> None:
         self.kill_pod(pod, sig=_signal.SIGSTOP)
@@ -277,6 +303,7 @@ class KubernetesTarget(KubePodAccess, KubeFaults):
         import kubernetes.client as kc
         from kubernetes.client.exceptions import ApiException
         from kubernetes.stream import stream
+        from kubernetes.stream.ws_client import ERROR_CHANNEL
 
         kwargs: dict[str, Any] = dict(
             command=list(argv), stderr=True, stdin=False, stdout=True, tty=False
@@ -300,13 +327,12 @@ class KubernetesTarget(KubePodAccess, KubeFaults):
             if ws.is_open():
                 raise TargetError(f"exec in pod {where} did not finish within {timeout}s: {argv}")
             stdout, stderr = ws.read_stdout() or "", ws.read_stderr() or ""
-            try:
-                code = ws.returncode
-            except (TypeError, KeyError, ValueError, IndexError):
-                code = -1  # no status on the error channel: the connection broke
+            # the v4 error channel's Status, read here: ws.returncode turns a runtime
+            # failure ("executable file not found") into a TypeError and loses its message
+            status = exec_status(ws.read_channel(ERROR_CHANNEL))
         finally:
             ws.close()
-        return ExecResult(int(code if code is not None else -1), stdout, stderr)
+        return ExecResult(status.exit_code, stdout, stderr or status.message)
 
     def scale(self, workload: str, replicas: int) -> None:
         """Through the scale subresource, so only the replica count is touched."""
@@ -508,8 +534,10 @@ class KubernetesTarget(KubePodAccess, KubeFaults):
         deadline = time.monotonic() + timeout
         killed = self._unreplaced.pop(workload, [])
         if killed:
+            spec = self._deployment(workload).get("spec", {})
+            want = int(spec.get("replicas", 1)) if replicas is None else replicas
             try:
-                self._wait_replacements(killed, deadline)
+                self._wait_replacements(killed, want, deadline)
             except TargetError:
                 self._unreplaced.setdefault(workload, []).extend(killed)
                 raise
@@ -532,22 +560,25 @@ class KubernetesTarget(KubePodAccess, KubeFaults):
                 raise TargetError(_not_ready_message(dep, replicas, timeout))
             dep = found
 
-    def _wait_replacements(self, killed: list[Pod], deadline: float) -> None:
-        since = int(min(self._kill_times.get((p.namespace, p.name), 0.0) for p in killed))
+    def _wait_replacements(self, killed: list[Pod], want: int, deadline: float) -> None:
+        """Until ``want`` pods of the killed pods' labels are Ready, none of them killed.
+
+        Counting pods, not one fresh pod per kill: a kill may hit an earlier kill's
+        replacement (real pod names are random, so "the first pod" can be the new one),
+        and that kill needs no replacement of its own beyond the one that replaces it."""
         gone = {p.name for p in killed}
         wanted = {k: v for k, v in killed[0].labels.items() if k not in _HASH_LABELS}
-        fresh: set[str] = set()
+        ready: set[str] = set()
 
         def enough(o: Mapping[str, Any]) -> bool:
-            meta = o.get("metadata", {})
-            if (
-                meta.get("name") not in gone
-                and pod_is_ready(o)
-                and match_labels(meta.get("labels") or {}, wanted)
-                and _timestamp(meta.get("creationTimestamp")) >= since
-            ):
-                fresh.add(meta["name"])
-            return len(fresh) >= len(killed)
+            name = o.get("metadata", {}).get("name")
+            if name in gone:
+                return False
+            if pod_is_ready(o) and match_labels(_labels(o), wanted):
+                ready.add(name)
+            else:
+                ready.discard(name)
+            return len(ready) >= want
 
         found = self._watch_until(
             functools.partial(
@@ -559,11 +590,12 @@ class KubernetesTarget(KubePodAccess, KubeFaults):
             namespace=killed[0].namespace,
             remaining=deadline - time.monotonic(),
             list_first=True,
+            deleted=lambda o: ready.discard(o.get("metadata", {}).get("name")),
         )
         if found is None:
             raise TargetError(
-                f"{len(fresh)} of {len(killed)} killed pod(s) ({', '.join(sorted(gone))}) "
-                f"replaced by a Ready pod in time (selector {_selector_string(wanted)})"
+                f"{len(ready)} of {want} pods Ready after killing {', '.join(sorted(gone))} "
+                f"(selector {_selector_string(wanted)})"
             )
 
     def wait_replaced(self, pod: Pod, *, timeout: float = 60.0) -> Pod:
@@ -615,8 +647,10 @@ class KubernetesTarget(KubePodAccess, KubeFaults):
         field_selector: str | None = None,
         version: str = "",
         list_first: bool = False,
+        deleted: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> Mapping[str, Any] | None:
-        """One watch (plus an optional list) until ``done`` holds for an object, or timeout."""
+        """One watch (plus an optional list) until ``done`` holds for an object, or timeout;
+        ``deleted`` hears of each object the watch reports gone."""
         import urllib3.exceptions
         from kubernetes.watch.watch import iter_resp_lines
 
@@ -657,6 +691,8 @@ class KubernetesTarget(KubePodAccess, KubeFaults):
                     version = str(obj.get("metadata", {}).get("resourceVersion") or version)
                     if event.get("type") in ("ADDED", "MODIFIED") and accept(obj) and done(obj):
                         return obj
+                    if event.get("type") == "DELETED" and deleted is not None:
+                        deleted(obj)
                     if time.monotonic() >= deadline:
                         return None
             except (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.ProtocolError):
