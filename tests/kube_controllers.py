@@ -70,6 +70,7 @@ DEPLOYMENTS = kmock.resource("apps/v1/deployments")
 REPLICASETS = kmock.resource("apps/v1/replicasets")
 PDBS = kmock.resource("policy/v1/poddisruptionbudgets")
 NETPOLS = kmock.resource("networking.k8s.io/v1/networkpolicies")
+PVCS = kmock.resource("v1/persistentvolumeclaims")
 KUBELET_STARTUP_S = 0.02  # the emulated kubelet's container start latency
 TIME_SCALE = 0.01  # one second of a real probe period or grace period, in emulated seconds
 _REVISION = "deployment.kubernetes.io/revision"
@@ -89,7 +90,7 @@ _ALPHANUMS = "bcdfghjklmnpqrstvwxz2456789"
 #: executables in the demo image (python:3.11-slim + the app): no kill (procps), no
 #: iptables, no ps. An image missing from ``EmulatedCluster.image_binaries`` has them all.
 DEMO_IMAGE_BINARIES = frozenset(
-    {"sh", "python", "python3", "cat", "rm", "df", "fallocate", "dd", "ls", "sleep", "echo"}
+    {"sh", "python", "python3", "cat", "rm", "df", "du", "fallocate", "dd", "ls", "sleep", "echo"}
 )
 
 
@@ -1225,7 +1226,7 @@ class EmulatedCluster:
             emu.cluster = self
             self.history.changed = asyncio.Condition()
             emu._buses = _Buses(self.history)  # type: ignore[assignment]
-            for res in (PODS, NODES, SERVICES, DEPLOYMENTS, REPLICASETS, PDBS, NETPOLS):
+            for res in (PODS, NODES, SERVICES, DEPLOYMENTS, REPLICASETS, PDBS, NETPOLS, PVCS):
                 emu.resources[res] = kmock.ResourceInfo()  # empty kinds list as [], not 404
             self.emu, self.url = emu, str(server.url).rstrip("/")
             self._ready.set()

@@ -44,11 +44,9 @@ from pytest_resilience.timeline import FAULT_INJECTED, FAULT_REVERTED, Timeline
 
 NS = "chaos-demo"
 DB_MOUNT = "/var/lib/postgresql"
-# df -Pk of a 1 GiB volume with 256 MiB used: 90% means 665.6 MiB more, so 666 MiB
-DF_1G_QUARTER_USED = (
-    "Filesystem 1024-blocks Used Available Capacity Mounted on\n"
-    f"/dev/sdb 1048576 262144 786432 25% {DB_MOUNT}\n"
-)
+# du -sk of the data volume (an emptyDir with sizeLimit 1Gi): 256 MiB used, so 90% means
+# 665.6 MiB more, 666 MiB
+DU_QUARTER_USED = f"262144\t{DB_MOUNT}\n"
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -103,7 +101,11 @@ def db(cluster: EmulatedCluster) -> str:
                                     {"name": "data", "mountPath": DB_MOUNT},
                                 ],
                             }
-                        ]
+                        ],
+                        "volumes": [
+                            {"name": "token", "projected": {"sources": []}},
+                            {"name": "data", "emptyDir": {"sizeLimit": "1Gi"}},
+                        ],
                     },
                 },
             },
@@ -120,9 +122,7 @@ def db(cluster: EmulatedCluster) -> str:
 
 
 def df_reply(cluster: EmulatedCluster) -> None:
-    cluster.exec_replies.append(
-        (lambda argv: argv[:2] == ["df", "-Pk"], (0, DF_1G_QUARTER_USED, ""))
-    )
+    cluster.exec_replies.append((lambda argv: argv[:2] == ["du", "-sk"], (0, DU_QUARTER_USED, "")))
 
 
 def annotations(obj: dict[str, Any] | None) -> dict[str, str]:

@@ -26,8 +26,10 @@ import hashlib
 import json
 import logging
 import math
+import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Literal, Protocol
 
@@ -151,18 +153,30 @@ class KubeFaults:
         self: _KubeHost, workload: str, *, percent: float, path: str | None, changes: ChangeLog
     ) -> None:
         """Fill the volume behind ``path`` (default: the first writable mount) in every pod of
-        ``workload`` up to ``percent`` of its filesystem, measured with ``df``."""
+        ``workload`` up to ``percent`` of the *volume*: an emptyDir's ``sizeLimit`` or a
+        PVC's capacity, its usage by ``du`` (as the kubelet counts it). Never ``df``: on an
+        emptyDir that is the node's disk. A volume without a bound is refused."""
         for pod in _workload_pods(self, workload):
-            container, directory = _fill_dir(self, pod, path)
-            usage = self.disk_usage(pod, directory, container=container)  # type: ignore[attr-defined]
-            if usage is None:  # dry run: nothing measured, nothing written
+            obj = self._read(
+                self._core.read_namespaced_pod,
+                pod.name,
+                pod.namespace,
+                verb="get",
+                resource="pods",
+                namespace=pod.namespace,
+                name=pod.name,
+            )
+            container, directory = _fill_dir(self, pod, path, obj)
+            bound = self.volume_bound(pod, obj, container, directory)  # type: ignore[attr-defined]
+            used = self.volume_used(pod, bound.mount, container=container)  # type: ignore[attr-defined]
+            if used is None:  # dry run: nothing measured, nothing written
                 size_mb = 1
             else:
-                total, used = usage
-                size_mb = math.ceil((total * percent / 100 - used) / 2**20)
+                size_mb = math.ceil((bound.bytes * percent / 100 - used) / 2**20)
                 if size_mb <= 0:
-                    log.info("disk_fill: %s already at %g%% or more", pod.name, percent)
+                    log.info("disk_fill: %s already at %g%% of %s", pod.name, percent, bound.what)
                     continue
+            log.info("disk_fill: %s: %s %s", pod.name, bound.what, bound.kubelet)
             changes.put(
                 self.fill_pod_disk(  # type: ignore[attr-defined]
                     pod,
@@ -171,6 +185,7 @@ class KubeFaults:
                     size_mb=size_mb,
                     container=container,
                     changes=changes,
+                    bound=bound,
                 )
             )
         changes.complete = True
@@ -444,18 +459,21 @@ class KubeFaults:
 
     # ------------------------------------------------------------ disk, memory
 
-    def volume_mounts(self: _KubeHost, pod: Pod) -> list[tuple[str, str]]:
+    def volume_mounts(
+        self: _KubeHost, pod: Pod, obj: Mapping[str, Any] | None = None
+    ) -> list[tuple[str, str]]:
         """``(container, mountPath)`` of the pod's writable volume mounts, in spec order;
         the service account token and other read-only mounts are left out."""
-        obj = self._read(
-            self._core.read_namespaced_pod,
-            pod.name,
-            pod.namespace,
-            verb="get",
-            resource="pods",
-            namespace=pod.namespace,
-            name=pod.name,
-        )
+        if obj is None:
+            obj = self._read(
+                self._core.read_namespaced_pod,
+                pod.name,
+                pod.namespace,
+                verb="get",
+                resource="pods",
+                namespace=pod.namespace,
+                name=pod.name,
+            )
         return [
             (c.get("name", ""), m["mountPath"])
             for c in obj.get("spec", {}).get("containers") or ()
@@ -465,27 +483,93 @@ class KubeFaults:
             and not m["mountPath"].startswith("/var/run/secrets/")
         ]
 
-    def disk_usage(
-        self: _KubeHost, pod: Pod, path: str, *, container: str | None = None
-    ) -> tuple[int, int] | None:
-        """``(total, used)`` bytes of the filesystem holding ``path`` in the pod (``df``);
-        None in a dry run, where nothing is exec'd."""
-        result = self.exec(pod, ["df", "-Pk", path], container=container)
+    def volume_bound(
+        self: _KubeHost,
+        pod: Pod,
+        obj: Mapping[str, Any],
+        container: str | None,
+        directory: str,
+    ) -> VolumeBound:
+        """What bounds the volume holding ``directory``: an emptyDir's ``sizeLimit`` (the
+        kubelet evicts the pod past it) or a PVC's capacity (writes fail with ENOSPC).
+        Anything else would be filled against the node's disk: refused, saying so."""
+        spec = obj.get("spec") or {}
+        mounts = [
+            (m.get("mountPath", ""), m.get("name", ""))
+            for c in spec.get("containers") or ()
+            if container is None or c.get("name") == container
+            for m in c.get("volumeMounts") or ()
+            if m.get("mountPath") and PurePosixPath(directory).is_relative_to(m["mountPath"])
+        ]
+        where = f"pod {pod.namespace}/{pod.name}"
+        if not mounts:
+            raise FaultError(
+                f"disk_fill: {directory} is on no volume of {where}, i.e. on the container's "
+                "root filesystem (the node's disk, counted against ephemeral-storage): give a "
+                "path on an emptyDir with a sizeLimit or on a PersistentVolumeClaim"
+            )
+        mount, name = max(mounts, key=lambda m: len(m[0]))  # the innermost mount
+        volume = next((v for v in spec.get("volumes") or () if v.get("name") == name), {})
+        if "emptyDir" in volume:
+            limit = (volume.get("emptyDir") or {}).get("sizeLimit")
+            if not limit:
+                raise FaultError(
+                    f"disk_fill: emptyDir {name!r} has no sizeLimit in {where}: it shares the "
+                    "node's disk, so a percentage of it would be a percentage of the node's "
+                    f"disk; give the volume a sizeLimit (emptyDir: {{sizeLimit: 512Mi}})"
+                )
+            return VolumeBound(
+                mount,
+                quantity_bytes(limit),
+                f"emptyDir {name} sizeLimit {limit}",
+                f"the kubelet evicts the pod once the volume's usage exceeds its sizeLimit "
+                f"{limit} (its replacement starts with an empty {name})",
+            )
+        claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+        if claim:
+            pvc = self._read(
+                self._core.read_namespaced_persistent_volume_claim,
+                claim,
+                pod.namespace,
+                verb="get",
+                resource="persistentvolumeclaims",
+                namespace=pod.namespace,
+                name=claim,
+            )
+            size = (pvc.get("status") or {}).get("capacity", {}).get("storage") or (
+                (pvc.get("spec") or {}).get("resources", {}).get("requests", {}).get("storage")
+            )
+            if not size:
+                raise FaultError(f"disk_fill: PersistentVolumeClaim {claim!r} states no size")
+            return VolumeBound(
+                mount,
+                quantity_bytes(size),
+                f"PersistentVolumeClaim {claim} capacity {size}",
+                "no eviction: at its capacity the app's writes fail with ENOSPC (no space left "
+                "on device)",
+            )
+        kind = next((k for k in volume if k != "name"), "unknown")
+        raise FaultError(
+            f"disk_fill: volume {name!r} of {where} is a {kind}, which has no size of its own "
+            "to fill against; use an emptyDir with a sizeLimit or a PersistentVolumeClaim"
+        )
+
+    def volume_used(
+        self: _KubeHost, pod: Pod, mount: str, *, container: str | None = None
+    ) -> int | None:
+        """Bytes in the volume at ``mount`` (``du -sk``, what the kubelet's eviction
+        manager measures for an emptyDir); None in a dry run, where nothing is exec'd."""
+        result = self.exec(pod, ["du", "-sk", mount], container=container)
         if self.dry_run:
             return None
-        lines = result.stdout.strip().splitlines()
         try:
-            fields = lines[-1].split()
-            total, used = int(fields[1]) * 1024, int(fields[2]) * 1024
+            return int(result.stdout.split()[0]) * 1024
         except (IndexError, ValueError):
             raise FaultError(
-                f"disk_fill: df -Pk {path} in {pod.namespace}/{pod.name} exited "
-                f"{result.exit_code} with no usage line ({result.stderr.strip() or result.stdout!r}"
-                "); does the container have df and the path?"
+                f"disk_fill: du -sk {mount} in {pod.namespace}/{pod.name} exited "
+                f"{result.exit_code} with no size ({result.stderr.strip() or result.stdout!r}); "
+                "does the container have du?"
             ) from None
-        if len(lines) < 2 or total <= 0:
-            raise FaultError(f"disk_fill: df -Pk {path} gave no filesystem size: {lines!r}")
-        return total, used
 
     def fill_pod_disk(
         self: _KubeHost,
@@ -496,9 +580,11 @@ class KubeFaults:
         size_mb: int,
         container: str | None = None,
         changes: ChangeLog | None = None,
+        bound: VolumeBound | None = None,
     ) -> ChangeRecord:
         """``fallocate`` a file of ``size_mb`` in ``path`` (a volume mount) inside the pod;
-        running out of space on the way counts as filled."""
+        running out of space on the way counts as filled. ``bound`` (what it was sized
+        against, what the kubelet does at the limit) goes into the record."""
         self.policy.check_namespace(pod.namespace)
         if size_mb <= 0:
             raise FaultError(f"disk_fill: size_mb must be > 0, got {size_mb}")
@@ -508,7 +594,12 @@ class KubeFaults:
             ledger_id=ledger_id,
             context=self.context,
             objects=(ObjectRef("Pod", pod.name, pod.namespace),),
-            detail={"container": container, "file": target, "size_mb": size_mb},
+            detail={
+                "container": container,
+                "file": target,
+                "size_mb": size_mb,
+                **({"limit": bound.what, "kubelet": bound.kubelet} if bound else {}),
+            },
             dry_run=self.dry_run,
             target=TARGET,
         )
@@ -820,9 +911,11 @@ def _workload_pods(target: _KubeHost, name: str | Mapping[str, str]) -> list[Pod
     return target.select(name)
 
 
-def _fill_dir(target: _KubeHost, pod: Pod, path: str | None) -> tuple[str | None, str]:
+def _fill_dir(
+    target: _KubeHost, pod: Pod, path: str | None, obj: Mapping[str, Any] | None = None
+) -> tuple[str | None, str]:
     """(container, directory) to fill: ``path`` inside a mount, or the first writable mount."""
-    mounts = target.volume_mounts(pod)  # type: ignore[attr-defined]
+    mounts = target.volume_mounts(pod, obj)  # type: ignore[attr-defined]
     if path is None:
         if not mounts:
             raise SelectorMatchedNothing(
@@ -843,6 +936,43 @@ def _fill_dir(target: _KubeHost, pod: Pod, path: str | None) -> tuple[str | None
         if chosen.is_relative_to(mount):
             return container, str(chosen)
     return None, str(chosen)
+
+
+@dataclass(frozen=True)
+class VolumeBound:
+    """The size a disk fill is measured against, and what the kubelet does at it."""
+
+    mount: str
+    bytes: int
+    what: str  # e.g. "emptyDir data sizeLimit 512Mi"
+    kubelet: str  # what happens at the limit
+
+
+_SUFFIXES = {
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "": 1,
+}
+
+
+def quantity_bytes(quantity: Any) -> int:
+    """A Kubernetes quantity (``512Mi``, ``1G``, ``1.5Gi``, ``2e9``) in bytes
+    (apimachinery/pkg/api/resource/quantity.go, the suffixes storage uses)."""
+    text = str(quantity).strip()
+    m = re.fullmatch(r"([0-9.]+(?:[eE][0-9]+)?)([KMGTPE]i|[kMGTPE])?", text)
+    if not m:
+        raise FaultError(f"disk_fill: not a storage quantity: {quantity!r} (e.g. 512Mi, 1Gi)")
+    return int(float(m[1]) * _SUFFIXES[m[2] or ""])
 
 
 def _short(ledger_id: str) -> str:
