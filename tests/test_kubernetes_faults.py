@@ -123,16 +123,18 @@ def test_memory_stress_and_undo(target: KubernetesTarget, cluster: EmulatedClust
 def test_node_failure_cordons_drains_and_undo_uncordons(
     target: KubernetesTarget, cluster: EmulatedCluster
 ) -> None:
-    record = target.fail_node("worker-3", ledger_id="L-node")
-    node = cluster.obj(NODES, None, "worker-3")
+    busy = target.select("app=api")[0].node  # discovered, never assumed
+    assert busy
+    record = target.fail_node(busy, ledger_id="L-node")
+    node = cluster.obj(NODES, None, busy)
     assert node["spec"]["unschedulable"] is True
     assert node["metadata"]["annotations"][FAULT_ANNOTATION] == "L-node"
     assert len(record.detail["evicted"]) == 1
     target.wait_ready("api", timeout=10)
-    assert all(p["spec"]["nodeName"] != "worker-3" for p in cluster.pods_of(NS, "api"))
+    assert all(p["spec"]["nodeName"] != busy for p in cluster.pods_of(NS, "api"))
     assert [r.kind for r in target.find_marked()] == ["node_failure"]
     target.undo(record)
-    node = cluster.obj(NODES, None, "worker-3")
+    node = cluster.obj(NODES, None, busy)
     assert "unschedulable" not in node["spec"]
     assert not any(k.startswith(RECORD_ANNOTATION_PREFIX) for k in node["metadata"]["annotations"])
 

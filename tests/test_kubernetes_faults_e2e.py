@@ -125,6 +125,11 @@ def df_reply(cluster: EmulatedCluster) -> None:
     cluster.exec_replies.append((lambda argv: argv[:2] == ["du", "-sk"], (0, DU_QUARTER_USED, "")))
 
 
+def _a_node_of(cluster: EmulatedCluster, app: str) -> str:
+    """A node running a pod of ``app``: discovered from the cluster, never assumed."""
+    return str(next(iter(cluster.pods_of(NS, app)))["spec"]["nodeName"])
+
+
 def annotations(obj: dict[str, Any] | None) -> dict[str, str]:
     assert obj is not None
     return obj["metadata"].get("annotations") or {}
@@ -254,25 +259,24 @@ def test_memory_stress_needs_mb_on_kubernetes(session: FaultSession, ledger: Led
 def test_node_failure(
     session: FaultSession, cluster: EmulatedCluster, ledger: Ledger, timeline: Timeline
 ) -> None:
+    busy = _a_node_of(cluster, "api")
     victims = [
-        p["metadata"]["name"]
-        for p in cluster.pods_of(NS, "api")
-        if p["spec"]["nodeName"] == "worker-3"
+        p["metadata"]["name"] for p in cluster.pods_of(NS, "api") if p["spec"]["nodeName"] == busy
     ]
-    handle = session.inject(NodeFailure("worker-3"))
-    node = cluster.obj(NODES, None, "worker-3")
+    handle = session.inject(NodeFailure(busy))
+    node = cluster.obj(NODES, None, busy)
     assert node is not None and node["spec"]["unschedulable"] is True
     assert annotations(node)[FAULT_ANNOTATION] == handle.fault.ledger_id
     (record,) = handle.spec["records"]
     assert sorted(record["detail"]["evicted"]) == sorted(f"{NS}/{v}" for v in victims)
-    assert ledger.get(handle.entry_id).spec["node"] == "worker-3"  # type: ignore[arg-type]
+    assert ledger.get(handle.entry_id).spec["node"] == busy  # type: ignore[arg-type]
     evictions = [r for r in cluster.requests() if r.subresource == "eviction"]
     assert len(evictions) == len(victims)
     session.ctx.target.wait_ready("api", timeout=10)
-    assert all(p["spec"]["nodeName"] != "worker-3" for p in cluster.pods_of(NS, "api"))
+    assert all(p["spec"]["nodeName"] != busy for p in cluster.pods_of(NS, "api"))
 
     handle.revert()
-    node = cluster.obj(NODES, None, "worker-3")
+    node = cluster.obj(NODES, None, busy)
     assert node is not None and "unschedulable" not in node["spec"] and not marked(node)
     assert_closed(ledger, handle.entry_id)
     assert_marks(timeline, "node_failure")
@@ -330,7 +334,11 @@ def test_cleanup_from_the_ledger_alone_after_sigkill(
 ) -> None:
     df_reply(cluster)
     db_node = cluster.obj(PODS, NS, db)["spec"]["nodeName"]  # type: ignore[index]
-    node = next(n for n in ("worker-1", "worker-2", "worker-3") if n != db_node)
+    node = next(
+        n["metadata"]["name"]
+        for n in cluster.items(NODES, None)
+        if n["metadata"]["name"] != db_node
+    )
     ledger_path = tmp_path / "crash.sqlite"
     child = subprocess.Popen(
         [sys.executable, "-c", _CRASHING_RUN, str(kubeconfig), str(ledger_path), node],
@@ -386,7 +394,8 @@ def test_chaos_cleanup_undoes_changes_made_from_another_machine(
     # "another machine": its ledger file is not ours, and its process is gone (the
     # session object is dropped without a revert)
     elsewhere = Ledger(tmp_path / "elsewhere.sqlite", session="ci-runner-7-4242-1700000000")
-    lost = FaultSession(target, ledger=elsewhere).inject(NodeFailure("worker-2"))
+    other = _a_node_of(cluster, "api")
+    lost = FaultSession(target, ledger=elsewhere).inject(NodeFailure(other))
     lost_id = lost.fault.ledger_id
     elsewhere.close_db()
     del lost  # that process is gone: nothing at this interpreter's exit may revert it
@@ -405,9 +414,9 @@ def test_chaos_cleanup_undoes_changes_made_from_another_machine(
     finally:
         run.close()
     out = capsys.readouterr().out
-    assert f"node_failure on node worker-2 (ledger id {lost_id}): reverted" in out
+    assert f"node_failure on node {other} (ledger id {lost_id}): reverted" in out
     assert out.count(f"(ledger id {live.fault.ledger_id}): left, its entry is open") == 3
-    node = cluster.obj(NODES, None, "worker-2")
+    node = cluster.obj(NODES, None, other)
     assert node is not None and "unschedulable" not in node["spec"] and not marked(node)
     assert {r.ledger_id for r in target.find_marked()} == {live.fault.ledger_id}
     running.revert_all()
@@ -433,12 +442,12 @@ def test_chaos_cleanup_refuses_an_unknown_context(
 # ------------------------------------------------------------------------------ dry run
 
 
-def _every_fault() -> list[Any]:
+def _every_fault(node: str) -> list[Any]:
     return [
         PodKill("app=api"),
         NetworkBlock("app=api", port=5432),
         DiskFill("db", percent=90),
-        NodeFailure("worker-1"),
+        NodeFailure(node),
         MemoryStress("api", mb=64),
     ]
 
@@ -453,7 +462,7 @@ def test_dry_run_sends_no_mutating_request(
         kubeconfig=str(kubeconfig), namespace=NS, dry_run=where == "target"
     ) as dry:
         session = FaultSession(dry, ledger=ledger, dry_run=where == "session")
-        handles = [session.inject(f) for f in _every_fault()]
+        handles = [session.inject(f) for f in _every_fault(_a_node_of(cluster, "api"))]
         for handle in reversed(handles):
             handle.revert()
         assert all(h.reverted_at is not None for h in handles)
@@ -569,7 +578,7 @@ print("not killed after", writes, "writes", flush=True)
 
 @pytest.mark.parametrize(
     "fault",
-    ['NetworkBlock("app=api", port=5432, direction="egress")', 'NodeFailure("worker-3")'],
+    ['NetworkBlock("app=api", port=5432, direction="egress")', "NodeFailure(NODE)"],
     ids=["network_block", "node_failure"],
 )
 def test_a_sigkill_at_any_ledger_write_leaves_nothing_cleanup_cannot_settle(
@@ -578,6 +587,8 @@ def test_a_sigkill_at_any_ledger_write_leaves_nothing_cleanup_cannot_settle(
     """Killed before the first write (entry open, nothing recorded), or after any write: the
     record of a pod not yet touched, of a container never added, of a change half made.
     A cleanup from the ledger alone closes every entry and the cluster holds none of it."""
+    busy = _a_node_of(cluster, "api")
+    fault = fault.replace("NODE", repr(busy))
     for kill_at in range(0, 20):
         ledger_path = tmp_path / f"kill-{kill_at}.sqlite"
         child = subprocess.run(
@@ -612,6 +623,6 @@ def test_a_sigkill_at_any_ledger_write_leaves_nothing_cleanup_cannot_settle(
         for key, model in cluster.containers.items():
             assert model.hooks == set(), (kill_at, key)
         assert not any(marked(p) for p in cluster.items(PODS, NS)), kill_at
-        node = cluster.obj(NODES, None, "worker-3")
+        node = cluster.obj(NODES, None, busy)
         assert not node["spec"].get("unschedulable") and not marked(node), kill_at  # type: ignore[index]
     pytest.fail(f"{fault}: still writing its ledger entry after 20 writes")

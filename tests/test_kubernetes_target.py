@@ -3,8 +3,10 @@
 # ruff: noqa: F401, F811 - pytest fixtures imported from kube_controllers
 from __future__ import annotations
 
+import re
 import signal
 import threading
+from pathlib import Path
 
 import pytest
 from kube_controllers import (  # fixtures: cluster, kubeconfig, target
@@ -36,7 +38,7 @@ def test_pods_by_selector(target: KubernetesTarget, cluster: EmulatedCluster) ->
     pods = target.pods("app=api")
     assert len(pods) == 3
     assert all(p.ready and p.workload == "api" and p.namespace == NS for p in pods)
-    assert {p.node for p in pods} <= {"worker-1", "worker-2", "worker-3"}
+    assert {p.node for p in pods} <= {n["metadata"]["name"] for n in cluster.items(NODES, None)}
     lists = [r for r in cluster.requests() if r.path == f"/api/v1/namespaces/{NS}/pods"]
     assert lists[-1].query["labelSelector"] == "app=api"
 
@@ -325,3 +327,26 @@ def test_wait_ready_after_killing_a_replacement(
     target.wait_ready("api", timeout=10)  # timed out: it waited for a fresh pod per kill
     ready = [p for p in cluster.pods_of(NS, "api") if p["metadata"]["name"] != replacement.name]
     assert len(ready) == 3
+
+
+def test_nodes_and_pods_are_discovered_on_kinds_names(tmp_path: Path) -> None:
+    """kind names its nodes ``<cluster>-worker``, ``<cluster>-worker2``; ReplicaSet pods end
+    in 5 random characters. Nothing here may assume ``node-a`` or a numeric suffix."""
+    with EmulatedCluster() as kind:
+        kind.seed(nodes=("chaos-worker", "chaos-worker2"))
+        t = KubernetesTarget(kubeconfig=str(kind.kubeconfig(tmp_path)), namespace=NS)
+        try:
+            assert [n.name for n in t.nodes()] == ["chaos-worker", "chaos-worker2"]
+            pods = t.select("app=api")
+            assert all(re.fullmatch(r"api-[a-z0-9]+-[a-z0-9]{5}", p.name) for p in pods)
+            busy = max({p.node for p in pods}, key=lambda n: sum(p.node == n for p in pods))
+            assert busy
+            record = t.fail_node(busy, ledger_id="L-kind")
+            t.wait_ready("api", timeout=10)
+            assert {p.node for p in t.select("app=api") if p.ready} == (
+                {"chaos-worker", "chaos-worker2"} - {busy}
+            )
+            t.undo(record)
+            assert all(n.schedulable for n in t.nodes())
+        finally:
+            t.close()
