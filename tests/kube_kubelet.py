@@ -54,6 +54,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import json
 import logging
 import os
@@ -85,6 +87,8 @@ from kube_controllers import (
     _now,
     random_suffix,
 )
+
+from pytest_resilience.targets.local_resources import PodCgroups, cgroup_kill, enter_pod
 
 log = logging.getLogger("tests.kube_kubelet")
 
@@ -208,6 +212,8 @@ class Container:
     state: dict[str, Any] = field(default_factory=dict)
     last_state: dict[str, Any] = field(default_factory=dict)
     container_id: str = ""
+    cgroups: tuple[Path, ...] = ()
+    memory_cgroup: Path | None = None
 
 
 @dataclass
@@ -325,6 +331,7 @@ class ProcessKubelet(ClusterEmulator):
                 },
             )
             self.runtime[uid] = ctx
+            self.kc.started.append(pod)
             self._make_volumes(ctx)
             for c in obj["spec"].get("containers", []):
                 ctx.containers[c["name"]] = Container(c["name"], c)
@@ -405,6 +412,16 @@ class ProcessKubelet(ClusterEmulator):
             return
         logs = ctx.root / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        # The container's cgroup with resources.limits.memory, as the kubelet's cgroup
+        # manager makes it (the local target's PodCgroups and enter_pod do the same for
+        # its pods): the app reads its own memory.current, the kernel OOM-kills at the limit.
+        limit = parse_quantity((cont.spec.get("resources") or {}).get("limits", {}).get("memory"))
+        name = f"{ctx.uid[:8]}-{cont.name}-{cont.restarts}"
+        cgroup, memory_cgroup, rlimit_as = self.kc.cgroups.make(name, limit)
+        cont.cgroups = tuple(dict.fromkeys(c for c in (cgroup, memory_cgroup) if c is not None))
+        cont.memory_cgroup = memory_cgroup
+        procs = tuple(str(c / "cgroup.procs") for c in cont.cgroups)
+        entry = functools.partial(enter_pod, self.kc.libc, os.getpid(), procs, rlimit_as, None)
         with open(logs / f"{cont.name}.log", "ab") as out:
             cont.proc = await asyncio.create_subprocess_exec(
                 *launch.argv,
@@ -414,8 +431,10 @@ class ProcessKubelet(ClusterEmulator):
                 env=launch.env,
                 cwd=launch.cwd,
                 process_group=0,
+                preexec_fn=entry,
             )
         self.kc.pids.add(cont.proc.pid)
+        self.kc.first_pids.setdefault(ctx.name, cont.proc.pid)
         cont.started_at = time.monotonic()
         cont.container_id = "containerd://" + random_suffix(self.kc.rng, 64)
         cont.state = {"running": {"startedAt": _now()}}
@@ -539,9 +558,11 @@ class ProcessKubelet(ClusterEmulator):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # what is left of the group
         self.kc.pids.discard(proc.pid)
+        oom = self.kc.cgroups.oom_killed(cont.memory_cgroup)
+        _remove_cgroups(cont.cgroups)
         if ctx.stopping or cont.proc is not proc:
             return
-        reason = "Completed" if code == 0 else "Error"
+        reason = "OOMKilled" if oom else "Completed" if code == 0 else "Error"
         exit_code = 128 - code if code < 0 else code  # killed by a signal: 128 + signo
         cont.last_state = {
             "terminated": {
@@ -608,6 +629,8 @@ class ProcessKubelet(ClusterEmulator):
         for p in procs:
             await p.wait()
             self.kc.pids.discard(p.pid)
+        for c in ctx.containers.values():
+            _remove_cgroups(c.cgroups)
         for c in ctx.containers.values():
             c.ready = False
             if c.proc is not None:
@@ -721,7 +744,21 @@ class ProcessKubelet(ClusterEmulator):
                         kmock.KubernetesError(status=403, reason="Forbidden", message=message)
                     )
             return await self._serve_proxy(request, plural, sub.removeprefix("proxy"))
+        if plural == "pods" and sub == "log" and str(request.method.value).upper() == "GET":
+            ctx = self._runtime_of(request.namespace, str(request.name))
+            if ctx is not None:
+                return self._serve_log(ctx, request._raw_request.query)
         return await super()._handle(request)
+
+    def _serve_log(self, ctx: PodContext, query: Any) -> aiohttp.web.Response:
+        """The log subresource: the kubelet serves the container's own log file
+        (/var/log/pods/NS_NAME_UID/CONTAINER/), ``tailLines`` its last N lines."""
+        name = query.get("container") or next(iter(ctx.containers), "")
+        path = ctx.root / "logs" / f"{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        if query.get("tailLines"):
+            text = "".join(text.splitlines(keepends=True)[-int(query["tailLines"]) :])
+        return aiohttp.web.Response(text=text, content_type="text/plain")
 
     async def _serve_proxy(self, request: Any, plural: str, path: str) -> aiohttp.web.Response:
         """ProxyREST: ``NAME[:PORT]`` (or ``scheme:NAME:PORT``) to the pod's IP."""
@@ -779,6 +816,25 @@ class ProcessKubelet(ClusterEmulator):
                     message=f"error trying to reach service: {exc}",
                 )
             )
+
+
+def parse_quantity(value: Any) -> int | None:
+    """resource.Quantity in bytes: ``256Mi``, ``1G``, ``512M``, ``1048576``."""
+    if value in (None, ""):
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]i?|k)?", str(value))
+    if not m:
+        raise ValueError(f"not a memory quantity: {value!r}")
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "K": 10**3}
+    units |= {"M": 10**6, "G": 10**9, "T": 10**12}
+    return int(float(m[1]) * units.get(m[2] or "", 1))
+
+
+def _remove_cgroups(cgroups: Sequence[Path]) -> None:
+    for cgroup in cgroups:
+        cgroup_kill(cgroup)
+        with contextlib.suppress(OSError):
+            cgroup.rmdir()
 
 
 async def _drop_chains(ctx: PodContext) -> None:
@@ -930,9 +986,16 @@ class KubeletCluster(EmulatedCluster):
         self.work_dir = work_dir
         self.network = PodNetwork(self.rng)
         self.pids: set[int] = set()
+        #: every pod the kubelet started, in order (what ran between two points in time)
+        self.started: list[str] = []
+        #: pod name -> the pid of its first container, for every pod started
+        self.first_pids: dict[str, int] = {}
         self.node_ports: dict[tuple[str, str], int] = {}
         self.proxy: KubeProxy
         self.termination_s = 0.0  # the processes' own exit is awaited by the kubelet
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        #: per-container cgroups (named as the local target's, so a dead session's are swept)
+        self.cgroups = PodCgroups.create(f"pytest-resilience-{os.getpid()}-{id(self):x}")
 
     def __enter__(self) -> KubeletCluster:
         super().__enter__()
@@ -949,6 +1012,7 @@ class KubeletCluster(EmulatedCluster):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
             super().__exit__(*exc)
+            self.cgroups.remove()
 
     async def _shutdown(self) -> None:
         emu = self.emu
