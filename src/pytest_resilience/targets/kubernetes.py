@@ -235,8 +235,9 @@ class KubernetesTarget(KubePodAccess, KubeFaults):
         self, pod: Pod, *, sig: int = _signal.SIGKILL, by_exec: bool | None = None
     ) -> None:
         """SIGKILL: delete with grace 0 (the ReplicaSet replaces the pod). That is not a
-        bare SIGKILL: the kubelet still sends SIGTERM first and waits its minimum grace
-        (1 s) before SIGKILL, so an app with a SIGTERM handler gets to run it.
+        bare SIGKILL: the pod object goes at once, but the kubelet still sends SIGTERM
+        first and waits its minimum grace (``minimumGracePeriodInSeconds = 2``,
+        pkg/kubelet/kuberuntime) before SIGKILL, so an app's SIGTERM handler runs.
 
         ``by_exec`` (default: the target's ``sigkill_by_exec``) makes SIGKILL a real one,
         by exec: ``kill -KILL -1`` in the container, every process but PID 1 (the kernel
