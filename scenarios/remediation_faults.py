@@ -205,6 +205,7 @@ class CrashLoop(Fault):
         self.deaths = deaths
         self.replicas = replicas
         self.killed: list[str] = []
+        self._seen: set[str] = set()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -231,7 +232,12 @@ class CrashLoop(Fault):
         pods = api_pods(target, self.workload)
         if not pods:
             raise FaultError(f"crash_loop: no ready pod of {self.workload}")
-        newest = max(pods, key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+        # The replacement of the previous victim (a pod not there before that kill), so one
+        # replica keeps crashing; pod names are the target's (random on Kubernetes), so
+        # "newest" is known from what was seen, not from a number in the name.
+        fresh = [p for p in pods if p.name not in self._seen]
+        newest = fresh[0] if fresh and self.killed else max(pods, key=lambda p: p.name)
+        self._seen |= {p.name for p in pods}
         target.kill_pod(newest, sig=signal.SIGKILL)
         self.killed.append(newest.name)
 
