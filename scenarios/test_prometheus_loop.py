@@ -58,7 +58,12 @@ def loop_path(remediation_alerts, chaos_monitoring) -> str:
     return remediation_alerts
 
 
-@pytest.mark.parametrize("remediation_alerts", ["alertmanager", "built-in"])
+THROUGH_THE_SERVERS = pytest.param(
+    "alertmanager", marks=pytest.mark.chaos(needs=["prometheus", "alertmanager"])
+)
+
+
+@pytest.mark.parametrize("remediation_alerts", [THROUGH_THE_SERVERS, "built-in"])
 def test_leaked_pool_detected_healed_and_resolved(
     loop_path, pool_restored, chaos_monitoring, load, slo, inject, remediation_engine, timeline,
 ):  # fmt: skip

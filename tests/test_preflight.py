@@ -94,3 +94,40 @@ def test_a_privilege_missing_at_fault_time_skips_the_scenario_or_fails_under_ci(
     result.stdout.fnmatch_lines(["SKIPPED*cannot inject the scenario's fault: *CAP_NET_ADMIN*"])
     monkeypatch.setenv("CI", "1")
     pytester.runpytest().assert_outcomes(failed=2)
+
+
+def test_a_scenario_names_the_servers_it_needs_on_its_marker_or_a_param(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable))  # no Debian servers on it
+    monkeypatch.delenv("CI", raising=False)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        SERVERS = pytest.param("real", marks=pytest.mark.chaos(needs=["prometheus"]))
+
+        @pytest.mark.chaos
+        @pytest.mark.parametrize("path", [SERVERS, "built-in"])
+        def test_loop(path):
+            assert path == "built-in", "must not run without prometheus"
+        """
+    )
+    result = pytester.runpytest("-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["SKIPPED*prometheus: not on PATH*apt-get install -y prometheus*"])
+
+
+def test_an_unknown_need_is_a_usage_error_naming_the_known_ones(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.chaos(needs=["promethues"])
+        def test_x():
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_x*unknown check(s) 'promethues'; known: root, iptables*"])

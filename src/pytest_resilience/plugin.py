@@ -96,9 +96,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     settings = config.stash[RUN_KEY].settings
     unsupported = {item.nodeid: reason for item, reason in skip_lacking(items, settings)}
     chaos = [item for item in items if item.get_closest_marker("chaos") is not None]
-    verdicts = verdicts_for(
-        settings.target, [(item.nodeid, faults_used(item)) for item in chaos], unsupported
-    )
+    asked = [(item.nodeid, faults_used(item), _named_needs(item)) for item in chaos]
+    verdicts = verdicts_for(settings.target, asked, unsupported)
     config.stash[VERDICTS_KEY] = verdicts
     for item, verdict in zip(chaos, verdicts, strict=True):
         if verdict.runs or verdict.unsupported:
@@ -107,6 +106,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.stash[PREFLIGHT_KEY] = verdict.reason()
         else:
             item.add_marker(pytest.mark.skip(reason=verdict.reason()))
+
+
+def _named_needs(item: pytest.Item) -> list[str]:
+    """What ``@pytest.mark.chaos(needs=[...])`` (on the test or one of its params) names."""
+    from .preflight import check_names
+
+    named: list[str] = []
+    for mark in item.iter_markers("chaos"):
+        asked = mark.kwargs.get("needs", ())
+        try:
+            named += check_names([asked] if isinstance(asked, str) else asked, where=item.nodeid)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return named
 
 
 @pytest.hookimpl(tryfirst=True)

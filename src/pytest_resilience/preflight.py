@@ -57,7 +57,7 @@ class Verdict:
         if self.unsupported:
             return self.unsupported
         parts = [f"{c.name}: {c.detail} ({c.fix})" if c.fix else c.name for c in self.missing]
-        return "this machine lacks what the scenario's faults need: " + "; ".join(parts)
+        return "this machine lacks what the scenario needs: " + "; ".join(parts)
 
 
 def in_ci() -> bool:
@@ -161,19 +161,31 @@ def needs_of(target: str, faults: Iterable[str]) -> list[str]:
     return [need for fault in faults for need in table.get(fault, ())]
 
 
+def check_names(names: Iterable[object], *, where: str) -> list[str]:
+    """``@pytest.mark.chaos(needs=[...])`` values, each a known check; else a ValueError
+    naming ``where`` and every known name."""
+    names = list(names)
+    unknown = [n for n in names if n not in _CHECKS]
+    if unknown:
+        raise ValueError(
+            f"{where}: @pytest.mark.chaos(needs=...) names unknown check(s) "
+            f"{', '.join(map(repr, unknown))}; known: {', '.join(_CHECKS)}"
+        )
+    return [str(n) for n in names]
+
+
 def verdicts_for(
     target: str,
-    scenarios: Iterable[tuple[str, Iterable[str]]],
+    scenarios: Iterable[tuple[str, Iterable[str], Iterable[str]]],
     unsupported: Mapping[str, str] | None = None,
 ) -> list[Verdict]:
-    """One verdict per (nodeid, fault fixtures) on ``target``; each check runs once.
-
-    ``unsupported`` maps a nodeid to why the target cannot run it (capabilities.py).
-    """
+    """One verdict per (nodeid, fault fixtures, checks it names itself) on ``target``;
+    each check runs once. ``unsupported`` maps a nodeid to why the target cannot run it
+    at all (capabilities.py)."""
     known: dict[str, Check] = {}
     verdicts = []
-    for nodeid, faults in scenarios:
-        needed = dict.fromkeys(needs_of(target, faults))
+    for nodeid, faults, named in scenarios:
+        needed = dict.fromkeys([*needs_of(target, faults), *named])
         for name in needed:
             if name not in known:
                 known[name] = _CHECKS[name]()
