@@ -226,8 +226,11 @@ def warm_cache(ctx: ActionContext) -> str:
 
 
 @action("rollback")
-def rollback(ctx: ActionContext) -> str:
+def rollback(ctx: ActionContext, *, timeout: float = 60.0) -> str:
     version = ctx.target.rollback(ctx.workload)
+    # Kubernetes returns once the template is patched: verify samples the old release, not
+    # the bad one still rolling out (the local target's rollback has waited already)
+    ctx.target.wait_ready(ctx.workload, timeout=timeout)
     return f"rolled {ctx.workload} back to {version or 'previous revision'}"
 
 
