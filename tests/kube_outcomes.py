@@ -21,7 +21,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _results[report.nodeid] = f"skipped: {str(reason).removeprefix('Skipped: ')}"
     elif report.failed:
         crash = getattr(report.longrepr, "reprcrash", None)
-        why = f": {crash.message}" if crash is not None else ""
+        message = crash.message if crash is not None else ""
+        why = f": {message} | {report.longreprtext[-3000:]}"  # the cause is in its tail
         when = "failed" if report.when == "call" else f"error ({report.when})"
         _results[report.nodeid] = when + why
     elif report.when == "call":
