@@ -194,3 +194,22 @@ def test_a_watch_request_answered_410_lists_again(cluster: EmulatedCluster, core
         assert victim in {e.pod for e in recorder.events if e.kind == EventKind.POD_DIED}
     finally:
         watch.stop()
+
+
+def test_a_graceful_deletion_is_a_pod_stopping_not_a_pod_dying():
+    """A rollout deletes its old pods gracefully; counted as deaths they fed PodCrashLoop."""
+    pod = {
+        "metadata": {"name": "api-7d9f-x2k4q", "labels": {"app": "api"}},
+        "spec": {"nodeName": "chaos-worker"},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    terminating = {
+        **pod,
+        "metadata": {**pod["metadata"], "deletionTimestamp": "2026-12-01T00:00:00Z"},
+    }
+    kinds = [e.kind for e in diff_pod(pod, terminating)] + [
+        e.kind for e in diff_pod(terminating, None)
+    ]
+    assert EventKind.POD_DIED not in kinds
+    assert EventKind.POD_NOT_READY in kinds
+    assert [e.kind for e in diff_pod(pod, None)] == [EventKind.POD_DIED]  # deleted at once: a kill

@@ -263,7 +263,8 @@ def _waiting_reasons(obj: Obj | None) -> set[str]:
 
 
 def diff_pod(old: Obj | None, new: Obj | None) -> list[TargetEvent]:
-    """Pod transitions: started, ready/not ready, died (deleted, restarted, failed)."""
+    """Pod transitions: started, ready/not ready (terminating too), died (deleted at once,
+    restarted, failed)."""
     ref = new or old or {}
     name = ref.get("metadata", {}).get("name")
     common = dict(workload=pod_workload(ref), pod=name, node=ref.get("spec", {}).get("nodeName"))
@@ -277,7 +278,9 @@ def diff_pod(old: Obj | None, new: Obj | None) -> list[TargetEvent]:
     if new.get("metadata", {}).get("deletionTimestamp") and not (old or {}).get("metadata", {}).get(
         "deletionTimestamp"
     ):
-        events.append(TargetEvent(EventKind.POD_DIED, detail="terminating", **common))
+        # A graceful deletion (rollout, scale-down, eviction) stops a pod, it does not crash
+        # it: counted as a death it would feed the crash-loop alert on every rollout.
+        events.append(TargetEvent(EventKind.POD_NOT_READY, detail="terminating", **common))
     before, after = _restarts(old), _restarts(new)
     for container, count in after.items():
         if old is not None and count > before.get(container, 0):
