@@ -13,6 +13,7 @@ import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 
@@ -55,19 +56,30 @@ class CacheCrowdOut(Fault):
         self.service = service
         self.headroom_mb = headroom_mb
         self._saved: dict[str, str] = {}
-        self._port: int | None = None
+        self._address: tuple[str, int] | None = None
 
     def describe(self) -> str:
         return f"fill {self.service} with stale keys (no TTL) under volatile-lru"
 
     def _client(self) -> redis.Redis:
-        assert self._port is not None
-        return redis.Redis(host="127.0.0.1", port=self._port, socket_timeout=2.0)
+        assert self._address is not None
+        host, port = self._address
+        return redis.Redis(host=host, port=port, socket_timeout=2.0)
 
     def inject(self, ctx: FaultContext) -> dict[str, Any]:
-        self._port = ctx.target.port_of(self.service)  # type: ignore[attr-defined]
+        # Where clients reach the service (core Target protocol): a local port, or on
+        # Kubernetes the Service's address, which this machine may not reach.
+        where = urlsplit(ctx.target.endpoint(self.service))
+        self._address = (where.hostname or "127.0.0.1", where.port or 6379)
         client = self._client()
-        config = client.config_get("maxmemory*")
+        try:
+            config = client.config_get("maxmemory*")
+        except redis.ConnectionError as exc:
+            self._address = None
+            raise FaultError(
+                f"cache_crowd_out: {self.service} at {where.netloc} cannot be reached from "
+                f"this machine ({exc}); its Redis must be reachable to fill it"
+            ) from None
         self._saved = {
             "maxmemory": str(config["maxmemory"]),
             "maxmemory-policy": str(config["maxmemory-policy"]),
@@ -93,10 +105,10 @@ class CacheCrowdOut(Fault):
             except redis.ResponseError:
                 break
             written += 1
-        return {"port": self._port, "saved": self._saved, "stale_keys": written}
+        return {"address": list(self._address), "saved": self._saved, "stale_keys": written}
 
     def revert(self, ctx: FaultContext) -> None:
-        if self._port is None:
+        if self._address is None:
             return
         client = self._client()
         for key, value in self._saved.items():
