@@ -196,6 +196,21 @@ def test_network_block_reject_ingress_all_ports(
     assert_closed(ledger, handle.entry_id)
 
 
+def test_network_block_leaves_a_terminating_pod_alone(
+    session: FaultSession, cluster: EmulatedCluster, target: KubernetesTarget, ledger: Ledger
+) -> None:
+    # A pod in its grace period (an eviction, a rollout) is still listed, then deleted by
+    # its kubelet at any moment: a fault that picked it failed with NotFound mid-inject.
+    cluster.termination_s = 60.0
+    leaving = sorted(p["metadata"]["name"] for p in cluster.pods_of(NS, "api"))[0]
+    target._core.delete_namespaced_pod(leaving, NS, grace_period_seconds=30)
+    assert cluster.obj(PODS, NS, leaving)["metadata"]["deletionTimestamp"]  # type: ignore[index]
+    handle = session.inject(NetworkBlock("app=api", port=5432, direction="egress"))
+    named = [r["objects"][0]["name"] for r in ledger.get(handle.entry_id).spec["records"]]  # type: ignore[union-attr]
+    assert leaving not in named and named
+    assert "ephemeralContainers" not in cluster.obj(PODS, NS, leaving)["spec"]  # type: ignore[index]
+
+
 def test_network_block_without_selector_is_a_clear_error(session: FaultSession) -> None:
     with pytest.raises(Exception, match="needs a pod selector"):
         session.inject(NetworkBlock(port=5432))

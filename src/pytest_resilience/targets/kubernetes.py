@@ -143,6 +143,34 @@ class KubernetesTarget(KubePodAccess, KubeFaults):
     def pods(
         self, selector: str | Mapping[str, str] = "", *, namespace: str | None = None
     ) -> list[Pod]:
+        return [_pod(o, self.release_env) for o in self._list_pods(selector, namespace)]
+
+    def select(
+        self, selector: str | Mapping[str, str], *, namespace: str | None = None
+    ) -> list[Pod]:
+        """The pods a fault acts on: like :meth:`pods`, without those already being deleted
+        (in their grace period: the kubelet removes them at any moment, so a fault that
+        picked one failed with NotFound mid-inject), and matching nothing is an error."""
+        listed = self._list_pods(selector, namespace)
+        found = [_pod(o, self.release_env) for o in listed if not _terminating(o)]
+        where = f"namespace {namespace or self.namespace!r} (context {self.context!r})"
+        wanted = _selector_string(parse_selector(selector))
+        if listed and not found:
+            names = ", ".join(o["metadata"]["name"] for o in listed)
+            raise SelectorMatchedNothing(
+                f"selector {wanted!r} matches only pods being deleted in {where} ({names}); "
+                "wait for their replacements"
+            )
+        if not found:
+            raise SelectorMatchedNothing(
+                f"selector {wanted!r} matched no pod in {where}; "
+                "check the labels with kubectl get pods --show-labels"
+            )
+        return found
+
+    def _list_pods(
+        self, selector: str | Mapping[str, str], namespace: str | None
+    ) -> list[Mapping[str, Any]]:
         wanted = parse_selector(selector)
         ns = namespace or self.namespace
         data = self._read(
@@ -157,22 +185,7 @@ class KubernetesTarget(KubePodAccess, KubeFaults):
         for obj in items:
             self._remember(obj)
         self._forget_gone(ns, {o["metadata"]["name"] for o in items}, not wanted)
-        return [
-            _pod(o, self.release_env) for o in sorted(items, key=lambda o: o["metadata"]["name"])
-        ]
-
-    def select(
-        self, selector: str | Mapping[str, str], *, namespace: str | None = None
-    ) -> list[Pod]:
-        """Like :meth:`pods`, but a selector that matches nothing is an error, not a no-op."""
-        found = self.pods(selector, namespace=namespace)
-        if not found:
-            raise SelectorMatchedNothing(
-                f"selector {_selector_string(parse_selector(selector))!r} matched no pod in "
-                f"namespace {namespace or self.namespace!r} (context {self.context!r}); "
-                "check the labels with kubectl get pods --show-labels"
-            )
-        return found
+        return sorted(items, key=lambda o: o["metadata"]["name"])
 
     def workloads(self) -> list[Workload]:
         data = self._read(
@@ -885,6 +898,10 @@ def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
 
 def _selector_string(selector: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in selector.items())
+
+
+def _terminating(obj: Mapping[str, Any]) -> bool:
+    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
 
 
 def _pod(obj: Mapping[str, Any], release_env: str = "DEMO_VERSION") -> Pod:
