@@ -112,6 +112,10 @@ def test_memory_still_high_scales_up_and_drains_old_pod(make_engine, target, adm
         ("add capacity", ("scale_up", "drain_pod"), "fixed"),
     ]
     assert "scale api 3" in target.calls and f"kill_pod {leaky} 15" in target.calls
+    # the GC step was judged at its first bad sample: the rest of its window could not
+    # have made it "fixed", so the next step did not wait for it
+    (gc, _) = engine.store.verifications(incident.id)
+    assert (gc.outcome, gc.detail) == ("not_fixed", "1 of 1 samples broke it (worst 0.95)")
 
 
 def test_memory_at_critical_level_skips_gc(make_engine, target, admin):

@@ -1,5 +1,8 @@
 """After an action: is the alert's condition gone? Fixed, not fixed, or inconclusive.
 
+A window ends at its first sample that breaks the condition: the verdict is then known,
+and the next step (a harsher action, a page) should not wait out the rest of it.
+
 Inconclusive means the probe gave no data for the whole window: the engine must not call
 that "fixed" (a dead exporter looks exactly like a healthy one) nor "not fixed" (which
 would trigger a harsher action on no evidence); the playbook says what to do.
@@ -79,6 +82,8 @@ def verify(
         value = _sample(ctx, cond)
         if value is not None:
             samples.append(value)
+            if not _holds(cond, value):
+                break  # judged: "held over the window" can no longer be true
         if time.monotonic() >= deadline:
             break
         _wait(ctx, min(spec.interval_s, max(0.0, deadline - time.monotonic())))
@@ -96,6 +101,10 @@ def verify(
         detail = f"{len(bad)} of {len(samples)} samples broke it (worst {_worst(cond, bad):g})"
         return VerifyResult(NOT_FIXED, name, detail, tuple(samples))
     return VerifyResult(FIXED, name, f"held in {len(samples)} samples", tuple(samples))
+
+
+def _holds(cond: Condition, value: float) -> bool:
+    return value >= 1.0 if cond.kind == "ready" else cond.holds(value)
 
 
 def _sample(ctx: ActionContext, cond: Condition) -> float | None:
