@@ -371,6 +371,7 @@ CASES = [
     Case("disk-fill", lambda t: DiskFill("db", percent=90), check_disk),
     Case("memory-stress", lambda t: MemoryStress("web", share=0.8), check_memory),
     Case("node-failure", lambda t: NodeFailure("node-a"), check_node),
+    Case("node-outage", lambda t: NodeFailure("node-a", hang=True), check_node),
     Case("pod-kill", lambda t: PodKill("app=web", count=1, replaced_within_s=15), check_pod_kill),
 ]
 BY_ID = pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -29,6 +29,7 @@ from kube_controllers import (  # fixtures: cluster, kubeconfig, target
 )
 
 from pytest_resilience.cleanup import cleanup
+from pytest_resilience.errors import FaultError
 from pytest_resilience.faults.base import FaultContext, FaultSession, is_settled, revert_entries
 from pytest_resilience.faults.disk import DiskFill
 from pytest_resilience.faults.memory import MemoryStress
@@ -317,6 +318,19 @@ def test_pod_kill(
     assert len(ready) == 3 and killed not in ready
     assert_closed(ledger, handle.entry_id)
     assert_marks(timeline, "pod_kill")
+
+
+def test_a_node_outage_is_refused_naming_the_capability(
+    session: FaultSession, cluster: EmulatedCluster, ledger: Ledger
+) -> None:
+    # a NotReady node with its pods still on it: the kubelet's heartbeat would put Ready
+    # back on a status patch, and no API call stops a kind node's container
+    busy = _a_node_of(cluster, "api")
+    with pytest.raises(FaultError, match="capability 'node_outage'"):
+        session.inject(NodeFailure(busy, hang=True))
+    node = cluster.obj(NODES, None, busy)
+    assert node is not None and "unschedulable" not in node["spec"] and not marked(node)
+    assert ledger.open_entries(include_live_owners=True) == []
 
 
 # --------------------------------------------------------------- after a crash: cleanup

@@ -103,8 +103,9 @@ def test_both_targets_carry_the_seam_and_say_what_they_offer() -> None:
     assert issubclass(LocalTarget, FaultPrimitives)
     assert issubclass(KubernetesTarget, FaultPrimitives)
     assert offered(LocalTarget) == set(CAPABILITIES)
-    # pods reached through the API server (proxy, log), releases as template changes
-    assert offered(KubernetesTarget) == set(CAPABILITIES) - {"pod_resources"}
+    # pods reached through the API server (proxy, log), releases as template changes; a
+    # failed node is drained, never left NotReady with its pods (the kubelet heartbeats)
+    assert offered(KubernetesTarget) == set(CAPABILITIES) - {"pod_resources", "node_outage"}
 
 
 SCENARIOS = """

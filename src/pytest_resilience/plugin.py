@@ -355,10 +355,11 @@ def proxy_down(_chaos_faults: FaultSession) -> Callable[..., Any]:
 
 @pytest.fixture
 def node_failure(_chaos_faults: FaultSession) -> Callable[..., Any]:
-    """``node_failure("node-a")``: every pod on the node hangs (local) or is drained (k8s)."""
+    """``node_failure(node)``: every pod on the node hangs (local) or is drained (k8s);
+    ``hang=True`` insists on the hang (capability ``node_outage``)."""
     from .faults.node import NodeFailure
 
-    return lambda node: _chaos_faults.inject(NodeFailure(node))
+    return lambda node, *, hang=False: _chaos_faults.inject(NodeFailure(node, hang=hang))
 
 
 @pytest.fixture

@@ -4,6 +4,10 @@ The target does it (:meth:`~..targets.base.FaultPrimitives.node_failure`): the l
 target pauses every pod on the node (SIGSTOP, so they hold their sockets and answer
 nothing, which is what clients of a NodeNotReady node see); Kubernetes cordons the node
 and drains it through the Eviction API. The undo resumes or uncordons.
+
+``hang=True`` asks for the hang itself on every target (:class:`~..targets.base.NodeOutage`):
+a scenario about what notices a NotReady node needs the pods left on it; a target that
+cannot hang a node refuses before it changes anything.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import FaultError, SelectorMatchedNothing
+from ..targets.base import NodeOutage
 from .base import FaultContext, TargetFault
 
 __all__ = ["NodeFailure"]
@@ -19,16 +24,17 @@ __all__ = ["NodeFailure"]
 class NodeFailure(TargetFault):
     kind = "node_failure"
 
-    def __init__(self, node: str) -> None:
+    def __init__(self, node: str, *, hang: bool = False) -> None:
         if not node or not isinstance(node, str):
             raise FaultError(f"node_failure needs a node name, got {node!r}")
         self.node = node
+        self.hang = hang
 
     def describe(self) -> str:
-        return f"fail node {self.node!r}"
+        return f"{'hang' if self.hang else 'fail'} node {self.node!r}"
 
     def plan(self) -> dict[str, Any]:
-        return {"node": self.node}
+        return {"node": self.node, "hang": self.hang}
 
     def inject(self, ctx: FaultContext) -> dict[str, Any]:
         known = [n.name for n in ctx.target.nodes()]
@@ -36,5 +42,15 @@ class NodeFailure(TargetFault):
             raise SelectorMatchedNothing(
                 f"node_failure: no node named {self.node!r}; the target has {known}"
             )
-        ctx.target.node_failure(self.node, changes=self.changes)
+        if not self.hang:
+            ctx.target.node_failure(self.node, changes=self.changes)
+        elif isinstance(ctx.target, NodeOutage):
+            ctx.target.hang_node(self.node, changes=self.changes)
+        else:
+            raise FaultError(
+                f"node_failure(hang=True): target {ctx.target.name!r} lacks the capability "
+                f"'node_outage' (a node left NotReady with its pods); its node_failure drains "
+                f"the node instead: drop hang=True, or mark the scenario "
+                f"@pytest.mark.chaos(requires=['node_outage'])"
+            )
         return self.spec()

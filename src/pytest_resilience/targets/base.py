@@ -34,6 +34,7 @@ __all__ = [
     "ExecResult",
     "FaultPrimitives",
     "Node",
+    "NodeOutage",
     "ObjectRef",
     "Pod",
     "PodAdmin",
@@ -332,6 +333,18 @@ class PodLogs(Protocol):
 
 
 @runtime_checkable
+class NodeOutage(Protocol):
+    """A node can be made to hang: NotReady, its pods still on it and answering nothing.
+
+    What a scenario needs to show an alert on a NotReady node being acted on: where
+    ``node_failure`` is a drain (Kubernetes, whose kubelet would report the node Ready
+    again), the pods have moved before anything could notice the node.
+    """
+
+    def hang_node(self, node: str, *, changes: ChangeLog) -> None: ...
+
+
+@runtime_checkable
 class ConfiguredCapabilities(Protocol):
     """A target class whose capabilities depend on how the run is configured (the
     Kubernetes target has Toxiproxy only with ``--toxiproxy-url``); asked at collection."""
@@ -350,6 +363,7 @@ CAPABILITIES: dict[str, type] = {
     "releases": Releases,
     "pod_resources": PodResources,
     "pod_logs": PodLogs,
+    "node_outage": NodeOutage,
 }
 
 

@@ -169,6 +169,11 @@ class LocalFaults:
     # ------------------------------------------------------------------- node
 
     def node_failure(self: _LocalHost, node: str, *, changes: ChangeLog) -> None:
+        """A local node fails by hanging: there is no kubelet to drain it."""
+        self.hang_node(node, changes=changes)  # type: ignore[attr-defined]
+
+    def hang_node(self: _LocalHost, node: str, *, changes: ChangeLog) -> None:
+        """Pause every pod on the node (SIGSTOP): the node goes NotReady (:class:`NodeOutage`)."""
         pods = [p for p in self.pods() if p.node == node]
         changes.put(
             _record(
