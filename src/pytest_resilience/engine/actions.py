@@ -9,10 +9,13 @@ their own with the decorator::
     def flush_queue(ctx: ActionContext, *, queue: str = "jobs") -> str: ...
 
 Register before the playbooks are loaded; an unknown name fails the load (ConfigError).
+``@action(name, check=fn)`` also checks option values at load: ``fn`` gets every option
+(defaults filled in) as keywords and raises ValueError naming the bad one.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import signal
@@ -26,21 +29,47 @@ from ..targets import pod_http
 from ..targets.base import Pod, PodAdmin, Target
 from .alerts import Alert, Probe
 
-__all__ = ["REGISTRY", "ActionContext", "AdminUrl", "action", "default_admin_url"]
+__all__ = [
+    "CHECKS",
+    "REGISTRY",
+    "ActionContext",
+    "AdminUrl",
+    "action",
+    "check_params",
+    "default_admin_url",
+]
 
 ActionFn = Callable[..., str | None]
 AdminUrl = Callable[[Target, Pod], str]
 REGISTRY: dict[str, ActionFn] = {}
+#: action name -> its option check (``check=`` of :func:`action`)
+CHECKS: dict[str, Callable[..., object]] = {}
 
 
-def action(name: str) -> Callable[[ActionFn], ActionFn]:
+def action(
+    name: str, *, check: Callable[..., object] | None = None
+) -> Callable[[ActionFn], ActionFn]:
     """Register ``fn(ctx, **params)`` under ``name`` for playbooks to call."""
 
     def register(fn: ActionFn) -> ActionFn:
         REGISTRY[name] = fn
+        if check is not None:
+            CHECKS[name] = check
+        else:
+            CHECKS.pop(name, None)
         return fn
 
     return register
+
+
+def check_params(name: str, params: Mapping[str, Any]) -> None:
+    """Raise TypeError (unknown/missing option) or ValueError (bad value) for ``params``."""
+    bound = inspect.signature(REGISTRY[name]).bind(None, **params)
+    check = CHECKS.get(name)
+    if check is not None:
+        bound.apply_defaults()
+        ctx_name = next(iter(bound.arguments))
+        check(**{k: v for k, v in bound.arguments.items() if k != ctx_name})
 
 
 def default_admin_url(target: Target, pod: Pod) -> str:
@@ -252,3 +281,7 @@ def _int(value: Any) -> int | None:
         return int(float(value)) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
+
+
+# the actions that speak a datastore's own protocol (Postgres, Redis) register themselves
+from . import datastores as _datastores  # noqa: E402,F401

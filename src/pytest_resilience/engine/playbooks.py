@@ -53,7 +53,6 @@ was tried and is escalated, never acted on.
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -63,7 +62,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from .actions import REGISTRY
+from .actions import REGISTRY, check_params
 from .alerts import _OPS, Alert, Rule, compare
 from .targeting import KINDS, TargetLabel
 
@@ -539,8 +538,8 @@ def _actions(r: _Reader, node: _Map, path: str) -> tuple[ActionCall, ...]:
                 "action" if isinstance(item, _Map) else i,
             )
         try:
-            inspect.signature(fn).bind(None, **params)
-        except TypeError as exc:
+            check_params(name, params)
+        except (TypeError, ValueError) as exc:
             raise r.error(f"bad parameters for action {name!r}: {exc}", where, item) from None
         calls.append(ActionCall(name, dict(params)))
     return tuple(calls)
