@@ -4,9 +4,11 @@
     incidents   list the incidents a store holds (table or JSON), ids for postmortem
     postmortem  export one incident (Markdown or JSON) from a store
 
-The target is the embedded local target (``--target local --services FILE``), or any
-Target built by a factory (``--target-factory module:function``), or none: then
-every alert is escalated (there is nothing to act on) unless ``--dry-run``.
+The target is the embedded local target (``--target local --services FILE``), a Kubernetes
+cluster (``--target kubernetes``: the pod's service account when run in one, else a kubeconfig;
+the plugin's blast-radius rules, ``--chaos-allow``), or any Target built by a factory
+(``--target-factory module:function``), or none: then every alert is escalated (there is
+nothing to act on) unless ``--dry-run``.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from ..errors import ConfigError, ResilienceError
+from ..errors import ConfigError, NotAllowed, ResilienceError, TargetError
 from .escalation import GenericWebhook, PagerDuty
 from .listing import incidents_json, incidents_table, list_incidents, parse_since
 from .playbooks import BUNDLED_PLAYBOOKS
@@ -57,13 +60,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--target",
-        choices=("none", "local"),
+        choices=("none", "local", "kubernetes"),
         default="none",
-        help="what actions act on: none (every alert is escalated) or local (the embedded "
-        "local target, needs --services); default %(default)s",
+        help="what actions act on: none (every alert is escalated), local (the embedded "
+        "local target, needs --services) or kubernetes (a cluster: in a pod its service "
+        "account, else --kubeconfig/--context); default %(default)s",
     )
     serve.add_argument(
         "--services", type=Path, metavar="FILE", help="services YAML for --target local"
+    )
+    serve.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="kubeconfig for --target kubernetes (default: in a pod, i.e. with "
+        "KUBERNETES_SERVICE_HOST set, the pod's service account; else $KUBECONFIG or "
+        "~/.kube/config)",
+    )
+    serve.add_argument(
+        "--context", help="kubeconfig context for --target kubernetes (default: its current one)"
+    )
+    serve.add_argument(
+        "--namespace",
+        help="namespace whose workloads --target kubernetes acts on (default: in a pod its own, "
+        "else default)",
+    )
+    serve.add_argument(
+        "--chaos-allow",
+        "--allow",
+        dest="allow",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="the plugin's blast-radius rules for --target kubernetes, repeatable: "
+        "context:NAME, namespace:NAME, !namespace:NAME, !context:NAME; only kind-* contexts "
+        "on a local server are allowed by default, in a pod the context is 'in-cluster' "
+        "(allow it with context:in-cluster); system namespaces need namespace:NAME",
     )
     serve.add_argument(
         "--target-factory",
@@ -185,6 +216,8 @@ def _target(args: argparse.Namespace):
             raise ConfigError(
                 f"cannot load {args.target_factory!r}: {exc}", field="--target-factory"
             ) from None
+    if args.target == "kubernetes":
+        return _kubernetes_target(args)
     if args.target == "local":
         if args.services is None:
             raise ConfigError("--target local needs --services FILE", field="--services")
@@ -194,6 +227,66 @@ def _target(args: argparse.Namespace):
         target.start()
         return target
     return _NoTarget()
+
+
+_KUBE_OPTIONS = ("kubeconfig", "context", "namespace", "allow")
+_SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def _check_target_options(args: argparse.Namespace) -> None:
+    """Options of one target given with another are a mistake, not something to ignore."""
+    chosen = "--target-factory" if args.target_factory else f"--target {args.target}"
+    if args.target_factory and args.target != "none":
+        raise ConfigError(
+            f"give either --target-factory or --target {args.target}, not both",
+            field="--target-factory",
+        )
+    if args.target != "kubernetes":
+        for name in _KUBE_OPTIONS:
+            if getattr(args, name):
+                flag = "--chaos-allow" if name == "allow" else f"--{name}"
+                raise ConfigError(f"{flag} is for --target kubernetes, not {chosen}", field=flag)
+    if args.target != "local" and args.services is not None:
+        raise ConfigError(f"--services is for --target local, not {chosen}", field="--services")
+
+
+def _kubernetes_target(args: argparse.Namespace):
+    """The cluster, under the plugin's blast-radius policy (targets/kube_safety.py): a
+    refused context or namespace stops serve before any request is sent."""
+    from ..targets.kube_safety import ChaosPolicy
+    from ..targets.kubernetes import KubernetesTarget
+
+    ChaosPolicy.parse(args.allow)  # a malformed rule is named before connecting
+    in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not (
+        args.kubeconfig or args.context
+    )
+    if args.kubeconfig and not Path(args.kubeconfig).is_file():
+        raise ConfigError(f"no such file: {args.kubeconfig}", field="--kubeconfig")
+    namespace = args.namespace
+    if namespace is None:
+        own = Path(_SA_NAMESPACE)
+        namespace = own.read_text().strip() if in_cluster and own.is_file() else "default"
+    if not _DNS_LABEL.fullmatch(namespace):
+        raise ConfigError(
+            f"{namespace!r} is not a namespace name (lowercase letters, digits and '-', "
+            "at most 63)",
+            field="--namespace",
+        )
+    try:
+        return KubernetesTarget(
+            kubeconfig=args.kubeconfig,
+            context=args.context,
+            namespace=namespace,
+            allow=args.allow,
+            dry_run=args.dry_run,
+            in_cluster=in_cluster,
+        )
+    except NotAllowed:
+        raise  # names the rule to pass (--chaos-allow ...)
+    except TargetError as exc:  # kubeconfig or context unusable, not in a pod
+        field = "--context" if args.context else "--kubeconfig"
+        raise ConfigError(str(exc), field=field) from None
 
 
 class _NoTarget:
@@ -229,7 +322,15 @@ def _serve(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"environment variable {args.token_env} is not set", field="--token-env"
             )
+    _check_target_options(args)
     target = _target(args)
+    if getattr(target, "name", "") == "kubernetes":
+        LOGGER.info(
+            "acting on kubernetes context %r (API server %s), namespace %r",
+            str(target.context),
+            target.conn.host,
+            target.namespace,
+        )
     engine = Engine(
         target,
         playbooks_dir=[BUNDLED_PLAYBOOKS, *args.playbooks],

@@ -15,13 +15,14 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..errors import NotAllowed, TargetError
 
 __all__ = [
+    "IN_CLUSTER",
     "ContextName",
     "ExecStatus",
     "KubeApiError",
@@ -35,6 +36,7 @@ __all__ = [
     "KubeUnreachable",
     "call",
     "connect",
+    "connect_in_cluster",
     "describe_target",
     "exec_status",
     "translate",
@@ -177,6 +179,42 @@ def connect(*, kubeconfig: str | None = None, context: str | None = None) -> Kub
         context=ContextName(chosen, str(configuration.host)),
         configuration=configuration,
         kubeconfig=path,
+    )
+
+
+#: the context name of the pod's own service account connection (no kubeconfig): the safety
+#: policy sees it like any other context, so ``--chaos-allow context:in-cluster`` admits it
+IN_CLUSTER = "in-cluster"
+_SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def connect_in_cluster(
+    *,
+    token_file: str = f"{_SA_DIR}/token",
+    ca_file: str = f"{_SA_DIR}/ca.crt",
+    environ: Mapping[str, str] | None = None,
+) -> KubeConnection:
+    """The pod's service account (``KUBERNETES_SERVICE_HOST``/``_PORT``, its token and CA),
+    as ``kubectl`` does in a pod; the token is re-read as the kubelet rotates it. Nothing is
+    sent: the context is :data:`IN_CLUSTER` with that API server, for the safety policy."""
+    import kubernetes.client
+    from kubernetes.config.config_exception import ConfigException
+    from kubernetes.config.incluster_config import InClusterConfigLoader
+
+    env = os.environ if environ is None else environ
+    configuration = kubernetes.client.Configuration()
+    try:
+        InClusterConfigLoader(token_file, ca_file, environ=env).load_and_set(configuration)
+    except ConfigException as exc:
+        raise TargetError(
+            f"no in-cluster config ({exc}): KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT and "
+            f"the service account's {token_file} and {ca_file} must be there (a pod with "
+            "automountServiceAccountToken); outside a pod use a kubeconfig"
+        ) from None
+    return KubeConnection(
+        context=ContextName(IN_CLUSTER, str(configuration.host)),
+        configuration=configuration,
+        kubeconfig="",
     )
 
 

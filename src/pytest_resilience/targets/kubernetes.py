@@ -51,6 +51,7 @@ from .kube_api import (
     KubeTooManyRequests,
     call,
     connect,
+    connect_in_cluster,
     exec_status,
     translate,
 )
@@ -83,8 +84,9 @@ class KubernetesTarget(KubePodAccess, KubeFaults):
     """:class:`~pytest_resilience.targets.base.Target` on a Kubernetes cluster.
 
     ``context``/``kubeconfig`` pick the cluster (default: the kubeconfig's current
-    context); ``namespace`` is where workloads live; ``allow`` takes ``--chaos-allow``
-    values (syntax in :mod:`.kube_safety`).
+    context), or ``in_cluster=True`` the pod's own service account (context
+    ``in-cluster``, refused unless allowed like any other); ``namespace`` is where
+    workloads live; ``allow`` takes ``--chaos-allow`` values (syntax in :mod:`.kube_safety`).
     """
 
     name = "kubernetes"
@@ -103,9 +105,12 @@ class KubernetesTarget(KubePodAccess, KubeFaults):
         net_image: str = "nicolaka/netshoot:v0.13",
         release_env: str = "DEMO_VERSION",
         sigkill_by_exec: bool = False,
+        in_cluster: bool = False,
     ):
         self.policy = ChaosPolicy.parse(allow)
-        self.conn: KubeConnection = connect(kubeconfig=kubeconfig, context=context)
+        self.conn: KubeConnection = (
+            connect_in_cluster() if in_cluster else connect(kubeconfig=kubeconfig, context=context)
+        )
         self.policy.check_context(self.conn.context)
         self.policy.check_namespace(namespace)
         self.context = self.conn.context

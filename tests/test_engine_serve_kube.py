@@ -1,0 +1,259 @@
+"""``serve --target kubernetes``: the engine as a cluster's service.
+
+The real kube-prometheus ``KubePodCrashLooping`` delivery (tests/payloads/) goes over HTTP to a
+``serve`` process pointed at the API emulator through a kubeconfig; the crash-loop playbook's
+restart_pod acts on the emulated cluster, and every request the engine made is one that
+deploy/engine/engine.yaml's RBAC grants. In a pod the engine takes its service account (the
+in-cluster config) and the plugin's blast-radius policy decides whether it may act; bad options
+are refused naming the option.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kube_controllers import PODS, EmulatedCluster
+from test_engine_rbac import ENGINE_YAML, _granted, permissions_of
+
+from pytest_resilience.engine.__main__ import main
+from pytest_resilience.errors import NotAllowed, TargetError
+from pytest_resilience.targets.kube_api import IN_CLUSTER, connect_in_cluster
+from pytest_resilience.targets.kube_safety import ChaosPolicy
+
+NS = "shop"
+PAYLOAD = Path(__file__).parent / "payloads" / "alertmanager-0.25-kube-pod-crashlooping-firing.body"
+SAMPLE_POD = "api-7d9f8b6c5d-xk2mn"  # the pod the real delivery names
+
+
+def _no_pod_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE_")}
+
+
+@pytest.fixture
+def cluster() -> Iterator[EmulatedCluster]:
+    with EmulatedCluster() as c:
+        c.seed(namespace=NS)
+        yield c
+
+
+@pytest.fixture
+def kubeconfig(cluster: EmulatedCluster, tmp_path: Path) -> Path:
+    return cluster.kubeconfig(tmp_path, namespace=NS)
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator:
+    procs: list[subprocess.Popen] = []
+
+    def start(args: list[str]) -> str:
+        log = (tmp_path / "serve.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest_resilience.engine", "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=_no_pod_env(),
+        )
+        procs.append(proc)
+        deadline, line = time.monotonic() + 30, b""
+        while b"\n" not in line and time.monotonic() < deadline:
+            if select.select([proc.stdout], [], [], 0.2)[0]:
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                line += chunk
+        match = re.search(rb"listening on (http://[\d.:]+)/alerts", line)
+        assert match, (line, (tmp_path / "serve.log").read_text())
+        return match.group(1).decode()
+
+    yield start
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _delivery(pod: str, uid: str) -> bytes:
+    """The real body, for the emulated cluster's pod (its name is random, as a real one)."""
+    body = "".join(line for line in PAYLOAD.read_text().splitlines() if not line.startswith("#"))
+    assert SAMPLE_POD in body
+    return (
+        body.replace(SAMPLE_POD, pod).replace("3f1c2b9e-5a2d-4d7e-9a57-0c1f8e6b2a41", uid).encode()
+    )
+
+
+def _pod(cluster: EmulatedCluster, name: str) -> dict | None:
+    return cluster.obj(PODS, NS, name)
+
+
+def test_a_real_crashlooping_delivery_restarts_the_pod_on_the_cluster(
+    cluster: EmulatedCluster, kubeconfig: Path, serve, tmp_path: Path
+) -> None:
+    victim = sorted(cluster.pods_of(NS, "api"), key=lambda p: p["metadata"]["name"])[0]
+    name, uid = victim["metadata"]["name"], victim["metadata"]["uid"]
+    start = len(cluster.requests())
+    url = serve(
+        [
+            "--target=kubernetes",
+            f"--kubeconfig={kubeconfig}",
+            f"--namespace={NS}",
+            f"--store={tmp_path / 'engine.sqlite'}",
+            "--listen=127.0.0.1:0",
+        ]
+    )
+    request = urllib.request.Request(
+        url + "/alerts",
+        data=_delivery(name, uid),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+
+    # restart_pod on Kubernetes: kill -TERM 1 by exec in the alert's pod; the app exits and
+    # the kubelet restarts its container (the emulated kubelet: tests/kube_controllers.py)
+    def restarted() -> bool:
+        pod = _pod(cluster, name) or {}
+        statuses = (pod.get("status") or {}).get("containerStatuses") or [{}]
+        return int(statuses[0].get("restartCount") or 0) >= 1
+
+    cluster.eventually(restarted, timeout=30)
+    kills = [argv for ns, pod, _, argv in cluster.exec_log if (ns, pod) == (NS, name)]
+    assert kills == [["sh", "-c", "kill -TERM 1"]]
+    assert {pod for _, pod, _, _ in cluster.exec_log} == {name}  # only the alert's pod
+    assert _pod(cluster, name)["metadata"]["uid"] == uid  # the same pod, a fresh container
+    # the action is on the record, where `incidents` and `postmortem` read it
+    cluster.eventually(lambda: _action_recorded(tmp_path / "engine.sqlite", name), timeout=30)
+
+    # every request the engine made is one the manifest's RBAC grants
+    granted = {(p.group, p.resource, p.verb) for p in _manifest_grants()}
+    made = set()
+    for r in cluster.requests()[start:]:
+        made |= {(p.group, p.resource, p.verb, p.cluster) for p in permissions_of(r, NS)}
+    cluster_wide = {(p.group, p.resource, p.verb) for p in _manifest_grants() if p.cluster}
+    denied = [m for m in made if m[:3] not in granted or (m[3] and m[:3] not in cluster_wide)]
+    assert not denied, f"requests engine.yaml's RBAC would refuse: {sorted(denied)}"
+
+
+def _manifest_grants() -> set:
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(ENGINE_YAML.read_text()) if d]
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    (wide,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    return _granted(role["rules"], cluster=False) | _granted(wide["rules"], cluster=True)
+
+
+def _engine_cli(*args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest_resilience.engine", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=_no_pod_env(),
+    )
+    return out.stdout if out.returncode == 0 else ""
+
+
+def _action_recorded(store: Path, pod: str) -> bool:
+    """The store says restart_pod killed that pod, for the crash-loop incident on api."""
+    listed = json.loads(_engine_cli("incidents", f"--store={store}", "--format=json") or "[]")
+    ids = [
+        i["id"]
+        for i in listed
+        if i["alert"] == "KubePodCrashLooping"
+        and i["target"] == "api"
+        and i["playbook"] == "Pod Crash Loop"
+    ]
+    return bool(ids) and f"killed pod {pod} (SIGTERM)" in _engine_cli(
+        "postmortem", f"--store={store}", ids[0], "--format=json"
+    )
+
+
+# -- in a pod ---------------------------------------------------------------------------------
+
+
+def _service_account(tmp_path: Path) -> tuple[str, str]:
+    token, ca = tmp_path / "token", tmp_path / "ca.crt"
+    token.write_text("sa-token")
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    return str(token), str(ca)
+
+
+def test_in_a_pod_the_service_account_is_the_context_in_cluster(tmp_path: Path) -> None:
+    token, ca = _service_account(tmp_path)
+    env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    conn = connect_in_cluster(token_file=token, ca_file=ca, environ=env)
+    assert (str(conn.context), conn.host) == (IN_CLUSTER, "https://10.96.0.1:443")
+    assert conn.configuration.ssl_ca_cert == ca
+    assert conn.configuration.get_api_key_with_prefix("BearerToken") == "bearer sa-token"
+    # the plugin's policy: a cluster reached from a pod is not a kind cluster by name
+    with pytest.raises(NotAllowed, match="--chaos-allow context:in-cluster"):
+        ChaosPolicy.parse([]).check_context(conn.context)
+    ChaosPolicy.parse(["context:in-cluster"]).check_context(conn.context)
+
+
+def test_outside_a_pod_the_in_cluster_config_says_what_is_missing(tmp_path: Path) -> None:
+    token, ca = _service_account(tmp_path)
+    with pytest.raises(TargetError, match=r"KUBERNETES_SERVICE_HOST.*outside a pod use a kube"):
+        connect_in_cluster(token_file=token, ca_file=ca, environ={})
+
+
+# -- options refused, naming the option ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--target=local", "--kubeconfig=k"], "--kubeconfig is for --target kubernetes"),
+        (["--namespace=shop"], "--namespace is for --target kubernetes"),
+        (["--target=none", "--chaos-allow=context:x"], "--chaos-allow is for --target kube"),
+        (["--target=kubernetes", "--services=s.yaml"], "--services is for --target local"),
+        (["--target=kubernetes", "--target-factory=m:f"], "field '--target-factory'"),
+        (["--target=kubernetes", "--kubeconfig=/nonexistent/kubeconfig"], "'--kubeconfig'"),
+        (["--target=kubernetes", "KUBECONFIG", "--context=prod"], "field '--context'.*kind-test"),
+        (["--target=kubernetes", "KUBECONFIG", "--namespace=Shop_1"], "field '--namespace'"),
+        (["--target=kubernetes", "KUBECONFIG", "--chaos-allow=cluster:x"], "'--chaos-allow'"),
+        (
+            ["--target=kubernetes", "KUBECONFIG", "--namespace=kube-system"],
+            "pass --chaos-allow namespace:kube-system",
+        ),
+    ],
+)
+def test_bad_kubernetes_options_are_refused_naming_the_option(
+    args: list[str], named: str, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    # a kubeconfig of a kind-like cluster that is not there: every refusal comes first
+    kubeconfig = EmulatedCluster().kubeconfig(tmp_path, server="http://127.0.0.1:9")
+    args = [f"--kubeconfig={kubeconfig}" if a == "KUBECONFIG" else a for a in args]
+    store = tmp_path / "engine.sqlite"
+    assert main(["serve", f"--store={store}", "--listen=127.0.0.1:0", *args]) == 2
+    err = capsys.readouterr().err
+    assert re.search(named, err), err
+    assert not store.exists()  # refused before the engine started
+
+
+def test_in_a_pod_without_its_service_account_serve_says_so(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    code = main(["serve", f"--store={tmp_path / 'e.sqlite'}", "--target=kubernetes"])
+    err = capsys.readouterr().err
+    if Path("/var/run/secrets/kubernetes.io/serviceaccount/token").exists():
+        pytest.skip("this test runs in a pod: the service account is there")
+    assert code == 2 and "no in-cluster config" in err and "--kubeconfig" in err, err
