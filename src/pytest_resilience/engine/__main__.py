@@ -274,7 +274,7 @@ def _kubernetes_target(args: argparse.Namespace):
             field="--namespace",
         )
     try:
-        return KubernetesTarget(
+        target = KubernetesTarget(
             kubeconfig=args.kubeconfig,
             context=args.context,
             namespace=namespace,
@@ -282,6 +282,13 @@ def _kubernetes_target(args: argparse.Namespace):
             dry_run=args.dry_run,
             in_cluster=in_cluster,
         )
+        LOGGER.info(
+            "acting on kubernetes context %r (API server %s), namespace %r",
+            str(target.context),
+            target.conn.host,
+            target.namespace,
+        )
+        return target
     except NotAllowed:
         raise  # names the rule to pass (--chaos-allow ...)
     except TargetError as exc:  # kubeconfig or context unusable, not in a pod
@@ -324,13 +331,6 @@ def _serve(args: argparse.Namespace) -> int:
             )
     _check_target_options(args)
     target = _target(args)
-    if getattr(target, "name", "") == "kubernetes":
-        LOGGER.info(
-            "acting on kubernetes context %r (API server %s), namespace %r",
-            str(target.context),
-            target.conn.host,
-            target.namespace,
-        )
     engine = Engine(
         target,
         playbooks_dir=[BUNDLED_PLAYBOOKS, *args.playbooks],
