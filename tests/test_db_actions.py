@@ -22,8 +22,15 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 import redis
+from test_engine_support import fast_playbooks, wait_for
 
-from pytest_resilience.engine import BUNDLED_PLAYBOOKS, REGISTRY, load_playbook, load_playbooks
+from pytest_resilience.engine import (
+    BUNDLED_PLAYBOOKS,
+    REGISTRY,
+    Engine,
+    load_playbook,
+    load_playbooks,
+)
 from pytest_resilience.engine.actions import ActionContext
 from pytest_resilience.engine.alerts import Alert
 from pytest_resilience.errors import ConfigError, TargetError
@@ -383,3 +390,60 @@ def _first_actions(alert: str) -> list[str]:
 )
 def test_exporter_alerts_reach_the_protocol_actions(alert: str, actions: list[str]) -> None:
     assert _first_actions(alert) == actions
+
+
+# -- through the engine: an exporter's alert, the bundled playbook, the real server -------
+
+
+@pytest.fixture
+def engine(target: LocalTarget, tmp_path: Path) -> Iterator[Engine]:
+    books = fast_playbooks(tmp_path / "books", names={"resource-exhaustion"})
+    path = books / "resource-exhaustion.yaml"  # the same decisions, seconds not minutes
+    path.write_text(path.read_text().replace("idle_for: 5m", f"idle_for: {IDLE_S:g}s"))
+    e = Engine(target, playbooks_dir=books, store_path=tmp_path / "e.db").start()
+    yield e
+    e.close()
+
+
+def _acted(engine: Engine, name: str) -> Any:
+    return wait_for(
+        lambda: next((a for a in engine.actions() if a.action == name and a.ended_at), None),
+        timeout=60,
+        what=f"{name} finished",
+    )
+
+
+def test_postgres_exporter_alert_terminates_idle_connections(target, pg, engine) -> None:
+    old = [pg() for _ in range(2)]
+    pids = {c.info.backend_pid for c in old}
+    _until("idle long enough", lambda: all(_activity(target)[p][2] > IDLE_S for p in pids))
+    young = pg()
+    # as postgres_exporter's rule sends it: `service`/`instance` name the database
+    engine.submit(
+        Alert(
+            "PostgresqlTooManyConnections", "postgres",
+            labels={"service": "postgres", "instance": "10.0.0.7:9187", "severity": "warning"},
+            source="webhook",
+        )
+    )  # fmt: skip
+    action = _acted(engine, "terminate_idle_connections")
+    assert action.result == "ok", action.detail
+    assert action.detail.startswith("terminated 2 idle connection(s)"), action.detail
+    now = _activity(target)
+    assert not pids & set(now) and young.info.backend_pid in now
+
+
+def test_redis_exporter_alert_unlinks_the_keys_its_rule_names(target, cache, engine) -> None:
+    _fill(cache)
+    engine.submit(
+        Alert(
+            "RedisOutOfConfiguredMaxmemory", "redis",
+            labels={"service": "redis", "instance": "10.0.0.8:9121", "severity": "critical"},
+            annotations={"stale_keys": "cache:*"}, severity="critical", source="webhook",
+        )
+    )  # fmt: skip
+    action = _acted(engine, "unlink_stale_keys")
+    assert action.result == "ok", action.detail
+    assert action.detail.startswith("unlinked 1200 stale key(s) matching 'cache:*'")
+    assert _count(cache, "cache:stale:*") == 0 and _count(cache, "cache:item:*") == 300
+    assert _count(cache, "queue:*") == 50
