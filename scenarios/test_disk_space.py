@@ -2,10 +2,10 @@
 
 Hypothesis: rows written (with their checksums) before the disk fills are intact after it:
 every one still verifies against the checksum the API returned when it was stored. While
-the volume is full, the API's /metrics reports ``demo_disk_used_ratio`` >= 0.9, so an alert
-rule on it fires (the engine's own rule evaluator, over the same probe the remediation
-engine uses) and resolves once the space is back. Under load the service recovers within
-30 s of the revert.
+the volume is full, its usage as the platform counts it (``df`` of the local volume, ``du``
+against the emptyDir's sizeLimit as the kubelet does) reads >= 0.9, so an alert rule on it
+fires (the engine's own rule evaluator) and resolves once the space is back. Under load the
+service recovers within 30 s of the revert.
 """
 
 from __future__ import annotations
@@ -16,50 +16,42 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
 
 from pytest_resilience.engine.alerts import Alert, Rule, RuleEvaluator
-from pytest_resilience.probes import BuiltinProbes
 
-# demo_disk_used_ratio is read from each API pod's /metrics (BuiltinProbes).
-pytestmark = pytest.mark.chaos(requires=["pod_metrics"])
+# The database volume's usage is read where the platform reads it (the target).
+pytestmark = pytest.mark.chaos(requires=["volume_usage"])
 
 ROWS = range(9001, 9041)  # clear of the seeded ids (1..1000) and the load's writes (1001..1100)
 DISK_ALERT = Rule("DiskSpaceLow", "disk_use", "above", 0.85, "postgres", for_s=1.0)
 ALERT_TIMEOUT_S = 20.0
 
 
-def test_disk_at_90_percent_corrupts_nothing_and_fires_an_alert(
-    chaos_target, load, disk_fill, slo, timeline
-):
+def test_disk_at_90_percent_corrupts_nothing_and_fires_an_alert(chaos_target, load, disk_fill, slo):
     slo.error_rate(below=0.01, window_s=5)
     slo.latency(percentile=99, below_ms=2000, window_s=5)
     api = chaos_target.endpoint("api")
     written = {item: _post(api, item) for item in ROWS}  # id -> checksum, before the fault
-    probes = BuiltinProbes(chaos_target, timeline)
 
-    try:
-        with load(users=10, spawn_rate=10) as run, _alerts(probes) as alerts:
-            run.wait_for_samples(5, timeout=40)
-            slo.assert_holds()
-            assert probes.disk_use() < DISK_ALERT.threshold
+    def disk_use() -> float | None:
+        return chaos_target.volume_usage("postgres")
 
-            filled = disk_fill("postgres", percent=90)
-            firing = alerts.wait(lambda a: a.name == DISK_ALERT.alert and a.firing)
-            assert firing.value is not None and firing.value >= 0.9  # demo_disk_used_ratio
-            ratios = [
-                s.get("demo_disk_used_ratio") for s in probes.scrape().values()
-            ]  # every API pod sees the database's volume
-            assert ratios and all(r is not None and r >= 0.9 for r in ratios), ratios
+    with load(users=10, spawn_rate=10) as run, _alerts(disk_use) as alerts:
+        run.wait_for_samples(5, timeout=40)
+        slo.assert_holds()
+        assert (disk_use() or 0.0) < DISK_ALERT.threshold
 
-            filled.revert()
-            alerts.wait(lambda a: a.name == DISK_ALERT.alert and not a.firing)
-            slo.assert_recovers(within_s=30)
-    finally:
-        probes.close()
+        filled = disk_fill("postgres", percent=90)
+        firing = alerts.wait(lambda a: a.name == DISK_ALERT.alert and a.firing)
+        assert firing.value is not None and firing.value >= 0.9
+
+        filled.revert()
+        alerts.wait(lambda a: a.name == DISK_ALERT.alert and not a.firing)
+        slo.assert_recovers(within_s=30)
 
     for item, checksum in written.items():
         status, body = _get(f"{api}/items/{item}/verify")
@@ -88,10 +80,10 @@ class _Alerts:
 
 
 @contextmanager
-def _alerts(probes: BuiltinProbes) -> Iterator[_Alerts]:
+def _alerts(disk_use: Callable[[], float | None]) -> Iterator[_Alerts]:
     """Evaluate the disk rule twice a second, as the engine's evaluator would."""
     alerts = _Alerts()
-    evaluator = RuleEvaluator([DISK_ALERT], {"disk_use": probes.disk_use}, alerts.submit)
+    evaluator = RuleEvaluator([DISK_ALERT], {"disk_use": disk_use}, alerts.submit)
     stop = threading.Event()
 
     def tick() -> None:

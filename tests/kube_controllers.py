@@ -962,7 +962,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         code, out, err = (
             (0, "", "")
             if missing
-            else (_kill_all_reply(spec, argv) or self.cluster.exec_reply(argv))
+            else (
+                _kill_all_reply(spec, argv)
+                or self._exec_reply(request.namespace, request.name, argv)
+            )
         )
         model = self.cluster.containers.setdefault(key, ContainerModel())
         if code == 0 and not missing:
@@ -1005,6 +1008,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         await ws.send_bytes(b"\x03" + json.dumps(status).encode())
         await ws.close()
         return ws
+
+    def _exec_reply(self, ns: str, pod: str, argv: list[str]) -> tuple[int, str, str]:
+        """(exit code, stdout, stderr) of a command exec'd in a pod: the test's canned replies."""
+        return self.cluster.exec_reply(argv)
 
     async def _apply_exec(self, ns: str, pod: str, argv: list[str], model: ContainerModel) -> None:
         """A model of the fault commands' effects; nothing runs on this machine."""

@@ -63,6 +63,7 @@ import random
 import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -671,10 +672,24 @@ class ProcessKubelet(ClusterEmulator):
             if ctx is not None and not ctx.stopping:
                 self.kc.spawn(self._stop_pod(ctx, 0.0))  # kubelet: at least 2 s of SIGTERM
 
+    def _exec_reply(self, ns: str, pod: str, argv: list[str]) -> tuple[int, str, str]:
+        """``du -sk MOUNT`` measures the pod's volume directory for real (what the kubelet's
+        eviction manager counts for an emptyDir), unless the test canned a reply."""
+        canned = next((r for match, r in self.cluster.exec_replies if match(argv)), None)
+        ctx = self._runtime_of(ns, pod)
+        if canned is not None or ctx is None or argv[:2] != ["du", "-sk"] or len(argv) != 3:
+            return super()._exec_reply(ns, pod, argv)
+        done = subprocess.run(
+            ["du", "-sk", ctx.host_path(argv[2])], capture_output=True, text=True, check=False
+        )
+        size = done.stdout.split("\t", 1)[0]
+        return done.returncode, f"{size}\t{argv[2]}\n" if size else "", done.stderr
+
     async def _apply_exec(self, ns: str, pod: str, argv: list[str], model: Any) -> None:
         """``kill -SIG 1`` reaches the container's main process for real, as PID 1 of its
         pid namespace: only a signal it has a handler for is delivered (pid_namespaces(7));
-        everything else stays the emulator's model."""
+        disk_fill's ``fallocate`` and its undo's ``rm -f`` land in the pod's volume
+        directory; everything else stays the emulator's model."""
         script = argv[2] if argv[:2] == ["sh", "-c"] else " ".join(argv)
         kill = re.fullmatch(r"\s*kill -(\w+) 1\s*", script)
         if not kill:
@@ -682,6 +697,8 @@ class ProcessKubelet(ClusterEmulator):
             ctx = self._runtime_of(ns, pod)
             if ctx is not None and "iptables" in script:
                 await self._netns_iptables(ctx, script)
+            if ctx is not None:
+                _fill_files(ctx, script)
             return
         ctx = self._runtime_of(ns, pod)
         if ctx is None:
@@ -973,6 +990,19 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
 
 
 # ------------------------------------------------------------------------ cluster
+
+
+def _fill_files(ctx: PodContext, script: str) -> None:
+    """disk_fill's file in the pod's volume, for real: ``fallocate -l NM FILE``, ``rm -f``."""
+    for size, path in re.findall(r"fallocate -l (\d+)M (\S+)", script):
+        host = Path(ctx.host_path(path.strip("'")))
+        if host.parent.is_dir():
+            with open(host, "wb") as handle:
+                os.posix_fallocate(handle.fileno(), 0, int(size) << 20)
+    for path in re.findall(r"rm -f (\S+)", script):
+        host = Path(ctx.host_path(path.strip("';")))
+        if ".pytest-resilience-fill-" in host.name:
+            host.unlink(missing_ok=True)
 
 
 class KubeletCluster(EmulatedCluster):

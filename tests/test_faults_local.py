@@ -301,6 +301,7 @@ def check_disk(target: LocalTarget, before: State, handle: ActiveFault) -> None:
     size, used = (int(v) for v in df.stdout.splitlines()[1].split())
     assert used / size >= 0.90, df.stdout
     assert fill.stat().st_blocks * 512 == used - before.disk_used  # the fill file is the change
+    assert target.volume_usage("db") == pytest.approx(used / size)  # as df counts it
 
 
 def check_memory(target: LocalTarget, before: State, handle: ActiveFault) -> None:

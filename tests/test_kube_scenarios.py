@@ -142,10 +142,8 @@ EXPECTED: dict[str, str | None] = {
     "scenarios/pod_kill_api.yaml::pod_kill_api": "passed",
     "scenarios/test_database_failure.py::"
     "test_postgres_lost_breaker_opens_service_stays_available": "passed",
-    # deploy/k8s/postgres.yaml: the data emptyDir has no sizeLimit, and the API pods do not
-    # see the database's volume on Kubernetes (their /data is their own)
     "scenarios/test_disk_space.py::test_disk_at_90_percent_corrupts_nothing_and_fires_an_alert": (
-        "failed: disk_fill: emptyDir 'data' has no sizeLimit"
+        "passed"
     ),
     "scenarios/test_network_latency.py::"
     "test_300ms_on_postgres_and_redis_keeps_errors_and_p99_within_slo": "passed",
@@ -278,6 +276,33 @@ def test_network_block_through_the_api_server_cuts_the_pod_off_for_real(
     assert _connects(pg.host, 5432), "postgres unreachable after the undo"
     rules = subprocess.run(["iptables", "-S"], capture_output=True, text=True).stdout
     assert pg.host not in rules, rules
+
+
+def test_disk_fill_lands_in_the_pods_volume_and_du_counts_it(
+    kind: KubeletCluster, target: Any
+) -> None:
+    """disk_fill's fallocate by exec lands in the postgres pod's emptyDir directory, and
+    ``volume_usage`` (``du`` against its sizeLimit, as the kubelet counts it) sees it;
+    the undo removes the file."""
+    from pytest_resilience.targets.base import ChangeLog
+
+    pg = target.select("app=postgres")[0]
+    (ctx,) = [c for c in kind.emu.runtime.values() if c.name == pg.name]  # type: ignore[union-attr]
+    volume = ctx.host_path("/var/lib/postgresql/data")
+    before = target.volume_usage("postgres")
+    assert before is not None and before < 0.5
+    changes = ChangeLog("kubelet-test#1")
+    target.disk_fill("postgres", percent=90, path=None, changes=changes)
+    try:
+        (record,) = changes.records
+        fill = Path(volume) / Path(record.detail["file"]).name
+        assert fill.stat().st_size >= 0.8 * 512 * 2**20
+        assert target.volume_usage("postgres") >= 0.9
+    finally:
+        for record in changes.records:
+            target.undo(record)
+    assert not fill.exists()
+    assert target.volume_usage("postgres") < 0.5
 
 
 def test_sigterm_by_exec_reaches_pid_1_and_the_kubelet_restarts_the_container(

@@ -239,6 +239,15 @@ def test_disk_fill(
     assert_marks(timeline, "disk_fill")
 
 
+def test_volume_usage_is_du_against_the_volumes_bound(
+    target: KubernetesTarget, cluster: EmulatedCluster, db: str
+) -> None:
+    df_reply(cluster)  # 256 MiB in the emptyDir of sizeLimit 1Gi
+    assert target.volume_usage("db") == 0.25
+    (argv,) = [a for _, pod, _, a in cluster.exec_log if pod == db]
+    assert argv == ["du", "-sk", DB_MOUNT]
+
+
 def test_disk_fill_when_already_full_changes_nothing(
     session: FaultSession, cluster: EmulatedCluster, ledger: Ledger, db: str
 ) -> None:

@@ -44,6 +44,7 @@ __all__ = [
     "Releases",
     "Target",
     "TargetEvent",
+    "VolumeUsage",
     "Workload",
     "match_labels",
     "parse_selector",
@@ -333,6 +334,17 @@ class PodLogs(Protocol):
 
 
 @runtime_checkable
+class VolumeUsage(Protocol):
+    """A workload's data volume can be measured as the platform counts it."""
+
+    def volume_usage(self, workload: str, *, path: str | None = None) -> float | None:
+        """The used share (0..1) of the volume behind ``path`` (default: the first
+        writable one), the fullest over the workload's pods: what ``disk_fill`` fills
+        against, so an alert on it sees the fault as the kubelet or ``df`` would."""
+        ...
+
+
+@runtime_checkable
 class NodeOutage(Protocol):
     """A node can be made to hang: NotReady, its pods still on it and answering nothing.
 
@@ -364,6 +376,7 @@ CAPABILITIES: dict[str, type] = {
     "pod_resources": PodResources,
     "pod_logs": PodLogs,
     "node_outage": NodeOutage,
+    "volume_usage": VolumeUsage,
 }
 
 

@@ -157,18 +157,7 @@ class KubeFaults:
         PVC's capacity, its usage by ``du`` (as the kubelet counts it). Never ``df``: on an
         emptyDir that is the node's disk. A volume without a bound is refused."""
         for pod in _workload_pods(self, workload):
-            obj = self._read(
-                self._core.read_namespaced_pod,
-                pod.name,
-                pod.namespace,
-                verb="get",
-                resource="pods",
-                namespace=pod.namespace,
-                name=pod.name,
-            )
-            container, directory = _fill_dir(self, pod, path, obj)
-            bound = self.volume_bound(pod, obj, container, directory)  # type: ignore[attr-defined]
-            used = self.volume_used(pod, bound.mount, container=container)  # type: ignore[attr-defined]
+            container, directory, bound, used = _measure_volume(self, pod, path)
             if used is None:  # dry run: nothing measured, nothing written
                 size_mb = 1
             else:
@@ -189,6 +178,17 @@ class KubeFaults:
                 )
             )
         changes.complete = True
+
+    def volume_usage(self: _KubeHost, workload: str, *, path: str | None = None) -> float | None:
+        """``du`` of the volume against its sizeLimit or claim, the fullest pod: what the
+        kubelet's eviction manager measures for an emptyDir. Costs a pod read and an exec
+        per pod of the workload; None in a dry run (nothing exec'd)."""
+        shares: list[float] = []
+        for pod in _workload_pods(self, workload):
+            *_, bound, used = _measure_volume(self, pod, path)
+            if used is not None and bound.bytes:
+                shares.append(used / bound.bytes)
+        return max(shares) if shares else None
 
     def memory_stress(
         self: _KubeHost,
@@ -909,6 +909,25 @@ def _workload_pods(target: _KubeHost, name: str | Mapping[str, str]) -> list[Pod
             )
         return pods
     return target.select(name)
+
+
+def _measure_volume(
+    target: _KubeHost, pod: Pod, path: str | None
+) -> tuple[str | None, str, Any, int | None]:
+    """(container, directory, its volume's bound, bytes used) for ``path`` in ``pod``."""
+    obj = target._read(
+        target._core.read_namespaced_pod,
+        pod.name,
+        pod.namespace,
+        verb="get",
+        resource="pods",
+        namespace=pod.namespace,
+        name=pod.name,
+    )
+    container, directory = _fill_dir(target, pod, path, obj)
+    bound = target.volume_bound(pod, obj, container, directory)  # type: ignore[attr-defined]
+    used = target.volume_used(pod, bound.mount, container=container)  # type: ignore[attr-defined]
+    return container, directory, bound, used
 
 
 def _fill_dir(

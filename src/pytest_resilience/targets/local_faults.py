@@ -119,6 +119,11 @@ class LocalFaults:
                     ) from exc
         changes.complete = True
 
+    def volume_usage(self: _LocalHost, workload: str, *, path: str | None = None) -> float | None:
+        """``df``'s used share of the service's volume (a tmpfs of its own, as root)."""
+        total, used = usage(_fill_dir(self, workload, path))
+        return used / total if total else None
+
     # ----------------------------------------------------------------- memory
 
     def memory_stress(
