@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -404,7 +404,7 @@ def unlink_stale_keys(
     client, where = _redis_client(ctx, opts)
     unlinked = kept = scanned = 0
     try:
-        memory_before = int(client.info("memory").get("used_memory", 0))
+        memory_before = _used_memory(client)
         for keys in _scan_batches(client, pattern, opts.batch):
             scanned += len(keys)
             if opts.keep_ttl:
@@ -421,7 +421,7 @@ def unlink_stale_keys(
                 unlinked += int(client.unlink(*stale))
             if unlinked >= opts.max_keys:
                 break
-        memory_after = int(client.info("memory").get("used_memory", 0))
+        memory_after = _used_memory(client)
     except redis.RedisError as exc:
         raise TargetError(
             f"unlinking keys matching {pattern!r} on Redis at {where} failed: "
@@ -444,15 +444,17 @@ def _alert_pattern(ctx: ActionContext, match: str | Mapping[str, str]) -> str:
     label = match["label"]
     value = ctx.alert.labels.get(label) or ctx.alert.annotations.get(label) or ""
     try:
-        return _pattern(value)  # type: ignore[return-value]  # a str in, a str out
+        pattern = _pattern(value)
     except ValueError as exc:
         raise TargetError(
             f"unlink_stale_keys: 'match: {{label: {label}}}' takes the pattern from the "
             f"alert's label or annotation {label!r}: {exc}; add it to the alert rule"
         ) from None
+    assert isinstance(pattern, str)  # a label's value is text, never a mapping
+    return pattern
 
 
-def _scan_batches(client: Any, pattern: str, batch: int):  # type: ignore[no-untyped-def]
+def _scan_batches(client: Any, pattern: str, batch: int) -> Iterator[list[Any]]:
     """Each SCAN page as a list (a cursor loop, so UNLINKs between pages are safe)."""
     cursor = 0
     while True:
@@ -463,9 +465,19 @@ def _scan_batches(client: Any, pattern: str, batch: int):  # type: ignore[no-unt
             return
 
 
+def _used_memory(client: Any) -> int | None:
+    """INFO's used_memory; None where INFO is renamed or denied (managed Redis, ACLs)."""
+    import redis
+
+    try:
+        return int(client.info("memory").get("used_memory", 0))
+    except redis.ResponseError:
+        return None
+
+
 def _pg_message(exc: Exception) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _mib(n: int) -> str:
-    return f"{n / (1024 * 1024):.1f} MiB"
+def _mib(n: int | None) -> str:
+    return "?" if n is None else f"{n / (1024 * 1024):.1f} MiB"
