@@ -1,21 +1,38 @@
 """Alert storm: 10,000 alerts (many duplicates, many targets) through the engine's webhook.
 
 Run: python benchmarks/bench_alert_storm.py [--alerts 10000] [--targets 400]
+     [--client process|thread] [--no-kill]
 
 Prints alerts/s accepted over HTTP, the same alerts submitted in-process as the
 baseline (the HTTP cost is the ratio), incidents opened, actions recorded (dry-run, so
 nothing is touched; must stay within the safety caps) and the decision latency from
 alert received to first action start (p50/p99).
+
+The HTTP client (Alertmanager's part) runs in its own process by default, as it does in
+production; ``--client thread`` runs it on the benchmark's own interpreter, where it takes
+the GIL from the engine it measures (the figures before the durable intake were taken so).
+
+Then the durability check: a ``serve`` subprocess gets the same storm, is SIGKILLed once
+half of the bodies were answered 200, and is restarted on the same store; every alert
+answered 200 must be in the store once the restarted engine has decided its inbox.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import random
+import re
+import signal
+import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
@@ -81,31 +98,153 @@ def storm(n_alerts: int, n_targets: int, seed: int = 7) -> list[dict]:
     return alerts
 
 
-async def post_all(url: str, alerts: list[dict], batch: int, concurrency: int) -> tuple[int, int]:
+def bodies_of(alerts: list[dict], batch: int) -> list[dict]:
     groups = [alerts[i : i + batch] for i in range(0, len(alerts), batch)]
     redelivered = groups[: len(groups) // 10]  # Alertmanager re-sending identical groups
     bodies = [
         {"version": "4", "groupKey": f"g{i}", "status": "firing", "alerts": group}
         for i, group in enumerate(groups)
     ]
-    bodies += bodies[: len(redelivered)]
+    return bodies + bodies[: len(redelivered)]
+
+
+async def post_all(
+    url: str,
+    alerts: list[dict],
+    batch: int,
+    concurrency: int,
+    *,
+    answered: Counter | None = None,
+    kill_after: tuple[int, int] | None = None,
+) -> tuple[int, int]:
+    """POST the storm; ``answered`` counts the fingerprints of alerts taken with a 200.
+
+    ``kill_after=(bodies, pid)``: SIGKILL ``pid`` once that many bodies were taken, then
+    stop sending (what was in flight fails with the connection).
+    """
+    bodies = bodies_of(alerts, batch)
     semaphore = asyncio.Semaphore(concurrency)
-    pushed_back = 0
+    pushed_back = taken = 0
+    killed = asyncio.Event()
 
     async def send(session: aiohttp.ClientSession, body: dict) -> None:
-        nonlocal pushed_back
+        nonlocal pushed_back, taken
         async with semaphore:
-            while True:
-                async with session.post(f"{url}/alerts", json=body) as response:
-                    if response.status != 503:
-                        assert response.status == 200, await response.text()
+            while not killed.is_set():
+                try:
+                    async with session.post(f"{url}/alerts", json=body) as response:
+                        if response.status != 503:
+                            assert response.status == 200, await response.text()
+                            answer = await response.json()
+                            break
+                except aiohttp.ClientError:
+                    if killed.is_set():
                         return
+                    raise
                 pushed_back += 1
                 await asyncio.sleep(0.05)  # Alertmanager would back off and retry
+            else:
+                return
+            if answer.get("accepted") and answered is not None:
+                answered.update(a["fingerprint"] for a in body["alerts"])
+            taken += 1
+            if kill_after is not None and taken == kill_after[0]:
+                os.kill(kill_after[1], signal.SIGKILL)
+                killed.set()
 
     async with aiohttp.ClientSession() as session:
         await asyncio.gather(*(send(session, b) for b in bodies))
     return len(bodies), pushed_back
+
+
+def post_from_process(url: str, args: argparse.Namespace) -> tuple[int, int, float]:
+    """The storm from a child process (Alertmanager's side): (posts, 503s, seconds)."""
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--post", url, "--alerts", str(args.alerts),
+         "--targets", str(args.targets), "--batch", str(args.batch),
+         "--concurrency", str(args.concurrency)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert child.stdin is not None and child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"  # imported and built: time the POSTs only
+    start = time.perf_counter()
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    result = json.loads(child.stdout.readline())
+    assert child.wait(timeout=60) == 0
+    return result["posts"], result["pushed_back"], start
+
+
+def _child_post(args: argparse.Namespace) -> None:
+    alerts = storm(args.alerts, args.targets)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    posts, pushed_back = asyncio.run(post_all(args.post, alerts, args.batch, args.concurrency))
+    print(json.dumps({"posts": posts, "pushed_back": pushed_back}), flush=True)
+
+
+def _store_count(db: Path, sql: str) -> int | None:
+    try:
+        connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    except sqlite3.OperationalError:
+        return None
+    try:
+        return int(connection.execute(sql).fetchone()[0])
+    except sqlite3.OperationalError:  # no such table (no inbox before the durable intake)
+        return None
+    finally:
+        connection.close()
+
+
+def _serve(db: Path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest_resilience.engine", "serve", "--store", str(db),
+         "--listen", "127.0.0.1:0", "--dry-run", "--log-level", "ERROR"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"listening on (http://[\d.:]+)/alerts", line)
+    assert match, line
+    return proc, match.group(1)
+
+
+def sigkill_mid_storm(alerts: list[dict], args: argparse.Namespace) -> dict[str, int]:
+    """Alerts answered 200 against alerts the store holds after a SIGKILL and a restart."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "engine.db"
+        proc, url = _serve(db)
+        answered: Counter = Counter()
+        half = len(bodies_of(alerts, args.batch)) // 2
+        try:
+            asyncio.run(
+                post_all(url, alerts, args.batch, args.concurrency,
+                         answered=answered, kill_after=(half, proc.pid))
+            )  # fmt: skip
+        finally:
+            proc.kill()
+            proc.wait()
+        at_kill = _store_count(db, "SELECT COUNT(*) FROM inbox")
+        proc, url = _serve(db)
+        try:
+            deadline = time.monotonic() + 60  # the restarted engine decides its inbox
+            while (_store_count(db, "SELECT COUNT(*) FROM inbox") or 0) and (
+                time.monotonic() < deadline
+            ):
+                time.sleep(0.05)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        stored = Counter(f for (f,) in connection.execute("SELECT fingerprint FROM alerts"))
+        connection.close()
+    lost = sum(max(0, n - stored[f]) for f, n in answered.items())
+    return {
+        "answered": sum(answered.values()),
+        "stored": sum(stored.values()),
+        "in_inbox_at_kill": at_kill if at_kill is not None else -1,
+        "lost": lost,
+    }
 
 
 def run_engine(work: Path, *, listen: str | None) -> Engine:
@@ -142,7 +281,13 @@ def main() -> None:
     parser.add_argument("--targets", type=int, default=400)
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--client", choices=("process", "thread"), default="process")
+    parser.add_argument("--no-kill", action="store_true", help="skip the SIGKILL check")
+    parser.add_argument("--post", help=argparse.SUPPRESS)  # the child process's side
     args = parser.parse_args()
+    if args.post:
+        _child_post(args)
+        return
     alerts = storm(args.alerts, args.targets)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -163,10 +308,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         engine = run_engine(Path(tmp), listen="127.0.0.1:0")
         try:
-            start = time.perf_counter()
-            posts, pushed_back = asyncio.run(
-                post_all(engine.webhook_url, alerts, args.batch, args.concurrency)
-            )
+            assert engine.webhook_url is not None
+            if args.client == "process":
+                posts, pushed_back, start = post_from_process(engine.webhook_url, args)
+            else:
+                start = time.perf_counter()
+                posts, pushed_back = asyncio.run(
+                    post_all(engine.webhook_url, alerts, args.batch, args.concurrency)
+                )
             accepted_s = time.perf_counter() - start
             assert engine.wait_idle(300)
             total_s = time.perf_counter() - start
@@ -183,6 +332,7 @@ def main() -> None:
           f"re-deliveries), {pushed_back} answered 503")  # fmt: skip
     print(f"caps: {POLICY.max_actions_per_target}/target, {POLICY.max_actions_total} overall "
           f"per {POLICY.window_s:.0f}s; cooldown {POLICY.cooldown_s:.0f}s")  # fmt: skip
+    print(f"HTTP client in its own {args.client}")
     print(f"{'':28}{'webhook (HTTP)':>16}{'in-process':>14}")
     print(f"{'alerts/s accepted':28}{http['alerts_per_s']:16.0f}{'-':>14}")
     print(f"{'alerts/s decided (end-to-end)':28}{decided:16.0f}{direct['alerts_per_s']:14.0f}"
@@ -198,6 +348,12 @@ def main() -> None:
         kinds[kind] = kinds.get(kind, 0) + count
     print("alert decisions (HTTP run):", dict(sorted(kinds.items())))
     assert http["actions"] <= POLICY.max_actions_total
+    if not args.no_kill:
+        kill = sigkill_mid_storm(alerts, args)
+        print(f"SIGKILL mid-storm (serve, restarted on its store): {kill['answered']} alerts "
+              f"answered 200, {kill['stored']} in the store after restart "
+              f"({kill['in_inbox_at_kill']} were in the inbox at the kill), "
+              f"{kill['lost']} answered 200 and lost")  # fmt: skip
 
 
 if __name__ == "__main__":

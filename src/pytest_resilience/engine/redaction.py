@@ -11,10 +11,11 @@ adds it at send time.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from .. import redaction as _shared
 
-__all__ = ["LOGGER", "redact", "register_secret"]
+__all__ = ["LOGGER", "redact", "register_secret", "text_redactor"]
 
 LOGGER = logging.getLogger("pytest_resilience.engine")
 
@@ -26,6 +27,11 @@ def register_secret(secret: str | None) -> None:
 
 def redact(text: str) -> str:
     return _shared.redact_text(text)
+
+
+def text_redactor() -> Callable[[str], str]:
+    """:func:`redact` for many strings in a row (one look at the secrets for a whole batch)."""
+    return _shared.text_redactor()
 
 
 class _RedactingFilter(logging.Filter):

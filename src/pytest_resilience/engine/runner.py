@@ -2,6 +2,8 @@
 
 One dispatcher thread takes alerts off a bounded queue and decides (de-duplicate,
 route to a playbook, safety), writing every decision to the store before acting.
+Webhook alerts are in the store's inbox before the webhook answers 200 (see
+:meth:`Engine.receive`); a restarted engine decides what its inbox still holds.
 Remediations run on a small worker pool, one per open incident; the outbox sends pages
 on its own thread; the optional webhook receiver runs on its own asyncio loop. A
 restarted engine resumes open incidents: a step whose action already ran is verified
@@ -15,8 +17,9 @@ import queue
 import threading
 import time
 import uuid
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -75,6 +78,25 @@ class _Run:
 
 class _Capped(Exception):
     pass
+
+
+#: an alert to decide and its inbox id (None: not from the webhook, nothing to clear)
+_Queued = tuple[Alert, int | None]
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    """A webhook body's alerts, answered through ``written`` once they are in the inbox."""
+
+    alerts: tuple[Alert, ...]
+    written: Future[bool]
+
+
+#: at most this many alerts decided per transaction: a webhook body arriving meanwhile waits
+#: for one chunk at most before its inbox write (and its 200)
+_CHUNK = 64
+#: alerts decided on one listing of the target (read once, only if an alias needs it)
+_LISTED_FOR = 256
 
 
 class Engine:
@@ -137,13 +159,22 @@ class Engine:
             self.submit, restarts=crashloop_restarts, window_s=crashloop_window_s
         )
         self.eval_interval_s = eval_interval_s
-        self._queue: queue.Queue[Alert | None] = queue.Queue(maxsize=max_queue)
+        # unbounded underneath: max_queue (alerts waiting, not items) is checked on the way
+        # in, so the alerts a restart finds in the inbox and held alerts released later are
+        # never refused
+        self.max_queue = max_queue
+        self._queue: queue.Queue[_Queued | _Delivery | None] = queue.Queue()
+        self._waiting = 0  # alerts queued, not decided yet (under _lock)
         self._workers = workers
         self._lock = threading.Lock()
         self._open: dict[tuple[str, str], _Run] = {}
         self._escalated: dict[tuple[str, str], str] = {}
         self.symptoms = frozenset(symptoms)
         self._held: dict[tuple[str, str], Alert] = {}
+        # target -> (alert, target) keys of cause incidents open or escalated on it, counted
+        # (a key can be open and escalated at once); "" holds node-wide causes: the
+        # inhibitor looks up two entries instead of scanning every incident per symptom alert
+        self._causes: dict[str, Counter[tuple[str, str]]] = {}
         self._changed = threading.Condition(threading.Lock())  # waiters in _wait
         self._busy = 0
         self._stop = threading.Event()
@@ -190,7 +221,8 @@ class Engine:
             self._pool = None
         self.outbox.stop()
         with self._lock:
-            self._open.clear()
+            for key in list(self._open):
+                self._pop_open(key)
 
     def close(self) -> None:
         self.stop()
@@ -210,17 +242,38 @@ class Engine:
     # -- alerts in ---------------------------------------------------------------------
 
     def submit(self, alert: Alert) -> bool:
-        """Queue an alert; False when the queue is full (the webhook answers 503)."""
-        try:
-            self._queue.put_nowait(alert)
-        except queue.Full:
+        """Queue an alert; False when the queue is full."""
+        if not self._reserve(1):
             return False
+        self._queue.put_nowait((alert, None))
+        return True
+
+    def receive(self, alerts: Sequence[Alert]) -> Future[bool]:
+        """Take a webhook body's alerts durably; the future says when (the webhook's 200).
+
+        True once they are in the store's inbox, so a 200 is answered only for alerts that
+        survive a SIGKILL; False at once when the queue has no room for all of them (503:
+        Alertmanager re-sends the whole body); an exception if the store cannot write. The
+        dispatcher writes every body waiting for it in one transaction (group commit).
+        """
+        written: Future[bool] = Future()
+        if not self._reserve(len(alerts)):
+            written.set_result(False)
+        else:
+            self._queue.put_nowait(_Delivery(tuple(alerts), written))
+        return written
+
+    def _reserve(self, alerts: int, *, always: bool = False) -> bool:
+        with self._lock:
+            if not always and self._waiting + alerts > self.max_queue:
+                return False
+            self._waiting += alerts
         return True
 
     def idle(self) -> bool:
         """No alert waiting and no remediation running (for callers that poll)."""
         with self._lock:
-            return self._queue.unfinished_tasks == 0 and self._busy == 0
+            return self._waiting == 0 and self._queue.unfinished_tasks == 0 and self._busy == 0
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -238,25 +291,71 @@ class Engine:
                 LOGGER.exception("rule evaluation failed")
 
     def _dispatch(self) -> None:
+        backlog: deque[_Queued] = deque()  # taken off the queue, not decided yet
+        listing, listed_for = Listing(self.target), 0
         while not self._stop.is_set():
-            batch = [self._queue.get()]
-            # one transaction per drained batch: a storm costs one commit per batch, not per alert
-            while len(batch) < 256:
+            # every round takes what arrived first: a webhook body waits for one chunk of
+            # decisions at most before it is written and answered, however long the backlog
+            fresh = not backlog  # a new batch: a fresh look at the target for it
+            batch: list[_Queued | _Delivery | None] = [] if backlog else [self._queue.get()]
+            while True:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            # outside the store's transaction: finding a target may ask the platform's API
-            listing = Listing(self.target)  # one read of the target per batch, if any
-            located = [self._locate(alert, listing) for alert in batch if alert is not None]
-            with self.store.transaction():
-                for alert, no_target in located:
-                    try:
-                        self._decide(alert, no_target)
-                    except Exception:
-                        LOGGER.exception("deciding on alert failed")
+            taken = self._take(batch)
+            refused = sum(_size(item) for item in batch) - len(taken)
+            backlog.extend(taken)
             for _ in batch:
                 self._queue.task_done()
+            chunk = [backlog.popleft() for _ in range(min(_CHUNK, len(backlog)))]
+            if fresh or listed_for >= _LISTED_FOR:
+                listing, listed_for = Listing(self.target), 0
+            if chunk:
+                self._decide_chunk(chunk, listing)
+                listed_for += len(chunk)
+            with self._lock:
+                self._waiting -= len(chunk) + refused
+
+    def _decide_chunk(self, chunk: list[_Queued], listing: Listing) -> None:
+        """Decide ``chunk`` in one transaction: one commit per chunk, not one per alert."""
+        # outside the store's transaction: finding a target may ask the platform's API
+        located = [self._locate(alert, listing) for alert, _ in chunk]
+        with self.store.transaction():
+            for alert, no_target in located:
+                try:
+                    self._decide(alert, no_target)
+                except Exception:
+                    LOGGER.exception("deciding on alert failed")
+            # in the decisions' transaction: a kill leaves each alert decided or in the inbox
+            self.store.decided([inbox_id for _, inbox_id in chunk if inbox_id is not None])
+
+    def _take(self, batch: list[_Queued | _Delivery | None]) -> list[_Queued]:
+        """The alerts of ``batch`` in order; webhook bodies written to the inbox and answered.
+
+        One transaction for every body in the batch (group commit) before any is answered;
+        a body the store could not write is answered with the error (503) and not decided.
+        """
+        deliveries = [item for item in batch if isinstance(item, _Delivery)]
+        ids: dict[int, list[int]] = {}
+        if deliveries:
+            try:
+                written = self.store.receive([d.alerts for d in deliveries])
+            except Exception as exc:
+                LOGGER.exception("webhook alerts could not be stored")
+                for delivery in deliveries:
+                    delivery.written.set_exception(exc)
+            else:
+                ids = {id(d): inbox_ids for d, inbox_ids in zip(deliveries, written, strict=True)}
+                for delivery in deliveries:
+                    delivery.written.set_result(True)
+        items: list[_Queued] = []
+        for item in batch:
+            if isinstance(item, _Delivery):
+                items.extend(zip(item.alerts, ids.get(id(item), ()), strict=False))
+            elif item is not None:
+                items.append(item)
+        return items
 
     def _known_as(self, alert_name: str) -> str:
         """The playbook's own name for an alert (an alias's ``as:``), else the name itself."""
@@ -344,12 +443,42 @@ class Engine:
         if self._known_as(alert.name) not in self.symptoms:
             return None
         with self._lock:
-            keys = [*self._open, *self._escalated]
-        for name, target in keys:
-            cause = self._known_as(name)
-            if cause not in self.symptoms and (target == alert.target or cause == "NodeNotReady"):
-                return f"{name} on {target} is being handled"
+            for scope in (alert.target, ""):
+                for name, target in self._causes.get(scope, ()):
+                    return f"{name} on {target} is being handled"
         return None
+
+    def _handling(self, key: tuple[str, str], *, started: bool) -> None:
+        """Count ``key`` in or out of the causes the inhibitor sees (call under ``_lock``)."""
+        cause = self._known_as(key[0])
+        if cause in self.symptoms:
+            return
+        scope = "" if cause == "NodeNotReady" else key[1]
+        keys = self._causes.setdefault(scope, Counter())
+        keys[key] += 1 if started else -1
+        if keys[key] <= 0:
+            del keys[key]
+            if not keys:
+                del self._causes[scope]
+
+    def _set_open(self, run: _Run) -> None:
+        key = (run.incident.alert_name, run.incident.target)
+        if key not in self._open:
+            self._handling(key, started=True)
+        self._open[key] = run
+
+    def _pop_open(self, key: tuple[str, str]) -> None:
+        if self._open.pop(key, None) is not None:
+            self._handling(key, started=False)
+
+    def _set_escalated(self, key: tuple[str, str], incident_id: str) -> None:
+        if key not in self._escalated:
+            self._handling(key, started=True)
+        self._escalated[key] = incident_id
+
+    def _pop_escalated(self, key: tuple[str, str]) -> None:
+        if self._escalated.pop(key, None) is not None:
+            self._handling(key, started=False)
 
     def _release_held(self, closed_alert: str, closed_target: str) -> None:
         """Decide held symptom alerts whose cause incident is closed (still breaching ones).
@@ -373,7 +502,8 @@ class Engine:
                 # Held while its cause was handled: act only if it still breaches now,
                 # not on the stale reading it was held with (the cause's fix may have fixed it).
                 if self.rules.still_breached(alert):
-                    self.submit(alert)
+                    self._reserve(1, always=True)  # already taken: never refused
+                    self._queue.put_nowait((alert, None))
                 else:
                     self.store.add_alert(alert, "resolved while inhibited")
 
@@ -452,11 +582,14 @@ class Engine:
         for incident in self.store.incidents(status=ESCALATED):
             self._remember_location(incident)
             with self._lock:
-                self._escalated[(incident.alert_name, incident.target)] = incident.id
+                self._set_escalated((incident.alert_name, incident.target), incident.id)
+        for inbox_id, alert in self.store.inbox():  # taken (answered 200), not yet decided
+            self._reserve(1, always=True)
+            self._queue.put_nowait((alert, inbox_id))
 
     def _launch(self, run: _Run) -> None:
         with self._lock:
-            self._open[(run.incident.alert_name, run.incident.target)] = run
+            self._set_open(run)
             self._busy += 1
         assert self._pool is not None
         self._pool.submit(self._remediate, run)
@@ -465,19 +598,14 @@ class Engine:
         incident = run.incident
         keep_open = False
         try:
-            self._run_steps(run)
-        except Interrupted:
-            keep_open = True
-            self.store.note(incident.id, "interrupted", "engine stopped mid-remediation")
-        except _Capped as capped:
-            self._escalate(incident, f"auto-remediation stopped: {capped}")
-        except Exception as exc:
-            LOGGER.exception("remediation of %s failed", incident.id)
-            self._escalate(incident, f"engine error: {type(exc).__name__}: {exc}")
+            # a dry run acts on nothing but the store (no action, no verify): its whole
+            # trail is one transaction instead of a commit per line
+            with self.store.transaction() if self.dry_run else contextlib.nullcontext():
+                keep_open = self._run_or_escalate(run)
         finally:
             if not keep_open:
                 with self._lock:
-                    self._open.pop((incident.alert_name, incident.target), None)
+                    self._pop_open((incident.alert_name, incident.target))
                     escalated = (incident.alert_name, incident.target) in self._escalated
                 if not escalated:
                     self._forget_location((incident.alert_name, incident.target))
@@ -485,6 +613,21 @@ class Engine:
                 self._release_held(incident.alert_name, incident.target)
             with self._lock:
                 self._busy -= 1
+
+    def _run_or_escalate(self, run: _Run) -> bool:
+        """Run the playbook; True if the incident stays open (the engine stopped mid-way)."""
+        incident = run.incident
+        try:
+            self._run_steps(run)
+        except Interrupted:
+            self.store.note(incident.id, "interrupted", "engine stopped mid-remediation")
+            return True
+        except _Capped as capped:
+            self._escalate(incident, f"auto-remediation stopped: {capped}")
+        except Exception as exc:
+            LOGGER.exception("remediation of %s failed", incident.id)
+            self._escalate(incident, f"engine error: {type(exc).__name__}: {exc}")
+        return False
 
     def _run_steps(self, run: _Run) -> None:
         incident = run.incident
@@ -616,18 +759,22 @@ class Engine:
         return True
 
     def _close(self, incident: Incident, status: str, reason: str) -> None:
-        self.store.update_incident(incident.id, status=status, reason=reason, closed_at=time.time())
-        self.store.note(incident.id, status, reason)
+        with self.store.transaction():
+            self.store.update_incident(
+                incident.id, status=status, reason=reason, closed_at=time.time()
+            )
+            self.store.note(incident.id, status, reason)
         with self._changed:
             self._changed.notify_all()
 
     def _escalate(self, incident: Incident, reason: str) -> None:
-        self.store.update_incident(incident.id, status=ESCALATED, reason=reason)
-        self.store.note(incident.id, "escalated", reason)
-        with self._lock:
-            self._escalated[(incident.alert_name, incident.target)] = incident.id
-        fresh = self.store.incident(incident.id) or incident
-        self.outbox.enqueue(fresh, "trigger")
+        with self.store.transaction():  # the incident escalated and its page queued, or neither
+            self.store.update_incident(incident.id, status=ESCALATED, reason=reason)
+            self.store.note(incident.id, "escalated", reason)
+            with self._lock:
+                self._set_escalated((incident.alert_name, incident.target), incident.id)
+            if self.outbox.channels:  # the page carries the incident as stored
+                self.outbox.enqueue(self.store.incident(incident.id) or incident, "trigger")
         self._mark(
             tl.ESCALATED,
             incident.alert_name,
@@ -640,7 +787,7 @@ class Engine:
     def _close_escalated(self, key: tuple[str, str], incident_id: str) -> None:
         """The alert resolved after a page: close the incident and resolve the page."""
         with self._lock:
-            self._escalated.pop(key, None)
+            self._pop_escalated(key)
         self._forget_location(key)
         self._release_held(*key)
         incident = self.store.incident(incident_id)
@@ -815,6 +962,13 @@ class Engine:
                 + (f" [{acts}]" if acts else "")
             )
         return "incidents: " + "; ".join(parts)
+
+
+def _size(item: _Queued | _Delivery | None) -> int:
+    """Alerts an item of the queue holds."""
+    if item is None:
+        return 0
+    return len(item.alerts) if isinstance(item, _Delivery) else 1
 
 
 def make_engine(

@@ -62,10 +62,10 @@ class Safety:
             return self._caps(target, now)
 
     def _caps(self, target: str, now: float) -> Decision:
-        since = now - self.policy.window_s
-        if self.store.count_actions(since, target=target) >= self.policy.max_actions_per_target:
+        total, on_target = self.store.action_counts(now - self.policy.window_s, target)
+        if on_target >= self.policy.max_actions_per_target:
             return Decision(False, f"action cap for {target!r} reached")
-        if self.store.count_actions(since) >= self.policy.max_actions_total:
+        if total >= self.policy.max_actions_total:
             return Decision(False, "overall action cap reached")
         return Decision(True)
 

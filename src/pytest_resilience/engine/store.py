@@ -4,6 +4,13 @@ Everything the engine decides is written here before it acts (alerts, incidents,
 action with start, end and result, verify results, escalations, the outbox, safety
 state), so a restarted engine resumes open incidents and a post-incident review has the
 whole trail. Free text passes through :func:`~.redaction.redact` on the way in.
+
+Webhook alerts enter through the inbox: :meth:`Store.receive` writes every delivery of a
+batch in one transaction before any of them is answered 200, and the decision on an alert
+removes it from the inbox in the decision's own transaction, so after a SIGKILL each alert
+answered 200 is either decided or still in the inbox (decided on restart), never both,
+never neither. ``synchronous=NORMAL`` in WAL mode: a commit survives the process being
+killed; a power loss may take the last commits.
 """
 
 from __future__ import annotations
@@ -12,14 +19,14 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .alerts import Alert
-from .redaction import redact
+from .redaction import redact, text_redactor
 
 __all__ = ["ActionRecord", "Incident", "IncidentNote", "OutboxItem", "Store", "VerifyRecord"]
 
@@ -55,6 +62,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     status TEXT, attempts INTEGER, next_attempt_at REAL, last_error TEXT,
     created_at REAL, delivered_at REAL, UNIQUE(channel, dedup_key, event_action));
 CREATE TABLE IF NOT EXISTS safety (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS inbox (
+    id INTEGER PRIMARY KEY, fingerprint TEXT, name TEXT, target TEXT, status TEXT,
+    severity TEXT, labels TEXT, annotations TEXT, value REAL, source TEXT,
+    starts_at REAL, ends_at REAL, received_at REAL);
 """
 
 
@@ -155,8 +166,19 @@ def alert_from_json(text: str) -> Alert:
     return Alert(**json.loads(text))
 
 
+_ALERT_COLUMNS = (
+    "fingerprint, name, target, status, severity, labels, annotations, value, source,"
+    " starts_at, ends_at, received_at"
+)
+
+
 class Store:
-    """Thread-safe: one connection behind a lock (the engine's writes are small and few)."""
+    """Thread-safe: one connection behind a lock.
+
+    Writes outside :meth:`transaction` commit one by one; the engine's hot paths (a
+    dispatched batch of alerts, a webhook batch, a dry-run step) each take one transaction,
+    which also looks the secrets up once for all its strings.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -169,6 +191,16 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process kill
         self._db.executescript(_SCHEMA)
+        self._local = threading.local()  # the redactor of this thread's open transaction
+        # in a transaction, rows of the append-only tables wait here and go in as one
+        # multi-row INSERT per table (at commit, or before any read): each statement
+        # executed releases and re-takes the GIL, which a storm pays per alert otherwise
+        self._appends: dict[str, list[tuple]] = {}
+        # safety state as stored (JSON text, None for absent): read on every decision,
+        # written only through this connection; forgotten on a rollback
+        self._state: dict[str, str | None] = {}
+        # webhook alerts' encoded rows from the inbox write, reused by their decision
+        self._encoded: dict[int, tuple[Alert, tuple]] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -182,15 +214,51 @@ class Store:
                 yield self._db
                 return
             self._db.execute("BEGIN IMMEDIATE")
+            self._local.redact = text_redactor()
             try:
                 yield self._db
+                self._flush()
             except BaseException:
+                self._appends.clear()
+                self._state.clear()
                 self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._local.redact = None
             self._db.execute("COMMIT")
+
+    def _append(self, table: str, columns: str, row: tuple) -> None:
+        """INSERT ``row``; in a transaction, batched with the rows like it (see _flush)."""
+        with self._lock:
+            if self._db.in_transaction:
+                self._appends.setdefault(f"{table} ({columns})", []).append(row)
+            else:
+                marks = ",".join("?" * len(row))
+                self._db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", row)
+
+    def _flush(self) -> None:
+        """Write the batched rows: one statement per table and up to 999 values."""
+        with self._lock:
+            pending, self._appends = self._appends, {}
+            for into, rows in pending.items():
+                width = len(rows[0])
+                per = max(1, 999 // width)  # SQLite's historical bound on variables
+                group = "(" + ",".join("?" * width) + ")"
+                for i in range(0, len(rows), per):
+                    part = rows[i : i + per]
+                    self._db.execute(
+                        f"INSERT INTO {into} VALUES {','.join([group] * len(part))}",
+                        [value for row in part for value in row],
+                    )
+
+    def _redact(self, text: str) -> str:
+        redactor: Callable[[str], str] | None = getattr(self._local, "redact", None)
+        return redactor(text) if redactor is not None else redact(text)
 
     def _rows(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
+            if self._appends:  # a read in a transaction sees its own writes
+                self._flush()
             return self._db.execute(sql, args).fetchall()
 
     def _exec(self, sql: str, args: tuple = ()) -> int:
@@ -199,28 +267,84 @@ class Store:
 
     # -- alerts ------------------------------------------------------------------------
 
-    def add_alert(self, alert: Alert, decision: str, incident_id: str | None = None) -> None:
-        self._exec(
-            "INSERT INTO alerts (fingerprint, name, target, status, severity, labels,"
-            " annotations, value, source, starts_at, ends_at, received_at, decision,"
-            " incident_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                alert.fingerprint,
-                alert.name,
-                alert.target,
-                alert.status,
-                alert.severity,
-                json.dumps(dict(alert.labels)),
-                redact(json.dumps(dict(alert.annotations))),
-                alert.value,
-                alert.source,
-                alert.starts_at,
-                alert.ends_at,
-                alert.received_at,
-                decision,
-                incident_id,
-            ),
+    def _alert_row(self, alert: Alert) -> tuple:
+        return (
+            alert.fingerprint,
+            alert.name,
+            alert.target,
+            alert.status,
+            alert.severity,
+            json.dumps(dict(alert.labels)),
+            self._redact(json.dumps(dict(alert.annotations))),
+            alert.value,
+            alert.source,
+            alert.starts_at,
+            alert.ends_at,
+            alert.received_at,
         )
+
+    def add_alert(self, alert: Alert, decision: str, incident_id: str | None = None) -> None:
+        encoded = self._encoded.pop(id(alert), None)
+        row = encoded[1] if encoded is not None and encoded[0] is alert else None
+        self._append(
+            "alerts",
+            f"{_ALERT_COLUMNS}, decision, incident_id",
+            (*(row or self._alert_row(alert)), decision, incident_id),
+        )
+
+    def receive(self, deliveries: Sequence[Sequence[Alert]]) -> list[list[int]]:
+        """Write every alert of ``deliveries`` to the inbox in one transaction (group commit).
+
+        Returns the inbox ids, delivery by delivery; once this returns, all of them survive
+        a SIGKILL. :meth:`decided` removes an alert when its decision is recorded.
+        """
+        with self.transaction() as db:
+            # ids assigned here (the write lock is held): executemany reports no row ids
+            first = (db.execute("SELECT COALESCE(MAX(id), 0) FROM inbox").fetchone()[0]) + 1
+            ids: list[list[int]] = []
+            count = 0
+            if len(self._encoded) > 100_000:  # decisions that never came (engine stopped)
+                self._encoded.clear()
+            for delivery in deliveries:
+                ids.append(list(range(first + count, first + count + len(delivery))))
+                count += len(delivery)
+                for inbox_id, alert in zip(ids[-1], delivery, strict=True):
+                    row = self._alert_row(alert)
+                    self._encoded[id(alert)] = (alert, row)
+                    self._append("inbox", f"id, {_ALERT_COLUMNS}", (inbox_id, *row))
+        return ids
+
+    def decided(self, inbox_ids: Sequence[int]) -> None:
+        """These inbox alerts have their decision recorded (call in the same transaction)."""
+        with self._lock:
+            for i in range(0, len(inbox_ids), 999):
+                part = inbox_ids[i : i + 999]
+                marks = ",".join("?" * len(part))
+                self._db.execute(f"DELETE FROM inbox WHERE id IN ({marks})", part)
+
+    def inbox(self) -> list[tuple[int, Alert]]:
+        """Alerts taken but not decided yet (the engine stopped first), oldest first."""
+        rows = self._rows(f"SELECT id, {_ALERT_COLUMNS} FROM inbox ORDER BY id")
+        return [
+            (
+                r["id"],
+                Alert(
+                    name=r["name"],
+                    target=r["target"],
+                    labels=json.loads(r["labels"]),
+                    annotations=json.loads(r["annotations"]),
+                    severity=r["severity"],
+                    status=r["status"],
+                    starts_at=r["starts_at"],
+                    ends_at=r["ends_at"],
+                    fingerprint=r["fingerprint"],
+                    value=r["value"],
+                    source=r["source"],
+                    received_at=r["received_at"],
+                ),
+            )
+            for r in rows
+        ]
 
     def alert_decisions(self) -> dict[str, int]:
         rows = self._rows("SELECT decision, COUNT(*) AS n FROM alerts GROUP BY decision")
@@ -249,8 +373,8 @@ class Store:
                 incident.status,
                 incident.step,
                 incident.severity,
-                redact(incident.summary),
-                redact(incident.reason),
+                self._redact(incident.summary),
+                self._redact(incident.reason),
                 alert_to_json(incident.alert),
                 json.dumps(list(incident.follow_up)),
                 int(incident.dry_run),
@@ -265,7 +389,7 @@ class Store:
         fields["updated_at"] = time.time()
         for key in ("summary", "reason"):
             if key in fields:
-                fields[key] = redact(fields[key])
+                fields[key] = self._redact(fields[key])
         cols = ", ".join(f"{k}=?" for k in fields)
         self._exec(f"UPDATE incidents SET {cols} WHERE id=?", (*fields.values(), incident_id))
 
@@ -307,18 +431,18 @@ class Store:
                 step,
                 strategy,
                 action,
-                redact(json.dumps(dict(params), default=str)),
+                self._redact(json.dumps(dict(params), default=str)),
                 now,
                 now if result != "running" else None,
                 result,
-                redact(detail),
+                self._redact(detail),
             ),
         )
 
     def action_finished(self, action_id: int, result: str, detail: str) -> None:
         self._exec(
             "UPDATE actions SET ended_at=?, result=?, detail=? WHERE id=?",
-            (time.time(), result, redact(detail), action_id),
+            (time.time(), result, self._redact(detail), action_id),
         )
 
     def actions(self, incident_id: str | None = None) -> list[ActionRecord]:
@@ -344,6 +468,14 @@ class Store:
             )
             for r in rows
         ]
+
+    def action_counts(self, since: float, target: str) -> tuple[int, int]:
+        """Actions started since ``since``: in all, and on ``target`` (one query)."""
+        row = self._rows(
+            "SELECT COUNT(*), COALESCE(SUM(target=?), 0) FROM actions WHERE started_at>=?",
+            (target, since),
+        )[0]
+        return int(row[0]), int(row[1])
 
     def count_actions(self, since: float, *, target: str | None = None) -> int:
         sql = "SELECT COUNT(*) FROM actions WHERE started_at>=?"
@@ -373,7 +505,7 @@ class Store:
         self._exec(
             "INSERT INTO verifications (incident_id, step, condition, outcome, detail,"
             " started_at, ended_at) VALUES (?,?,?,?,?,?,?)",
-            (incident_id, step, condition, outcome, redact(detail), started_at, time.time()),
+            (incident_id, step, condition, outcome, self._redact(detail), started_at, time.time()),
         )
 
     def verifications(self, incident_id: str) -> list[VerifyRecord]:
@@ -394,9 +526,10 @@ class Store:
         ]
 
     def note(self, incident_id: str, kind: str, message: str) -> None:
-        self._exec(
-            "INSERT INTO notes (incident_id, at, kind, message) VALUES (?,?,?,?)",
-            (incident_id, time.time(), kind, redact(message)),
+        self._append(
+            "notes",
+            "incident_id, at, kind, message",
+            (incident_id, time.time(), kind, self._redact(message)),
         )
 
     def notes(self, incident_id: str) -> list[IncidentNote]:
@@ -418,7 +551,7 @@ class Store:
                     channel,
                     dedup_key,
                     event_action,
-                    redact(json.dumps(payload)),
+                    self._redact(json.dumps(payload)),
                     "pending",
                     0,
                     now,
@@ -465,7 +598,7 @@ class Store:
             " delivered_at=? WHERE id=?",
             (
                 status,
-                redact(error),
+                self._redact(error),
                 next_attempt_at if next_attempt_at is not None else now,
                 now if status == "delivered" else None,
                 item_id,
@@ -479,15 +612,22 @@ class Store:
     # -- safety state ------------------------------------------------------------------
 
     def get_state(self, key: str, default: Any = None) -> Any:
-        rows = self._rows("SELECT value FROM safety WHERE key=?", (key,))
-        return json.loads(rows[0][0]) if rows else default
+        with self._lock:
+            if key not in self._state:
+                rows = self._rows("SELECT value FROM safety WHERE key=?", (key,))
+                self._state[key] = rows[0][0] if rows else None
+            text = self._state[key]
+        return json.loads(text) if text is not None else default  # a fresh copy each time
 
     def set_state(self, key: str, value: Any) -> None:
-        self._exec(
-            "INSERT INTO safety (key, value) VALUES (?, ?)"
-            " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-            (key, json.dumps(value)),
-        )
+        text = json.dumps(value)
+        with self._lock:
+            self._exec(
+                "INSERT INTO safety (key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (key, text),
+            )
+            self._state[key] = text
 
 
 def _incident(r: sqlite3.Row) -> Incident:

@@ -3,10 +3,16 @@
 Alertmanager retries a delivery only on 5xx (a 4xx is dropped for good), so: every body an
 alert can be understood from is taken (:mod:`.intake` says what that covers: versions 1, 3,
 4 and none, Grafana-managed alerting's body, missing statuses and timestamps); only a body
-with no alert in it gets 400, naming the field (retrying cannot fix it); a full queue gets
-503 with Retry-After (retrying will). Identical re-deliveries (Alertmanager
-re-sends a group on every ``group_interval``/``repeat_interval``) are recognised and
-answered 200 without queueing anything. Binds to loopback unless told otherwise.
+with no alert in it gets 400, naming the field (retrying cannot fix it); a full queue, or a
+store that cannot write, gets 503 with Retry-After (retrying will). Identical re-deliveries
+(Alertmanager re-sends a group on every ``group_interval``/``repeat_interval``) are
+recognised in memory (one hash look-up) and answered 200 without queueing anything.
+Binds to loopback unless told otherwise.
+
+A 200 means the alerts are durable: they are in the engine's store (its inbox) before the
+answer goes out, so a SIGKILL right after loses none of them. Group commit keeps that cheap
+in a storm: the engine writes every body that arrived while it was busy in one transaction
+and answers them all when it commits (:meth:`~.runner.Engine.receive`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Protocol
 
 from aiohttp import web
@@ -32,7 +39,9 @@ __all__ = ["PayloadError", "WebhookServer", "parse_listen", "parse_payload"]
 
 
 class AlertSink(Protocol):
-    def submit(self, alert: Alert) -> bool: ...
+    def receive(self, alerts: Sequence[Alert]) -> Future[bool]:
+        """Store ``alerts`` durably: the future is True once they are, False if refused."""
+        ...
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -71,6 +80,8 @@ class WebhookServer:
         self.dedup_max = dedup_max
         self._clock = clock
         self._seen: OrderedDict[str, float] = OrderedDict()
+        # bodies being written, by delivery key: an identical one waits for the same answer
+        self._in_flight: dict[str, asyncio.Future[bool]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -161,22 +172,48 @@ class WebhookServer:
         if key in self._seen:
             self.counters["duplicates"] += 1
             return web.json_response({"status": "duplicate", "accepted": 0})
-        for accepted, alert in enumerate(alerts):
-            if not self.sink.submit(alert):
-                self.counters["accepted"] += accepted
-                self.counters["pushed_back"] += 1
-                LOGGER.warning("alert queue full: answering 503 after %d alerts", accepted)
-                return web.json_response(
-                    {"status": "busy", "error": "alert queue full, retry later"},
-                    status=503,
-                    headers={"Retry-After": "5"},
-                )
+        same = self._in_flight.get(key)
+        if same is not None:  # an identical body is being written: its outcome is this one's
+            refused = await self._written(same)
+            if refused:
+                return self._busy(refused)
+            self.counters["duplicates"] += 1
+            return web.json_response({"status": "duplicate", "accepted": 0})
+        written = asyncio.wrap_future(self.sink.receive(alerts))
+        written.add_done_callback(_retrieved)  # its waiter may have hung up meanwhile
+        self._in_flight[key] = written
+        try:
+            refused = await self._written(written)
+        finally:
+            del self._in_flight[key]
+        if refused:
+            return self._busy(refused)
         self._seen[key] = now
         self.counters["accepted"] += len(alerts)
         answer: dict[str, object] = {"status": "ok", "accepted": len(alerts)}
         if delivery.notes:
             answer["ignored"] = list(delivery.notes)
         return web.json_response(answer)
+
+    @staticmethod
+    async def _written(written: asyncio.Future[bool]) -> str:
+        """Wait for a body's transaction: "" once durable, else why it was not taken."""
+        try:
+            # shielded: a client hanging up must not cancel what other bodies wait for
+            taken = await asyncio.shield(written)
+        except Exception as exc:  # not durable, so not a 200: Alertmanager retries a 503
+            LOGGER.error("webhook alerts not stored: %s", exc)
+            return f"the engine's store cannot take alerts: {exc}"
+        return "" if taken else "alert queue full"
+
+    def _busy(self, message: str) -> web.Response:
+        self.counters["pushed_back"] += 1
+        LOGGER.warning("%s: answering 503", message)
+        return web.json_response(
+            {"status": "busy", "error": f"{message}, retry later"},
+            status=503,
+            headers={"Retry-After": "5"},
+        )
 
     def _expire(self, now: float) -> None:
         while self._seen and (
@@ -190,3 +227,8 @@ class WebhookServer:
         return web.json_response(
             {"status": "error", "field": field, "error": message}, status=status
         )
+
+
+def _retrieved(future: asyncio.Future[bool]) -> None:
+    if not future.cancelled():
+        future.exception()  # marks it seen: no "exception was never retrieved" at collection
