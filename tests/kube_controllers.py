@@ -941,20 +941,23 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 )
             )
         chosen = (regular | ephemeral).get(container or "") or next(iter(regular.values()), {})
-        if container in ephemeral:
-            states = {
-                s["name"]: s.get("state") or {}
-                for s in pod.get("status", {}).get("ephemeralContainerStatuses") or []
-            }
-            if "running" not in states.get(container, {}):
-                return await self._render_error(  # the kubelet: no such running container
-                    kmock.KubernetesError(
-                        status=500,
-                        reason="InternalError",
-                        message="unable to upgrade connection: "
-                        f'container not found ("{container}")',
-                    )
+        # The kubelet's GetExec finds the container among the *running* ones (kubelet.go
+        # findContainer): a container waiting in CrashLoopBackOff cannot be exec'd into.
+        # An ephemeral one counts only once started; a regular one without a status yet
+        # is taken as running (the fixtures' pods).
+        status_key = "ephemeralContainerStatuses" if container in ephemeral else "containerStatuses"
+        states = {
+            s["name"]: s.get("state") or {} for s in pod.get("status", {}).get(status_key) or []
+        }
+        name = container or chosen.get("name", "")
+        if (container in ephemeral or name in states) and "running" not in states.get(name, {}):
+            return await self._render_error(  # the kubelet: no such running container
+                kmock.KubernetesError(
+                    status=500,
+                    reason="InternalError",
+                    message=f'unable to upgrade connection: container not found ("{name}")',
                 )
+            )
         key = (request.namespace, request.name)
         self.cluster.exec_log.append((request.namespace, request.name, container, list(argv)))
         binaries = self.cluster.image_binaries.get(chosen.get("image", ""))

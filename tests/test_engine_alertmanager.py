@@ -101,7 +101,7 @@ def test_alertmanager_delivers_a_crashloop_the_engine_fixes(tmp_path):
             )
             assert incident.alert.source == "webhook"
             assert [(a.action, a.detail) for a in engine.actions()] == [
-                ("restart_pod", f"killed pod {pod.name} (SIGTERM)")
+                ("restart_pod", f"replaced pod {pod.name}")
             ]
             _post_alert(am, labels, ends=True)
             # the pod was replaced meanwhile: its name still traces it to its workload

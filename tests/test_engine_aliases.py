@@ -197,7 +197,7 @@ def test_kube_prometheus_crashloop_payload_drives_the_crash_loop_playbook(engine
     )
     (restart,) = [a for a in engine.actions() if a.incident_id == incident.id]
     assert (restart.action, restart.result) == ("restart_pod", "ok")
-    assert restart.detail == f"killed pod {pod.name} (SIGTERM)"
+    assert restart.detail == f"replaced pod {pod.name}"
     assert pod.name not in {p.name for p in target.pods()}
     assert _post(engine, _crashloop_body(pod.name, "default", "resolved")).status_code == 200
 

@@ -99,11 +99,29 @@ def _pod(cluster: EmulatedCluster, name: str) -> dict | None:
     return cluster.obj(PODS, NS, name)
 
 
-def test_a_real_crashlooping_delivery_restarts_the_pod_on_the_cluster(
+def _crash_looping(cluster: EmulatedCluster, name: str) -> None:
+    """The container as the kubelet shows it between crashes: waiting in CrashLoopBackOff,
+    so nothing can be exec'd into it (kubelet GetExec: container not found)."""
+    pod = _pod(cluster, name)
+    assert cluster.emu is not None and pod is not None
+    statuses = pod["status"]["containerStatuses"]
+    for status in statuses:
+        status.update(
+            ready=False,
+            restartCount=5,
+            state={"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 2m40s"}},
+            lastState={"terminated": {"exitCode": 1, "reason": "Error"}},
+        )
+    cluster.run(cluster.emu._patch(PODS, NS, name, {"status": {"containerStatuses": statuses}}))
+
+
+def test_a_real_crashlooping_delivery_replaces_the_pod_on_the_cluster(
     cluster: EmulatedCluster, kubeconfig: Path, serve, tmp_path: Path
 ) -> None:
     victim = sorted(cluster.pods_of(NS, "api"), key=lambda p: p["metadata"]["name"])[0]
     name, uid = victim["metadata"]["name"], victim["metadata"]["uid"]
+    _crash_looping(cluster, name)
+    others = {p["metadata"]["name"] for p in cluster.pods_of(NS, "api")} - {name}
     start = len(cluster.requests())
     url = serve(
         [
@@ -123,18 +141,19 @@ def test_a_real_crashlooping_delivery_restarts_the_pod_on_the_cluster(
     with urllib.request.urlopen(request, timeout=10) as answer:
         assert answer.status == 200
 
-    # restart_pod on Kubernetes: kill -TERM 1 by exec in the alert's pod; the app exits and
-    # the kubelet restarts its container (the emulated kubelet: tests/kube_controllers.py)
-    def restarted() -> bool:
-        pod = _pod(cluster, name) or {}
-        statuses = (pod.get("status") or {}).get("containerStatuses") or [{}]
-        return int(statuses[0].get("restartCount") or 0) >= 1
+    # restart_pod on Kubernetes: the alert's pod is deleted with its grace period (a
+    # container in back-off cannot be exec'd into, and a restart in the same pod keeps
+    # its back-off); the ReplicaSet starts a fresh pod in its place
+    def replaced() -> set[str]:
+        now = {p["metadata"]["name"] for p in cluster.pods_of(NS, "api")}
+        return now - others - {name} if name not in now else set()
 
-    cluster.eventually(restarted, timeout=30)
-    kills = [argv for ns, pod, _, argv in cluster.exec_log if (ns, pod) == (NS, name)]
-    assert kills == [["sh", "-c", "kill -TERM 1"]]
-    assert {pod for _, pod, _, _ in cluster.exec_log} == {name}  # only the alert's pod
-    assert _pod(cluster, name)["metadata"]["uid"] == uid  # the same pod, a fresh container
+    assert len(cluster.eventually(replaced, timeout=30)) == 1  # one fresh pod
+    assert cluster.exec_log == []
+    deletes = [r for r in cluster.requests()[start:] if r.method == "DELETE"]
+    assert [(d.path.rsplit("/", 1)[-1], d.query.get("gracePeriodSeconds")) for d in deletes] == [
+        (name, None)
+    ]
     # the action is on the record, where `incidents` and `postmortem` read it
     cluster.eventually(lambda: _action_recorded(tmp_path / "engine.sqlite", name), timeout=30)
 
@@ -178,7 +197,7 @@ def _action_recorded(store: Path, pod: str) -> bool:
         and i["target"] == "api"
         and i["playbook"] == "Pod Crash Loop"
     ]
-    return bool(ids) and f"killed pod {pod} (SIGTERM)" in _engine_cli(
+    return bool(ids) and f"replaced pod {pod}" in _engine_cli(
         "postmortem", f"--store={store}", ids[0], "--format=json"
     )
 

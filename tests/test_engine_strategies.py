@@ -111,7 +111,7 @@ def test_memory_still_high_scales_up_and_drains_old_pod(make_engine, target, adm
         ("relieve pressure", ("trigger_gc",), "not_fixed"),
         ("add capacity", ("scale_up", "drain_pod"), "fixed"),
     ]
-    assert "scale api 3" in target.calls and f"kill_pod {leaky} 15" in target.calls
+    assert "scale api 3" in target.calls and f"replace_pod {leaky}" in target.calls
     # the GC step was judged at its first bad sample: the rest of its window could not
     # have made it "fixed", so the next step did not wait for it
     (gc, _) = engine.store.verifications(incident.id)

@@ -188,6 +188,16 @@ class ProcTarget:
             p.proc.send_signal(sig)
             p.proc.wait(timeout=5)
 
+    def replace_pod(self, pod: Pod) -> None:
+        """SIGTERM, as the local target does; the supervisor here starts a fresh process."""
+        self.calls.append(f"replace_pod {pod.name}")
+        with self._lock:
+            p = self._pods.get(pod.name)
+            if p is None:
+                raise TargetError(f"no pod {pod.name}")
+            p.proc.send_signal(signal.SIGTERM)
+            p.proc.wait(timeout=5)
+
     def pause_pod(self, pod: Pod) -> None:
         os.kill(pod.pid, signal.SIGSTOP)
 

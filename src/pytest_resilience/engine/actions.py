@@ -18,7 +18,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import signal
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -150,7 +149,7 @@ class ActionContext:
 
 @action("restart_pod")
 def restart_pod(ctx: ActionContext) -> str:
-    """Kill the alert's pod gracefully (the platform starts a fresh one); else restart all.
+    """Replace the alert's pod gracefully (a fresh one, its back-off reset); else restart all.
 
     Readiness is the verify step's job (condition ``ready``), as for every action below
     that only asks the platform for a change.
@@ -158,8 +157,8 @@ def restart_pod(ctx: ActionContext) -> str:
     named = ctx.alert.labels.get("pod")
     pods = [p for p in ctx.target.pods() if p.workload == ctx.workload and p.name == named]
     if pods:
-        ctx.target.kill_pod(pods[0], sig=signal.SIGTERM)
-        return f"killed pod {pods[0].name} (SIGTERM)"
+        ctx.target.replace_pod(pods[0])
+        return f"replaced pod {pods[0].name}"
     ctx.target.restart(ctx.workload)
     return f"restarted workload {ctx.workload}"
 
@@ -211,7 +210,7 @@ def drain_pod(ctx: ActionContext) -> str:
     old = next((p for name in names for p in pods if name and p.name == name), None)
     if old is None:
         raise TargetError(f"no old pod of {ctx.workload!r} left to drain")
-    ctx.target.kill_pod(old, sig=signal.SIGTERM)
+    ctx.target.replace_pod(old)
     return f"drained pod {old.name}"
 
 

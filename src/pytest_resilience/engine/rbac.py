@@ -9,10 +9,9 @@ runs each action against the API emulator and checks the table against the reque
 made, and the manifest's rules against the table.
 
 Verbs are the API server's (apiserver pkg/endpoints/request/requestinfo.go): GET on a collection
-is ``list``, with ``watch=true`` ``watch``; a named GET ``get``; POST ``create``; PATCH ``patch``.
-Exec goes over a websocket, an HTTP GET: authorized as ``get`` on ``pods/exec`` and, since
-Kubernetes 1.35 (AuthorizePodWebsocketUpgradeCreatePermission, kubernetes#134577), also as
-``create``; both are granted. ``cluster`` marks what a namespaced Role cannot grant: cluster-
+is ``list``, with ``watch=true`` ``watch``; a named GET ``get``; POST ``create``; PATCH ``patch``;
+DELETE ``delete``. No action execs into a pod (restart_pod deletes it: a container in
+CrashLoopBackOff cannot be exec'd into), so ``pods/exec`` is not granted. ``cluster`` marks what a namespaced Role cannot grant: cluster-
 scoped resources (nodes) and requests across namespaces (drain lists and evicts the node's
 pods wherever they live; the target still skips the namespaces its safety policy protects,
 which RBAC cannot express).
@@ -51,7 +50,6 @@ def _p(spec: str, *, cluster: bool = False) -> frozenset[Permission]:
 
 
 _LIST_PODS = _p("core pods list")
-_EXEC = _p("core pods/exec get,create")
 _ADMIN_HOOK = _LIST_PODS | _p("core pods/proxy create")  # ports from the listing
 #: wait_ready: the Deployment, then a watch of it (a 410 re-lists: ENGINE's list covers it)
 _WAIT_READY = _p("apps deployments get,watch")
@@ -70,8 +68,8 @@ _ENDPOINT = _p("core services get")
 
 #: built-in action -> what it requests on the Kubernetes target (readiness waits included)
 ACTIONS: dict[str, frozenset[Permission]] = {
-    # the alert's pod: kill -TERM 1 by exec; no such pod: a rollout restart of the workload
-    "restart_pod": _LIST_PODS | _EXEC | _p("apps deployments patch"),
+    # the alert's pod: deleted with its grace period; no such pod: a rollout restart
+    "restart_pod": _LIST_PODS | _p("core pods delete") | _p("apps deployments patch"),
     "graceful_restart": _p("apps deployments patch"),
     "trigger_gc": _ADMIN_HOOK,
     "scale_up": _LIST_PODS
@@ -79,7 +77,7 @@ ACTIONS: dict[str, frozenset[Permission]] = {
     | _p("apps deployments/scale patch")
     | _WAIT_READY,
     "scale_down": _p("apps deployments list") | _p("apps deployments/scale patch"),
-    "drain_pod": _LIST_PODS | _EXEC,
+    "drain_pod": _LIST_PODS | _p("core pods delete"),
     "close_idle_connections": _ADMIN_HOOK,
     "grow_pool": _ADMIN_HOOK,
     "invalidate_cache": _ADMIN_HOOK,

@@ -249,6 +249,24 @@ class KubernetesTarget(KubePodAccess, KubeFaults):
 
     # ---------------------------------------------------------------- changing
 
+    def replace_pod(self, pod: Pod) -> None:
+        """Delete the pod with its own grace period (``kubectl delete pod``): the kubelet
+        sends SIGTERM and waits ``terminationGracePeriodSeconds``, the ReplicaSet starts a
+        fresh pod. Not an exec: a container waiting in CrashLoopBackOff cannot be exec'd
+        into (the kubelet finds only running containers), and a restart in the same pod
+        keeps its back-off."""
+        self.policy.check_namespace(pod.namespace)
+        self._change(
+            f"DELETE pod {pod.namespace}/{pod.name}",
+            self._core.delete_namespaced_pod,
+            pod.name,
+            pod.namespace,
+            verb="delete",
+            resource="pods",
+            namespace=pod.namespace,
+            name=pod.name,
+        )
+
     def kill_pod(
         self, pod: Pod, *, sig: int = _signal.SIGKILL, by_exec: bool | None = None
     ) -> None:

@@ -622,6 +622,10 @@ class LocalTarget(LocalFaults):
             with self._cond:
                 self._cond.wait_for(lambda: self._pod_gone(name, pgid), timeout=5.0)
 
+    def replace_pod(self, pod: Pod) -> None:
+        """SIGTERM: the app shuts down, the supervisor starts a fresh process in its place."""
+        self.kill_pod(pod, sig=signal.SIGTERM)
+
     def pause_pod(self, pod: Pod) -> None:
         """SIGSTOP every process of the pod (its group, its whole process tree, its
         cgroups): a hung machine. The pod stops being ready; on return each of those
