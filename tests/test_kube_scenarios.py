@@ -136,8 +136,8 @@ def _alive(pid: int) -> bool:
 
 #: what each scenario of scenarios/ does on the Kubernetes path today: "passed",
 #: "skipped: <reason start>", "failed: <the known cause>" (a defect not fixed yet; a fix
-#: makes this test say so, and the entry changes), or None: racy, see the comment
-EXPECTED: dict[str, str | None] = {
+#: makes this test say so, and the entry changes)
+EXPECTED: dict[str, str] = {
     "scenarios/bad_release_rollback.yaml::bad_release_rollback": "passed",
     "scenarios/pod_kill_api.yaml::pod_kill_api": "passed",
     "scenarios/test_database_failure.py::"
@@ -152,10 +152,6 @@ EXPECTED: dict[str, str | None] = {
     "[alertmanager]": "skipped: the real loop needs prometheus and prometheus-alertmanager",
     "scenarios/test_prometheus_loop.py::test_leaked_pool_detected_healed_and_resolved"
     "[built-in]": "passed",
-    # Racy on Kubernetes, so not pinned (None): KubernetesTarget.rollback/restart return
-    # once the PATCH is accepted (the local ones once the pods are replaced), so the engine
-    # may verify while the rollout still runs; and every graceful deletion of a rollout is
-    # a POD_DIED (kube_watch.diff_pod, detail "terminating"), which feeds PodCrashLoop.
     "scenarios/test_remediation.py::test_bad_release_is_rolled_back": "passed",
     "scenarios/test_remediation.py::test_crash_loop_gets_a_fresh_restart": "passed",
     # CacheCrowdOut talks to Redis where the target says clients reach it; on Kubernetes
@@ -188,7 +184,7 @@ def test_every_scenario_runs_on_kubernetes_or_is_skipped_naming_the_capability(
     wrong = {
         nodeid: got
         for nodeid, got in outcome.results.items()
-        if EXPECTED[nodeid] is not None and not _matches(got, str(EXPECTED[nodeid]))
+        if not _matches(got, EXPECTED[nodeid])
     }
     assert not wrong, f"{wrong}\n{outcome.output}"
     assert outcome.returncode in (0, 1), outcome.output  # 1: the known failures
