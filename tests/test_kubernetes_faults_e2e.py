@@ -565,6 +565,30 @@ def test_plugin_runs_a_chaos_test_on_kubernetes(
         ledger.close_db()
 
 
+def test_sigkill_by_exec_is_an_option(
+    pytester: pytest.Pytester, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a real SIGKILL (kill -KILL -1 by exec, the app under an init) instead of a grace-0
+    # delete, whose kubelet still sends SIGTERM first: the scenario's run asks for it
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    pytester.makepyfile(
+        """
+        def test_it(chaos_target):
+            assert chaos_target.sigkill_by_exec is True
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "--chaos-target=kubernetes",
+        "--kube-context=kind-test",
+        f"--chaos-namespace={NS}",
+        f"--chaos-ledger={pytester.path / 'ledger.sqlite'}",
+        "--kube-sigkill-by-exec",
+        "-p",
+        "no:cacheprovider",
+    )
+    result.assert_outcomes(passed=1)
+
+
 def test_plugin_refuses_a_system_namespace(
     pytester: pytest.Pytester, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -64,6 +64,7 @@ class ChaosRun:
                 namespace=self.settings.namespace,
                 allow=self.settings.allow,
                 dry_run=self.settings.dry_run,
+                sigkill_by_exec=self.settings.sigkill_by_exec,
             )
             # In a cluster, Toxiproxy runs as a Deployment reached via --toxiproxy-url.
             kube.toxiproxy_url = self.settings.toxiproxy_url

@@ -38,6 +38,12 @@ OPTIONS = (
     _Option("--kube-context", "kubeconfig context for --chaos-target=kubernetes"),
     _Option("--chaos-namespace", "namespace to run chaos in (kubernetes)", "default"),
     _Option(
+        "--kube-sigkill-by-exec",
+        "kubernetes: SIGKILL a pod's app by exec (kill -KILL -1, the app under an init) "
+        "instead of a grace-0 delete, whose kubelet sends SIGTERM first",
+        is_flag=True,
+    ),
+    _Option(
         "--chaos-allow",
         "also allow a context or namespace: context:NAME or namespace:NAME (repeatable)",
         multiple=True,
@@ -82,6 +88,7 @@ class ChaosSettings:
     entry: str = "api"
     kube_context: str | None = None
     namespace: str = "default"
+    sigkill_by_exec: bool = False
     allow: tuple[str, ...] = ()
     prometheus_url: str | None = None
     toxiproxy_url: str | None = None
@@ -123,6 +130,7 @@ class ChaosSettings:
             entry=get("chaos_entry"),
             kube_context=get("kube_context") or None,
             namespace=get("chaos_namespace"),
+            sigkill_by_exec=bool(get("kube_sigkill_by_exec")),
             allow=tuple(get("chaos_allow") or ()),
             prometheus_url=get("prometheus_url") or None,
             toxiproxy_url=get("toxiproxy_url") or None,
