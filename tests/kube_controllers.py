@@ -193,6 +193,13 @@ class _Buses(dict[Any, StampingBus]):
         return bus
 
 
+#: an RBAC verb -> the HTTP method of a request it authorizes (requestinfo.go, reversed)
+_VERB_METHODS = {
+    "get": "GET", "list": "GET", "watch": "GET", "create": "POST",
+    "update": "PUT", "patch": "PATCH", "delete": "DELETE",
+}  # fmt: skip
+
+
 class ClusterEmulator(kmock.KubernetesEmulator):
     cluster: EmulatedCluster
 
@@ -200,6 +207,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         c = self.cluster
         plural = request.resource.plural if request.resource else None
         method = str(request.method.value).upper()
+        if plural == "selfsubjectaccessreviews" and method == "POST":
+            return self._access_review(request)
         rule = (method, plural, request.subresource)
         for m, res, sub, message in c.forbidden:
             if (m, res, sub) == rule:
@@ -344,6 +353,31 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         raw = self._objects[key].raw
         self._objects[key].delete()
         await self._buses[res].put({"type": "DELETED", "object": raw})
+
+    # ------------------------------------------------------------------- RBAC
+
+    def _access_review(self, request: Any) -> aiohttp.web.Response:
+        """SelfSubjectAccessReview (authorization.k8s.io/v1, what ``kubectl auth can-i``
+        posts): the spec comes back with ``status.allowed``; denied exactly where
+        :meth:`EmulatedCluster.forbid` makes the request itself a 403 (the RBAC authorizer
+        gives a denial no reason: ``allowed: false`` alone)."""
+        body = request.data if isinstance(request.data, dict) else {}
+        attrs = (body.get("spec") or {}).get("resourceAttributes") or {}
+        rule = (
+            _VERB_METHODS.get(str(attrs.get("verb", "")), ""),
+            attrs.get("resource"),
+            attrs.get("subresource") or None,
+        )
+        allowed = not any((m, r, s) == rule for m, r, s, _ in self.cluster.forbidden)
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "metadata": {"creationTimestamp": None},
+            "spec": body.get("spec") or {},
+            "status": {"allowed": allowed}
+            | ({"reason": 'RBAC: allowed by RoleBinding "chaos/ci"'} if allowed else {}),
+        }
+        return aiohttp.web.json_response(review, status=201)
 
     # --------------------------------------------------------- graceful delete
 

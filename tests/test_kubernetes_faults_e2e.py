@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -587,6 +588,34 @@ def test_sigkill_by_exec_is_an_option(
         "no:cacheprovider",
     )
     result.assert_outcomes(passed=1)
+
+
+def test_the_doctor_asks_the_api_server_for_each_permission_and_names_what_is_missing(
+    pytester: pytest.Pytester,
+    cluster: EmulatedCluster,
+    kubeconfig: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pytest_resilience.targets.kube_preflight import NEEDED_ACCESS
+
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    cluster.forbid("POST", "pods", "eviction")  # the runner's Role lacks create pods/eviction
+    before = len(cluster.requests())
+    result = pytester.runpytest_subprocess(
+        "--chaos-doctor",
+        "--chaos-target=kubernetes",
+        "--kube-context=kind-test",
+        f"--chaos-namespace={NS}",
+        "-p",
+        "no:cacheprovider",
+    )
+    out = result.stdout.str()
+    assert re.search(r"MISS create pods/eviction +node_failure \(drain\)  -> grant it", out), out
+    assert re.search(r"ok   delete pods +pod_kill", out), out
+    assert "could not ask" not in out and out.count("MISS") == 1, out
+    asked = cluster.requests()[before:]
+    reviews = [r for r in asked if r.path.endswith("selfsubjectaccessreviews")]
+    assert len(reviews) == len(NEEDED_ACCESS) and {r.method for r in reviews} == {"POST"}
 
 
 def test_plugin_refuses_a_system_namespace(

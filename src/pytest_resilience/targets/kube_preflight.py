@@ -22,9 +22,15 @@ NEEDED_ACCESS: tuple[tuple[str, str, str, str, str], ...] = (
     ("list", "pods", "", "", "find pods by selector"),
     ("watch", "pods", "", "", "pod events"),
     ("delete", "pods", "", "", "pod_kill"),
-    ("create", "pods", "exec", "", "signals, disk_fill, memory_stress, undo of network_block"),
+    # exec is a websocket GET: authorized as get, and since Kubernetes 1.35 also as create
+    # (AuthorizePodWebsocketUpgradeCreatePermission, kubernetes#134577)
+    ("get", "pods", "exec", "", "signals, disk_fill, memory_stress, undo of network_block"),
+    ("create", "pods", "exec", "", "the same, on Kubernetes 1.35 and later"),
     ("patch", "pods", "ephemeralcontainers", "", "network_block (iptables in the pod)"),
-    ("get", "pods", "proxy", "", "pod metrics, readiness and admin hooks"),
+    ("get", "pods", "proxy", "", "pod metrics and readiness (GET through the pod proxy)"),
+    ("create", "pods", "proxy", "", "admin hooks (POST through the pod proxy)"),
+    ("get", "pods", "log", "", "what a failing pod said, in error messages"),
+    ("get", "services", "", "", "where the load and the datastores are reached"),
     ("create", "pods", "eviction", "", "node_failure (drain)"),
     ("patch", "deployments", "", "apps", "bad_deploy, rollback, scale"),
     ("list", "replicasets", "", "apps", "rollback (previous revision)"),
@@ -76,6 +82,9 @@ def _access_lines(target: object) -> list[str]:
             status = api.create_self_subject_access_review(review, _request_timeout=5).status
         except Exception as exc:  # the doctor reports every failure, it never stops at one
             lines.append(f"  ?    {name:<32} could not ask the API server: {_short(exc)}")
+            continue
+        if status is None:  # not an authorizer's answer (a proxy, an old aggregated API)
+            lines.append(f"  ?    {name:<32} the API server's review came back without a status")
             continue
         mark = "ok  " if status.allowed else "MISS"
         fix = "" if status.allowed else f"  -> grant it in the Role for the runner ({why})"
