@@ -97,6 +97,7 @@ class _KubeHost(Protocol):
     def drain(self, node: str, *, timeout: float = 120.0) -> list[Pod]: ...
     def uncordon(self, node: str) -> None: ...
     def _read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]: ...
+    def _read_pod(self, name: str, namespace: str) -> dict[str, Any]: ...
     def _change(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
     def _watch_until(self, *args: Any, **kwargs: Any) -> Mapping[str, Any] | None: ...
     def _node_raw(self, node: str) -> dict[str, Any]: ...
@@ -320,15 +321,7 @@ class KubeFaults:
         return record
 
     def _add_ephemeral(self: _KubeHost, pod: Pod, container: str) -> None:
-        current = self._read(
-            self._core.read_namespaced_pod,
-            pod.name,
-            pod.namespace,
-            verb="get",
-            resource="pods",
-            namespace=pod.namespace,
-            name=pod.name,
-        )
+        current = self._read_pod(pod.name, pod.namespace)
         existing = list(current.get("spec", {}).get("ephemeralContainers") or ())
         if any(c.get("name") == container for c in existing):
             return  # re-run of the same ledger entry: already there
@@ -465,15 +458,7 @@ class KubeFaults:
         """``(container, mountPath)`` of the pod's writable volume mounts, in spec order;
         the service account token and other read-only mounts are left out."""
         if obj is None:
-            obj = self._read(
-                self._core.read_namespaced_pod,
-                pod.name,
-                pod.namespace,
-                verb="get",
-                resource="pods",
-                namespace=pod.namespace,
-                name=pod.name,
-            )
+            obj = self._read_pod(pod.name, pod.namespace)
         return [
             (c.get("name", ""), m["mountPath"])
             for c in obj.get("spec", {}).get("containers") or ()
@@ -767,15 +752,7 @@ class KubeFaults:
         and exited may have left its rules in the pod's network namespace, with nothing to
         remove them through but replacing the pod: that is an error saying so."""
         try:
-            obj = self._read(
-                self._core.read_namespaced_pod,
-                pod.name,
-                pod.namespace,
-                verb="get",
-                resource="pods",
-                namespace=pod.namespace,
-                name=pod.name,
-            )
+            obj = self._read_pod(pod.name, pod.namespace)
         except KubeNotFound:
             return None  # the pod is gone, and the fault with it; the exec says so too
         spec = obj.get("spec", {}).get("ephemeralContainers") or ()
@@ -873,15 +850,7 @@ class KubeFaults:
         if ref.kind == "Node":
             obj = self._node_raw(ref.name)
         else:
-            obj = self._read(
-                self._core.read_namespaced_pod,
-                ref.name,
-                ref.namespace,
-                verb="get",
-                resource="pods",
-                namespace=ref.namespace,
-                name=ref.name,
-            )
+            obj = self._read_pod(ref.name, ref.namespace)
         value = (obj.get("metadata", {}).get("annotations") or {}).get(FAULT_ANNOTATION, "")
         return set(value.split())
 
@@ -915,15 +884,7 @@ def _measure_volume(
     target: _KubeHost, pod: Pod, path: str | None
 ) -> tuple[str | None, str, Any, int | None]:
     """(container, directory, its volume's bound, bytes used) for ``path`` in ``pod``."""
-    obj = target._read(
-        target._core.read_namespaced_pod,
-        pod.name,
-        pod.namespace,
-        verb="get",
-        resource="pods",
-        namespace=pod.namespace,
-        name=pod.name,
-    )
+    obj = target._read_pod(pod.name, pod.namespace)
     container, directory = _fill_dir(target, pod, path, obj)
     bound = target.volume_bound(pod, obj, container, directory)  # type: ignore[attr-defined]
     used = target.volume_used(pod, bound.mount, container=container)  # type: ignore[attr-defined]

@@ -118,15 +118,7 @@ class KubePodAccess:
             known = self._ports.get((pod.namespace, pod.name))
         if known is not None:
             return known
-        obj = self._read(
-            self._core.read_namespaced_pod,
-            pod.name,
-            pod.namespace,
-            verb="get",
-            resource="pods",
-            namespace=pod.namespace,
-            name=pod.name,
-        )
+        obj = self._read_pod(pod.name, pod.namespace)
         self._remember(obj)
         return PodPorts.of(obj)
 

@@ -843,6 +843,18 @@ class KubernetesTarget(KubePodAccess, KubeFaults):
             fn, *args, verb=verb, resource=resource, namespace=namespace, name=name, **kwargs
         )
 
+    def _read_pod(self, name: str, namespace: str) -> dict[str, Any]:
+        """The pod as the API server has it now (plain dicts)."""
+        return self._read(
+            self._core.read_namespaced_pod,
+            name,
+            namespace,
+            verb="get",
+            resource="pods",
+            namespace=namespace,
+            name=name,
+        )
+
     def _read(
         self,
         fn: Callable[..., Any],
