@@ -41,10 +41,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "chaos(requires=[...]): a chaos scenario (fault under load, SLO checks); requires "
-        "names target capabilities it needs (skipped where the target lacks one)",
+        "chaos(requires=[...], needs=[...]): a chaos scenario (fault under load, SLO "
+        "checks); requires names target capabilities (skipped where the target lacks one), "
+        "needs the machine's servers and tools (skipped where missing, failed under CI; "
+        "see --chaos-doctor)",
     )
     config.stash[RUN_KEY] = ChaosRun(ChaosSettings.from_config(config))
+    from .collect import extra_paths
+
+    config.args.extend(extra_paths(config, config.stash[RUN_KEY].settings.chaostoolkit_dir))
     # SIGTERM (CI cancelling a job) becomes KeyboardInterrupt, so pytest runs every
     # fixture teardown and each fault is reverted, as on Ctrl-C.
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
@@ -78,8 +83,10 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    if file_path.suffix in (".yaml", ".yml") and "scenarios" in file_path.parts:
-        from .collect import ScenarioFile
+    run = parent.config.stash.get(RUN_KEY, None)
+    from .collect import ScenarioFile, collects
+
+    if collects(file_path, run.settings.chaostoolkit_dir if run else None):
 
         return ScenarioFile.from_parent(parent, path=file_path)
     return None
