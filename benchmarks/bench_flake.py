@@ -12,6 +12,13 @@ An SLO the scenario expects to breach (``assert_recovers``) shows ``breached`` a
 latest recovery seen (``back by T0+N s``), to read against the scenario's ``within_s``.
 
     python benchmarks/bench_flake.py --runs 5 --cpu-hog
+
+``--baseline REF`` also installs REF (a commit, e.g. the one before a speed-up) in its own
+clone and venv and alternates the runs (baseline, HEAD, baseline, ...), so the machine's
+noise falls on both alike; the main job's time is printed as the median of each and their
+ratio. The tally above is HEAD's only.
+
+    python benchmarks/bench_flake.py --runs 2 --baseline 1b83c5d
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import json
 import multiprocessing
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,10 +71,13 @@ def margin(objective: str, worst: float | None) -> float | None:
     return (worst - bound) / (1 - bound) if bound < 1 else None
 
 
-def fresh_install(workdir: Path) -> tuple[Path, Path]:
-    """A clone of HEAD and a venv with only ``pip install -e .``, as a new user has."""
+def fresh_install(workdir: Path, ref: str | None = None) -> tuple[Path, Path]:
+    """A clone of HEAD (or ``ref``) and a venv with only ``pip install -e .``, as a new
+    user has."""
     project, venv = workdir / "project", workdir / "venv"
     subprocess.run(["git", "clone", "-q", str(REPO), str(project)], check=True)
+    if ref:
+        subprocess.run(["git", "-C", str(project), "checkout", "-q", ref], check=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
     subprocess.run([*pip, "-e", str(project)], check=True, capture_output=True)
@@ -143,11 +154,14 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--cpu-hog", action="store_true", help="keep one core busy meanwhile")
     parser.add_argument("--workdir", type=Path, help="keep the clone here (default: a temp dir)")
+    parser.add_argument("--baseline", metavar="REF", help="also time REF, runs alternated")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-flake-"))
     command = readme_command_a()
     print(f"README command (a): {command}\nfresh clone and venv in {workdir} ...", flush=True)
     project, venv = fresh_install(workdir)
+    base = fresh_install(workdir / "baseline", args.baseline) if args.baseline else None
+    base_times: list[float] = []
     burner = multiprocessing.Process(target=hog, daemon=True) if args.cpu_hog else None
     if burner:
         burner.start()
@@ -155,6 +169,12 @@ def main() -> int:
     runs: list[tuple[int, float]] = []
     try:
         for index in range(args.runs):
+            if base is not None:
+                base_rc, base_took, _ = run_once(*base, command, index)
+                base_times.append(base_took)
+                print(
+                    f"baseline {args.baseline} run {index + 1}: exit {base_rc} in {base_took:.0f} s"
+                )
             rc, took, data = run_once(project, venv, command, index)
             runs.append((rc, took))
             tally(data, totals)
@@ -163,6 +183,12 @@ def main() -> int:
         if burner:
             burner.terminate()
     print_table(totals, runs)
+    if base_times:
+        head, then = statistics.median(t for _, t in runs), statistics.median(base_times)
+        print(
+            f"main job time: HEAD median {head:.0f} s, {args.baseline} median {then:.0f} s, "
+            f"ratio {head / then:.2f}"
+        )
     print(f"logs and reports: {project}/run*.log, {project}/reports-run*/")
     return 0 if all(rc == 0 for rc, _ in runs) else 1
 
