@@ -87,7 +87,6 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     from .collect import ScenarioFile, collects
 
     if collects(file_path, run.settings.chaostoolkit_dir if run else None):
-
         return ScenarioFile.from_parent(parent, path=file_path)
     return None
 

@@ -61,6 +61,10 @@ OPTIONS = (
         is_flag=True,
     ),
     _Option(
+        "--chaostoolkit-dir",
+        "also collect the Chaos Toolkit experiments (*.json, *.yaml) in this directory",
+    ),
+    _Option(
         "--remediation-playbooks",
         "playbooks layered over the bundled ones (default: the project's remediators/)",
     ),
@@ -99,6 +103,7 @@ class ChaosSettings:
     dry_run: bool = False
     playbooks: Path | None = None
     doctor: bool = False
+    chaostoolkit_dir: Path | None = None
     rootdir: Path = field(default_factory=Path.cwd)
 
     @classmethod
@@ -124,6 +129,9 @@ class ChaosSettings:
         playbooks = path("remediation_playbooks")
         if playbooks is not None and not playbooks.is_dir():
             raise pytest.UsageError(f"--remediation-playbooks: no such directory: {playbooks}")
+        chaostoolkit_dir = path("chaostoolkit_dir")
+        if chaostoolkit_dir is not None and not chaostoolkit_dir.is_dir():
+            raise pytest.UsageError(f"--chaostoolkit-dir: no such directory: {chaostoolkit_dir}")
         return cls(
             target=target,
             services=services,
@@ -141,5 +149,6 @@ class ChaosSettings:
             dry_run=bool(get("chaos_dry_run")),
             playbooks=playbooks,
             doctor=bool(get("chaos_doctor")),
+            chaostoolkit_dir=chaostoolkit_dir,
             rootdir=root,
         )

@@ -152,9 +152,9 @@ def experiment_kind(data: Any, *, suffix: str) -> str | None:
         return "scenario"
     if _looks_like_ctk(data):
         return "chaostoolkit"
-    if "method" not in data and "steady-state-hypothesis" not in data:
-        return None
-    return "scenario"
+    if not {"title", "description", "tags", "method", "steady-state-hypothesis"} & set(data):
+        return None  # nothing of either format: a stray data file
+    return "scenario"  # our loader names what is missing or misspelt
 
 
 def _has_fault_steps(data: dict[str, Any]) -> bool:

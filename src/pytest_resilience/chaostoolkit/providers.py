@@ -15,6 +15,7 @@ hanging call can be interrupted by Ctrl-C like any child.
 from __future__ import annotations
 
 import contextlib
+import importlib.machinery
 import importlib.util
 import itertools
 import json
@@ -70,13 +71,16 @@ def package_of(module: str) -> str:
     return EXTENSIONS.get(top, f"the package that provides {top!r}")
 
 
-def missing_package(module: str) -> bool:
-    """Whether the module's top-level package is absent; imports nothing of it."""
+def missing_package(module: str, *, cwd: Path | None = None) -> bool:
+    """Whether the module's top-level package is absent, here or beside the experiment
+    (the child runs there); imports nothing of it."""
     top = module.split(".")[0]
     try:
-        return importlib.util.find_spec(top) is None
+        if importlib.util.find_spec(top) is not None:
+            return False
     except (ImportError, ValueError):
-        return True
+        pass
+    return cwd is None or importlib.machinery.PathFinder.find_spec(top, [str(cwd)]) is None
 
 
 def run_provider(
