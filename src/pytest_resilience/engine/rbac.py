@@ -11,10 +11,10 @@ made, and the manifest's rules against the table.
 Verbs are the API server's (apiserver pkg/endpoints/request/requestinfo.go): GET on a collection
 is ``list``, with ``watch=true`` ``watch``; a named GET ``get``; POST ``create``; PATCH ``patch``;
 DELETE ``delete``. No action execs into a pod (restart_pod deletes it: a container in
-CrashLoopBackOff cannot be exec'd into), so ``pods/exec`` is not granted. ``cluster`` marks what a namespaced Role cannot grant: cluster-
-scoped resources (nodes) and requests across namespaces (drain lists and evicts the node's
-pods wherever they live; the target still skips the namespaces its safety policy protects,
-which RBAC cannot express).
+CrashLoopBackOff cannot be exec'd into), so ``pods/exec`` is not granted. ``cluster``
+marks what a namespaced Role cannot grant: cluster-scoped resources (nodes) and requests
+across namespaces (drain lists and evicts the node's pods wherever they live; the target
+still skips the namespaces its safety policy protects, which RBAC cannot express).
 """
 
 from __future__ import annotations
