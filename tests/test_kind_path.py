@@ -19,18 +19,37 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
-MANIFESTS = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
+#: the demo (applied as a directory before the scenarios) and the engine with its Alertmanager
+#: (applied file by file after them): every image of deploy/ is on the nodes before its apply
+MANIFESTS = sorted((ROOT / "deploy" / "k8s").glob("*.yaml")) + sorted(
+    (ROOT / "deploy" / "engine").glob("*.yaml")
+)
 DEMO_IMAGE = "pytest-resilience-demo:ci"
 
 
-def manifest_images() -> set[str]:
+def images_of(path: Path) -> set[str]:
     images: set[str] = set()
-    for path in MANIFESTS:
-        for doc in yaml.safe_load_all(path.read_text()):
-            spec = (doc or {}).get("spec", {}).get("template", {}).get("spec", {})
-            for c in [*spec.get("containers", []), *spec.get("initContainers", [])]:
-                images.add(c["image"])
+    for doc in yaml.safe_load_all(path.read_text()):
+        spec = (doc or {}).get("spec", {}).get("template", {}).get("spec", {})
+        for c in [*spec.get("containers", []), *spec.get("initContainers", [])]:
+            images.add(c["image"])
     return images
+
+
+def manifest_images() -> set[str]:
+    return set().union(*(images_of(path) for path in MANIFESTS))
+
+
+def applies(run: str, path: Path) -> bool:
+    """Whether a step's script applies the manifest (the file itself or its directory)."""
+    rel = path.relative_to(ROOT)
+    for line in run.replace("\\\n", " ").splitlines():
+        words = line.split()
+        if words[:2] == ["kubectl", "apply"] and "-f" in words:
+            given = words[words.index("-f") + 1]
+            if given in (str(rel), f"{rel.parent}/", str(rel.parent)):
+                return True
+    return False
 
 
 def net_image() -> str:
@@ -83,6 +102,17 @@ def test_every_image_is_loaded_before_the_cluster_is_used(path: Path) -> None:
     assert wanted <= loaded, f"not loaded into the nodes: {sorted(wanted - loaded)}"
     assert wanted - {DEMO_IMAGE} <= pulled, f"not pulled first: {sorted(wanted - pulled)}"
     assert apply_at < pytest_at
+    # and each manifest that has images is applied only after they are loaded
+    load_at = max(
+        i
+        for i, s in enumerate(all_steps)
+        if "kind load docker-image" in s.get("run", "") and "docker pull" in s.get("run", "")
+    )
+    for path in MANIFESTS:
+        applied = [i for i, s in enumerate(all_steps) if applies(s.get("run", ""), path)]
+        if images_of(path):
+            assert applied, f"{path.relative_to(ROOT)} has images but no step applies it"
+            assert load_at < applied[0], f"{path.name} applied before its images are loaded"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
