@@ -243,10 +243,8 @@ class Outbox:
         return queued
 
     def _triggered(self, channel: str, dedup_key: str) -> bool:
-        return any(
-            i.channel == channel and i.dedup_key == dedup_key and i.event_action == "trigger"
-            for i in self.store.outbox()
-        )
+        # the outbox's unique index, not a scan of it: a storm of resolves stays linear
+        return self.store.queued(channel, dedup_key, "trigger")
 
     def start(self) -> None:
         if self.channels and self._thread is None:

@@ -2,8 +2,10 @@
 
 One dispatcher thread takes alerts off a bounded queue and decides (de-duplicate,
 route to a playbook, safety), writing every decision to the store before acting.
-Webhook alerts are in the store's inbox before the webhook answers 200 (see
-:meth:`Engine.receive`); a restarted engine decides what its inbox still holds.
+Webhook alerts are in the store's inbox before the webhook answers 200: the intake
+thread writes them (group commit, its own SQLite connection) and answers without waiting
+for the dispatcher (see :meth:`Engine.receive`); a restarted engine decides what its
+inbox still holds.
 Remediations run on a small worker pool, one per open incident; the outbox sends pages
 on its own thread; the optional webhook receiver runs on its own asyncio loop. A
 restarted engine resumes open incidents: a step whose action already ran is verified
@@ -82,6 +84,8 @@ class _Capped(Exception):
 
 #: an alert to decide and its inbox id (None: not from the webhook, nothing to clear)
 _Queued = tuple[Alert, int | None]
+#: what the dispatcher's queue holds: one alert, a webhook body's alerts, or None (wake up)
+_Item = _Queued | list[_Queued] | None
 
 
 @dataclass(frozen=True)
@@ -92,8 +96,8 @@ class _Delivery:
     written: Future[bool]
 
 
-#: at most this many alerts decided per transaction: a webhook body arriving meanwhile waits
-#: for one chunk at most before its inbox write (and its 200)
+#: at most this many alerts decided per transaction: the engine's connection holds SQLite's
+#: one write lock for one chunk at most, which is what an inbox write may wait for
 _CHUNK = 64
 #: alerts decided on one listing of the target (read once, only if an alias needs it)
 _LISTED_FOR = 256
@@ -163,7 +167,8 @@ class Engine:
         # in, so the alerts a restart finds in the inbox and held alerts released later are
         # never refused
         self.max_queue = max_queue
-        self._queue: queue.Queue[_Queued | _Delivery | None] = queue.Queue()
+        self._queue: queue.Queue[_Item] = queue.Queue()
+        self._intake: queue.Queue[_Delivery | None] = queue.Queue()  # bodies to write
         self._waiting = 0  # alerts queued, not decided yet (under _lock)
         self._workers = workers
         self._lock = threading.Lock()
@@ -191,6 +196,7 @@ class Engine:
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="engine-remediate")
         self._resume()
         self._spawn(self._dispatch, "engine-dispatch")
+        self._spawn(self._take_in, "engine-intake")
         if self.rules.rules:
             self._spawn(self._evaluate, "engine-rules")
         self.outbox.start()
@@ -211,8 +217,8 @@ class Engine:
             self._unsubscribe()
             self._unsubscribe = None
         self._stop.set()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)  # wake the dispatcher
+        self._queue.put_nowait(None)  # wake the dispatcher
+        self._intake.put_nowait(None)  # and the intake
         for thread in self._threads:
             thread.join(timeout=10)
         self._threads.clear()
@@ -254,13 +260,14 @@ class Engine:
         True once they are in the store's inbox, so a 200 is answered only for alerts that
         survive a SIGKILL; False at once when the queue has no room for all of them (503:
         Alertmanager re-sends the whole body); an exception if the store cannot write. The
-        dispatcher writes every body waiting for it in one transaction (group commit).
+        intake thread writes every body waiting for it in one transaction (group commit)
+        and answers them then, whatever the dispatcher is busy with.
         """
         written: Future[bool] = Future()
         if not self._reserve(len(alerts)):
             written.set_result(False)
         else:
-            self._queue.put_nowait(_Delivery(tuple(alerts), written))
+            self._intake.put_nowait(_Delivery(tuple(alerts), written))
         return written
 
     def _reserve(self, alerts: int, *, always: bool = False) -> bool:
@@ -272,7 +279,7 @@ class Engine:
 
     def idle(self) -> bool:
         """No alert waiting and no remediation running (for callers that poll)."""
-        with self._lock:
+        with self._lock:  # _waiting counts the alerts of the intake's queue too
             return self._waiting == 0 and self._queue.unfinished_tasks == 0 and self._busy == 0
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
@@ -290,23 +297,57 @@ class Engine:
             except Exception:  # one bad rule must not stop detection
                 LOGGER.exception("rule evaluation failed")
 
+    def _take_in(self) -> None:
+        """The intake: write webhook bodies to the inbox, answer them, queue their alerts.
+
+        Every body that arrived while the last write ran goes into one transaction (group
+        commit). Decisions never hold a body back: only another write transaction can.
+        """
+        while True:
+            batch = [self._intake.get()]
+            while True:
+                try:
+                    batch.append(self._intake.get_nowait())
+                except queue.Empty:
+                    break
+            deliveries = [item for item in batch if item is not None]
+            if deliveries:
+                self._write_inbox(deliveries)
+            if None in batch and self._stop.is_set():
+                return
+
+    def _write_inbox(self, deliveries: list[_Delivery]) -> None:
+        try:
+            written = self.store.receive([d.alerts for d in deliveries])
+        except Exception as exc:  # answered 503 (Alertmanager re-sends): not decided
+            LOGGER.exception("webhook alerts could not be stored")
+            with self._lock:
+                self._waiting -= sum(len(d.alerts) for d in deliveries)
+            for delivery in deliveries:
+                delivery.written.set_exception(exc)
+            return
+        for delivery, inbox_ids in zip(deliveries, written, strict=True):
+            # queued before the answer: idle() never sees an answered body as no work
+            self._queue.put_nowait(list(zip(delivery.alerts, inbox_ids, strict=True)))
+        for delivery in deliveries:
+            delivery.written.set_result(True)
+
     def _dispatch(self) -> None:
         backlog: deque[_Queued] = deque()  # taken off the queue, not decided yet
         listing, listed_for = Listing(self.target), 0
         while not self._stop.is_set():
-            # every round takes what arrived first: a webhook body waits for one chunk of
-            # decisions at most before it is written and answered, however long the backlog
             fresh = not backlog  # a new batch: a fresh look at the target for it
-            batch: list[_Queued | _Delivery | None] = [] if backlog else [self._queue.get()]
+            batch: list[_Item] = [] if backlog else [self._queue.get()]
             while True:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            taken = self._take(batch)
-            refused = sum(_size(item) for item in batch) - len(taken)
-            backlog.extend(taken)
-            for _ in batch:
+            for item in batch:
+                if isinstance(item, list):
+                    backlog.extend(item)
+                elif item is not None:
+                    backlog.append(item)
                 self._queue.task_done()
             chunk = [backlog.popleft() for _ in range(min(_CHUNK, len(backlog)))]
             if fresh or listed_for >= _LISTED_FOR:
@@ -315,7 +356,7 @@ class Engine:
                 self._decide_chunk(chunk, listing)
                 listed_for += len(chunk)
             with self._lock:
-                self._waiting -= len(chunk) + refused
+                self._waiting -= len(chunk)
 
     def _decide_chunk(self, chunk: list[_Queued], listing: Listing) -> None:
         """Decide ``chunk`` in one transaction: one commit per chunk, not one per alert."""
@@ -329,33 +370,6 @@ class Engine:
                     LOGGER.exception("deciding on alert failed")
             # in the decisions' transaction: a kill leaves each alert decided or in the inbox
             self.store.decided([inbox_id for _, inbox_id in chunk if inbox_id is not None])
-
-    def _take(self, batch: list[_Queued | _Delivery | None]) -> list[_Queued]:
-        """The alerts of ``batch`` in order; webhook bodies written to the inbox and answered.
-
-        One transaction for every body in the batch (group commit) before any is answered;
-        a body the store could not write is answered with the error (503) and not decided.
-        """
-        deliveries = [item for item in batch if isinstance(item, _Delivery)]
-        ids: dict[int, list[int]] = {}
-        if deliveries:
-            try:
-                written = self.store.receive([d.alerts for d in deliveries])
-            except Exception as exc:
-                LOGGER.exception("webhook alerts could not be stored")
-                for delivery in deliveries:
-                    delivery.written.set_exception(exc)
-            else:
-                ids = {id(d): inbox_ids for d, inbox_ids in zip(deliveries, written, strict=True)}
-                for delivery in deliveries:
-                    delivery.written.set_result(True)
-        items: list[_Queued] = []
-        for item in batch:
-            if isinstance(item, _Delivery):
-                items.extend(zip(item.alerts, ids.get(id(item), ()), strict=False))
-            elif item is not None:
-                items.append(item)
-        return items
 
     def _known_as(self, alert_name: str) -> str:
         """The playbook's own name for an alert (an alias's ``as:``), else the name itself."""
@@ -962,13 +976,6 @@ class Engine:
                 + (f" [{acts}]" if acts else "")
             )
         return "incidents: " + "; ".join(parts)
-
-
-def _size(item: _Queued | _Delivery | None) -> int:
-    """Alerts an item of the queue holds."""
-    if item is None:
-        return 0
-    return len(item.alerts) if isinstance(item, _Delivery) else 1
 
 
 def make_engine(

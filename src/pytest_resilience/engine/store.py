@@ -199,12 +199,25 @@ class Store:
         # safety state as stored (JSON text, None for absent): read on every decision,
         # written only through this connection; forgotten on a rollback
         self._state: dict[str, str | None] = {}
+        # safety keys set in the open transaction: re-read from the file on a rollback
+        self._dirty: set[str] = set()
+        self._state_loaded = False  # the whole safety table is in _state
+        self._parsed: dict[str, Any] = {}  # _state's values decoded, on first read
         # webhook alerts' encoded rows from the inbox write, reused by their decision
         self._encoded: dict[int, tuple[Alert, tuple]] = {}
+        # SQLite allows one writer at a time: the engine's connection and the intake's take
+        # this lock around their write transactions, so one waits on a lock that wakes it
+        # when the other commits rather than in SQLite's busy handler, which sleeps 1..100 ms
+        self._writer = threading.Lock()
+        self._intake: sqlite3.Connection | None = None  # the intake thread's own connection
+        self._inbox_next = 0  # next inbox id (under _writer): no id is handed out twice
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._writer:
             self._db.close()
+            if self._intake is not None:
+                self._intake.close()
+                self._intake = None
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -213,19 +226,22 @@ class Store:
             if self._db.in_transaction:
                 yield self._db
                 return
-            self._db.execute("BEGIN IMMEDIATE")
-            self._local.redact = text_redactor()
-            try:
-                yield self._db
-                self._flush()
-            except BaseException:
-                self._appends.clear()
-                self._state.clear()
-                self._db.execute("ROLLBACK")
-                raise
-            finally:
-                self._local.redact = None
-            self._db.execute("COMMIT")
+            redactor = text_redactor()  # reads the environment: not under the write lock
+            with self._writer:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._local.redact = redactor
+                try:
+                    yield self._db
+                    self._flush()
+                except BaseException:
+                    self._appends.clear()
+                    self._db.execute("ROLLBACK")
+                    self._reread_state()
+                    raise
+                finally:
+                    self._local.redact = None
+                self._db.execute("COMMIT")
+                self._dirty.clear()
 
     def _append(self, table: str, columns: str, row: tuple) -> None:
         """INSERT ``row``; in a transaction, batched with the rows like it (see _flush)."""
@@ -241,15 +257,7 @@ class Store:
         with self._lock:
             pending, self._appends = self._appends, {}
             for into, rows in pending.items():
-                width = len(rows[0])
-                per = max(1, 999 // width)  # SQLite's historical bound on variables
-                group = "(" + ",".join("?" * width) + ")"
-                for i in range(0, len(rows), per):
-                    part = rows[i : i + per]
-                    self._db.execute(
-                        f"INSERT INTO {into} VALUES {','.join([group] * len(part))}",
-                        [value for row in part for value in row],
-                    )
+                _insert_rows(self._db, into, rows)
 
     def _redact(self, text: str) -> str:
         redactor: Callable[[str], str] | None = getattr(self._local, "redact", None)
@@ -297,22 +305,55 @@ class Store:
 
         Returns the inbox ids, delivery by delivery; once this returns, all of them survive
         a SIGKILL. :meth:`decided` removes an alert when its decision is recorded.
+
+        Runs on the caller's thread over the intake's own connection, without the store's
+        lock: a webhook body is never kept waiting by a read, a decision being computed or
+        a slow platform listing, only by another write transaction committing.
         """
-        with self.transaction() as db:
-            # ids assigned here (the write lock is held): executemany reports no row ids
-            first = (db.execute("SELECT COALESCE(MAX(id), 0) FROM inbox").fetchone()[0]) + 1
-            ids: list[list[int]] = []
-            count = 0
-            if len(self._encoded) > 100_000:  # decisions that never came (engine stopped)
-                self._encoded.clear()
-            for delivery in deliveries:
-                ids.append(list(range(first + count, first + count + len(delivery))))
-                count += len(delivery)
-                for inbox_id, alert in zip(ids[-1], delivery, strict=True):
-                    row = self._alert_row(alert)
-                    self._encoded[id(alert)] = (alert, row)
-                    self._append("inbox", f"id, {_ALERT_COLUMNS}", (inbox_id, *row))
+        if len(self._encoded) > 100_000:  # decisions that never came (engine stopped)
+            self._encoded.clear()
+        outer = getattr(self._local, "redact", None)
+        self._local.redact = outer or text_redactor()
+        try:  # encoded before the write lock is taken: the lock is held for SQLite only
+            rows = [[self._alert_row(alert) for alert in delivery] for delivery in deliveries]
+        finally:
+            self._local.redact = outer
+        with self._writer:
+            db = self._intake_connection()
+            first = self._inbox_next
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                ids: list[list[int]] = []
+                flat: list[tuple] = []
+                next_id = first
+                for delivery, encoded in zip(deliveries, rows, strict=True):
+                    ids.append(list(range(next_id, next_id + len(delivery))))
+                    next_id += len(delivery)
+                    flat.extend((i, *row) for i, row in zip(ids[-1], encoded, strict=True))
+                if flat:
+                    _insert_rows(db, f"inbox (id, {_ALERT_COLUMNS})", flat)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            self._inbox_next = next_id
+        for delivery, encoded in zip(deliveries, rows, strict=True):
+            for alert, row in zip(delivery, encoded, strict=True):
+                self._encoded[id(alert)] = (alert, row)
         return ids
+
+    def _intake_connection(self) -> sqlite3.Connection:
+        """The intake's connection (opened on first use; call under ``_writer``)."""
+        if self._intake is None:
+            db = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=30
+            )
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL is the file's, set by _db
+            last = db.execute("SELECT COALESCE(MAX(id), 0) FROM inbox").fetchone()[0]
+            self._inbox_next = max(self._inbox_next, last + 1)
+            self._intake = db
+        return self._intake
 
     def decided(self, inbox_ids: Sequence[int]) -> None:
         """These inbox alerts have their decision recorded (call in the same transaction)."""
@@ -561,6 +602,14 @@ class Store:
             )
             return cur.rowcount == 1
 
+    def queued(self, channel: str, dedup_key: str, event_action: str) -> bool:
+        """Was that (channel, key, action) ever queued? One look-up in the unique index."""
+        rows = self._rows(
+            "SELECT 1 FROM outbox WHERE channel=? AND dedup_key=? AND event_action=?",
+            (channel, dedup_key, event_action),
+        )
+        return bool(rows)
+
     def outbox(
         self, *, status: str | None = None, due_before: float | None = None
     ) -> list[OutboxItem]:
@@ -613,21 +662,64 @@ class Store:
 
     def get_state(self, key: str, default: Any = None) -> Any:
         with self._lock:
-            if key not in self._state:
-                rows = self._rows("SELECT value FROM safety WHERE key=?", (key,))
-                self._state[key] = rows[0][0] if rows else None
-            text = self._state[key]
-        return json.loads(text) if text is not None else default  # a fresh copy each time
+            if not self._state_loaded:  # the whole table once: no query per new key
+                rows = self._rows("SELECT key, value FROM safety")
+                self._state = {r[0]: r[1] for r in rows}
+                self._parsed = {}
+                self._state_loaded = True
+            text = self._state.get(key)
+            if text is None:
+                return default
+            value = self._parsed.get(key, _UNPARSED)
+            if value is _UNPARSED:
+                value = self._parsed[key] = json.loads(text)
+        # scalars (cooldown deadlines) are immutable: shared; the rest a fresh copy each time
+        return value if isinstance(value, int | float | str) else json.loads(text)
 
     def set_state(self, key: str, value: Any) -> None:
         text = json.dumps(value)
         with self._lock:
+            self.get_state(key)  # loaded: a later read must not overwrite this from the file
             self._exec(
                 "INSERT INTO safety (key, value) VALUES (?, ?)"
                 " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                 (key, text),
             )
             self._state[key] = text
+            self._parsed.pop(key, None)
+            if self._db.in_transaction:
+                self._dirty.add(key)
+
+    def _reread_state(self) -> None:
+        """After a rollback: the keys the transaction set hold their stored values again."""
+        for key in self._dirty:
+            rows = self._db.execute("SELECT value FROM safety WHERE key=?", (key,)).fetchall()
+            if rows:
+                self._state[key] = rows[0][0]
+            else:
+                self._state.pop(key, None)
+            self._parsed.pop(key, None)
+        self._dirty.clear()
+
+
+_UNPARSED = object()
+
+
+def _insert_rows(db: sqlite3.Connection, into: str, rows: list[tuple]) -> None:
+    """INSERT ``rows`` into ``into`` ("table (columns)"): few statements, <= 999 values each.
+
+    Each statement executed hands the GIL over and back, which a storm pays per alert
+    when rows go in one by one.
+    """
+    width = len(rows[0])
+    per = max(1, 999 // width)  # SQLite's historical bound on variables
+    group = "(" + ",".join("?" * width) + ")"
+    for i in range(0, len(rows), per):
+        part = rows[i : i + per]
+        db.execute(
+            f"INSERT INTO {into} VALUES {','.join([group] * len(part))}",
+            [value for row in part for value in row],
+        )
 
 
 def _incident(r: sqlite3.Row) -> Incident:
