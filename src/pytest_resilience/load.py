@@ -9,6 +9,13 @@ the report see what the users saw, second by second.
 The driver dies with its parent: ``PR_SET_PDEATHSIG`` on Linux (set in ``preexec_fn``) when
 started from the main thread, since the kernel ties it to the creating *thread*; in every
 case the driver also checks once a second that its parent is still the one that started it.
+
+``workers=N`` (N > 1) is Locust's own distributed mode on this machine: the driver runs as
+the master and N more drivers as its workers, all children of this process (so each dies
+with it the same way, and none depends on another to be cleaned up). The master merges the
+workers' seconds into the one stream described above, so a LoadRun reads the same for one
+process or many. A worker that dies mid-run ends the run with a ``LoadError`` naming it:
+the load asked for no longer exists, and a chaos test must not read its silence as calm.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from .timeline import LOAD_STARTED, LOAD_STOPPED, Timeline
 
 __all__ = [
     "DEFAULT_LOCUSTFILE",
+    "LOAD_WORKER_LOST",
     "SERIES",
     "LoadError",
     "LoadRun",
@@ -53,10 +61,14 @@ logger = logging.getLogger("pytest_resilience.load")
 DEFAULT_LOCUSTFILE = Path(__file__).resolve().parent / "demo" / "locustfile.py"
 SERIES = "load"
 """Name of the timeline series the samples are recorded under."""
+LOAD_WORKER_LOST = "load_worker_lost"
+"""Timeline event: a Locust worker process died before the run was stopped."""
 
 _DRIVER_MODULE = "pytest_resilience._locust_driver"
 _STDERR_TAIL_LINES = 40
 _PR_SET_PDEATHSIG = 1
+_WORKER_GRACE_S = 2.0  # after the master's end, for its workers to act on its quit
+_USERS_PER_PACED_RPS = 10.0  # rps= without users=: one user per 10 rps (slots of 100 ms)
 # Locust/gevent chatter that says nothing about why a run failed.
 _NOISE = re.compile(
     r"MonkeyPatchWarning|monkey\.patch_all\(\)|Ramping to \d+ users|All users spawned"
@@ -94,6 +106,8 @@ class LoadSample:
     total_requests: int
     total_failures: int
     histogram: dict[int, int] = field(default_factory=dict, repr=False)
+    asked_rps: float | None = None
+    """The rate ``rps=`` asked for; beside ``rps`` (achieved) on the timeline."""
 
     @property
     def start(self) -> float:
@@ -116,6 +130,8 @@ class LoadSample:
         }
         if self.requests:
             values["error_rate"] = self.error_rate
+        if self.asked_rps is not None:
+            values["asked_rps"] = self.asked_rps
         for name in ("p50", "p95", "p99", "max_ms"):
             value = getattr(self, name)
             if value is not None:
@@ -138,6 +154,7 @@ class LoadSample:
             total_requests=int(line["total_requests"]),
             total_failures=int(line["total_failures"]),
             histogram={int(k): int(v) for k, v in line.get("histogram", {}).items()},
+            asked_rps=line.get("asked_rps"),
         )
 
 
@@ -175,13 +192,23 @@ class LoadRun:
         spawn_rate: float,
         locustfile: Path,
         timeline: Timeline,
+        workers: int = 1,
+        asked_rps: float | None = None,
     ) -> None:
         self.host = host
         self.users = users
         self.spawn_rate = spawn_rate
         self.locustfile = locustfile
         self.timeline = timeline
+        self.workers = workers
+        self.asked_rps = asked_rps
+        """The request rate ``rps=`` asked for, or ``None`` for an unpaced run."""
         self._process = process
+        self._workers: list[subprocess.Popen[str]] = []
+        self._worker_tails: dict[int, deque[str]] = {}
+        self._workers_lock = threading.Lock()
+        self._listening: int | None = None
+        self._lost: dict[str, Any] | None = None
         self._cond = threading.Condition()
         self._samples: list[LoadSample] = []
         self._started: dict[str, Any] | None = None
@@ -239,6 +266,10 @@ class LoadRun:
             with self._cond:
                 self._error = error
                 self._cond.notify_all()
+        elif "listening" in message:
+            with self._cond:
+                self._listening = int(message["listening"])
+                self._cond.notify_all()
         elif message.get("started"):
             self.timeline.mark(
                 LOAD_STARTED,
@@ -250,6 +281,9 @@ class LoadRun:
                 locustfile=str(self.locustfile),
                 user_classes=message.get("user_classes", []),
                 pid=self._process.pid,
+                workers=self.workers,
+                worker_pids=self.worker_pids,
+                asked_rps=self.asked_rps,
             )
             with self._cond:
                 self._started = message
@@ -266,8 +300,11 @@ class LoadRun:
                 self._cond.notify_all()
 
     def _on_exit(self, returncode: int) -> None:
+        self._stop_workers(grace=_WORKER_GRACE_S)  # whatever ended the master ends them
         with self._cond:
-            if self._final is not None:
+            if self._lost is not None:
+                reason = "worker_lost"
+            elif self._final is not None:
                 reason = "stopped" if self._stopping else "run_time"
             elif self._error is not None:
                 reason = "failed"
@@ -284,7 +321,11 @@ class LoadRun:
             started = self._started is not None
             at = float(self._final["at"]) if self._final else time.time()
             totals = self._totals_locked()
+            worker_requests = (self._final or {}).get("worker_requests")
         if started:
+            detail: dict[str, Any] = {}
+            if worker_requests is not None:
+                detail["worker_requests"] = worker_requests
             self.timeline.mark(
                 LOAD_STOPPED,
                 "locust",
@@ -293,6 +334,10 @@ class LoadRun:
                 returncode=returncode,
                 total_requests=totals.requests,
                 total_failures=totals.failures,
+                workers=self.workers,
+                asked_rps=self.asked_rps,
+                achieved_rps=self.achieved_rps(),
+                **detail,
             )
         if reason == "killed":
             logger.warning(
@@ -303,12 +348,112 @@ class LoadRun:
             self._cond.notify_all()
         _live_runs.discard(self)
 
+    # -- the workers (distributed mode) ------------------------------------------------
+
+    def _wait_listening(self, timeout: float) -> int:
+        """The master's port for its workers, once it is bound."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._listening is not None or self._error is not None or self._ended,
+                timeout,
+            )
+            port = self._listening
+        if port is not None:
+            return port
+        self.stop(timeout=5)
+        error = self.error
+        if error is not None:
+            raise error
+        raise LoadError(
+            f"Locust master (pid {self.pid}) did not listen for its workers within {timeout} s;"
+            " stderr tail:\n" + self.stderr_tail()
+        )
+
+    def _attach_workers(self, processes: list[subprocess.Popen[str]]) -> None:
+        with self._workers_lock:
+            self._workers = list(processes)
+        for index, process in enumerate(processes, start=1):
+            self._worker_tails[process.pid] = deque(maxlen=_STDERR_TAIL_LINES)
+            threading.Thread(
+                target=self._watch_worker,
+                args=(index, process),
+                name=f"locust-worker-{process.pid}",
+                daemon=True,
+            ).start()
+
+    def _watch_worker(self, index: int, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        tail = self._worker_tails[process.pid]
+        for raw in process.stdout:
+            line = raw.rstrip("\n")
+            if not _NOISE.search(line):
+                tail.append(line)
+                logger.debug("locust worker[%d]: %s", process.pid, line)
+        returncode = process.wait()
+        process.stdout.close()
+        with self._cond:
+            # a worker quits on the master's word after its final line: give that line time
+            expected = lambda: self._stopping or self._final is not None or self._ended  # noqa: E731
+            if returncode == 0:
+                self._cond.wait_for(expected, _WORKER_GRACE_S)
+            if expected() or self._lost is not None:
+                return
+            how = (
+                f"was killed by {signal.Signals(-returncode).name}"
+                if returncode < 0
+                else f"exited with code {returncode}"
+            )
+            self._lost = {"pid": process.pid, "index": index, "returncode": returncode}
+            self._error = LoadError(
+                f"Locust worker {index} of {self.workers} (pid {process.pid}) {how} mid-run; "
+                f"its share of the {self.users} users was gone, so the run was stopped "
+                f"(master pid {self.pid}, locustfile {self.locustfile}); worker stderr tail:\n"
+                + ("\n".join(tail) or "(empty)")
+            )
+            self._cond.notify_all()
+        self.timeline.mark(
+            LOAD_WORKER_LOST,
+            "locust",
+            pid=process.pid,
+            index=index,
+            workers=self.workers,
+            returncode=returncode,
+        )
+        logger.warning("%s", self._error)
+        self.stop()
+
+    def _stop_workers(self, *, grace: float, timeout: float = 5.0) -> None:
+        """Reap every worker: ``grace`` to leave on their own, then SIGTERM, then SIGKILL."""
+        with self._workers_lock:
+            workers = list(self._workers)
+            deadline = time.monotonic() + grace
+            for process in workers:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(max(0.0, deadline - time.monotonic()))
+            alive = [p for p in workers if p.poll() is None]
+            for process in alive:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            for process in alive:
+                try:
+                    process.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
     # -- public API --------------------------------------------------------------------
 
     @property
     def pid(self) -> int:
         """The driver process id."""
         return self._process.pid
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The worker process ids (``workers=N`` > 1); empty when one process runs the load."""
+        with self._workers_lock:
+            return [p.pid for p in self._workers]
 
     @property
     def running(self) -> bool:
@@ -394,7 +539,11 @@ class LoadRun:
         )
 
     def stop(self, timeout: float = 10.0) -> LoadTotals:
-        """SIGTERM the driver (it flushes its last interval), wait, then SIGKILL. Idempotent."""
+        """SIGTERM the driver (it flushes its last interval), wait, then SIGKILL. Idempotent.
+
+        With workers, the master collects their last seconds and tells them to quit; any
+        worker still there after that is terminated like the driver.
+        """
         with self._stop_lock:
             with self._cond:
                 self._stopping = True
@@ -407,6 +556,7 @@ class LoadRun:
                 self._process.kill()
                 self._process.wait()
             self._stdout_reader.join(timeout)
+            self._stop_workers(grace=_WORKER_GRACE_S, timeout=timeout)
             for stream in (self._process.stdout, self._process.stderr):
                 if stream is not None and not self._stdout_reader.is_alive():
                     stream.close()
@@ -420,6 +570,17 @@ class LoadRun:
         chosen = self._since(since)
         requests = sum(s.requests for s in chosen)
         return sum(s.failures for s in chosen) / requests if requests else math.nan
+
+    def achieved_rps(self, since: float | None = None) -> float:
+        """Requests completed per second over the samples wholly after ``since`` (all if ``None``).
+
+        Set it against ``asked_rps``: short of it means the users could not keep the pace
+        (each task took longer than its slot), above it that a task makes several requests.
+        NaN before the first sample.
+        """
+        chosen = self._since(since)
+        seconds = sum(s.interval_s for s in chosen)
+        return sum(s.requests for s in chosen) / seconds if seconds else math.nan
 
     def percentile(self, p: float, since: float | None = None) -> float:
         """The ``p``-th percentile response time (ms) over the samples wholly after ``since``.
@@ -452,7 +613,8 @@ class LoadRun:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "ended"
-        return f"<LoadRun pid={self.pid} host={self.host!r} users={self.users} {state}>"
+        workers = f" workers={self.workers}" if self.workers > 1 else ""
+        return f"<LoadRun pid={self.pid} host={self.host!r} users={self.users}{workers} {state}>"
 
 
 def _histogram_percentile(histograms: Iterable[Mapping[int, int]], p: float) -> float:
@@ -492,13 +654,15 @@ def _die_with_parent() -> Callable[[], None] | None:
 def start_load(
     *,
     host: str,
-    users: int = 10,
+    users: int | None = None,
     spawn_rate: float = 10.0,
     locustfile: str | os.PathLike[str] | None = None,
     timeline: Timeline | None = None,
     env: Mapping[str, str] | None = None,
     run_time: float | None = None,
     start_timeout: float = 60.0,
+    workers: int = 1,
+    rps: float | None = None,
 ) -> LoadRun:
     """Start Locust against ``host`` in a child process; returns once users are spawning.
 
@@ -506,9 +670,24 @@ def start_load(
     environment variables for the driver (and so for the locustfile). ``run_time`` stops the
     run by itself after that many seconds. An unreachable host is not an error: its
     requests are counted as failures, which is what a chaos test wants to see.
+
+    ``workers=N`` (N > 1) runs the users in N Locust worker processes under a master, for
+    more load than one process (one core) can make. ``rps=R`` paces the users to R task
+    runs per second in all (one request per task, as in the demo's locustfile, makes that
+    R requests/s); ``users`` then defaults to one per 10 rps, so a request may take up to
+    100 ms before the pace slips. ``LoadRun.achieved_rps()`` says what was reached.
     """
     if not isinstance(host, str) or not re.match(r"^https?://[^/\s]+", host):
         raise ConfigError(f"host must be an http(s):// URL, got {host!r}", field="host")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(
+            f"workers must be a positive integer (Locust processes), got {workers!r}",
+            field="workers",
+        )
+    if rps is not None and (isinstance(rps, bool) or not isinstance(rps, int | float) or rps <= 0):
+        raise ConfigError(f"rps must be a number > 0 (requests/s), got {rps!r}", field="rps")
+    if users is None:
+        users = max(10, math.ceil(rps / _USERS_PER_PACED_RPS)) if rps is not None else 10
     if isinstance(users, bool) or not isinstance(users, int) or users < 1:
         raise ConfigError(f"users must be a positive integer, got {users!r}", field="users")
     if not spawn_rate > 0:
@@ -522,7 +701,7 @@ def start_load(
             "at least one User class",
             source=str(path),
         )
-    command = [
+    common = [
         sys.executable,
         "-m",
         _DRIVER_MODULE,
@@ -537,22 +716,26 @@ def start_load(
         "--parent-pid",
         str(os.getpid()),
     ]
+    if rps is not None:
+        common += ["--rps", repr(float(rps))]
+    command = list(common)
+    if workers > 1:
+        command += ["--role", "master", "--workers", str(workers)]
     if run_time is not None:
         command += ["--run-time", repr(float(run_time))]
     child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        bufsize=1,
-        env=child_env,
-        preexec_fn=_die_with_parent(),
-        start_new_session=True,  # the terminal's Ctrl-C goes to pytest, which stops us
-    )
+    popen = {
+        "stdin": subprocess.DEVNULL,
+        "stdout": subprocess.PIPE,
+        "text": True,
+        "encoding": "utf-8",
+        "errors": "replace",
+        "bufsize": 1,
+        "env": child_env,
+        "preexec_fn": _die_with_parent(),
+        "start_new_session": True,  # the terminal's Ctrl-C goes to pytest, which stops us
+    }
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, **popen)
     run = LoadRun(
         process,
         host=host,
@@ -560,7 +743,20 @@ def start_load(
         spawn_rate=float(spawn_rate),
         locustfile=path,
         timeline=timeline if timeline is not None else Timeline("load"),
+        workers=workers,
+        asked_rps=None if rps is None else float(rps),
     )
+    if workers > 1:
+        port = run._wait_listening(start_timeout)
+        worker_command = [*common, "--role", "worker", "--master-port", str(port)]
+        # started here, not by the master: each is this process's child, dies with it, and
+        # is reaped by the run whatever became of the master
+        run._attach_workers(
+            [
+                subprocess.Popen(worker_command, stderr=subprocess.STDOUT, **popen)
+                for _ in range(workers)
+            ]
+        )
     run._wait_started(start_timeout)
     logger.debug("load started: %r", run)
     return run

@@ -273,13 +273,17 @@ def slo(
 
 @pytest.fixture
 def load(request: pytest.FixtureRequest, chaos_target: Target, timeline: Timeline):
-    """``load(users=20)`` starts Locust out of process; stopped at teardown."""
+    """``load(users=20)`` starts Locust out of process; stopped at teardown.
+
+    ``workers=`` defaults to ``--load-workers``; ``rps=`` paces the users (see start_load).
+    """
     from .load import start_load
 
     run = request.config.stash[RUN_KEY]
     started = []
 
     def start(*, host: str | None = None, **options: Any):
+        options.setdefault("workers", run.settings.load_workers)
         load_run = start_load(
             host=host or chaos_target.endpoint(run.settings.entry), timeline=timeline, **options
         )

@@ -7,6 +7,7 @@ error that names the option and the accepted values.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,12 @@ OPTIONS = (
     _Option("--chaos-target", f"where faults land: {' or '.join(TARGETS)}", "local"),
     _Option("--chaos-services", "services YAML for the local target (default: the demo)"),
     _Option("--chaos-entry", "service whose endpoint the load fixture hits by default", "api"),
+    _Option(
+        "--load-workers",
+        "Locust processes the load fixture runs by default: N (a master and N workers when "
+        "N > 1) or auto (one per core)",
+        "1",
+    ),
     _Option("--kube-context", "kubeconfig context for --chaos-target=kubernetes"),
     _Option("--chaos-namespace", "namespace to run chaos in (kubernetes)", "default"),
     _Option(
@@ -90,6 +97,7 @@ class ChaosSettings:
     target: str = "local"
     services: Path = _DEMO_SERVICES
     entry: str = "api"
+    load_workers: int = 1
     kube_context: str | None = None
     namespace: str = "default"
     sigkill_by_exec: bool = False
@@ -126,6 +134,7 @@ class ChaosSettings:
         services = path("chaos_services") or _DEMO_SERVICES
         if target == "local" and services != _DEMO_SERVICES and not services.is_file():
             raise pytest.UsageError(f"--chaos-services: no such file: {services}")
+        load_workers = _load_workers(get("load_workers"))
         playbooks = path("remediation_playbooks")
         if playbooks is not None and not playbooks.is_dir():
             raise pytest.UsageError(f"--remediation-playbooks: no such directory: {playbooks}")
@@ -136,6 +145,7 @@ class ChaosSettings:
             target=target,
             services=services,
             entry=get("chaos_entry"),
+            load_workers=load_workers,
             kube_context=get("kube_context") or None,
             namespace=get("chaos_namespace"),
             sigkill_by_exec=bool(get("kube_sigkill_by_exec")),
@@ -152,3 +162,17 @@ class ChaosSettings:
             chaostoolkit_dir=chaostoolkit_dir,
             rootdir=root,
         )
+
+
+def _load_workers(value: str | int) -> int:
+    if str(value).strip() == "auto":
+        return os.cpu_count() or 1
+    try:
+        workers = int(value)
+    except (TypeError, ValueError):
+        workers = 0
+    if workers < 1:
+        raise pytest.UsageError(
+            f"--load-workers={value!r}: use a positive integer or 'auto' (one per core)"
+        )
+    return workers
