@@ -209,6 +209,7 @@ class LoadRun:
         self._workers_lock = threading.Lock()
         self._listening: int | None = None
         self._lost: dict[str, Any] | None = None
+        self._reaping = False  # the run itself ends its workers: their exits are expected
         self._cond = threading.Condition()
         self._samples: list[LoadSample] = []
         self._started: dict[str, Any] | None = None
@@ -393,7 +394,9 @@ class LoadRun:
         process.stdout.close()
         with self._cond:
             # a worker quits on the master's word after its final line: give that line time
-            expected = lambda: self._stopping or self._final is not None or self._ended  # noqa: E731
+            def expected() -> bool:
+                return self._stopping or self._reaping or self._final is not None or self._ended
+
             if returncode == 0:
                 self._cond.wait_for(expected, _WORKER_GRACE_S)
             if expected() or self._lost is not None:
@@ -424,6 +427,9 @@ class LoadRun:
 
     def _stop_workers(self, *, grace: float, timeout: float = 5.0) -> None:
         """Reap every worker: ``grace`` to leave on their own, then SIGTERM, then SIGKILL."""
+        with self._cond:
+            self._reaping = True
+            self._cond.notify_all()
         with self._workers_lock:
             workers = list(self._workers)
             deadline = time.monotonic() + grace
