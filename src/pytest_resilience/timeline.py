@@ -8,12 +8,10 @@ platform, Alertmanager) whose monotonic clocks we cannot share.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 __all__ = ["Event", "Figures", "Sample", "Timeline"]
@@ -153,10 +151,6 @@ class Timeline:
         with self._lock:
             return sorted(self._series.get(name, ()), key=lambda s: s.at)
 
-    def series_names(self) -> list[str]:
-        with self._lock:
-            return sorted(self._series)
-
     @property
     def t0(self) -> float | None:
         """When the first fault was injected: the zero of every figure."""
@@ -254,13 +248,6 @@ class Timeline:
         }
         return timeline
 
-    def write_json(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=str))
-
 
 def _since(t0: float, at: float | None) -> float | None:
     return None if at is None else round(max(0.0, at - t0), 3)
-
-
-def merge(timelines: Iterable[Timeline]) -> list[dict[str, Any]]:
-    return [t.to_dict() for t in timelines]
