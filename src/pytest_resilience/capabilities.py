@@ -17,6 +17,7 @@ Unknown capability names are a usage error naming the scenario and the known nam
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -90,10 +91,13 @@ def skip_lacking(items: Iterable[pytest.Item], settings: Any) -> list[tuple[pyte
     ``target`` and the options that configure it) lacks as skipped; returns them with the
     reason, which names the capability and why it is missing."""
     target = settings.target
+    needing = [(item, needs) for item in items if (needs := required(item))]
+    if not needing:  # no scenario here: the target class is not even imported
+        return []
     gone = missing(target_class(target), settings)
     skipped: list[tuple[pytest.Item, str]] = []
-    for item in items:
-        lacking = [name for name in required(item) if name in gone]
+    for item, needs in needing:
+        lacking = [name for name in needs if name in gone]
         if not lacking:
             continue
         what = "; ".join(f"{name!r}: {gone[name]}" for name in lacking)
@@ -108,9 +112,10 @@ def faults_used(item: pytest.Item) -> list[str]:
     if not isinstance(item, pytest.Function):
         return []
     names = list(item.fixturenames)
-    from .collect import ScenarioItem
-
-    if isinstance(item, ScenarioItem):
+    # A ScenarioItem exists only once collect.py was imported (for a YAML file): a suite
+    # of plain tests does not pay for importing it here.
+    collect = sys.modules.get(f"{__package__}.collect")
+    if collect is not None and isinstance(item, collect.ScenarioItem):
         names.extend(step.fault for step in item.scenario.method)
     return names
 

@@ -23,7 +23,7 @@ from .slo import SLOMonitor
 from .targets.base import Target
 from .timeline import Timeline
 
-__all__ = ["ExperimentItem", "ScenarioFile", "ScenarioItem", "collects", "extra_paths"]
+__all__ = ["ExperimentItem", "ScenarioFile", "ScenarioItem", "extra_paths"]
 
 
 class ScenarioFile(pytest.File):
@@ -81,16 +81,6 @@ def _run(
 
 
 # -- Chaos Toolkit experiments -------------------------------------------------------------
-
-
-def collects(file_path: Path, chaostoolkit_dir: Path | None) -> bool:
-    """Whether a file is a scenario or experiment candidate: YAML under ``scenarios/``,
-    JSON there too, and both under ``--chaostoolkit-dir``."""
-    if file_path.suffix not in (".yaml", ".yml", ".json"):
-        return False
-    if "scenarios" in file_path.parts:
-        return True
-    return chaostoolkit_dir is not None and file_path.is_relative_to(chaostoolkit_dir)
 
 
 def extra_paths(config: pytest.Config, chaostoolkit_dir: Path | None) -> list[str]:

@@ -47,9 +47,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "see --chaos-doctor)",
     )
     config.stash[RUN_KEY] = ChaosRun(ChaosSettings.from_config(config))
-    from .collect import extra_paths
+    experiments = config.stash[RUN_KEY].settings.chaostoolkit_dir
+    if experiments is not None:  # collect.py is heavy: a suite without chaos never pays it
+        from .collect import extra_paths
 
-    config.args.extend(extra_paths(config, config.stash[RUN_KEY].settings.chaostoolkit_dir))
+        config.args.extend(extra_paths(config, experiments))
     # SIGTERM (CI cancelling a job) becomes KeyboardInterrupt, so pytest runs every
     # fixture teardown and each fault is reverted, as on Ctrl-C.
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
@@ -84,11 +86,21 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     run = parent.config.stash.get(RUN_KEY, None)
-    from .collect import ScenarioFile, collects
+    if not _scenario_candidate(file_path, run.settings.chaostoolkit_dir if run else None):
+        return None
+    from .collect import ScenarioFile  # heavy: imported only for a candidate
 
-    if collects(file_path, run.settings.chaostoolkit_dir if run else None):
-        return ScenarioFile.from_parent(parent, path=file_path)
-    return None
+    return ScenarioFile.from_parent(parent, path=file_path)
+
+
+def _scenario_candidate(file_path: Path, chaostoolkit_dir: Path | None) -> bool:
+    """Whether a file may be a scenario or an experiment: YAML or JSON under ``scenarios/``,
+    or under ``--chaostoolkit-dir``; its content decides later (collect.py)."""
+    if file_path.suffix not in (".yaml", ".yml", ".json"):
+        return False
+    if "scenarios" in file_path.parts:
+        return True
+    return chaostoolkit_dir is not None and file_path.is_relative_to(chaostoolkit_dir)
 
 
 @pytest.hookimpl(trylast=True)
