@@ -11,44 +11,27 @@ import sqlite3
 import threading
 
 import requests
-from test_engine_intake_durability import CRASH_LOOP, alert, body
+from test_engine_intake_durability import CRASH_LOOP, StalledTarget, alert, body
 from test_engine_support import wait_for
 
 from pytest_resilience.engine import BUNDLED_PLAYBOOKS, Engine
-from pytest_resilience.targets.base import ExecResult, Node, Pod, Workload
+from pytest_resilience.targets.base import Pod
 
 
-class HeldTarget:
+class HeldTarget(StalledTarget):
     """A platform whose pod listing waits until ``release`` is set (``listing`` says so)."""
 
     name = "held"
 
     def __init__(self) -> None:
+        self.dir = None
         self.listing = threading.Event()
         self.release = threading.Event()
 
     def pods(self, selector: str = "", *, namespace: str | None = None) -> list[Pod]:
         self.listing.set()
         self.release.wait(60)
-        return [Pod("api-7d4b9c-x2x7k", "api", ready=True)]
-
-    def workloads(self) -> list[Workload]:
-        return [Workload("api", replicas=1, ready_replicas=1)]
-
-    def nodes(self) -> list[Node]:
-        return [Node("n1")]
-
-    def exec(self, pod: Pod, argv: list[str], *, timeout: float = 30.0) -> ExecResult:
-        return ExecResult(0, "", "")
-
-    def subscribe(self, callback: object):
-        return lambda: None
-
-    def endpoint(self, workload: str) -> str:
-        return ""
-
-    def __getattr__(self, name: str):  # kill_pod, scale, restart, ...: dry-run acts on none
-        return lambda *a, **k: None
+        return super().pods(selector, namespace=namespace)
 
 
 def count(db, sql: str) -> int:

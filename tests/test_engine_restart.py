@@ -61,13 +61,15 @@ def rows(db: Path, sql: str) -> list[tuple]:
 def serve(tmp_path):
     procs: list[subprocess.Popen] = []
 
-    def start(env: dict[str, str], args: list[str]) -> tuple[subprocess.Popen, str]:
+    def start(env: dict[str, str | None], args: list[str]) -> tuple[subprocess.Popen, str]:
+        """``serve ARGS`` with ``env`` over this process's (a None value unsets it)."""
         log = (tmp_path / f"serve{len(procs)}.log").open("wb")
+        merged = {**os.environ, **env}
         proc = subprocess.Popen(
             [sys.executable, "-m", "pytest_resilience.engine", "serve", *args],
             stdout=subprocess.PIPE,
             stderr=log,
-            env={**os.environ, **env},
+            env={k: v for k, v in merged.items() if v is not None},
         )
         procs.append(proc)
         deadline = time.monotonic() + 30

@@ -8,16 +8,14 @@ in-cluster config) and the plugin's blast-radius policy decides whether it may a
 are refused naming the option.
 """
 
+# ruff: noqa: F401, F811 - the serve fixture imported from test_engine_restart
 from __future__ import annotations
 
 import json
 import os
 import re
-import select
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from pathlib import Path
 import pytest
 from kube_controllers import PODS, EmulatedCluster
 from test_engine_rbac import ENGINE_YAML, _granted, permissions_of
+from test_engine_restart import serve
 
 from pytest_resilience.engine.__main__ import main
 from pytest_resilience.errors import NotAllowed, TargetError
@@ -36,8 +35,12 @@ PAYLOAD = Path(__file__).parent / "payloads" / "alertmanager-0.25-kube-pod-crash
 SAMPLE_POD = "api-7d9f8b6c5d-xk2mn"  # the pod the real delivery names
 
 
+#: set in a pod: the engine would take the in-cluster config instead of the kubeconfig
+_POD_ENV = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
+
+
 def _no_pod_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE_")}
+    return {k: v for k, v in os.environ.items() if k not in _POD_ENV}
 
 
 @pytest.fixture
@@ -50,40 +53,6 @@ def cluster() -> Iterator[EmulatedCluster]:
 @pytest.fixture
 def kubeconfig(cluster: EmulatedCluster, tmp_path: Path) -> Path:
     return cluster.kubeconfig(tmp_path, namespace=NS)
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator:
-    procs: list[subprocess.Popen] = []
-
-    def start(args: list[str]) -> str:
-        log = (tmp_path / "serve.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pytest_resilience.engine", "serve", *args],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            env=_no_pod_env(),
-        )
-        procs.append(proc)
-        deadline, line = time.monotonic() + 30, b""
-        while b"\n" not in line and time.monotonic() < deadline:
-            if select.select([proc.stdout], [], [], 0.2)[0]:
-                chunk = os.read(proc.stdout.fileno(), 4096)
-                if not chunk:
-                    break
-                line += chunk
-        match = re.search(rb"listening on (http://[\d.:]+)/alerts", line)
-        assert match, (line, (tmp_path / "serve.log").read_text())
-        return match.group(1).decode()
-
-    yield start
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _delivery(pod: str, uid: str) -> bytes:
@@ -123,14 +92,15 @@ def test_a_real_crashlooping_delivery_replaces_the_pod_on_the_cluster(
     _crash_looping(cluster, name)
     others = {p["metadata"]["name"] for p in cluster.pods_of(NS, "api")} - {name}
     start = len(cluster.requests())
-    url = serve(
+    _, url = serve(
+        dict.fromkeys(_POD_ENV),
         [
             "--target=kubernetes",
             f"--kubeconfig={kubeconfig}",
             f"--namespace={NS}",
             f"--store={tmp_path / 'engine.sqlite'}",
             "--listen=127.0.0.1:0",
-        ]
+        ],
     )
     request = urllib.request.Request(
         url + "/alerts",
