@@ -1317,11 +1317,12 @@ class EmulatedCluster:
         )
         return path
 
+    def canned_reply(self, argv: list[str]) -> tuple[int, str, str] | None:
+        """The test's reply for ``argv`` (``exec_replies``), if it set one."""
+        return next((reply for matches, reply in self.exec_replies if matches(argv)), None)
+
     def exec_reply(self, argv: list[str]) -> tuple[int, str, str]:
-        for predicate, reply in self.exec_replies:
-            if predicate(argv):
-                return reply
-        return (0, "", "")
+        return self.canned_reply(argv) or (0, "", "")
 
     def forbid(self, method: str, plural: str, subresource: str | None = None) -> None:
         """RBAC: answer 403 to this verb on this resource, as the API server would."""

@@ -675,7 +675,7 @@ class ProcessKubelet(ClusterEmulator):
     def _exec_reply(self, ns: str, pod: str, argv: list[str]) -> tuple[int, str, str]:
         """``du -sk MOUNT`` measures the pod's volume directory for real (what the kubelet's
         eviction manager counts for an emptyDir), unless the test canned a reply."""
-        canned = next((r for match, r in self.cluster.exec_replies if match(argv)), None)
+        canned = self.cluster.canned_reply(argv)
         ctx = self._runtime_of(ns, pod)
         if canned is None and ctx is not None and argv[:1] == ["redis-cli"]:
             return _redis_cli(ctx, argv[1:])
