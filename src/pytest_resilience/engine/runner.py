@@ -10,6 +10,10 @@ Remediations run on a small worker pool, one per open incident; the outbox sends
 on its own thread; the optional webhook receiver runs on its own asyncio loop. A
 restarted engine resumes open incidents: a step whose action already ran is verified
 again rather than acted on twice.
+
+Size: over 500 lines because the dispatcher, the intake thread and the inspection helpers the
+tests use (``wait_for_action``, ``assert_strategy_ran``) share the Engine's state; the helpers
+move out first (issue 14).
 """
 
 from __future__ import annotations

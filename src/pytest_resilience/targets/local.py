@@ -24,6 +24,9 @@ Why the threading is shaped the way it is:
 
 Resources a pod may declare (Toxiproxy proxies, bounded volumes, memory limits) live in
 ``local_resources.py``; this module decides when to create and remove them.
+
+Size: over 500 lines because LocalTarget's supervisor loop, readiness and Target API share the
+supervisor's state under one lock; the split along those seams is issue 14's.
 """
 
 from __future__ import annotations
