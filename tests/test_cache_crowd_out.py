@@ -71,3 +71,28 @@ def test_the_hot_set_stays_out_until_the_fault_is_reverted(target: LocalTarget) 
     assert client.config_get("maxmemory")["maxmemory"] == "0"
     assert not list(client.scan_iter(match=f"{STALE_PREFIX}*"))
     assert _warm(client) == HOT
+
+
+def test_the_fault_is_ledgered_before_it_acts_and_reverted_on_ctrl_c(
+    target: LocalTarget, tmp_path: Path
+) -> None:
+    from pytest_resilience.faults.base import FaultSession
+    from pytest_resilience.ledger import Ledger
+
+    client = _client(target)
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    session = FaultSession(target, ledger=ledger)
+    try:
+        with pytest.raises(KeyboardInterrupt), session.inject(CacheCrowdOut("redis")) as handle:
+            (entry,) = ledger.open_entries(include_live_owners=True)
+            assert entry.kind == "cache_crowd_out" and client.config_get("maxmemory") != {
+                "maxmemory": "0"
+            }
+            raise KeyboardInterrupt  # Ctrl-C (SIGTERM becomes this in a pytest run)
+        assert handle.reverted_at is not None
+        assert ledger.open_entries(include_live_owners=True) == []
+    finally:
+        session.revert_all()
+        ledger.close_db()
+    assert client.config_get("maxmemory")["maxmemory"] == "0"
+    assert not list(client.scan_iter(match=f"{STALE_PREFIX}*"))
