@@ -1,7 +1,7 @@
 """Alert storm: 10,000 alerts (many duplicates, many targets) through the engine's webhook.
 
 Run: python benchmarks/bench_alert_storm.py [--alerts 10000] [--targets 400]
-     [--client process|thread] [--no-kill]
+     [--client process|thread] [--no-kill] [--baseline REF [--runs 3]]
 
 Prints alerts/s accepted over HTTP, the same alerts submitted in-process as the
 baseline (the HTTP cost is the ratio), incidents opened, actions recorded (dry-run, so
@@ -15,6 +15,11 @@ the GIL from the engine it measures (the figures before the durable intake were 
 Then the durability check: a ``serve`` subprocess gets the same storm, is SIGKILLed once
 half of the bodies were answered 200, and is restarted on the same store; every alert
 answered 200 must be in the store once the restarted engine has decided its inbox.
+
+``--baseline REF`` checks REF out in a temporary git worktree and runs this benchmark (the
+same client, storm and figures) against REF's engine and HEAD's in turn, ``--runs`` times
+each, alternated so the shared machine's noise falls on both; it prints each run and the
+medians with their ratio (HEAD/REF), then removes the worktree.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -275,19 +281,8 @@ def figures(engine: Engine, seconds: float, n_alerts: int) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--alerts", type=int, default=10_000)
-    parser.add_argument("--targets", type=int, default=400)
-    parser.add_argument("--batch", type=int, default=10)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--client", choices=("process", "thread"), default="process")
-    parser.add_argument("--no-kill", action="store_true", help="skip the SIGKILL check")
-    parser.add_argument("--post", help=argparse.SUPPRESS)  # the child process's side
-    args = parser.parse_args()
-    if args.post:
-        _child_post(args)
-        return
+def measure(args: argparse.Namespace) -> dict:
+    """One storm in-process, one over the webhook, and (unless ``--no-kill``) the SIGKILL."""
     alerts = storm(args.alerts, args.targets)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -320,40 +315,139 @@ def main() -> None:
             assert engine.wait_idle(300)
             total_s = time.perf_counter() - start
             http = figures(engine, accepted_s, len(alerts))
-            decided = len(alerts) / total_s
+            http["decided_per_s"] = len(alerts) / total_s
             decisions = engine.store.alert_decisions()
         finally:
             engine.close()
+    kinds: dict[str, int] = {}
+    for decision, count in decisions.items():  # "inhibited: X on svc-1 ..." -> "inhibited"
+        kind = decision.split(":", 1)[0]
+        kinds[kind] = kinds.get(kind, 0) + count
+    return {
+        "alerts": len(alerts),
+        "unique": len({(a["labels"]["alertname"], a["labels"]["service"]) for a in alerts}),
+        "posts": posts,
+        "pushed_back": pushed_back,
+        "http": http,
+        "direct": direct,
+        "decisions": dict(sorted(kinds.items())),
+        "kill": None if args.no_kill else sigkill_mid_storm(alerts, args),
+    }
 
-    unique = len({(a["labels"]["alertname"], a["labels"]["service"]) for a in alerts})
-    again = posts - len(alerts) // args.batch
-    print(f"alert storm: {len(alerts)} alerts, {unique} distinct (alert, target), "
-          f"{args.targets} targets, {posts} POSTs of {args.batch} ({again} identical "
-          f"re-deliveries), {pushed_back} answered 503")  # fmt: skip
+
+def report(result: dict, args: argparse.Namespace) -> None:
+    http, direct = result["http"], result["direct"]
+    again = result["posts"] - result["alerts"] // args.batch
+    print(f"alert storm: {result['alerts']} alerts, {result['unique']} distinct (alert, target), "
+          f"{args.targets} targets, {result['posts']} POSTs of {args.batch} ({again} identical "
+          f"re-deliveries), {result['pushed_back']} answered 503")  # fmt: skip
     print(f"caps: {POLICY.max_actions_per_target}/target, {POLICY.max_actions_total} overall "
           f"per {POLICY.window_s:.0f}s; cooldown {POLICY.cooldown_s:.0f}s")  # fmt: skip
     print(f"HTTP client in its own {args.client}")
     print(f"{'':28}{'webhook (HTTP)':>16}{'in-process':>14}")
     print(f"{'alerts/s accepted':28}{http['alerts_per_s']:16.0f}{'-':>14}")
-    print(f"{'alerts/s decided (end-to-end)':28}{decided:16.0f}{direct['alerts_per_s']:14.0f}"
-          f"   (HTTP/in-process {decided / direct['alerts_per_s']:.2f})")  # fmt: skip
+    print(f"{'alerts/s decided (end-to-end)':28}{http['decided_per_s']:16.0f}"
+          f"{direct['alerts_per_s']:14.0f}"
+          f"   (HTTP/in-process {http['decided_per_s'] / direct['alerts_per_s']:.2f})")  # fmt: skip
     print(f"{'incidents opened':28}{http['incidents']:16d}{direct['incidents']:14d}")
     print(f"{'actions recorded (dry-run)':28}{http['actions']:16d}{direct['actions']:14d}"
           f"   (cap {POLICY.max_actions_total})")  # fmt: skip
     print(f"{'decision latency p50 ms':28}{http['p50_ms']:16.1f}{direct['p50_ms']:14.1f}")
     print(f"{'decision latency p99 ms':28}{http['p99_ms']:16.1f}{direct['p99_ms']:14.1f}")
-    kinds: dict[str, int] = {}
-    for decision, count in decisions.items():  # "inhibited: X on svc-1 ..." -> "inhibited"
-        kind = decision.split(":", 1)[0]
-        kinds[kind] = kinds.get(kind, 0) + count
-    print("alert decisions (HTTP run):", dict(sorted(kinds.items())))
-    assert http["actions"] <= POLICY.max_actions_total
-    if not args.no_kill:
-        kill = sigkill_mid_storm(alerts, args)
+    print("alert decisions (HTTP run):", result["decisions"])
+    kill = result["kill"]
+    if kill is not None:
         print(f"SIGKILL mid-storm (serve, restarted on its store): {kill['answered']} alerts "
               f"answered 200, {kill['stored']} in the store after restart "
               f"({kill['in_inbox_at_kill']} were in the inbox at the kill), "
               f"{kill['lost']} answered 200 and lost")  # fmt: skip
+
+
+def _forwarded(args: argparse.Namespace) -> list[str]:
+    argv = ["--alerts", str(args.alerts), "--targets", str(args.targets),
+            "--batch", str(args.batch), "--concurrency", str(args.concurrency),
+            "--client", args.client]  # fmt: skip
+    return argv + (["--no-kill"] if args.no_kill else [])
+
+
+def _run_with(src: Path, args: argparse.Namespace) -> dict:
+    """This benchmark in a fresh interpreter importing the engine from ``src``."""
+    env = {**os.environ, "PYTHONPATH": str(src)}  # ahead of the editable install's path
+    done = subprocess.run(
+        [sys.executable, __file__, "--json", *_forwarded(args)],
+        env=env, capture_output=True, text=True, check=False, timeout=900,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"benchmark against {src} failed:\n{done.stdout}{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare(args: argparse.Namespace) -> None:
+    """HEAD's engine against ``--baseline REF``'s, runs alternated so noise falls on both."""
+    base_dir = Path(tempfile.mkdtemp(prefix="bench-storm-base-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach",
+                    str(base_dir), args.baseline], check=True)  # fmt: skip
+    runs: dict[str, list[dict]] = {"baseline": [], "head": []}
+    try:
+        for index in range(args.runs):
+            for side, src in (("baseline", base_dir / "src"), ("head", ROOT / "src")):
+                result = _run_with(src, args)
+                runs[side].append(result)
+                kill = result["kill"]
+                print(f"run {index + 1} {side:8}: decided {result['http']['decided_per_s']:6.0f}"
+                      f"/s, p99 {result['http']['p99_ms']:7.1f} ms, in-process "
+                      f"{result['direct']['alerts_per_s']:6.0f}/s, actions "
+                      f"{result['http']['actions']}, SIGKILL lost "
+                      f"{kill['lost'] if kill else '-'}", flush=True)  # fmt: skip
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                        str(base_dir)], check=False)  # fmt: skip
+
+    def median(side: str, pick: Callable[[dict], float]) -> float:
+        return statistics.median(pick(r) for r in runs[side])
+
+    rows = [
+        ("alerts/s decided (webhook)", lambda r: r["http"]["decided_per_s"], ".0f"),
+        ("decision latency p50 ms", lambda r: r["http"]["p50_ms"], ".1f"),
+        ("decision latency p99 ms", lambda r: r["http"]["p99_ms"], ".1f"),
+        ("alerts/s decided (in-process)", lambda r: r["direct"]["alerts_per_s"], ".0f"),
+        ("actions recorded (webhook)", lambda r: r["http"]["actions"], ".0f"),
+    ]
+    if not args.no_kill:
+        rows.append(("SIGKILL: answered 200 and lost", lambda r: r["kill"]["lost"], ".0f"))
+    print(f"\nmedian of {args.runs} alternated runs, {args.alerts} alerts")
+    print(f"{'':32}{args.baseline:>12}{'HEAD':>12}{'HEAD/base':>11}")
+    for label, pick, fmt in rows:
+        then, now = median("baseline", pick), median("head", pick)
+        ratio = f"{now / then:.2f}" if then else "-"
+        print(f"{label:32}{then:12{fmt}}{now:12{fmt}}{ratio:>11}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--alerts", type=int, default=10_000)
+    parser.add_argument("--targets", type=int, default=400)
+    parser.add_argument("--batch", type=int, default=10)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--client", choices=("process", "thread"), default="process")
+    parser.add_argument("--no-kill", action="store_true", help="skip the SIGKILL check")
+    parser.add_argument("--baseline", metavar="REF", help="also run REF's engine, alternated")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each with --baseline")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--post", help=argparse.SUPPRESS)  # the child process's side
+    args = parser.parse_args()
+    if args.post:
+        _child_post(args)
+        return
+    if args.baseline:
+        compare(args)
+        return
+    result = measure(args)
+    assert result["http"]["actions"] <= POLICY.max_actions_total
+    if args.json:
+        print(json.dumps(result))
+    else:
+        report(result, args)
 
 
 if __name__ == "__main__":
