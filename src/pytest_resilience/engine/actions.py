@@ -15,7 +15,6 @@ Register before the playbooks are loaded; an unknown name fails the load (Config
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import threading
@@ -27,6 +26,7 @@ from ..errors import TargetError
 from ..targets import pod_http
 from ..targets.base import Pod, PodAdmin, Target
 from .alerts import Alert, Probe
+from .registry import CHECKS, REGISTRY, action, check_params
 
 __all__ = [
     "CHECKS",
@@ -38,37 +38,7 @@ __all__ = [
     "default_admin_url",
 ]
 
-ActionFn = Callable[..., str | None]
 AdminUrl = Callable[[Target, Pod], str]
-REGISTRY: dict[str, ActionFn] = {}
-#: action name -> its option check (``check=`` of :func:`action`)
-CHECKS: dict[str, Callable[..., object]] = {}
-
-
-def action(
-    name: str, *, check: Callable[..., object] | None = None
-) -> Callable[[ActionFn], ActionFn]:
-    """Register ``fn(ctx, **params)`` under ``name`` for playbooks to call."""
-
-    def register(fn: ActionFn) -> ActionFn:
-        REGISTRY[name] = fn
-        if check is not None:
-            CHECKS[name] = check
-        else:
-            CHECKS.pop(name, None)
-        return fn
-
-    return register
-
-
-def check_params(name: str, params: Mapping[str, Any]) -> None:
-    """Raise TypeError (unknown/missing option) or ValueError (bad value) for ``params``."""
-    bound = inspect.signature(REGISTRY[name]).bind(None, **params)
-    check = CHECKS.get(name)
-    if check is not None:
-        bound.apply_defaults()
-        ctx_name = next(iter(bound.arguments))
-        check(**{k: v for k, v in bound.arguments.items() if k != ctx_name})
 
 
 def default_admin_url(target: Target, pod: Pod) -> str:
@@ -282,5 +252,6 @@ def _int(value: Any) -> int | None:
         return None
 
 
-# the actions that speak a datastore's own protocol (Postgres, Redis) register themselves
+# the actions that speak a datastore's own protocol (Postgres, Redis) register themselves;
+# last, so the registry lists the built-ins above first, as it always has
 from . import datastores as _datastores  # noqa: E402,F401

@@ -35,12 +35,16 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError, TargetError
-from .actions import ActionContext, action
+from .durations import parse_duration
 from .redaction import register_secret
+from .registry import action
+
+if TYPE_CHECKING:
+    from .actions import ActionContext
 
 __all__ = ["PG_DSN_ENV", "REDIS_URL_ENV", "terminate_idle_connections", "unlink_stale_keys"]
 
@@ -140,8 +144,6 @@ def _redis_options(
 
 
 def _duration(name: str, value: Any) -> float:
-    from .playbooks import parse_duration  # playbooks imports the actions: no cycle at load
-
     try:
         return parse_duration(value, field=name)
     except ConfigError as exc:

@@ -62,8 +62,9 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from .actions import REGISTRY, check_params
+from .actions import REGISTRY, check_params  # importing the actions registers the built-ins
 from .alerts import _OPS, Alert, Rule, compare
+from .durations import parse_duration
 from .targeting import KINDS, TargetLabel
 
 __all__ = [
@@ -275,21 +276,6 @@ def _join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
     return f"{path}.{key}" if path else key
-
-
-def parse_duration(value: Any, *, field: str = "duration", source: str | None = None) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", value)
-        if match:
-            scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
-            return float(match.group(1)) * scale
-    raise ConfigError(
-        f"invalid duration {value!r}: use e.g. 500ms, 5s, 2m or a number of seconds",
-        source=source,
-        field=field,
-    )
 
 
 def load_playbooks(*directories: str | Path) -> list[Playbook]:
