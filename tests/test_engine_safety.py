@@ -123,3 +123,76 @@ def test_dry_run_records_what_it_would_have_done(target, books, tmp_path):
         assert [p.name for p in target.pods()] == before and target.calls == []
     finally:
         e.close()
+
+
+def _logged(db, since, target):
+    import sqlite3
+
+    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        total, on = connection.execute(
+            "SELECT COUNT(*), COALESCE(SUM(target=?), 0) FROM actions WHERE started_at>=?",
+            (target, since),
+        ).fetchone()
+    finally:
+        connection.close()
+    return total, on
+
+
+def test_the_caps_count_from_memory_what_the_action_log_holds_across_rollback_and_restart(
+    tmp_path,
+):
+    from pytest_resilience.engine.store import Store
+
+    db = tmp_path / "e.db"
+    store = Store(db)
+    store.action_started("i1", "a", 0, "S", "x", {}, at=100.0)  # outside a transaction
+    with store.transaction():
+        store.action_started("i2", "a", 0, "S", "x", {}, at=300.0)
+        store.action_started("i3", "b", 0, "S", "x", {}, at=200.0)  # out of order
+        assert store.action_counts(150.0, "a") == (2, 1)  # the transaction sees its own
+    with pytest.raises(RuntimeError), store.transaction():
+        store.action_started("i4", "b", 0, "S", "x", {}, at=400.0)
+        raise RuntimeError("rolled back: its action never happened")
+    queries = [(since, t) for since in (0.0, 100.0, 150.0, 200.0, 301.0, 500.0)
+               for t in ("a", "b", "c")]  # fmt: skip
+    logged = [_logged(db, s, t) for s, t in queries]
+    assert [store.action_counts(s, t) for s, t in queries] == logged
+    store.close()
+    reopened = Store(db)  # a restarted engine's store: the index rebuilt from the log
+    try:
+        assert [reopened.action_counts(s, t) for s, t in queries] == [
+            _logged(db, s, t) for s, t in queries
+        ]
+        assert reopened.count_actions(150.0) == 2 and reopened.count_actions(0.0, target="b") == 1
+    finally:
+        reopened.close()
+
+
+def test_the_overall_and_per_target_caps_hold_across_a_restart_in_a_dry_run_storm(tmp_path):
+    from test_engine_intake_durability import StalledTarget
+
+    from pytest_resilience.engine import BUNDLED_PLAYBOOKS
+
+    policy = SafetyPolicy(cooldown_s=3600, max_actions_per_target=1, max_actions_total=4)
+
+    def start():
+        return Engine(StalledTarget(), playbooks_dir=BUNDLED_PLAYBOOKS, dry_run=True,
+                      store_path=tmp_path / "e.db", safety=policy).start()  # fmt: skip
+
+    names = ["HighMemoryUsage", "HighCPU", "DatabaseConnectionPoolExhaustion"]
+    for round_ in range(2):
+        e = start()
+        try:
+            for i in range(6):
+                for name in names:
+                    e.submit(Alert(name, f"svc-{i}-{round_}" if i else "svc-0"))
+            idle(e)
+            actions = e.actions()
+        finally:
+            e.close()
+        per_target: dict[str, int] = {}
+        for action in actions:
+            per_target[action.target] = per_target.get(action.target, 0) + 1
+        assert len(actions) == 4, actions  # the overall cap, the second round included
+        assert max(per_target.values()) == 1, per_target

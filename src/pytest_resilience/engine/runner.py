@@ -186,6 +186,13 @@ class Engine:
         self._causes: dict[str, Counter[tuple[str, str]]] = {}
         self._changed = threading.Condition(threading.Lock())  # waiters in _wait
         self._busy = 0
+        # dry runs the dispatcher's chunk opened, run at its end in its transaction (so a
+        # repeat in the same chunk is a duplicate of the open incident, as on the pool),
+        # and the causes they closed, whose held symptom alerts are released once the chunk
+        # has committed (a release may ask a probe: not under the store's write lock).
+        # The dispatcher's thread only
+        self._dry_in_chunk: list[_Run] = []
+        self._closed_in_chunk: list[tuple[str, str]] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pool: ThreadPoolExecutor | None = None
@@ -366,14 +373,23 @@ class Engine:
         """Decide ``chunk`` in one transaction: one commit per chunk, not one per alert."""
         # outside the store's transaction: finding a target may ask the platform's API
         located = [self._locate(alert, listing) for alert, _ in chunk]
-        with self.store.transaction():
-            for alert, no_target in located:
-                try:
-                    self._decide(alert, no_target)
-                except Exception:
-                    LOGGER.exception("deciding on alert failed")
-            # in the decisions' transaction: a kill leaves each alert decided or in the inbox
-            self.store.decided([inbox_id for _, inbox_id in chunk if inbox_id is not None])
+        try:
+            with self.store.transaction():
+                for alert, no_target in located:
+                    try:
+                        self._decide(alert, no_target)
+                    except Exception:
+                        LOGGER.exception("deciding on alert failed")
+                runs, self._dry_in_chunk = self._dry_in_chunk, []
+                for run in runs:
+                    self._remediate(run, release=self._closed_in_chunk.append)
+                # in the decisions' transaction: a kill leaves each alert decided or in
+                # the inbox
+                self.store.decided([inbox_id for _, inbox_id in chunk if inbox_id is not None])
+        finally:
+            closed, self._closed_in_chunk = self._closed_in_chunk, []
+            for key in closed:
+                self._release_held(*key)
 
     def _known_as(self, alert_name: str) -> str:
         """The playbook's own name for an alert (an alias's ``as:``), else the name itself."""
@@ -454,7 +470,9 @@ class Engine:
             self._escalate(incident, f"auto-remediation refused: {decision.reason}")
             return
         self.safety.begin(alert.name, alert.target, now)
-        self._launch(_Run(incident))
+        # a dry run touches nothing but the store: its whole trail goes into this chunk's
+        # transaction, decided here, rather than a worker's transaction per incident
+        self._launch(_Run(incident), inline=self.dry_run)
 
     def _inhibitor(self, alert: Alert) -> str | None:
         """The cause incident that explains this symptom alert, if any (see SYMPTOM_ALERTS)."""
@@ -605,14 +623,21 @@ class Engine:
             self._reserve(1, always=True)
             self._queue.put_nowait((alert, inbox_id))
 
-    def _launch(self, run: _Run) -> None:
+    def _launch(self, run: _Run, *, inline: bool = False) -> None:
+        """Remediate ``run`` on the pool, or ``inline`` in the dispatcher's chunk."""
         with self._lock:
             self._set_open(run)
             self._busy += 1
+        if inline:
+            self._dry_in_chunk.append(run)  # run at the chunk's end (_decide_chunk)
+            return
         assert self._pool is not None
         self._pool.submit(self._remediate, run)
 
-    def _remediate(self, run: _Run) -> None:
+    def _remediate(
+        self, run: _Run, *, release: Callable[[tuple[str, str]], object] | None = None
+    ) -> None:
+        """Run ``run``'s playbook; ``release``: hand the held-alert release to the caller."""
         incident = run.incident
         keep_open = False
         try:
@@ -628,7 +653,10 @@ class Engine:
                 if not escalated:
                     self._forget_location((incident.alert_name, incident.target))
                 # before going idle: a released alert is queued work
-                self._release_held(incident.alert_name, incident.target)
+                if release is not None:
+                    release((incident.alert_name, incident.target))
+                else:
+                    self._release_held(incident.alert_name, incident.target)
             with self._lock:
                 self._busy -= 1
 
