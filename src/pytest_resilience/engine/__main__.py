@@ -3,6 +3,7 @@
     serve       run the webhook receiver and the engine until SIGTERM/SIGINT
     incidents   list the incidents a store holds (table or JSON), ids for postmortem
     postmortem  export one incident (Markdown or JSON) from a store
+    scenario    write a YAML regression scenario that replays an incident's cause as a fault
 
 The target is the embedded local target (``--target local --services FILE``), a Kubernetes
 cluster (``--target kubernetes``: the pod's service account when run in one, else a kubeconfig;
@@ -158,14 +159,45 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--store", required=True, type=Path, help="the engine's SQLite file")
     pm.add_argument("incident", help="incident id, as `incidents` lists it")
     pm.add_argument("--format", choices=("md", "json"), default="md", help="default %(default)s")
+    sc = sub.add_parser(
+        "scenario",
+        help="write a YAML regression scenario replaying an incident's cause as a fault",
+    )
+    sc.add_argument("--store", required=True, type=Path, help="the engine's SQLite file")
+    sc.add_argument("incident", help="incident id, as `incidents` lists it")
+    sc.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="write the scenario here (collected by the plugin under a scenarios/ "
+        "directory); default: standard output",
+    )
+    sc.add_argument(
+        "--force", action="store_true", help="overwrite FILE if it exists (default: refuse)"
+    )
+    sc.add_argument(
+        "--proxy",
+        metavar="NAME",
+        help="the dependency proxy (Toxiproxy name, e.g. postgres) a latency or "
+        "connection-saturation replay slows, when the alert is about its caller",
+    )
+    sc.add_argument(
+        "--volume",
+        metavar="SERVICE",
+        help="the service whose volume a disk alert about a node fills",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
         if args.command == "postmortem":
             return _postmortem(args)
+        if args.command == "scenario":
+            return _scenario(args, argv)
         if args.command == "incidents":
             return _incidents(args)
         return _serve(args)
@@ -204,6 +236,48 @@ def _postmortem(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(report.to_markdown() if args.format == "md" else report.to_json())
+    return 0
+
+
+def _scenario(args: argparse.Namespace, argv: list[str]) -> int:
+    import sqlite3
+
+    from .regression import build_regression, regression_command
+
+    if not args.store.is_file():
+        raise ConfigError(f"no store at {args.store}", field="--store")
+    if args.output is not None and args.output.exists() and not args.force:
+        raise ConfigError(f"{args.output} exists; give --force to overwrite it", field="--output")
+    try:  # read-only first: Store() would add the engine's tables to any SQLite file
+        probe = sqlite3.connect(f"file:{args.store}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in probe.execute("SELECT name FROM sqlite_master")}
+        finally:
+            probe.close()
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"{args.store} is not an engine store: {exc}", field="--store") from None
+    if "incidents" not in tables:
+        raise ConfigError(
+            f"{args.store} is not an engine store (no incidents table)", field="--store"
+        )
+    store = Store(args.store)
+    try:
+        regression = build_regression(store, args.incident, proxy=args.proxy, volume=args.volume)
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"{args.store} is not an engine store: {exc}", field="--store") from None
+    finally:
+        store.close()
+    text = regression.to_yaml(regression_command(argv))
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    print(
+        f"wrote {args.output}: {regression.replay.fault} on {regression.subject}, "
+        f"recovery within {regression.within_s:g} s",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -1,0 +1,556 @@
+"""Regression scenarios from real incidents (the seed's tier 4).
+
+An incident the engine handled is a fact about the system: this alert fired on this
+workload, the engine healed it in that time. ``python -m pytest_resilience.engine scenario``
+turns it into a YAML scenario (our format, see ``scenario.py``) that puts the incident's
+*cause* back as a fault under load, with the engine on, and asserts the SLOs come back
+within a bound taken from what the engine achieved. Committed under ``scenarios/``, it
+keeps that incident fixed: a playbook change or a release that heals slower fails it.
+
+Everything is read from the store alone (the incident, its alert and labels, actions and
+verify results), so a scenario can be written from a production engine's file; the target
+is not contacted. Which workload or node the alert is about is what the engine resolved
+(``targeting.py``); its pods are selected by ``app=<workload>``, the label both targets give
+a workload's pods (the local target sets it, the Kubernetes manifests carry it).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import textwrap
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+from .store import RESOLVED, Incident, Store
+from .targeting import _POD_NAME_FORMS, TargetLabel
+
+__all__ = [
+    "FLOOR_S",
+    "REPLAYS",
+    "SAFETY_FACTOR",
+    "STANDARD_SLOS",
+    "NoReplay",
+    "Regression",
+    "Replay",
+    "build_regression",
+    "recovery_bound",
+    "replay_for",
+]
+
+#: the recovery bound is this many times the engine's time to recover: a shared CI machine
+#: is slower than the one the incident happened on, and a regression test must not flake
+SAFETY_FACTOR = 2.0
+#: and never below this (the scenarios' default ``recovery.within_s``): a fast recovery
+#: measured once (3 s) is no promise that every run recovers in 6 s
+FLOOR_S = 30.0
+#: the bound is rounded up to a multiple of this, so it reads as a decision, not a reading
+_ROUND_S = 5.0
+_WIDTH = 96  # the written file's line length
+#: a lasting fault (latency, a block, a full disk) stays in at least this long, and at most
+#: the second figure, whatever the incident lasted
+_HOLD_S = (10.0, 120.0)
+#: what the shipped scenarios run: the demo's users, the steady state before the fault
+LOAD: Mapping[str, Any] = {"users": 20, "spawn_rate": 20}
+STEADY_STATE_S = 5
+#: when the store holds no SLO of the incident: the shipped scenarios' pair
+STANDARD_SLOS: tuple[Mapping[str, Any], ...] = (
+    {"error_rate": {"below": 0.01, "window_s": 5}},
+    {"latency": {"percentile": 99, "below_ms": 2000, "window_s": 5}},
+)
+#: deaths that make the engine's own crash-loop alert (EventAlerts' default ``restarts``):
+#: a crash loop is replayed with at least that many, so the replay raises the same alert
+_CRASH_DEATHS = (3, 6)
+#: how much latency a latency or pool-saturation replay adds (the README's example)
+_LATENCY_MS = 500
+#: alert names of datastore exporters: their target *is* the dependency a proxy fronts
+_DATASTORE = re.compile(r"^(Postgres|PostgreSQL|Redis|MySQL|Mysql|Mongo)", re.IGNORECASE)
+
+
+class NoReplay(ConfigError):
+    """The incident cannot be replayed as a fault; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Replay:
+    """One row of :data:`REPLAYS`: the alerts that mean one cause, and the fault that is it.
+
+    ``alerts`` are exact names (the engine's own and those real rule sets use);
+    ``pattern`` catches the names no row lists, by the word that says what broke.
+    """
+
+    cause: str
+    fault: str  # one of scenario.FAULTS
+    alerts: tuple[str, ...]
+    pattern: str
+    how: str
+
+
+#: Alert -> fault, the table the generator reads. Exact names first (any row), then the
+#: patterns in this order (``KubeNodeNotReady`` is a node, before ``NotReady`` is a pod).
+#: A cause that is a symptom of something else (an error rate, a cold cache, CPU) has no
+#: row: which fault caused it is not in the alert, and guessing would test the wrong thing.
+REPLAYS: tuple[Replay, ...] = (
+    Replay(
+        "crash loop",
+        "pod_kill",
+        ("PodCrashLoop", "KubePodCrashLooping", "KubernetesPodCrashLooping"),
+        r"CrashLoop",
+        "a replica killed again each time it is replaced, as many times as the incident saw",
+    ),
+    Replay(
+        "node down",
+        "node_failure",
+        ("NodeNotReady", "KubeNodeNotReady", "KubeNodeUnreachable", "KubernetesNodeNotReady"),
+        r"Node(NotReady|Unreachable|Down)",
+        "every pod on the node hangs (capability node_outage)",
+    ),
+    Replay(
+        "pod not ready",
+        "pod_kill",
+        (
+            "KubePodNotReady",
+            "KubernetesPodNotHealthy",
+            "KubeDeploymentReplicasMismatch",
+            "KubeStatefulSetReplicasMismatch",
+        ),
+        r"NotReady|NotHealthy|ReplicasMismatch",
+        "one replica killed: the workload is short of ready pods until it is replaced",
+    ),
+    Replay(
+        "disk full",
+        "disk_fill",
+        (
+            "NodeFilesystemSpaceFillingUp",
+            "NodeFilesystemAlmostOutOfSpace",
+            "NodeFilesystemFilesFillingUp",
+            "NodeFilesystemAlmostOutOfFiles",
+            "HostOutOfDiskSpace",
+            "HostOutOfInodes",
+            "KubePersistentVolumeFillingUp",
+        ),
+        r"Filesystem|Disk|Inodes|Volume.*Filling|OutOfSpace",
+        "the service's bounded volume filled to 90%",
+    ),
+    Replay(
+        "memory pressure",
+        "memory_stress",
+        (
+            "HighMemoryUsage",
+            "ContainerHighMemoryUsage",
+            "KubernetesContainerOomKiller",
+            "RedisOutOfMemory",
+            "RedisOutOfSystemMemory",
+            "RedisOutOfConfiguredMaxmemory",
+            "HostOutOfMemory",
+        ),
+        r"Memory|Oom",
+        "the pods' memory grown to the share the alert read (else 95%) of their limit",
+    ),
+    Replay(
+        "connections saturated",
+        "latency",
+        (
+            "DatabaseConnectionPoolExhaustion",
+            "PostgreSQLMaxConnectionsReached",
+            "PostgreSQLHighConnections",
+            "PostgresqlTooManyConnections",
+            "RedisTooManyConnections",
+        ),
+        r"Connections|ConnectionPool|PoolExhaust",
+        f"{_LATENCY_MS} ms on the database's proxy: each connection is held longer, the pool "
+        "runs dry",
+    ),
+    Replay(
+        "connection lost",
+        "network_block",
+        ("PostgresqlDown", "PostgreSQLDown", "RedisDown", "MysqlDown", "TargetDown"),
+        r"Down$|Unreachable|ConnectionRefused|ConnectionErrors?$",
+        "ingress to the service's pods dropped (iptables)",
+    ),
+    Replay(
+        "slow responses",
+        "latency",
+        ("HighLatency", "LatencyHigh", "HighRequestLatency", "KubeAPILatencyHigh"),
+        r"Latency|Slow",
+        f"{_LATENCY_MS} ms on the dependency's proxy",
+    ),
+)
+
+
+def replay_for(alert_name: str) -> Replay:
+    """The row of :data:`REPLAYS` for ``alert_name``; :class:`NoReplay` naming it if none."""
+    for replay in REPLAYS:
+        if alert_name in replay.alerts:
+            return replay
+    for replay in REPLAYS:
+        if re.search(replay.pattern, alert_name):
+            return replay
+    causes = "; ".join(f"{r.cause} -> {r.fault}" for r in REPLAYS)
+    raise NoReplay(
+        f"no fault replays alert {alert_name!r}: it names no cause this generator knows "
+        f"({causes}). Write the scenario by hand with the fault that caused it",
+        field="alert",
+    )
+
+
+def recovery_bound(time_to_recover_s: float | None) -> float:
+    """``recovery.within_s`` for a scenario whose engine recovered in ``time_to_recover_s``:
+    :data:`SAFETY_FACTOR` times it, rounded up to 5 s, at least :data:`FLOOR_S`."""
+    if time_to_recover_s is None:
+        return FLOOR_S
+    scaled = math.ceil(SAFETY_FACTOR * time_to_recover_s / _ROUND_S) * _ROUND_S
+    return max(FLOOR_S, float(scaled))
+
+
+@dataclass(frozen=True)
+class Regression:
+    """The scenario for one incident, and how each of its parts was decided."""
+
+    incident: Incident
+    replay: Replay
+    subject: str  # the workload or node the fault acts on
+    method: tuple[Mapping[str, Any], ...]
+    slos: tuple[Mapping[str, Any], ...]
+    slo_source: str
+    time_to_recover_s: float | None
+    within_s: float
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def document(self) -> dict[str, Any]:
+        """The scenario as our YAML format's mapping (``scenario.load_scenario`` reads it)."""
+        i = self.incident
+        return {
+            "title": f"Regression: {i.alert_name} on {i.target} ({i.id})",
+            "description": (
+                f"Replays incident {i.id} ({self.replay.cause}): {self.replay.how}. The engine "
+                f"healed it in {_seconds(self.time_to_recover_s)}; the SLOs must recover "
+                f"within {self.within_s:g} s of the fault."
+            ),
+            "tags": ["regression", self.replay.fault],
+            "remediation": True,
+            "load": dict(LOAD),
+            "steady-state-hypothesis": {
+                "duration_s": STEADY_STATE_S,
+                "slos": [dict(s) for s in self.slos],
+            },
+            "method": [dict(step) for step in self.method],
+            "recovery": {"within_s": _number(self.within_s)},
+        }
+
+    def to_yaml(self, command: str) -> str:
+        i = self.incident
+        bound = (
+            f"{SAFETY_FACTOR:g} x {self.time_to_recover_s:.1f} s, rounded up to "
+            f"{_ROUND_S:g} s, at least {FLOOR_S:g} s = {self.within_s:g} s"
+            if self.time_to_recover_s is not None
+            else f"the floor, {FLOOR_S:g} s (the engine did not recover it: {i.status}"
+            + (f", {i.reason}" if i.reason else "")
+            + "); this scenario is expected to fail until the fix lands"
+        )
+        header = [
+            f"Regression scenario for incident {i.id}: {i.alert_name} on {i.target}.",
+            f"Alert: {i.alert_name} ({i.alert.source}, severity {i.alert.severity}), fired "
+            f"{_iso(i.alert.starts_at)}, detected {_iso(i.detected_at)}, "
+            + (f"{i.status} {_iso(i.closed_at)}" if i.closed_at else f"{i.status}, still open")
+            + (f" (playbook {i.playbook!r})." if i.playbook else "."),
+            f"Replayed as: {self.replay.fault} on {self.subject} ({self.replay.cause}: "
+            f"{self.replay.how}).",
+            f"SLOs: {self.slo_source}.",
+            f"Recovery bound: {bound}.",
+            *(f"Note: {n}." for n in self.notes),
+        ]
+        body = yaml.dump(
+            self.document(),
+            Dumper=_PlainDumper,
+            sort_keys=False,
+            default_flow_style=None,
+            width=_WIDTH,
+        )
+        lines = [
+            wrapped
+            for entry in header
+            for wrapped in textwrap.wrap(
+                entry, width=_WIDTH - 2, subsequent_indent="  ", break_on_hyphens=False
+            )
+        ]
+        # the command on one line, unwrapped: copied as it is, it regenerates the file
+        lines += ["Generated by:", f"  {command}"]
+        return "".join(f"# {line}\n" for line in lines) + "\n" + body
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """No ``&id001``/``*id001``: a scenario is read and edited by people."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def build_regression(store: Store, incident_id: str, *, proxy: str | None = None,
+                     volume: str | None = None) -> Regression:  # fmt: skip
+    """The regression scenario of ``incident_id``.
+
+    ``proxy``: the dependency proxy a latency or saturation replay goes through when the
+    alert is about its caller; ``volume``: the service whose volume a disk alert on a node
+    fills. Raises ConfigError naming the incident when it cannot be replayed.
+    """
+    incident = store.incident(incident_id)
+    if incident is None:
+        known = [i.id for i in store.incidents()][-5:]
+        hint = f"; the newest are {', '.join(known)}" if known else "; it holds no incidents"
+        raise ConfigError(
+            f"no incident {incident_id!r} in {store.path}{hint} (list them with "
+            f"`python -m pytest_resilience.engine incidents --store {store.path}`)",
+            field="incident",
+        )
+    name = incident.alert_name
+    replay = replay_for(name)
+    kind, subject = _subject(incident, replay)
+    lost = [n.message for n in store.notes(incident.id) if n.kind == "no_target"]
+    if lost:
+        raise ConfigError(
+            f"incident {incident.id} ({name}) has no target the engine could act on: "
+            f"{lost[0]}; a scenario would hit nothing",
+            field="incident",
+        )
+    ttr = _time_to_recover(incident)
+    notes: list[str] = []
+    method = _method(incident, replay, kind, subject, ttr, proxy=proxy, volume=volume,
+                     notes=notes)  # fmt: skip
+    slos, source = _slos(store, incident, notes)
+    return Regression(
+        incident=incident,
+        replay=replay,
+        subject=f"{kind} {subject}",
+        method=tuple(method),
+        slos=slos,
+        slo_source=source,
+        time_to_recover_s=ttr,
+        within_s=recovery_bound(ttr),
+        notes=tuple(notes),
+    )
+
+
+# -- the target --------------------------------------------------------------------------
+
+
+def _subject(incident: Incident, replay: Replay) -> tuple[str, str]:
+    """("workload" | "node", name): what the engine resolved the alert to (targeting.py)."""
+    target = incident.target.strip()
+    labels = incident.alert.labels
+    if not target:
+        tried = ", ".join(f"{k}={v!r}" for k, v in sorted(labels.items())) or "none"
+        raise ConfigError(
+            f"incident {incident.id} ({incident.alert_name}) has no target: its alert names "
+            f"no workload, pod or node (labels: {tried}); nothing to put the fault on",
+            field="incident",
+        )
+    # the label that named the target says what it is (pod, node, host or workload)
+    named_by = next((k for k, v in labels.items() if v == target and k != "alertname"), "")
+    kind = TargetLabel.inferred(named_by).kind if named_by else "workload"
+    if labels.get("workload") == target:
+        kind = "workload"  # the engine resolved it to one (targeting.retarget)
+    if kind == "host":
+        target = re.sub(r"^[a-z][a-z0-9+.-]*://", "", target)
+        target = re.sub(r"(:\d+)?(/.*)?$", "", target).strip("[]")
+        kind = "node" if replay.fault in ("node_failure", "disk_fill") else "workload"
+    if kind == "pod":  # a pod the engine could not list any more: its controller's name
+        workload = next(
+            (m.group("w") for form in _POD_NAME_FORMS if (m := form.match(target))), None
+        )
+        if workload is None:
+            raise ConfigError(
+                f"incident {incident.id} ({incident.alert_name}) names pod {target!r}, whose "
+                "workload its name does not tell; write the scenario by hand",
+                field="incident",
+            )
+        target, kind = workload, "workload"
+    if replay.fault == "node_failure" and kind != "node":
+        kind = "node"  # a node alert's target is the node, whatever label carried it
+    return kind, target
+
+
+# -- the fault ---------------------------------------------------------------------------
+
+
+def _method(
+    incident: Incident,
+    replay: Replay,
+    kind: str,
+    subject: str,
+    ttr: float | None,
+    *,
+    proxy: str | None,
+    volume: str | None,
+    notes: list[str],
+) -> list[dict[str, Any]]:
+    alert = incident.alert
+    selector = f"app={subject}"
+    hold = _number(_hold(incident, ttr))
+    if replay.fault == "pod_kill":
+        kill = {"fault": "pod_kill", "args": {"selector": selector, "count": 1,
+                                              "replaced_within_s": 30}}  # fmt: skip
+        _needs_workload(incident, kind, subject)
+        if replay.cause != "crash loop":
+            return [kill]
+        low, high = _CRASH_DEATHS
+        deaths = min(high, max(low, int(alert.value or 0)))
+        notes.append(f"{deaths} kills in a row, one replacement after another (a crash loop)")
+        return [dict(kill) for _ in range(deaths)]
+    if replay.fault == "node_failure":
+        return [{"fault": "node_failure", "args": {"node": subject, "hang": True},
+                 "duration_s": hold}]  # fmt: skip
+    if replay.fault == "disk_fill":
+        service = volume or (subject if kind == "workload" else None)
+        if service is None:
+            raise ConfigError(
+                f"incident {incident.id}: {incident.alert_name} is about node {subject!r}; "
+                "say whose volume fills with --volume SERVICE (a service with a bounded "
+                "volume on that node)",
+                field="--volume",
+            )
+        return [{"fault": "disk_fill", "args": {"service": service, "percent": 90},
+                 "duration_s": hold}]  # fmt: skip
+    _needs_workload(incident, kind, subject)
+    if replay.fault == "memory_stress":
+        share = _share(alert.value)
+        return [{"fault": "memory_stress", "args": {"selector": selector, "share": share},
+                 "duration_s": hold}]  # fmt: skip
+    if replay.fault == "network_block":
+        return [{"fault": "network_block",
+                 "args": {"selector": selector, "direction": "ingress", "action": "drop"},
+                 "duration_s": hold}]  # fmt: skip
+    # latency: on the proxy in front of the dependency
+    through = proxy or (subject if _DATASTORE.match(incident.alert_name) else None)
+    if through is None:
+        raise ConfigError(
+            f"incident {incident.id}: {incident.alert_name} on {subject!r} is felt by the "
+            "caller, not the dependency that was slow; say which dependency's proxy the "
+            "latency goes through with --proxy NAME (e.g. postgres)",
+            field="--proxy",
+        )
+    return [{"fault": "latency", "args": {"proxy": through, "ms": _LATENCY_MS},
+             "duration_s": hold}]  # fmt: skip
+
+
+def _needs_workload(incident: Incident, kind: str, subject: str) -> None:
+    if kind != "workload":
+        raise ConfigError(
+            f"incident {incident.id}: {incident.alert_name} is about {kind} {subject!r}, but "
+            "its fault acts on a workload's pods; write the scenario by hand",
+            field="incident",
+        )
+
+
+def _share(value: float | None) -> float:
+    """The memory share the alert read (a fraction or a percentage), else 95%."""
+    if value is not None and 1 < value < 100:
+        value = value / 100
+    if value is None or not 0.5 <= value < 1:
+        return 0.95
+    return round(min(value, 0.97), 2)
+
+
+def _hold(incident: Incident, ttr: float | None) -> float:
+    """How long a lasting fault stays in: as long as the incident's cause did (alert start
+    to its resolution, else to the engine's verdict), within :data:`_HOLD_S`."""
+    low, high = _HOLD_S
+    if ttr is None:
+        return 20.0
+    return float(min(high, max(low, math.ceil(ttr))))
+
+
+# -- the engine's figures -----------------------------------------------------------------
+
+
+def _time_to_recover(incident: Incident) -> float | None:
+    """From the alert's start (the first breach or death the rule or event saw) to the
+    incident closed as resolved, i.e. the engine's verify passed: the whole loop, detect +
+    mitigate + verify. None if it never recovered (escalated, open, a dry run)."""
+    if incident.status != RESOLVED or incident.dry_run or incident.closed_at is None:
+        return None
+    return round(max(0.0, incident.closed_at - incident.alert.starts_at), 1)
+
+
+# -- the SLOs ----------------------------------------------------------------------------
+
+_CONDITION = re.compile(r"^(?P<probe>[a-z0-9_]+) (?P<op>below|above|at_most|at_least) "
+                        r"(?P<value>[-+0-9.e]+)$")  # fmt: skip
+_LATENCY_PROBE = re.compile(r"^(latency_)?p(?P<pct>\d{2})(_latency)?(?P<ms>_ms)?$")
+
+
+def _slos(
+    store: Store, incident: Incident, notes: list[str]
+) -> tuple[tuple[Mapping[str, Any], ...], str]:
+    """The SLOs that breached, from the verify conditions and the alert's probe; the
+    standard pair when the store holds none a YAML scenario can state."""
+    found: dict[str, Mapping[str, Any]] = {}
+    unstated: list[str] = []
+    for verification in store.verifications(incident.id):
+        match = _CONDITION.match(verification.condition)
+        if match:
+            slo = _slo(match["probe"], match["op"], float(match["value"]))
+            if slo is None:
+                unstated.append(verification.condition)
+            else:
+                found.setdefault(next(iter(slo)), slo)
+    probe = incident.alert.labels.get("probe", "")  # the rule's probe: it breached
+    if probe:
+        slo = _slo(probe, None, None)
+        if slo is None:
+            unstated.append(f"{probe} (the alert's probe)")
+        else:
+            found.setdefault(next(iter(slo)), slo)
+    if unstated:
+        notes.append(
+            "the incident breached " + ", ".join(dict.fromkeys(unstated)) + ", which a YAML "
+            "scenario's SLOs (error_rate, latency, availability) cannot state"
+        )
+    if found:
+        return tuple(found.values()), (
+            "those the incident breached (its alert's probe and the bounds its verify "
+            "checked; a bound the store does not hold is the standard one)"
+        )
+    return STANDARD_SLOS, "none recorded for this incident: the standard error-rate/p99 pair"
+
+
+def _slo(probe: str, op: str | None, value: float | None) -> Mapping[str, Any] | None:
+    if probe == "error_rate" and op in (None, "below", "at_most"):
+        return {"error_rate": {"below": value if value is not None else 0.01, "window_s": 5}}
+    if probe == "availability" and op in (None, "above", "at_least"):
+        return {"availability": {"above": value if value is not None else 0.99, "window_s": 5}}
+    match = _LATENCY_PROBE.match(probe)
+    if match and op in (None, "below", "at_most"):
+        ms = 2000.0 if value is None else value if match["ms"] else value * 1000
+        return {"latency": {"percentile": int(match["pct"]), "below_ms": _number(ms),
+                            "window_s": 5}}  # fmt: skip
+    return None
+
+
+# -- formatting --------------------------------------------------------------------------
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def _seconds(value: float | None) -> str:
+    return "no time (it did not recover)" if value is None else f"{value:.1f} s"
+
+
+def _iso(at: float | None) -> str:
+    if at is None:
+        return "-"
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def regression_command(argv: Sequence[str]) -> str:
+    """The command line that generated a file, for its header (re-run it to regenerate)."""
+    import shlex
+
+    return "python -m pytest_resilience.engine " + shlex.join(list(argv))
