@@ -12,12 +12,24 @@ class ResilienceError(Exception):
 
 
 class ConfigError(ResilienceError):
-    """A configuration file, option or scenario is malformed."""
+    """A configuration file, option or scenario is malformed.
 
-    def __init__(self, message: str, *, source: str | None = None, field: str | None = None):
+    ``source`` names the file (``path`` or ``path:line``), ``field`` the dotted field,
+    ``line`` the 1-based line where it is known, for tools that jump to it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        field: str | None = None,
+        line: int | None = None,
+    ) -> None:
         self.message = message
         self.source = source
         self.field = field
+        self.line = line
         where = ", ".join(part for part in (source, f"field {field!r}" if field else None) if part)
         super().__init__(f"{where}: {message}" if where else message)
 

@@ -59,9 +59,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import ConfigError
+from ..yamlfile import YamlDocument, load_yaml
 from .actions import REGISTRY, check_params  # importing the actions registers the built-ins
 from .alerts import _OPS, Alert, Rule, compare
 from .durations import parse_duration
@@ -192,59 +191,25 @@ class Playbook:
         return alias.known_as or alert_name if alias else alert_name
 
 
-# -- YAML with line numbers ------------------------------------------------------------
-
-
-class _Map(dict):
-    """A mapping that remembers the line of each key, for error messages."""
-
-    line: int = 0
-    key_lines: dict[str, int]
-
-
-class _Seq(list):
-    line: int = 0
-    item_lines: list[int]
-
-
-class _Loader(yaml.SafeLoader):
-    def construct_mapping(self, node, deep=False):  # type: ignore[override]
-        mapping = _Map(super().construct_mapping(node, deep=True))
-        mapping.line = node.start_mark.line + 1
-        mapping.key_lines = {
-            str(k.value): k.start_mark.line + 1 for k, _ in node.value if hasattr(k, "value")
-        }
-        return mapping
-
-    def construct_sequence(self, node, deep=False):  # type: ignore[override]
-        seq = _Seq(super().construct_sequence(node, deep=True))
-        seq.line = node.start_mark.line + 1
-        seq.item_lines = [item.start_mark.line + 1 for item in node.value]
-        return seq
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _Loader.construct_mapping)
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _Loader.construct_sequence)
+# -- reading a playbook file ---------------------------------------------------------------
 
 
 class _Reader:
     """Reads one file and raises ConfigError naming ``file:line`` and the dotted field."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, doc: YamlDocument) -> None:
+        self.doc = doc
+        self.path = doc.path
 
-    def error(self, message: str, path: str, node: Any = None, key: str | int | None = None):
-        line = 0
-        if isinstance(node, _Map) and isinstance(key, str):
-            line = node.key_lines.get(key, node.line)
-        elif isinstance(node, _Seq) and isinstance(key, int) and key < len(node.item_lines):
-            line = node.item_lines[key]
-        elif isinstance(node, _Map | _Seq):
-            line = node.line
+    def error(
+        self, message: str, path: str, node: object = None, key: str | int | None = None
+    ) -> ConfigError:
+        """``node`` is the dict or list at fault (``key`` the key or index in it)."""
+        line = self.doc.line_in(node, key)
         source = f"{self.path}:{line}" if line else str(self.path)
-        return ConfigError(message, source=source, field=path)
+        return ConfigError(message, source=source, field=path, line=line)
 
-    def get(self, node: _Map, key: str, path: str, kind: type | tuple, *, required=False):
+    def get(self, node: dict[str, Any], key: str, path: str, kind: type | tuple, *, required=False):
         if key not in node:
             if required:
                 raise self.error(f"missing required field {key!r}", _join(path, key), node)
@@ -260,7 +225,7 @@ class _Reader:
             )
         return value
 
-    def known(self, node: _Map, allowed: Iterable[str], path: str) -> None:
+    def known(self, node: dict[str, Any], allowed: Iterable[str], path: str) -> None:
         allowed = set(allowed)
         for key in node:
             if key not in allowed:
@@ -333,14 +298,9 @@ def _load_directory(directory: Path) -> list[Playbook]:
 
 def load_playbook(path: str | Path) -> Playbook:
     path = Path(path)
-    r = _Reader(path)
-    try:
-        doc = yaml.load(path.read_text(), Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", source=where) from None
-    if not isinstance(doc, _Map):
+    r = _Reader(load_yaml(path))
+    doc = r.doc.data
+    if not isinstance(doc, dict):
         raise ConfigError("a playbook file must be a mapping", source=str(path))
     r.known(
         doc, ("playbook", "alerts", "description", "rules", "steps", "escalate", "follow_up"), ""
@@ -358,11 +318,11 @@ def load_playbook(path: str | Path) -> Playbook:
                 f"alert {entry.name!r} is listed twice", _join("alerts", i), alerts_node, i
             )
         alerts.append(entry.name)
-        if isinstance(item, _Map):
+        if isinstance(item, dict):
             aliases[entry.name] = entry
     plain = [a for a in alerts if a not in aliases]
     for i, item in enumerate(alerts_node):
-        known = aliases.get(item["alert"]).known_as if isinstance(item, _Map) else ""
+        known = aliases.get(item["alert"]).known_as if isinstance(item, dict) else ""
         if known and known not in plain:
             raise r.error(
                 f"'as: {known}' must name one of this playbook's own alerts {plain}",
@@ -378,9 +338,9 @@ def load_playbook(path: str | Path) -> Playbook:
         _rule(r, node, _join("rules", i))
         for i, node in enumerate(r.get(doc, "rules", "", list) or [])
     )
-    esc = r.get(doc, "escalate", "", dict) or _Map()
+    esc = r.get(doc, "escalate", "", dict) or {}
     r.known(esc, ("severity", "summary"), "escalate")
-    follow = r.get(doc, "follow_up", "", dict) or _Map()
+    follow = r.get(doc, "follow_up", "", dict) or {}
     r.known(follow, ("prevention", "rca"), "follow_up")
     items: list[str] = []
     for kind in ("prevention", "rca"):
@@ -400,12 +360,12 @@ def load_playbook(path: str | Path) -> Playbook:
     )
 
 
-def _alias(r: _Reader, item: Any, seq: _Seq, index: int) -> Alias:
+def _alias(r: _Reader, item: Any, seq: list[Any], index: int) -> Alias:
     """A plain alert name, or ``{alert, as, target}``: a real rule set's name for it."""
     where = _join("alerts", index)
     if isinstance(item, str) and item:
         return Alias(item)
-    if not isinstance(item, _Map):
+    if not isinstance(item, dict):
         raise r.error(
             f"an alert is a name or a mapping with 'alert:', got {item!r}", where, seq, index
         )
@@ -419,7 +379,7 @@ def _alias(r: _Reader, item: Any, seq: _Seq, index: int) -> Alias:
         if isinstance(spec, str) and spec:
             specs.append(TargetLabel.inferred(spec))
             continue
-        if not isinstance(spec, _Map):
+        if not isinstance(spec, dict):
             raise r.error(
                 f"a target label is a name or {{label, kind}}, got {spec!r}", at, labels, j
             )
@@ -442,7 +402,7 @@ def _alias(r: _Reader, item: Any, seq: _Seq, index: int) -> Alias:
 
 
 def _step(r: _Reader, node: Any, path: str) -> Step:
-    if not isinstance(node, _Map):
+    if not isinstance(node, dict):
         raise r.error(f"a step must be a mapping, got {node!r}", path, node)
     r.known(node, ("name", "options", "actions", "verify"), path)
     name = r.get(node, "name", path, str, required=True)
@@ -458,7 +418,7 @@ def _step(r: _Reader, node: Any, path: str) -> Step:
 
 
 def _option(r: _Reader, node: Any, path: str) -> Option:
-    if not isinstance(node, _Map):
+    if not isinstance(node, dict):
         raise r.error(f"an option must be a mapping, got {node!r}", path, node)
     r.known(node, ("when", "actions", "verify"), path)
     when = _when(r, node["when"], _join(path, "when")) if "when" in node else None
@@ -467,7 +427,7 @@ def _option(r: _Reader, node: Any, path: str) -> Option:
 
 
 def _when(r: _Reader, node: Any, path: str) -> When:
-    if not isinstance(node, _Map):
+    if not isinstance(node, dict):
         raise r.error("'when' must be a mapping", path, node)
     r.known(node, ("alert", "labels", "value", "severity"), path)
 
@@ -500,7 +460,7 @@ def _when(r: _Reader, node: Any, path: str) -> When:
     )
 
 
-def _actions(r: _Reader, node: _Map, path: str) -> tuple[ActionCall, ...]:
+def _actions(r: _Reader, node: dict[str, Any], path: str) -> tuple[ActionCall, ...]:
     items = node.get("actions")
     if not isinstance(items, list) or not items:
         raise r.error("must be a non-empty list of actions", path, node, "actions")
@@ -509,7 +469,7 @@ def _actions(r: _Reader, node: _Map, path: str) -> tuple[ActionCall, ...]:
         where = _join(path, i)
         if isinstance(item, str):
             name, params = item, {}
-        elif isinstance(item, _Map) and isinstance(item.get("action"), str):
+        elif isinstance(item, dict) and isinstance(item.get("action"), str):
             name, params = item["action"], {k: v for k, v in item.items() if k != "action"}
         else:
             raise r.error(
@@ -520,8 +480,8 @@ def _actions(r: _Reader, node: _Map, path: str) -> tuple[ActionCall, ...]:
             raise r.error(
                 f"unknown action {name!r}; registered: {', '.join(sorted(REGISTRY))}",
                 _join(where, "action"),
-                item if isinstance(item, _Map) else items,
-                "action" if isinstance(item, _Map) else i,
+                item if isinstance(item, dict) else items,
+                "action" if isinstance(item, dict) else i,
             )
         try:
             check_params(name, params)
@@ -532,7 +492,7 @@ def _actions(r: _Reader, node: _Map, path: str) -> tuple[ActionCall, ...]:
 
 
 def _verify(r: _Reader, node: Any, path: str) -> VerifySpec:
-    if not isinstance(node, _Map):
+    if not isinstance(node, dict):
         raise r.error("'verify' must be a mapping", path, node)
     keys = (
         "wait",
@@ -576,7 +536,7 @@ def _verify(r: _Reader, node: Any, path: str) -> VerifySpec:
 
 
 def _condition(r: _Reader, node: Any, path: str) -> Condition:
-    if not isinstance(node, _Map):
+    if not isinstance(node, dict):
         raise r.error("'condition' must be a mapping", path, node)
     if node.get("ready") is True:
         r.known(node, ("ready",), path)
@@ -594,7 +554,7 @@ def _condition(r: _Reader, node: Any, path: str) -> Condition:
 
 
 def _rule(r: _Reader, node: Any, path: str) -> Rule:
-    if not isinstance(node, _Map):
+    if not isinstance(node, dict):
         raise r.error("a rule must be a mapping", path, node)
     r.known(node, ("alert", "probe", "for", "target", "severity", "labels", *_OPS), path)
     ops = [k for k in _OPS if k in node]

@@ -37,16 +37,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from ..errors import ConfigError
+from ..yamlfile import YamlDocument, YamlSyntaxError, dotted, parse_yaml
 
 __all__ = [
     "DEFAULT_NODE",
     "MIN_MEMORY_LIMIT_MB",
+    "DependencyCycle",
     "HealthCheck",
     "RestartPolicy",
     "ServiceSpec",
+    "dependency_order",
     "expand_placeholders",
     "load_services",
     "parse_services",
@@ -146,18 +147,15 @@ def load_services(path: str | Path) -> list[ServiceSpec]:
 def parse_services(text: str, *, source: str = "<services>") -> list[ServiceSpec]:
     """Check services YAML given as text (``source`` names it in errors)."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        err = ConfigError(
-            f"malformed YAML{f' at line {line}' if line else ''}: {problem}", source=source
-        )
-        err.line = line  # type: ignore[attr-defined]
-        raise err from exc
-    return _Checker(source, root).services(data)
+        doc = parse_yaml(text, source=source)
+    except YamlSyntaxError as exc:
+        line = exc.line
+        raise ConfigError(
+            f"malformed YAML{f' at line {line}' if line else ''}: {exc.problem}",
+            source=source,
+            line=line,
+        ) from exc
+    return _Checker(source, doc).services(doc.data)
 
 
 def placeholders_in(text: str) -> list[str]:
@@ -180,59 +178,35 @@ def expand_placeholders(text: str, values: Mapping[str, str]) -> str:
 
 
 class _Checker:
-    """Walks the parsed data next to the composed node tree, which carries line numbers."""
+    """Walks the parsed data; the document tells the line of each field."""
 
-    def __init__(self, source: str, root: yaml.Node | None) -> None:
+    def __init__(self, source: str, doc: YamlDocument) -> None:
         self.source = source
-        self.root = root
+        self.doc = doc
 
     def fail(self, message: str, path: Sequence[str | int]) -> ConfigError:
-        dotted = _dotted(path)
         line = self._line(path)
-        err = ConfigError(
+        return ConfigError(
             f"{message}{f' (line {line})' if line else ''}",
             source=self.source,
-            field=dotted or None,
+            field=dotted(path) or None,
+            line=line,
         )
-        err.line = line  # type: ignore[attr-defined]
-        return err
 
     def _line(self, path: Sequence[str | int]) -> int | None:
-        node = self.root
-        best = node.start_mark.line + 1 if node is not None else None
-        for step in path:
-            child = None
-            if isinstance(node, yaml.MappingNode) and isinstance(step, str):
-                child = next((v for k, v in node.value if k.value == step), None)
-            elif isinstance(node, yaml.SequenceNode) and isinstance(step, int):
-                child = node.value[step] if step < len(node.value) else None
-            if child is None:
-                break
-            node = child
-            best = node.start_mark.line + 1
-        return best
-
-    def _duplicate_keys(self, node: yaml.Node | None, path: list[str | int]) -> None:
-        # PyYAML silently keeps the last of two equal keys; a duplicated key is a typo.
-        if isinstance(node, yaml.MappingNode):
-            seen: set[str] = set()
-            for key, value in node.value:
-                if key.value in seen:
-                    err = ConfigError(
-                        f"duplicate key {key.value!r} (line {key.start_mark.line + 1})",
-                        source=self.source,
-                        field=_dotted([*path, key.value]),
-                    )
-                    err.line = key.start_mark.line + 1  # type: ignore[attr-defined]
-                    raise err
-                seen.add(key.value)
-                self._duplicate_keys(value, [*path, key.value])
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self._duplicate_keys(item, [*path, i])
+        return self.doc.line_of(path)
 
     def services(self, data: Any) -> list[ServiceSpec]:
-        self._duplicate_keys(self.root, [])
+        duplicate = self.doc.duplicate_key()
+        if duplicate is not None:
+            # PyYAML silently keeps the last of two equal keys; a duplicated key is a typo
+            path, line = duplicate
+            raise ConfigError(
+                f"duplicate key {path[-1]!r} (line {line})",
+                source=self.source,
+                field=dotted(path),
+                line=line,
+            )
         if not isinstance(data, dict):
             raise self.fail("the file must be a mapping with a 'services' list", [])
         unknown = sorted(set(data) - {"services"})
@@ -358,7 +332,11 @@ class _Checker:
                         + f"; services: {', '.join(by_name)}",
                         ["services", i, "depends_on", j],
                     )
-        _check_cycles(specs, self)
+        try:
+            dependency_order(specs)
+        except DependencyCycle as exc:
+            at = next(i for i, spec in enumerate(specs) if spec.name == exc.cycle[0])
+            raise self.fail(exc.message, ["services", at]) from None
         ports = {s.name: s.port for s in specs}
         proxied = {s.name for s in specs if s.proxied}
         data_dirs = {s.name for s in specs if s.data_dir}
@@ -508,24 +486,43 @@ class _Checker:
         return raw
 
 
-def _check_cycles(specs: list[ServiceSpec], checker: _Checker) -> None:
-    deps = {s.name: s.depends_on for s in specs}
-    index = {s.name: i for i, s in enumerate(specs)}
-    state: dict[str, int] = {}
+class DependencyCycle(ConfigError):
+    """``depends_on`` goes round in a circle; ``cycle`` names it, its first name repeated last."""
 
-    def visit(name: str, trail: list[str]) -> None:
-        if state.get(name) == 2:
+    def __init__(self, cycle: Sequence[str], *, source: str | None, line: int | None) -> None:
+        self.cycle = tuple(cycle)
+        super().__init__(
+            f"depends_on forms a cycle: {' -> '.join(self.cycle)}", source=source, line=line
+        )
+
+
+def dependency_order(specs: Sequence[ServiceSpec]) -> list[str]:
+    """The services' names, each after every service it depends on: the start order.
+
+    The one place a ``depends_on`` cycle is found, both when a file is checked and when a
+    target is given specs built in Python. An unknown name is the checker's to report (it
+    knows the field); here it is skipped.
+    """
+    by_name = {spec.name: spec for spec in specs}
+    order: list[str] = []
+    visiting: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order or name not in by_name:
             return
-        if state.get(name) == 1:
-            cycle = " -> ".join([*trail[trail.index(name) :], name])
-            raise checker.fail(f"depends_on forms a cycle: {cycle}", ["services", index[name]])
-        state[name] = 1
-        for dep in deps[name]:
-            visit(dep, [*trail, name])
-        state[name] = 2
+        if name in visiting:
+            spec = by_name[name]
+            cycle = [*visiting[visiting.index(name) :], name]
+            raise DependencyCycle(cycle, source=spec.source, line=spec.line)
+        visiting.append(name)
+        for dep in by_name[name].depends_on:
+            visit(dep)
+        visiting.pop()
+        order.append(name)
 
     for spec in specs:
-        visit(spec.name, [])
+        visit(spec.name)
+    return order
 
 
 def _placeholder_problem(name: str, spec: ServiceSpec, ports: Mapping[str, Any]) -> str:
@@ -565,10 +562,3 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _dotted(path: Sequence[str | int]) -> str:
-    out = ""
-    for step in path:
-        out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else step)
-    return out
