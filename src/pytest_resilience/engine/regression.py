@@ -245,14 +245,19 @@ class Regression:
 
     def to_yaml(self, command: str) -> str:
         i = self.incident
-        bound = (
-            f"{SAFETY_FACTOR:g} x {self.time_to_recover_s:.1f} s, rounded up to "
-            f"{_ROUND_S:g} s, at least {FLOOR_S:g} s = {self.within_s:g} s"
-            if self.time_to_recover_s is not None
-            else f"the floor, {FLOOR_S:g} s (the engine did not recover it: {i.status}"
-            + (f", {i.reason}" if i.reason else "")
-            + "); this scenario is expected to fail until the fix lands"
-        )
+        if self.time_to_recover_s is not None:
+            bound = (
+                f"{SAFETY_FACTOR:g} x {self.time_to_recover_s:.1f} s, rounded up to "
+                f"{_ROUND_S:g} s, at least {FLOOR_S:g} s = {self.within_s:g} s"
+            )
+        elif i.dry_run:
+            bound = f"the floor, {FLOOR_S:g} s (a dry run: the engine only observed it)"
+        else:
+            bound = (
+                f"the floor, {FLOOR_S:g} s (the engine did not recover it: {i.status}"
+                + (f", {i.reason}" if i.reason else "")
+                + "); expected to fail until the fix lands"
+            )
         header = [
             f"Regression scenario for incident {i.id}: {i.alert_name} on {i.target}.",
             f"Alert: {i.alert_name} ({i.alert.source}, severity {i.alert.severity}), fired "
@@ -309,15 +314,15 @@ def build_regression(store: Store, incident_id: str, *, proxy: str | None = None
             field="incident",
         )
     name = incident.alert_name
-    replay = replay_for(name)
-    kind, subject = _subject(incident, replay)
     lost = [n.message for n in store.notes(incident.id) if n.kind == "no_target"]
-    if lost:
+    if lost:  # the engine looked its labels up on the platform and found nothing there
         raise ConfigError(
             f"incident {incident.id} ({name}) has no target the engine could act on: "
             f"{lost[0]}; a scenario would hit nothing",
             field="incident",
         )
+    replay = replay_for(name)
+    kind, subject = _subject(incident, replay)
     ttr = _time_to_recover(incident)
     notes: list[str] = []
     method = _method(incident, replay, kind, subject, ttr, proxy=proxy, volume=volume,
@@ -418,9 +423,10 @@ def _method(
                  "duration_s": hold}]  # fmt: skip
     _needs_workload(incident, kind, subject)
     if replay.fault == "memory_stress":
-        share = _share(alert.value)
-        return [{"fault": "memory_stress", "args": {"selector": selector, "share": share},
-                 "duration_s": hold}]  # fmt: skip
+        args: dict[str, Any] = {"selector": selector, "share": _share(alert.value)}
+        if alert.labels.get("pod"):
+            args["count"] = 1  # the alert read one pod (the worst), not the whole workload
+        return [{"fault": "memory_stress", "args": args, "duration_s": hold}]
     if replay.fault == "network_block":
         return [{"fault": "network_block",
                  "args": {"selector": selector, "direction": "ingress", "action": "drop"},
