@@ -20,12 +20,16 @@ import signal as _signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from ..errors import ConfigError, FaultError
 
+if TYPE_CHECKING:
+    from .hpa_spec import AutoscalerSpec, AutoscalerStatus
+
 __all__ = [
     "CAPABILITIES",
+    "Autoscaling",
     "ChangeLog",
     "ChangeRecord",
     "ConfiguredCapabilities",
@@ -110,6 +114,8 @@ class EventKind(enum.StrEnum):
     SCALED = "scaled"
     ROLLED_BACK = "rolled_back"
     RESTARTED = "restarted"
+    #: an autoscaler changed a workload's replicas (``detail``: from -> to and why)
+    AUTOSCALED = "autoscaled"
 
 
 @dataclass(frozen=True)
@@ -357,6 +363,29 @@ class NodeOutage(Protocol):
 
 
 @runtime_checkable
+class Autoscaling(Protocol):
+    """A workload's replicas can follow its pods' CPU, as a HorizontalPodAutoscaler does.
+
+    The spec is an autoscaling/v2 HPA (:class:`~.hpa_spec.AutoscalerSpec`, read from a manifest):
+    Kubernetes gets it as a real HorizontalPodAutoscaler object, the local target runs the
+    same algorithm itself. Every rescale is an ``autoscaled`` event, so it is on the
+    timeline.
+    """
+
+    def autoscale(self, spec: AutoscalerSpec) -> None:
+        """Put ``spec.workload`` under this autoscaler (replacing one already there)."""
+        ...
+
+    def stop_autoscaling(self, workload: str) -> None:
+        """Remove the workload's autoscaler; its replicas stay as they are."""
+        ...
+
+    def autoscaler_status(self, workload: str) -> AutoscalerStatus | None:
+        """What the autoscaler last saw and decided; None when the workload has none."""
+        ...
+
+
+@runtime_checkable
 class ConfiguredCapabilities(Protocol):
     """A target class whose capabilities depend on how the run is configured (the
     Kubernetes target has Toxiproxy only with ``--toxiproxy-url``); asked at collection."""
@@ -377,6 +406,7 @@ CAPABILITIES: dict[str, type] = {
     "pod_logs": PodLogs,
     "node_outage": NodeOutage,
     "volume_usage": VolumeUsage,
+    "autoscaling": Autoscaling,
 }
 
 

@@ -22,7 +22,8 @@ front of the app.
 
 Size: over 500 lines because the Target API and the request ladder (``_read``, ``_change``,
 ``_watch_until``) it is built on share one client; faults, pod access, releases and the watch
-already live beside it, the conversions and the safety checks are next (issue 14).
+already live beside it (and autoscaling, kube_autoscaling.py); the conversions and the safety
+checks are next (issue 14).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from .kube_api import (
     exec_status,
     translate,
 )
+from .kube_autoscaling import KubeAutoscaling
 from .kube_faults import KubeFaults
 from .kube_pod_access import KubePodAccess, PodPorts
 from .kube_releases import plan_rollback, release_of, release_patch
@@ -84,7 +86,7 @@ _HASH_LABELS = (
 _RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 
 
-class KubernetesTarget(KubePodAccess, KubeFaults):
+class KubernetesTarget(KubePodAccess, KubeFaults, KubeAutoscaling):
     """:class:`~pytest_resilience.targets.base.Target` on a Kubernetes cluster.
 
     ``context``/``kubeconfig`` pick the cluster (default: the kubeconfig's current
@@ -142,6 +144,9 @@ class KubernetesTarget(KubePodAccess, KubeFaults):
         self._subscribers: list[Callable[[TargetEvent], None]] = []
         self._sub_lock = threading.Lock()
         self._watches: list[ResourceWatch] = []
+        #: the namespace's HPAs, watched from the first autoscale() (kube_autoscaling.py)
+        self._hpa_watch: ResourceWatch | None = None
+        self._hpa_watch_lock = threading.Lock()
         self._watch_clients: list[Any] = []
         self._kill_times: dict[tuple[str, str], float] = {}
         #: pods deleted by kill_pod, per workload, until a wait_ready sees them replaced
@@ -807,6 +812,7 @@ class KubernetesTarget(KubePodAccess, KubeFaults):
         for watch in self._watches:
             watch.stop()
         self._watches.clear()
+        self._stop_watching_autoscalers()
         for c in [self._client, self._exec_client, *self._watch_clients]:
             with contextlib.suppress(Exception):  # closing is best effort
                 c.close()

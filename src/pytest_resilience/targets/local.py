@@ -68,6 +68,8 @@ from .base import (
     match_labels,
     parse_selector,
 )
+from .hpa_spec import AutoscalerSpec, AutoscalerStatus
+from .local_autoscaler import LocalAutoscalers
 from .local_faults import LocalFaults
 from .local_resources import (
     GUARDIAN_SCRIPT,
@@ -230,6 +232,7 @@ class LocalTarget(LocalFaults):
         self._shutting_down = False
         self._closed = False
         self._libc = ctypes.CDLL(None, use_errno=True)
+        self._autoscalers = LocalAutoscalers(self, self._announce_autoscaled)
         if timeline_hook is not None:
             self.subscribe(_as_callback(timeline_hook))
 
@@ -294,6 +297,7 @@ class LocalTarget(LocalFaults):
                 return
             self._closed = True
         atexit.unregister(self.close)
+        self._autoscalers.stop_all()
         thread = self._thread
         if thread is None:
             self._release_resources()
@@ -749,6 +753,27 @@ class LocalTarget(LocalFaults):
                 self._subscribers.remove(callback)
 
         return unsubscribe
+
+    # ------------------------------------------------------------------ Autoscaling
+
+    def autoscale(self, spec: AutoscalerSpec) -> None:
+        """:class:`~.base.Autoscaling`: the HPA algorithm in a loop of its own
+        (local_autoscaler.py), on the pods' CPU; ConfigError naming the spec's field."""
+        self._autoscalers.start(spec, known=set(self._services))
+
+    def stop_autoscaling(self, workload: str) -> None:
+        self._autoscalers.stop(workload)
+
+    def autoscaler_status(self, workload: str) -> AutoscalerStatus | None:
+        return self._autoscalers.status(workload)
+
+    def _announce_autoscaled(self, workload: str, detail: str) -> None:
+        with contextlib.suppress(TargetError):  # closing: nobody left to tell
+            self._call(
+                functools.partial(
+                    self._emit, EventKind.AUTOSCALED, workload=workload, detail=detail
+                )
+            )
 
     # ------------------------------------------------------------------ caller side helpers
 

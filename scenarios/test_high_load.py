@@ -1,0 +1,98 @@
+"""High load: the api scales out under a surge of requests, and latency stays acceptable.
+
+The seed's high-load test, and the Python twin of high_load_autoscaling.yaml. Hypothesis:
+with the api under its HorizontalPodAutoscaler (deploy/k8s/autoscaling/api-hpa.yaml: CPU
+15m per pod, 3 to 6 replicas), load that goes from a steady 30 requests/s to 150 requests/s,
+past what three replicas serve within that target, makes the autoscaler add replicas (its
+decision, with the reason, and the new pods' readiness land on the timeline) while the
+error rate stays under 2 % and p95 latency under 2 s, wide bounds for a loaded 2-core
+machine. The autoscaler is the scenario's own: put on at the start, taken off at the end
+with the replicas back where they were, so no other scenario meets extra pods.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_resilience.targets.hpa_spec import AutoscalerSpec
+
+# The autoscaler is a capability: Kubernetes' HPA, or the local target's own loop.
+pytestmark = pytest.mark.chaos(requires=["autoscaling"])
+
+HPA = Path(__file__).resolve().parents[1] / "deploy" / "k8s" / "autoscaling" / "api-hpa.yaml"
+STEADY_RPS = 30
+SURGE_RPS = 150
+# A local sync is 2 s and the metric window 4 s; a cluster's HPA syncs every 15 s on a
+# metrics-server resolution of 15 s, and its new pods pull nothing (kind loads the image).
+SCALE_UP_WITHIN_S = 90
+ON_NEW_REPLICAS_S = 5  # seconds of surge load served with the new replicas ready
+
+
+@pytest.fixture
+def api_autoscaled(chaos_target) -> Iterator[AutoscalerSpec]:
+    """The api under its HPA for this scenario; afterwards none, and its replicas as before."""
+    spec = AutoscalerSpec.from_manifest(HPA)
+    before = _replicas(chaos_target, spec.workload)
+    chaos_target.autoscale(spec)
+    try:
+        yield spec
+    finally:
+        chaos_target.stop_autoscaling(spec.workload)
+        if _replicas(chaos_target, spec.workload) != before:
+            chaos_target.scale(spec.workload, before)
+        chaos_target.wait_ready(spec.workload, timeout=60, replicas=before)
+
+
+def test_api_scales_out_under_high_load_and_latency_stays_acceptable(
+    api_autoscaled, chaos_target, load, slo, timeline
+):
+    spec = api_autoscaled
+    slo.error_rate(below=0.02, window_s=5)
+    slo.latency(percentile=95, below_ms=2000, window_s=5)
+    start = _replicas(chaos_target, spec.workload)
+
+    with load(rps=STEADY_RPS) as steady:
+        steady.wait_for_samples(3, timeout=30)
+        slo.assert_holds()  # steady state first
+        surge_at = time.time()
+        timeline.mark("load_surge", f"{SURGE_RPS} rps", asked_rps=SURGE_RPS)
+        with load(rps=SURGE_RPS - STEADY_RPS) as surge:
+            timeline.wait_for(lambda: _scaled_up(timeline, surge_at), timeout=SCALE_UP_WITHIN_S)
+            decisions = _scaled_up(timeline, surge_at)
+            assert decisions, (
+                f"no scale-up within {SCALE_UP_WITHIN_S} s of {SURGE_RPS} rps; autoscaler: "
+                f"{chaos_target.autoscaler_status(spec.workload)}"
+            )
+            grown = _replicas(chaos_target, spec.workload)
+            assert start < grown <= spec.max_replicas, (start, grown, decisions)
+            chaos_target.wait_ready(spec.workload, timeout=60, replicas=grown)
+            served_from = time.time()
+            surge.wait_for_samples(len(surge.samples) + ON_NEW_REPLICAS_S, timeout=30)
+        slo.assert_holds(since=surge_at)  # latency and errors acceptable all through the surge
+
+    scaled = decisions[0]
+    timeline.mark(
+        "scaled_up",
+        spec.workload,
+        after_s=round(scaled.at - surge_at, 3),
+        replicas=grown,
+        ready_after_s=round(served_from - surge_at, 3),
+    )
+
+
+def _replicas(target, workload: str) -> int:
+    return next(w.replicas for w in target.workloads() if w.name == workload)
+
+
+def _scaled_up(timeline, since: float) -> list:
+    """The autoscaler's scale-up decisions since ``since`` ("3 -> 6: cpu above target ...")."""
+    ups = []
+    for event in timeline.events("autoscaled", since=since):
+        before, _, after = str(event.detail.get("detail", "")).partition(":")[0].partition(" -> ")
+        if before.strip().isdigit() and after.strip().isdigit() and int(after) > int(before):
+            ups.append(event)
+    return ups
