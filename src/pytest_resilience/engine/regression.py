@@ -63,13 +63,14 @@ STANDARD_SLOS: tuple[Mapping[str, Any], ...] = (
     {"error_rate": {"below": 0.01, "window_s": 5}},
     {"latency": {"percentile": 99, "below_ms": 2000, "window_s": 5}},
 )
-#: deaths that make the engine's own crash-loop alert (EventAlerts' default ``restarts``):
-#: a crash loop is replayed with at least that many, so the replay raises the same alert
+#: kills a crash loop is replayed with: the deaths its alert counted, at least the engine's
+#: own crash-loop threshold (EventAlerts' default ``restarts``, so the replay raises the
+#: same alert) and at most the second figure (a longer loop adds time, not evidence)
 _CRASH_DEATHS = (3, 6)
 #: how much latency a latency or pool-saturation replay adds (the README's example)
 _LATENCY_MS = 500
 #: alert names of datastore exporters: their target *is* the dependency a proxy fronts
-_DATASTORE = re.compile(r"^(Postgres|PostgreSQL|Redis|MySQL|Mysql|Mongo)", re.IGNORECASE)
+_DATASTORE = re.compile(r"^(postgres|redis|mysql|mongo)", re.IGNORECASE)
 
 
 class NoReplay(ConfigError):
@@ -406,7 +407,7 @@ def _method(
         low, high = _CRASH_DEATHS
         deaths = min(high, max(low, int(alert.value or 0)))
         notes.append(f"{deaths} kills in a row, one replacement after another (a crash loop)")
-        return [dict(kill) for _ in range(deaths)]
+        return [{**kill, "args": dict(kill["args"])} for _ in range(deaths)]
     if replay.fault == "node_failure":
         return [{"fault": "node_failure", "args": {"node": subject, "hang": True},
                  "duration_s": hold}]  # fmt: skip
@@ -463,10 +464,10 @@ def _share(value: float | None) -> float:
 
 
 def _hold(incident: Incident, ttr: float | None) -> float:
-    """How long a lasting fault stays in: as long as the incident's cause did (alert start
-    to its resolution, else to the engine's verdict), within :data:`_HOLD_S`."""
+    """How long a lasting fault stays in: as long as the incident lasted (its time to
+    recover), within :data:`_HOLD_S`; the engine must act while the cause is still there."""
     low, high = _HOLD_S
-    if ttr is None:
+    if ttr is None:  # never recovered: what the shipped bad-release scenario holds its fault
         return 20.0
     return float(min(high, max(low, math.ceil(ttr))))
 
