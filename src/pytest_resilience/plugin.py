@@ -32,6 +32,8 @@ DURATION_KEY = pytest.StashKey[float]()
 _PREVIOUS_SIGTERM = pytest.StashKey[Any]()
 PREFLIGHT_KEY = pytest.StashKey[str]()
 VERDICTS_KEY = pytest.StashKey[list[Any]]()
+EXPECTED_KEY = pytest.StashKey[str]()  # a baseline's expected failure (see baseline.py)
+SNAPSHOTS_KEY = pytest.StashKey[dict[str, Any]]()  # baseline nodeid -> its twin's start state
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -112,6 +114,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     from .preflight import in_ci, verdicts_for
 
     settings = config.stash[RUN_KEY].settings
+    if settings.remediation_baseline:
+        from .baseline import add_baselines
+
+        add_baselines(items)  # after -k/-m: each selected engine item gets its twin
     unsupported = {item.nodeid: reason for item, reason in skip_lacking(items, settings)}
     chaos = [item for item in items if item.get_closest_marker("chaos") is not None]
     asked = [(item.nodeid, faults_used(item), _named_needs(item)) for item in chaos]
@@ -150,7 +156,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
     """The safety net behind the preflight: a fault injected by hand (``inject(...)``)
-    that finds a privilege missing skips its scenario, naming it; under CI it fails."""
+    that finds a privilege missing skips its scenario, naming it; under CI it fails.
+
+    A ``--remediation-baseline`` run that fails after T0 (no recovery without the engine)
+    passes with the failure recorded: see baseline.py."""
     from .errors import PrivilegeError
     from .preflight import in_ci
 
@@ -160,7 +169,35 @@ def pytest_runtest_call(item: pytest.Item):
         if item.get_closest_marker("chaos") is None or in_ci():
             raise
         reason = str(exc)
+    except AssertionError as exc:
+        if _twin_of(item) is None:
+            raise
+        from .baseline import expected_without_automation
+
+        expected = expected_without_automation(exc, item.stash.get(TIMELINE_KEY, None))
+        if expected is None:
+            raise
+        item.stash[EXPECTED_KEY] = expected
+        return None
     pytest.skip(f"this machine cannot inject the scenario's fault: {reason}")
+
+
+def _twin_of(item: pytest.Item) -> str | None:
+    """A baseline item's automated twin (its nodeid); None for every other item."""
+    if not item.config.stash[RUN_KEY].settings.remediation_baseline:
+        return None
+    from .baseline import TWIN_OF
+
+    return item.stash.get(TWIN_OF, None)
+
+
+def _baseline_of(item: pytest.Item) -> str | None:
+    """An automated item's baseline twin (its nodeid), when --remediation-baseline made one."""
+    if not item.config.stash[RUN_KEY].settings.remediation_baseline:
+        return None
+    from .baseline import BASELINE_OF
+
+    return item.stash.get(BASELINE_OF, None)
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -274,7 +311,11 @@ def slo(
 ) -> Iterator[SLOMonitor]:
     """Declare objectives (error rate, latency, availability, ``promql``); assert them."""
     run = request.config.stash[RUN_KEY]
-    monitor = SLOMonitor(
+    if run.settings.remediation_baseline:
+        from .baseline import WindowedSLOMonitor as monitor_class  # marks recovery windows
+    else:
+        monitor_class = SLOMonitor
+    monitor = monitor_class(
         timeline,
         prometheus=lambda name, expr, **kw: run.monitoring(chaos_target).probe(name, expr, **kw),
     )
@@ -433,12 +474,16 @@ def remediation_engine(
     tmp_path: Path,
     remediation_alerts: str,
 ) -> Iterator[Any]:
-    """The auto-remediation engine watching this scenario; stopped before faults revert."""
+    """The auto-remediation engine watching this scenario; stopped before faults revert.
+
+    In a ``--remediation-baseline`` run it observes only (dry run, no pager) on a target put
+    back to the state its automated twin started from (baseline.py)."""
     from .engine import make_engine
     from .monitoring import engine_alert_options, mark_loop
     from .probes import BuiltinProbes
 
     run = request.config.stash[RUN_KEY]
+    observing = _prepare_baseline(request, chaos_target, timeline)
     monitoring = (
         run.monitoring(chaos_target)
         if remediation_alerts == "alertmanager" or "chaos_monitoring" in request.fixturenames
@@ -452,21 +497,49 @@ def remediation_engine(
         playbooks_dir=run.settings.playbooks,
         rootdir=request.config.rootpath,
         timeline=timeline,
-        dry_run=run.settings.dry_run,
+        dry_run=run.settings.dry_run or observing,
         probes=probes.as_mapping(),
         rules=remediation_rules,
-        escalation=[local_pager.channel()],
+        # a dry-run engine still queues a page on escalation if it has a channel: none here
+        escalation=[] if observing else [local_pager.channel()],
         eval_interval_s=0.5,
         **alert_options,
     )
     engine.start()
     try:
-        yield engine
+        if observing:
+            from .baseline import ObservingEngine
+
+            yield ObservingEngine(engine)
+        else:
+            yield engine
     finally:
         engine.close()
         probes.close()
         if alert_options.get("listen") and monitoring is not None:
             mark_loop(monitoring, timeline)  # where detection time went, on the timeline
+
+
+def _prepare_baseline(request: pytest.FixtureRequest, target: Target, timeline: Timeline) -> bool:
+    """True for a baseline run, after the target is back where its twin started; for the
+    twin itself, note that state (each workload's replicas and version)."""
+    snapshots = request.config.stash.setdefault(SNAPSHOTS_KEY, {})
+    baseline = _baseline_of(request.node)
+    if baseline is not None:
+        from .baseline import snapshot
+
+        snapshots[baseline] = snapshot(target)
+        return False
+    if _twin_of(request.node) is None:
+        return False
+    from .baseline import make_fresh
+
+    run = request.config.stash[RUN_KEY]
+    before = snapshots.get(request.node.nodeid)
+    restored = _or_fail_config(lambda: make_fresh(target, run.ledger, before))
+    if restored:
+        timeline.mark("baseline_restored", "; ".join(restored), changes=restored)
+    return True
 
 
 # -- reporting ------------------------------------------------------------------------------
@@ -496,6 +569,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
         outcome = item.stash.get(OUTCOME_KEY, "error")
         if report.outcome == "failed" and outcome == "passed":
             outcome = "error"
+        twin_of = _twin_of(item)
         result = scenario_result(
             nodeid=item.nodeid,
             timeline=item.stash[TIMELINE_KEY],
@@ -503,9 +577,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
             outcome=outcome,
             duration_s=item.stash.get(DURATION_KEY, 0.0),
             run=run,
+            mode="automated" if twin_of is None else "baseline",
+            twin=twin_of or _baseline_of(item) or "",
+            expected_failure=item.stash.get(EXPECTED_KEY, ""),
         )
         run.results.append(result)
-        attach(report, result)
+        attach(report, result, run)
     return report
 
 
@@ -523,13 +600,32 @@ def _redact_report(report: pytest.TestReport) -> None:
     report.user_properties = [(name, redact(value)) for name, value in report.user_properties]
 
 
+@pytest.hookimpl(tryfirst=True)  # before junitxml writes its file: the suite properties
 def pytest_sessionfinish(session: pytest.Session) -> None:
     run = session.config.stash.get(RUN_KEY, None)
-    if run is None or run.settings.report is None or not run.results:
+    if run is None or not run.results:
+        return
+    if run.settings.remediation_baseline:
+        _junit_suite_properties(session.config, run)
+    if run.settings.report is None:
         return
     from .results import write_report
 
     write_report(run)
+
+
+def _junit_suite_properties(config: pytest.Config, run: ChaosRun) -> None:
+    """The run's with/without table as JUnit test-suite properties (``--junitxml``)."""
+    from _pytest.junitxml import xml_key  # what record_testsuite_property itself reads
+
+    xml = config.stash.get(xml_key, None)
+    if xml is None:
+        return
+    from .report.junit import run_comparison_properties
+    from .results import run_comparison
+
+    for name, value in run_comparison_properties(run_comparison(run)["rows"]):
+        xml.add_global_property(name, value)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -15,7 +15,14 @@ from .run import ChaosRun
 from .slo import SLOMonitor
 from .timeline import ALERT_FIRED, Timeline
 
-__all__ = ["attach", "resilience_section_lines", "scenario_result", "summary_lines", "write_report"]
+__all__ = [
+    "attach",
+    "resilience_section_lines",
+    "run_comparison",
+    "scenario_result",
+    "summary_lines",
+    "write_report",
+]
 
 
 def scenario_result(
@@ -26,7 +33,12 @@ def scenario_result(
     outcome: str,
     duration_s: float,
     run: ChaosRun,
+    mode: str = "automated",
+    twin: str = "",
+    expected_failure: str = "",
 ) -> ScenarioResult:
+    """``mode``/``twin``: "baseline" and its automated twin's nodeid for a
+    ``--remediation-baseline`` run ("automated" and the baseline's nodeid for its twin)."""
     return ScenarioResult.from_timeline(
         timeline,
         nodeid=nodeid,
@@ -35,6 +47,9 @@ def scenario_result(
         slo_verdicts=slo.verdicts() if slo else (),
         target=run.settings.target,
         probe_path=_probe_path(timeline, slo),
+        mode=mode,
+        twin=twin,
+        expected_failure=expected_failure,
     )
 
 
@@ -46,13 +61,32 @@ def _probe_path(timeline: Timeline, slo: SLOMonitor | None) -> str:
     return "prometheus" if through_alertmanager or (slo and slo.promql_names) else "built-in"
 
 
-def attach(report: Any, result: ScenarioResult) -> None:
-    """Put the scenario on the teardown report: pytest-html extras and JUnit properties."""
+def attach(report: Any, result: ScenarioResult, run: ChaosRun | None = None) -> None:
+    """Put the scenario on the teardown report: pytest-html extras and JUnit properties.
+
+    A baseline run (which runs after its automated twin) also carries the pair's
+    with/without figures.
+    """
     from .report.html_extras import html_extras
     from .report.junit import junit_properties
 
     report.extras = [*getattr(report, "extras", []), *html_extras(result)]
     report.user_properties.extend(junit_properties(result))
+    if run is not None and result.is_baseline:
+        from .report.comparison import compare
+        from .report.junit import comparison_properties
+
+        twin = [r for r in run.results if r.nodeid == result.twin and not r.is_baseline]
+        pairs, _ = compare([*twin[-1:], result])
+        for pair in pairs:
+            report.user_properties.extend(comparison_properties(pair))
+
+
+def run_comparison(run: ChaosRun) -> dict[str, Any]:
+    """The run's with/without table (empty ``rows`` when no baseline ran)."""
+    from .report.comparison import build_comparison
+
+    return build_comparison(run.results)
 
 
 def write_report(run: ChaosRun) -> None:

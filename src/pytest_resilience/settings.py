@@ -72,8 +72,21 @@ OPTIONS = (
         "also collect the Chaos Toolkit experiments (*.json, *.yaml) in this directory",
     ),
     _Option(
+        "--chaostoolkit-native",
+        "run the chaostoolkit-kubernetes / chaostoolkit-toxiproxy actions of experiments that "
+        "have a native equivalent (terminate pods, scale, drain/uncordon, proxies, toxics) "
+        "through this plugin's faults: ledgered and reverted here, extension not needed",
+        is_flag=True,
+    ),
+    _Option(
         "--remediation-playbooks",
         "playbooks layered over the bundled ones (default: the project's remediators/)",
+    ),
+    _Option(
+        "--remediation-baseline",
+        "run each scenario that uses the engine a second time ([baseline]) with the engine "
+        "observing only, and report MTTR, pages and downtime with vs without automation",
+        is_flag=True,
     ),
 )
 
@@ -112,6 +125,8 @@ class ChaosSettings:
     playbooks: Path | None = None
     doctor: bool = False
     chaostoolkit_dir: Path | None = None
+    chaostoolkit_native: bool = False
+    remediation_baseline: bool = False
     rootdir: Path = field(default_factory=Path.cwd)
 
     @classmethod
@@ -160,6 +175,8 @@ class ChaosSettings:
             playbooks=playbooks,
             doctor=bool(get("chaos_doctor")),
             chaostoolkit_dir=chaostoolkit_dir,
+            chaostoolkit_native=bool(get("chaostoolkit_native")),
+            remediation_baseline=bool(get("remediation_baseline")),
             rootdir=root,
         )
 

@@ -35,6 +35,10 @@ POD_STARTED = "pod_started"
 LOAD_STARTED = "load_started"
 LOAD_STOPPED = "load_stopped"
 PHASE = "phase"
+#: ``slo.assert_recovers(within_s=...)`` was called: the scenario's recovery window
+RECOVERY_WINDOW = "recovery_window"
+#: a baseline run (engine observing only) raised what is expected without automation
+BASELINE_EXPECTED = "baseline_expected"
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,28 @@ class Timeline:
             time_to_recover=_since(t0, recovered),
             healed_by=mitigated[1] if mitigated else None,
         )
+
+    def observed_until(self) -> float | None:
+        """Until when the faulted system was watched: the first fault revert or load stop
+        after T0, else the last event or sample. None without a fault.
+
+        After that moment what the timeline shows is the scenario ending the fault, not the
+        system (or the engine) healing it; the with/without comparison stops there.
+        """
+        t0 = self.t0
+        if t0 is None:
+            return None
+        ends = [
+            e.at
+            for e in (self.first(FAULT_REVERTED, since=t0), self.first(LOAD_STOPPED, since=t0))
+            if e is not None
+        ]
+        if ends:
+            return min(ends)
+        with self._lock:
+            seen = [e.at for e in self._events]
+            seen += [samples[-1].at for samples in self._series.values() if samples]
+        return max(seen) if seen else t0
 
     def _action_windows(self, t0: float) -> list[tuple[float, float]]:
         """[started, finished] of each remediation action since t0 (paired by action_id)."""

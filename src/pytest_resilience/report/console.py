@@ -69,6 +69,8 @@ def terminal_summary_lines(results: Sequence[ScenarioResult], *, slowest: int = 
     """A few lines for ``pytest_terminal_summary``; empty when no chaos test ran."""
     if not results:
         return []
+    baselines = [r for r in results if r.is_baseline]
+    results = [r for r in results if not r.is_baseline]
     m = run_metrics(results)
     lines = [
         f"{m.scenarios} chaos scenario(s): {m.passed} passed, {m.failed} failed, "
@@ -95,7 +97,30 @@ def terminal_summary_lines(results: Sequence[ScenarioResult], *, slowest: int = 
             broken = [v for v in result.slo_verdicts if not v.held]
             why = ", ".join(_broken(v) for v in broken) or result.outcome
             lines.append(f"  {result.outcome.upper()}: {result.nodeid}: {why}")
+    if baselines:
+        lines.extend(comparison_lines([*results, *baselines]))
     return [redact_text(line) for line in lines]
+
+
+def comparison_lines(results: Sequence[ScenarioResult]) -> list[str]:
+    """``--remediation-baseline``: the before/after table in a few lines (``≥``: censored)."""
+    from .comparison import build_comparison
+    from .rendering import format_bound, format_reduction
+
+    data = build_comparison(results)
+    lines = [f"with vs without automation ({len(data['pairs'])} scenario(s) compared):"]
+    for row in data["rows"]:
+        unit = {"auto_remediation_rate": "rate", "pages": "n"}.get(row["key"], "s")
+        change = format_reduction(row["reduction"])
+        if row["key"] == "pages":
+            change = f"{row['avoided']} avoided"
+        lines.append(
+            f"  {row['label']}: without {format_bound(row['without'], unit)}, "
+            f"with {format_bound(row['with'], unit)}" + ("" if change == "—" else f" ({change})")
+        )
+    for left in data["not_compared"]:
+        lines.append(f"  not compared: {left['twin']}: {left['reason']}")
+    return lines
 
 
 def _broken(verdict: SLOVerdict) -> str:

@@ -13,7 +13,15 @@ from typing import Any
 from ..timeline import SLO_BREACHED, SLO_RECOVERED
 from .model import ScenarioResult
 
-__all__ = ["LoadPoints", "breached", "error_rate_downtime_s", "is_error_rate_slo", "load_points"]
+__all__ = [
+    "LoadPoints",
+    "breach_spans",
+    "breached",
+    "downtime_until",
+    "error_rate_downtime_s",
+    "is_error_rate_slo",
+    "load_points",
+]
 
 LOAD_SERIES = "load"
 
@@ -70,11 +78,31 @@ def error_rate_downtime_s(result: ScenarioResult) -> float:
 
     A breach never followed by a recovery lasts until the last thing the timeline saw.
     """
+    end = _last_seen(result.timeline)
+    spans = [(start, end if stop is None else stop) for start, stop in breach_spans(result)]
+    return round(_union_length([(start, max(start, stop)) for start, stop in spans]), 3)
+
+
+def downtime_until(result: ScenarioResult, until: float) -> tuple[float, bool]:
+    """Error-rate breach seconds up to ``until`` (wall clock), and whether one was still
+    open then (the true downtime is longer: the figure is a lower bound)."""
+    spans, still_open = [], False
+    for start, stop in breach_spans(result):
+        if start >= until:
+            continue
+        if stop is None or stop > until:
+            still_open = True
+            stop = until
+        spans.append((start, stop))
+    return round(_union_length(spans), 3), still_open
+
+
+def breach_spans(result: ScenarioResult) -> list[tuple[float, float | None]]:
+    """[breached, recovered] wall-clock spans of the error-rate SLOs; None: never recovered."""
     events = result.timeline.get("events", ())
     objective_of = {v.name: v.objective for v in result.slo_verdicts}
-    end = _last_seen(result.timeline)
     open_at: dict[str, float] = {}
-    spans: list[tuple[float, float]] = []
+    spans: list[tuple[float, float | None]] = []
     for event in events:
         if event["kind"] not in (SLO_BREACHED, SLO_RECOVERED):
             continue
@@ -87,8 +115,8 @@ def error_rate_downtime_s(result: ScenarioResult) -> float:
             open_at.setdefault(name, event["at"])
         elif name in open_at:
             spans.append((open_at.pop(name), event["at"]))
-    spans.extend((start, max(start, end)) for start in open_at.values())
-    return round(_union_length(spans), 3)
+    spans.extend((start, None) for start in open_at.values())
+    return spans
 
 
 def _union_length(spans: Sequence[tuple[float, float]]) -> float:

@@ -29,10 +29,13 @@ from ..timeline import (
     Timeline,
 )
 
-__all__ = ["OUTCOMES", "PROBE_PATHS", "ActionRecord", "SLOVerdict", "ScenarioResult"]
+__all__ = ["MODES", "OUTCOMES", "PROBE_PATHS", "ActionRecord", "SLOVerdict", "ScenarioResult"]
 
 OUTCOMES = ("passed", "failed", "error", "skipped")
 PROBE_PATHS = ("built-in", "prometheus")
+#: "automated": the engine acts (every run); "baseline": the same scenario again with the
+#: engine observing only (``--remediation-baseline``, see ``pytest_resilience.baseline``)
+MODES = ("automated", "baseline")
 
 
 @dataclass
@@ -91,8 +94,19 @@ class ScenarioResult:
     pages_sent: int = 0
     target: str = "local"
     probe_path: str = "built-in"
+    mode: str = "automated"
+    #: the nodeid of the other run of the same scenario (automated <-> baseline), or ""
+    twin: str = ""
+    #: baseline only: what it raised that is expected without automation (it passed anyway)
+    expected_failure: str = ""
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(
+                f"mode must be one of {', '.join(MODES)}, got {self.mode!r}",
+                source=self.nodeid or "scenario result",
+                field="mode",
+            )
         if self.outcome not in OUTCOMES:
             raise ConfigError(
                 f"outcome must be one of {', '.join(OUTCOMES)}, got {self.outcome!r}",
@@ -166,6 +180,9 @@ class ScenarioResult:
         pages_sent: int | None = None,
         target: str = "local",
         probe_path: str = "built-in",
+        mode: str = "automated",
+        twin: str = "",
+        expected_failure: str = "",
     ) -> ScenarioResult:
         """Build the result at teardown; actions and pages default to what the timeline holds.
 
@@ -201,7 +218,14 @@ class ScenarioResult:
             pages_sent=pages_from_events(data) if pages_sent is None else int(pages_sent),
             target=target,
             probe_path=probe_path,
+            mode=mode,
+            twin=twin,
+            expected_failure=expected_failure,
         )
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.mode == "baseline"
 
 
 _FIGURE_FIELDS = dataclasses.fields(Figures)

@@ -68,6 +68,45 @@ def format_metric(value: float | None, key: str) -> str:
     return format_number(value)
 
 
+def format_measure(measure: Mapping[str, object] | None, verb: str = "seen") -> str:
+    """One side's figure of the with/without comparison: ``8.2 s``, or for a censored one
+    ``not recovered within 40.0 s`` (``verb`` says what was not seen)."""
+    if not measure or measure.get("value") is None:
+        return "—"
+    value = float(measure["value"])  # type: ignore[arg-type]
+    if measure.get("censored"):
+        return f"not {verb} within {format_seconds(value)}"
+    return format_seconds(value)
+
+
+def format_bound(aggregate: Mapping[str, object] | None, unit: str = "s") -> str:
+    """A mean or a sum of the comparison: ``≥ 40.0 s`` when a censored figure is in it."""
+    if not aggregate or aggregate.get("value") is None:
+        return "—"
+    value = float(aggregate["value"])  # type: ignore[arg-type]
+    text = {"s": format_seconds, "rate": format_rate}.get(unit, format_number)(value)
+    return f"≥ {text}" if aggregate.get("at_least") else text
+
+
+def format_reduction(reduction: Mapping[str, object] | None) -> str:
+    """A reduction of the comparison: ``75%``, or ``≥ 75%`` / ``≤ 75%`` when bounded."""
+    if not reduction or reduction.get("pct") is None:
+        return "—"
+    prefix = {"at least": "≥ ", "at most": "≤ "}.get(str(reduction.get("bound")), "")
+    return f"{prefix}{float(reduction['pct']):.0f}%"  # type: ignore[arg-type]
+
+
+def format_change(reduction: Mapping[str, object] | None) -> str:
+    """A reduction read as a change: ``≥ 42% less``, ``4% more`` (the engine made it worse)."""
+    if not reduction or reduction.get("pct") is None:
+        return ""
+    pct = float(reduction["pct"])  # type: ignore[arg-type]
+    if pct < 0:
+        flipped = {"at least": "at most", "at most": "at least"}.get(str(reduction.get("bound")))
+        return f"{format_reduction({'pct': -pct, 'bound': flipped})} more"
+    return f"{format_reduction(reduction)} less"
+
+
 def format_score(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}"
 
@@ -116,6 +155,11 @@ def breakable(value: object) -> Markup:
     return Markup(_BREAK_AFTER.sub(r"\1<wbr>", str(escape(redact_text(str(value))))))
 
 
+def short_name(nodeid: str) -> str:
+    """The test's own name, without its file: ``test_x[baseline]``."""
+    return nodeid.rsplit("::", 1)[-1]
+
+
 def healed_label(healed_by: str | None) -> str:
     return HEALED_LABELS.get(healed_by, str(healed_by))
 
@@ -137,6 +181,11 @@ def environment() -> jinja2.Environment:
         metric=format_metric,
         notices=readable_notices,
         breakable=breakable,
+        measure=format_measure,
+        bound=format_bound,
+        reduction=format_reduction,
+        change=format_change,
+        short=short_name,
     )
     env.globals.update(worst=format_worst, healed_label=healed_label)
     return env

@@ -24,6 +24,10 @@ mean time to resolve = mean time to recover (last SLO recovery, from T0);
 auto-remediation rate = scenarios healed by the engine / scenarios that injected a fault;
 pages sent = sum over scenarios; customer-facing downtime = seconds during which an
 error-rate SLO was in breach, summed over scenarios.
+
+Baseline runs (``--remediation-baseline``: the same scenario with the engine observing only)
+are left out of every figure here: they feed the with/without comparison
+(``comparison.py``), and their expected failures are not the run's.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ __all__ = [
     "SCORE_FORMULA",
     "RunMetrics",
     "StrategyStats",
+    "automated",
     "run_metrics",
     "run_score",
     "scenario_score",
@@ -147,9 +152,15 @@ def scenario_score(
     return ScenarioScore(round(total, 1), round(held, 3), round(speed, 3), healed)
 
 
+def automated(results: Sequence[ScenarioResult]) -> list[ScenarioResult]:
+    """The runs with the engine acting: every result but the baselines."""
+    return [r for r in results if not r.is_baseline]
+
+
 def run_score(
     results: Sequence[ScenarioResult], *, recovery_budget_s: float = RECOVERY_BUDGET_S
 ) -> float | None:
+    results = automated(results)
     scores = [
         s.score
         for s in (scenario_score(r, recovery_budget_s=recovery_budget_s) for r in results)
@@ -161,6 +172,7 @@ def run_score(
 def run_metrics(
     results: Sequence[ScenarioResult], *, recovery_budget_s: float = RECOVERY_BUDGET_S
 ) -> RunMetrics:
+    results = automated(results)
     ran = [r for r in results if r.outcome != "skipped"]
     figures = {r.nodeid: r.figures for r in ran}
     detect = [f.time_to_detect for f in figures.values() if f.time_to_detect is not None]
@@ -205,7 +217,7 @@ def run_metrics(
 def strategy_stats(results: Sequence[ScenarioResult]) -> list[StrategyStats]:
     """Per remediation strategy: how often its actions worked, and recovery where it acted."""
     by_strategy: dict[str, dict[str, list]] = {}
-    for result in results:
+    for result in automated(results):
         if result.outcome == "skipped":
             continue
         figures = result.figures

@@ -4,7 +4,9 @@ The HTML opens offline and from a mail attachment: styles, charts (inline SVG) a
 few lines of script are inside it, and it names no other host. The JSON twin beside it
 (same stem, ``.json``) holds the same data for other tools: the run summary, the score and
 its formula, the metrics table, per-strategy figures, the trend, and every scenario
-(``ScenarioResult.to_dict()`` plus its figures, downtime and score).
+(``ScenarioResult.to_dict()`` plus its figures, downtime and score), and with
+``--remediation-baseline`` the with/without comparison (``comparison``, see comparison.py),
+which the HTML shows first.
 
 With a history directory, this run's summary is saved there after the report is written,
 and the report compares the run with the last runs kept there.
@@ -26,6 +28,7 @@ from markupsafe import Markup
 from ..redaction import redact, redact_document
 from . import history
 from .charts import trend_chart_svg
+from .comparison import build_comparison
 from .html_extras import scenario_html
 from .impact import error_rate_downtime_s
 from .model import ScenarioResult
@@ -148,15 +151,21 @@ def build_report_data(
         ],
     }
     used: set[str] = set()
+    anchors = [_anchor(result.nodeid, used) for result in results]
+    data["comparison"] = redact(
+        build_comparison(
+            results, anchors={r.nodeid: a for r, a in zip(results, anchors, strict=True)}
+        )
+    )
     data["scenarios"] = [
         {
             **redact(result.to_dict()),
-            "anchor": _anchor(result.nodeid, used),
+            "anchor": anchor,
             "figures": dataclasses.asdict(result.figures),
             "downtime_s": error_rate_downtime_s(result),
             "score": scores.get(result.nodeid),
         }
-        for result in results
+        for result, anchor in zip(results, anchors, strict=True)
     ]
     return data
 
