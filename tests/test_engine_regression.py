@@ -315,6 +315,10 @@ def test_an_existing_file_is_kept_unless_forced(store, tmp_path):
     done = cli("--store", store["path"], store["KubePodCrashLooping:api"], "-o", str(out),
                "--force")  # fmt: skip
     assert done.returncode == 0 and load_scenario(out).method
+    done = cli("--store", store["path"], store["KubePodCrashLooping:api"], "-o", str(tmp_path),
+               "--force")  # fmt: skip
+    assert done.returncode == 2 and "cannot write" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_stdout_when_no_file_is_given(store, tmp_path):

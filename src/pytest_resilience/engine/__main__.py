@@ -271,8 +271,11 @@ def _scenario(args: argparse.Namespace, argv: list[str]) -> int:
     if args.output is None:
         sys.stdout.write(text)
         return 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
+    try:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {args.output}: {exc.strerror}", field="--output") from None
     print(
         f"wrote {args.output}: {regression.replay.fault} on {regression.subject}, "
         f"recovery within {regression.within_s:g} s",
