@@ -455,3 +455,11 @@ def test_links_between_the_docs_resolve() -> None:
             if anchor and anchor not in headings:
                 broken.append(f"{doc.name} -> {target}#{anchor}")
     assert broken == []
+
+
+def test_the_readme_sends_readers_to_docs_not_outside_the_repo() -> None:
+    """Issue 14: a user of the package never has ../shared/DESIGN.md."""
+    readme = (REPO / "README.md").read_text()
+    assert "../shared" not in readme, "README.md links a file outside the repository"
+    docs = ["architecture.md", "scenarios.md", "playbooks.md", "services.md"]
+    assert [d for d in docs if f"(docs/{d})" not in readme] == [], "README.md: link docs/"
