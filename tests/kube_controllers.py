@@ -36,7 +36,16 @@ component (and the source file in kubernetes/kubernetes it was checked against):
   ``_serve_log``         the log subresource (tailLines, container required for several);
 - ``_serve_eviction``    the Eviction API with PodDisruptionBudget checks (429), then a
                          graceful delete (pkg/registry/core/pod/storage/eviction.go);
-- ``forbid`` / ``refuse_ephemeral``  RBAC and PodSecurity admission refusing a request.
+- ``forbid`` / ``refuse_ephemeral``  RBAC and PodSecurity admission refusing a request;
+- ``_hpa_controller``    STAND-IN for metrics-server and the HorizontalPodAutoscaler
+                         controller (pkg/controller/podautoscaler/horizontal.go
+                         reconcileAutoscaler, every sync period): each autoscaling/v2 HPA's
+                         pods' CPU (``EmulatedCluster.pod_usage_m``: set by a test here, the
+                         real processes' in tests/kube_kubelet.py), the same arithmetic the
+                         local target runs (targets/hpa.py, checked against Kubernetes' own
+                         test cases), the Deployment's replicas through its scale, and the
+                         HPA's status (current/desired replicas, currentMetrics,
+                         lastScaleTime) as the controller writes it.
 
 Emulated time is scaled (``TIME_SCALE``): a 2 s probe period takes 20 ms here.
 
@@ -47,6 +56,8 @@ talk to it from the test thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import hashlib
 import json
 import math
@@ -54,6 +65,7 @@ import random
 import re
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +73,7 @@ from typing import Any
 
 import aiohttp.web
 import kmock
+import psutil
 from kube_apiserver import History, StampingBus, WatchOptions, now, serve_list, serve_watch
 
 PODS = kmock.resource("v1/pods")
@@ -71,6 +84,7 @@ REPLICASETS = kmock.resource("apps/v1/replicasets")
 PDBS = kmock.resource("policy/v1/poddisruptionbudgets")
 NETPOLS = kmock.resource("networking.k8s.io/v1/networkpolicies")
 PVCS = kmock.resource("v1/persistentvolumeclaims")
+HPAS = kmock.resource("autoscaling/v2/horizontalpodautoscalers")
 KUBELET_STARTUP_S = 0.02  # the emulated kubelet's container start latency
 TIME_SCALE = 0.01  # one second of a real probe period or grace period, in emulated seconds
 _REVISION = "deployment.kubernetes.io/revision"
@@ -123,6 +137,22 @@ def _pull_error(image: str) -> str:
         f'failed to pull and unpack image "{image}": failed to resolve reference: '
         "dial tcp: lookup registry-1.docker.io: no such host"
     )
+
+
+def _epoch(stamp: Any) -> float | None:
+    if not stamp:
+        return None
+    return dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+
+
+def _condition(kind: str, status: str, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": _now(),
+    }
 
 
 def _is_terminating(pod: dict[str, Any]) -> bool:
@@ -307,6 +337,133 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             await response.write(json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")
         await response.write_eof()
         return response
+
+    # ------------------------------------------- STAND-IN: metrics-server + HPA controller
+
+    async def _hpa_controller(self) -> None:
+        """reconcileAutoscaler for every HPA, once per sync period, until the emulator stops."""
+        from pytest_resilience.targets.hpa import HorizontalController, PodSample, resource_replicas
+        from pytest_resilience.targets.hpa_spec import AutoscalerSpec, _parse_milli
+
+        c = self.cluster
+        if hasattr(self, "runtime"):  # real processes: real seconds of CPU to measure
+            c.hpa_sync_s, c.hpa_window_s = 2.0, 4.0
+        controllers: dict[tuple[str, str], HorizontalController] = {}
+        while True:
+            await asyncio.sleep(c.hpa_sync_s)
+            for hpa in list(self._items(HPAS, None)):
+                ns, name = hpa["metadata"]["namespace"], hpa["metadata"]["name"]
+                try:
+                    spec = AutoscalerSpec.from_object(hpa)
+                except Exception as exc:  # the real controller sets ScalingActive=False
+                    await self._hpa_status(
+                        ns,
+                        name,
+                        {
+                            "conditions": [
+                                _condition("ScalingActive", "False", "InvalidSpec", str(exc))
+                            ]
+                        },
+                    )
+                    continue
+                known = controllers.get((ns, name))
+                if known is None or known.spec != spec:
+                    known = controllers[(ns, name)] = HorizontalController(spec)
+                dep = self._get(DEPLOYMENTS, ns, spec.workload)
+                if dep is None:
+                    continue
+                current = int(dep["spec"].get("replicas", 1))
+                wanted = dep["spec"].get("selector", {}).get("matchLabels") or {}
+                at = time.time()
+                samples = []
+                for pod in self._items(PODS, ns):
+                    labels = pod["metadata"].get("labels") or {}
+                    if any(labels.get(k) != v for k, v in wanted.items()):
+                        continue
+                    status = pod.get("status") or {}
+                    cond = next(
+                        (x for x in status.get("conditions") or [] if x.get("type") == "Ready"),
+                        None,
+                    )
+                    requests = [
+                        _parse_milli(
+                            ((ctr.get("resources") or {}).get("requests") or {}).get("cpu")
+                        )
+                        for ctr in pod["spec"].get("containers") or []
+                    ]
+                    # seeded pods have no startTime: Running since before the test
+                    started = (
+                        _epoch(status.get("startTime") or pod["metadata"].get("creationTimestamp"))
+                        or 0.0
+                    )
+                    samples.append(
+                        PodSample(
+                            name=pod["metadata"]["name"],
+                            usage_m=c.pod_usage_m(ns, pod["metadata"]["name"]),
+                            request_m=None if None in requests else sum(requests),  # type: ignore[arg-type]
+                            phase=status.get("phase", "Pending"),
+                            ready=bool(cond and cond.get("status") == "True"),
+                            deleting=_is_terminating(pod),
+                            started_at=started,
+                            # this emulator's kubelet writes no lastTransitionTime: the start
+                            ready_since=(_epoch(cond.get("lastTransitionTime")) or started)
+                            if cond
+                            else None,
+                            metric_at=at,
+                            metric_window_s=c.hpa_window_s,
+                        )
+                    )
+                try:
+                    proposed, usage = resource_replicas(current, spec.metric, samples, now=at)
+                except ValueError as exc:
+                    await self._hpa_status(
+                        ns,
+                        name,
+                        {
+                            "currentReplicas": current,
+                            "desiredReplicas": current,
+                            "conditions": [
+                                _condition(
+                                    "ScalingActive", "False", "FailedGetResourceMetric", str(exc)
+                                )
+                            ],
+                        },
+                    )
+                    continue
+                decision = known.reconcile(current, proposed, now=at)
+                value = (
+                    {"averageValue": f"{usage}m"}
+                    if spec.metric.type == "AverageValue"
+                    else {"averageUtilization": usage}
+                )
+                status_patch: dict[str, Any] = {
+                    "currentReplicas": current,
+                    "desiredReplicas": decision.desired,
+                    "currentMetrics": [
+                        {"type": "Resource", "resource": {"name": "cpu", "current": value}}
+                    ],
+                    "conditions": [
+                        _condition(
+                            "ScalingActive",
+                            "True",
+                            "ValidMetricFound",
+                            "the HPA was able to compute the replica count",
+                        )
+                    ],
+                }
+                if decision.rescale:
+                    async with self._lock:  # through the scale subresource: replicas only
+                        await self._patch(
+                            DEPLOYMENTS, ns, spec.workload, {"spec": {"replicas": decision.desired}}
+                        )
+                    c.spawn(self._reconcile(ns, spec.workload))
+                    status_patch["lastScaleTime"] = _now()
+                    c.hpa_decisions.append((name, current, decision.desired))
+                await self._hpa_status(ns, name, status_patch)
+
+    async def _hpa_status(self, ns: str, name: str, status: dict[str, Any]) -> None:
+        async with self._lock:
+            await self._patch(HPAS, ns, name, {"status": status})
 
     # ---------------------------------------------------------- store access
 
@@ -1240,6 +1397,13 @@ class EmulatedCluster:
         self.pod_http: dict[tuple[str, str, str, str], tuple[int, str]] = {}
         #: (namespace, pod, container) -> the container's log (the log subresource)
         self.pod_logs: dict[tuple[str, str, str], str] = {}
+        #: the HPA stand-in: its sync period and metric window (15 s each in a cluster,
+        #: scaled), and what metrics-server would report: (namespace, pod) -> milli-CPU
+        self.hpa_sync_s = 15 * TIME_SCALE
+        self.hpa_window_s = 15 * TIME_SCALE
+        self.pod_cpu_m: dict[tuple[str, str], int] = {}
+        self.hpa_decisions: list[tuple[str, int, int]] = []  # (hpa, from, to)
+        self._cpu_readings: dict[tuple[str, str], list[tuple[float, float]]] = {}
         self._ready = threading.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._thread = threading.Thread(target=self._main, daemon=True, name="kmock")
@@ -1270,9 +1434,10 @@ class EmulatedCluster:
             emu.cluster = self
             self.history.changed = asyncio.Condition()
             emu._buses = _Buses(self.history)  # type: ignore[assignment]
-            for res in (PODS, NODES, SERVICES, DEPLOYMENTS, REPLICASETS, PDBS, NETPOLS, PVCS):
+            for res in (PODS, NODES, SERVICES, DEPLOYMENTS, REPLICASETS, PDBS, NETPOLS, PVCS, HPAS):
                 emu.resources[res] = kmock.ResourceInfo()  # empty kinds list as [], not 404
             self.emu, self.url = emu, str(server.url).rstrip("/")
+            self.spawn(emu._hpa_controller())
             self._ready.set()
             await self._stop.wait()
             for task in list(self._tasks):
@@ -1286,6 +1451,38 @@ class EmulatedCluster:
     def run(self, coro: Any, timeout: float = 10) -> Any:
         assert self.loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def pod_usage_m(self, ns: str, pod: str) -> int | None:
+        """metrics-server's CPU of a pod (milli-cores over the window); None: no metric.
+
+        What a test set in ``pod_cpu_m``; else, where the kubelet runs pods as processes
+        (tests/kube_kubelet.py), their real CPU time as a rate over the window, a pod
+        seen for less than one window having none yet (as in metrics-server)."""
+        if (ns, pod) in self.pod_cpu_m:
+            return self.pod_cpu_m[(ns, pod)]
+        runtime = getattr(self.emu, "runtime", None) or {}
+        ctx = next((c for c in runtime.values() if (c.ns, c.name) == (ns, pod)), None)
+        if ctx is None:
+            return None
+        total = 0.0
+        for container in ctx.containers.values():
+            if container.proc is None:
+                continue
+            with contextlib.suppress(psutil.Error):
+                root = psutil.Process(container.proc.pid)
+                for proc in [root, *root.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        times = proc.cpu_times()
+                        total += times.user + times.system
+        at = time.time()
+        readings = self._cpu_readings.setdefault((ns, pod), [])
+        readings.append((at, total))
+        old = [r for r in readings if r[0] <= at - self.hpa_window_s]
+        del readings[: max(0, len(old) - 1)]
+        if not old:
+            return None
+        then_at, then = old[-1]
+        return max(0, round((total - then) / (at - then_at) * 1000))
 
     # test-facing helpers
     def kubeconfig(

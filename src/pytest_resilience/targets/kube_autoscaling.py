@@ -68,23 +68,15 @@ class KubeAutoscaling:
                 name=name,
             )
         except KubeConflict:  # one by that name already: ours now, with this spec
-            current = self._read(
-                api.read_namespaced_horizontal_pod_autoscaler,
-                name,
-                self.namespace,
-                verb="get",
-                resource="horizontalpodautoscalers",
-                namespace=self.namespace,
-                name=name,
-            )
-            body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            spec_patch = dict(body["spec"])
+            spec_patch.setdefault("behavior", None)  # a merge patch: null removes an old one
             self._change(
-                f"REPLACE horizontalpodautoscaler {self.namespace}/{name}",
-                api.replace_namespaced_horizontal_pod_autoscaler,
+                f"PATCH horizontalpodautoscaler {self.namespace}/{name}",
+                api.patch_namespaced_horizontal_pod_autoscaler,
                 name,
                 self.namespace,
-                body,
-                verb="update",
+                {"metadata": {"labels": MANAGED_BY}, "spec": spec_patch},
+                verb="patch",
                 resource="horizontalpodautoscalers",
                 namespace=self.namespace,
                 name=name,
