@@ -228,6 +228,12 @@ def test_the_slos_the_incident_breached_come_from_the_store(store, tmp_path):
     ((step),) = scenario.method
     assert (step.fault, dict(step.args)) == ("latency", {"proxy": "postgres", "ms": 500})
     assert step.duration_s >= 10
+    db = Store(store["path"])
+    try:
+        subject = build_regression(db, store["HighLatency:api"], proxy="postgres").subject
+    finally:
+        db.close()
+    assert subject == "proxy postgres (called by workload api)"
 
 
 def test_latency_felt_by_the_caller_needs_the_dependency_named(store):

@@ -164,8 +164,8 @@ REPLAYS: tuple[Replay, ...] = (
             "RedisTooManyConnections",
         ),
         r"Connections|ConnectionPool|PoolExhaust",
-        f"{_LATENCY_MS} ms on the database's proxy: each connection is held longer, the pool "
-        "runs dry",
+        f"{_LATENCY_MS} ms on the database's proxy: each connection is held longer; under a "
+        "light load the pool may not run dry (a leak is no fault of the catalogue)",
     ),
     Replay(
         "connection lost",
@@ -270,6 +270,9 @@ class Regression:
             f"SLOs: {self.slo_source}.",
             f"Recovery bound: {bound}.",
             *(f"Note: {n}." for n in self.notes),
+            f"Check: the replay should raise {i.alert_name} again and the engine heal it "
+            "(alert_fired and action_started on the report's timeline); the YAML format "
+            "cannot assert that yet, only the SLOs and the bound.",
         ]
         body = yaml.dump(
             self.document(),
@@ -329,10 +332,14 @@ def build_regression(store: Store, incident_id: str, *, proxy: str | None = None
     method = _method(incident, replay, kind, subject, ttr, proxy=proxy, volume=volume,
                      notes=notes)  # fmt: skip
     slos, source = _slos(store, incident, notes)
+    where = f"{kind} {subject}"
+    if replay.fault == "latency":  # the fault is on the dependency's proxy, felt by the caller
+        through = method[0]["args"]["proxy"]
+        where = f"proxy {through}" + ("" if through == subject else f" (called by {where})")
     return Regression(
         incident=incident,
         replay=replay,
-        subject=f"{kind} {subject}",
+        subject=where,
         method=tuple(method),
         slos=slos,
         slo_source=source,
@@ -515,8 +522,8 @@ def _slos(
             found.setdefault(next(iter(slo)), slo)
     if unstated:
         notes.append(
-            "the incident breached " + ", ".join(dict.fromkeys(unstated)) + ", which a YAML "
-            "scenario's SLOs (error_rate, latency, availability) cannot state"
+            "the incident was judged on " + ", ".join(dict.fromkeys(unstated)) + ", which "
+            "a YAML scenario's SLOs (error_rate, latency, availability) cannot state"
         )
     if found:
         return tuple(found.values()), (
