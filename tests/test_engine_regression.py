@@ -127,7 +127,9 @@ def store(tmp_path_factory) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("regression")
     books = fast_playbooks(tmp / "books")
     (books / "slow-api.yaml").write_text(SLOW_API)
-    target = ProcTarget({"api": (2, {"v1": SLEEP}, "v1"), "postgres": (1, {"v1": SLEEP}, "v1")})
+    target = ProcTarget(
+        {"api": (2, {"v1": SLEEP, "v2": SLEEP}, "v1"), "postgres": (1, {"v1": SLEEP}, "v1")}
+    )
     engine = Engine(
         target,
         playbooks_dir=books,
@@ -155,6 +157,7 @@ def store(tmp_path_factory) -> dict[str, str]:
         Alert("HighLatency", "api", labels={"probe": "latency_p99"}),
         Alert("ErrorRateHighCritical", "api", severity="critical",
               labels={"probe": "error_rate", "error_type": "5xx"}),
+        Alert("HighCPU", "api", severity="warning", labels={"probe": "cpu_share"}),
         Alert("HighMemoryUsage", "api", value=0.94, source="rule",
               labels={"pod": "api-1", "resource": "memory", "probe": "memory_share"}),
         Alert("KubeNodeNotReady", "kube-state-metrics", severity="critical",
@@ -162,6 +165,8 @@ def store(tmp_path_factory) -> dict[str, str]:
         Alert("KubePodNotReady", "", labels={"job": "kube-state-metrics"}),
     ]  # fmt: skip
     try:
+        target.rollout("api", "v2")  # the release the error rate is about: rolled back
+        target.wait_ready("api", timeout=10)
         for batch in (causes, *([alert] for alert in later)):
             total = len(engine.incidents()) + len(batch)
             for alert in batch:
@@ -278,10 +283,23 @@ def test_a_node_alert_fails_its_node(store, tmp_path):
     assert (step.fault, dict(step.args)) == ("node_failure", {"node": "node-b", "hang": True})
 
 
+def test_an_error_rate_a_rollback_healed_is_a_bad_release_again(store, tmp_path):
+    # the alert names no cause; the action that healed it does
+    key = "ErrorRateHighCritical:api"
+    done = cli("--store", store["path"], store[key])
+    assert done.returncode == 2 and "--release VERSION" in done.stderr, done.stderr
+    _, scenario = _written(store, tmp_path, key, "--release", "v2")
+    ((step),) = scenario.method
+    assert (step.fault, dict(step.args)) == ("bad_deploy", {"workload": "api", "version": "v2"})
+    # its verify checked the error rate below 1%: that SLO, and no latency one
+    assert [(o.signal, o.bound) for o in scenario.slos] == [("error_rate", 0.01)]
+
+
 def test_an_alert_no_fault_replays_is_refused_naming_it(store):
-    done = cli("--store", store["path"], store["ErrorRateHighCritical:api"])
+    done = cli("--store", store["path"], store["HighCPU:api"])
     assert done.returncode == 2
-    assert "no fault replays alert 'ErrorRateHighCritical'" in done.stderr
+    assert "no fault replays alert 'HighCPU'" in done.stderr
+    assert "healed by: " in done.stderr and "a rollback would" in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -187,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SERVICE",
         help="the service whose volume a disk alert about a node fills",
     )
+    sc.add_argument(
+        "--release",
+        metavar="VERSION",
+        help="the faulty version a bad-release replay rolls out (the one the engine rolled "
+        "back from), when the alert has no version label",
+    )
     return parser
 
 
@@ -262,7 +268,9 @@ def _scenario(args: argparse.Namespace, argv: list[str]) -> int:
         )
     store = Store(args.store)
     try:
-        regression = build_regression(store, args.incident, proxy=args.proxy, volume=args.volume)
+        regression = build_regression(
+            store, args.incident, proxy=args.proxy, volume=args.volume, release=args.release
+        )
     except sqlite3.DatabaseError as exc:
         raise ConfigError(f"{args.store} is not an engine store: {exc}", field="--store") from None
     finally:

@@ -32,6 +32,7 @@ from .targeting import _POD_NAME_FORMS, TargetLabel
 
 __all__ = [
     "FLOOR_S",
+    "HEALED_BY",
     "REPLAYS",
     "SAFETY_FACTOR",
     "STANDARD_SLOS",
@@ -94,8 +95,9 @@ class Replay:
 
 #: Alert -> fault, the table the generator reads. Exact names first (any row), then the
 #: patterns in this order (``KubeNodeNotReady`` is a node, before ``NotReady`` is a pod).
-#: A cause that is a symptom of something else (an error rate, a cold cache, CPU) has no
-#: row: which fault caused it is not in the alert, and guessing would test the wrong thing.
+#: A symptom of something else (an error rate, a cold cache, CPU) has no row: which fault
+#: caused it is not in the alert, and guessing would test the wrong thing; the action that
+#: healed it may say (:data:`HEALED_BY`).
 REPLAYS: tuple[Replay, ...] = (
     Replay(
         "crash loop",
@@ -181,7 +183,26 @@ REPLAYS: tuple[Replay, ...] = (
         r"Latency|Slow",
         f"{_LATENCY_MS} ms on the dependency's proxy",
     ),
+    Replay(
+        "bad release",
+        "bad_deploy",
+        ("DeploymentFailure", "KubeDeploymentRolloutStuck", "KubeDeploymentGenerationMismatch"),
+        r"Rollout|DeploymentFail|ReleaseFail",
+        "the faulty release rolled out again (capability releases)",
+    ),
 )
+
+#: An alert that names no cause (an error rate) whose incident an action of this name healed:
+#: that action says what the cause was. A rollback that fixed it: the release was bad.
+HEALED_BY: Mapping[str, Replay] = {
+    "rollback": Replay(
+        "bad release",
+        "bad_deploy",
+        (),
+        r"(?!)",
+        "the release the engine rolled back, rolled out again (capability releases)",
+    ),
+}
 
 
 def replay_for(alert_name: str) -> Replay:
@@ -300,13 +321,20 @@ class _PlainDumper(yaml.SafeDumper):
         return True
 
 
-def build_regression(store: Store, incident_id: str, *, proxy: str | None = None,
-                     volume: str | None = None) -> Regression:  # fmt: skip
+def build_regression(
+    store: Store,
+    incident_id: str,
+    *,
+    proxy: str | None = None,
+    volume: str | None = None,
+    release: str | None = None,
+) -> Regression:
     """The regression scenario of ``incident_id``.
 
     ``proxy``: the dependency proxy a latency or saturation replay goes through when the
     alert is about its caller; ``volume``: the service whose volume a disk alert on a node
-    fills. Raises ConfigError naming the incident when it cannot be replayed.
+    fills; ``release``: the faulty version a bad-release replay rolls out. Raises
+    ConfigError naming the incident when it cannot be replayed.
     """
     incident = store.incident(incident_id)
     if incident is None:
@@ -325,12 +353,12 @@ def build_regression(store: Store, incident_id: str, *, proxy: str | None = None
             f"{lost[0]}; a scenario would hit nothing",
             field="incident",
         )
-    replay = replay_for(name)
+    replay = _replay(store, incident)
     kind, subject = _subject(incident, replay)
     ttr = _time_to_recover(incident)
     notes: list[str] = []
     method = _method(incident, replay, kind, subject, ttr, proxy=proxy, volume=volume,
-                     notes=notes)  # fmt: skip
+                     release=release, notes=notes)  # fmt: skip
     slos, source = _slos(store, incident, notes)
     where = f"{kind} {subject}"
     if replay.fault == "latency":  # the fault is on the dependency's proxy, felt by the caller
@@ -347,6 +375,26 @@ def build_regression(store: Store, incident_id: str, *, proxy: str | None = None
         within_s=recovery_bound(ttr),
         notes=tuple(notes),
     )
+
+
+def _replay(store: Store, incident: Incident) -> Replay:
+    """The alert's row, else the cause named by the action that healed the incident."""
+    try:
+        return replay_for(incident.alert_name)
+    except NoReplay as exc:
+        healed = [
+            a.action
+            for a in store.actions(incident.id)
+            if a.result == "ok" and a.step == incident.step and incident.status == RESOLVED
+        ]
+        for action in healed:
+            if action in HEALED_BY:
+                return HEALED_BY[action]
+        raise NoReplay(
+            f"{exc.message}; nor did an action that healed incident {incident.id} name one "
+            f"(healed by: {', '.join(healed) or 'nothing'}; a {' or '.join(HEALED_BY)} would)",
+            field="alert",
+        ) from None
 
 
 # -- the target --------------------------------------------------------------------------
@@ -400,6 +448,7 @@ def _method(
     *,
     proxy: str | None,
     volume: str | None,
+    release: str | None,
     notes: list[str],
 ) -> list[dict[str, Any]]:
     alert = incident.alert
@@ -430,6 +479,17 @@ def _method(
         return [{"fault": "disk_fill", "args": {"service": service, "percent": 90},
                  "duration_s": hold}]  # fmt: skip
     _needs_workload(incident, kind, subject)
+    if replay.fault == "bad_deploy":
+        version = release or alert.labels.get("version")
+        if not version:
+            raise ConfigError(
+                f"incident {incident.id}: {incident.alert_name} on {subject!r} was a bad "
+                "release; say which version was faulty with --release VERSION (the one the "
+                "engine rolled back from, e.g. v2)",
+                field="--release",
+            )
+        return [{"fault": "bad_deploy", "args": {"workload": subject, "version": version},
+                 "duration_s": hold}]  # fmt: skip
     if replay.fault == "memory_stress":
         args: dict[str, Any] = {"selector": selector, "share": _share(alert.value)}
         if alert.labels.get("pod"):
