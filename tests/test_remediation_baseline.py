@@ -297,3 +297,18 @@ def test_junit_xml_of_a_plain_run_has_no_comparison_properties(pytester: pytest.
     pytester.runpytest("--remediation-baseline", f"--junitxml={pytester.path / 'j.xml'}")
     tree = ET.parse(pytester.path / "j.xml")
     assert not [p for p in tree.iter("property") if p.get("name", "").startswith("with_without")]
+
+
+def test_a_dry_run_action_is_shown_as_decided_not_as_failed():
+    from pytest_resilience.report.charts import chart_legend
+    from pytest_resilience.report.html_extras import scenario_html
+
+    baseline = run_of("baseline", recovered_at=None)
+    (action,) = baseline.actions
+    assert (action.dry_run, action.ok) == (True, False)
+    (row,) = [
+        r for r in re.findall(r"<tr>.*?</tr>", scenario_html(baseline), re.S) if "rollback" in r
+    ]
+    assert '<td data-label="result" class="muted">dry run: decided, not done</td>' in row
+    labels = [entry.label for entry in chart_legend(baseline)]
+    assert "engine would have acted (dry run)" in labels and "action failed" not in labels

@@ -42,14 +42,20 @@ class Session:
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
-    project = tmp_path_factory.mktemp("baseline") / "project"
+    return run_project(tmp_path_factory.mktemp("baseline"), "chaos_release.py")
+
+
+def run_project(tmp_path: Path, path: str) -> Session:
+    """Run ``path`` of a copy of the project with --remediation-baseline; read what it wrote."""
+    project = tmp_path / "project"
     shutil.copytree(PROJECT, project)
-    services = project / "services.yaml"
-    services.write_text(services.read_text().replace("@HERE@", str(project)))
+    for name in ("services.yaml", "scenarios/release.yaml"):
+        file = project / name
+        file.write_text(file.read_text().replace("@HERE@", str(project)))
     out = project / "out"
     done = subprocess.run(
         [
-            sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "chaos_release.py",
+            sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", path,
             "--remediation-baseline", f"--resilience-report={out / 'resilience.html'}",
             f"--junitxml={out / 'junit.xml'}", f"--chaos-ledger={project / 'ledger.sqlite'}",
         ],
@@ -205,3 +211,24 @@ def test_the_with_without_table_is_on_the_first_screen_in_chromium(session: Sess
     box = json.loads(found[1])
     assert box["top"] > 0 and box["bottom"] <= 900, box  # the whole table without scrolling
     assert box["right"] <= box["viewport"], box
+
+
+def test_a_yaml_scenario_gets_its_twin_and_its_baseline_is_censored(tmp_path):
+    """scenarios/release.yaml reverts its bad release after 10 s: without the engine the
+    errors last until then, and what comes after the revert is the scenario's doing, not a
+    recovery: censored at the smaller of its 15 s window and the time it was watched."""
+    run = run_project(tmp_path, "scenarios/release.yaml")
+    assert run.returncode == 0, run.output
+    nodeid = "scenarios/release.yaml::release"
+    assert [s["nodeid"] for s in run.report["scenarios"]] == [nodeid, f"{nodeid}[baseline]"]
+    (pair,) = run.report["comparison"]["pairs"]
+    without, with_ = pair["without"], pair["with"]
+    line = tl.Timeline.from_dict(scenario(run, f"{nodeid}[baseline]")["timeline"])
+    ends = [line.first(kind, since=line.t0).at for kind in (tl.FAULT_REVERTED, tl.LOAD_STOPPED)]
+    watched = round(min(ends) - line.t0, 3)
+    bound = min(15.0, watched)
+    assert (without["window_s"], without["observed_s"]) == (15.0, watched)
+    assert without["recover"] == {"value": bound, "censored": True}
+    assert without["healed_by"] == "fault_end" and without["mitigate"]["censored"]
+    assert with_["healed_by"] == "engine" and not with_["recover"]["censored"]
+    assert f"not recovered within {bound:.1f} s" in run.html

@@ -303,6 +303,7 @@ _MARK_LABELS = {
     "breach": "SLO breached",
     "action": "action",
     "action_failed": "action failed",
+    "would_act": "engine would have acted (dry run)",
     "pod_died": "pod died",
     "pod_ready": "pod ready",
     "recovered": "SLO recovered",
@@ -366,6 +367,9 @@ def _marks(result: ScenarioResult) -> dict[str, list]:
             marks["pod_died"].append(at)
         elif kind == POD_READY:
             marks["pod_ready"].append(at)
+        elif kind in (ACTION_STARTED, ACTION_FINISHED) and detail.get("dry_run"):
+            if kind == ACTION_STARTED:  # decided, not done: a mark, not an action span
+                marks["would_act"].append(at)
         elif kind == ACTION_STARTED:
             key = detail.get("action_id") or event.get("name", "")
             open_actions.setdefault(key, []).append(at)
@@ -386,6 +390,7 @@ MARK_STYLES: dict[str, tuple] = {
     "fault": ("span", COLOURS["fault"], 0.12, None),
     "action": ("span", COLOURS["action"], 0.22, None),
     "action_failed": ("span", COLOURS["action_failed"], 0.22, "//"),
+    "would_act": ("line", COLOURS["action"], "--", 1.2),
     "alert": ("line", COLOURS["detect"], "--", 1.4),
     "breach": ("line", COLOURS["detect"], ":", 1.2),
     "pod_died": ("line", COLOURS["pod_died"], "-.", 1.2),

@@ -46,7 +46,15 @@ def junit_properties(result: ScenarioResult) -> list[tuple[str, str]]:
             (f"{prefix}.recovered_within_s", _num(verdict.recovered_within_s)),
         ]
     for index, action in enumerate(safe.actions, 1):
-        outcome = "ok" if action.ok else "failed" if action.ok is not None else "unfinished"
+        outcome = (
+            "dry_run"
+            if action.dry_run
+            else "ok"
+            if action.ok
+            else "failed"
+            if action.ok is not None
+            else "unfinished"
+        )
         properties.append(
             (
                 f"action.{index}",

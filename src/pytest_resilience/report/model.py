@@ -72,6 +72,8 @@ class ActionRecord:
     verify: str | None = None
     target: str = ""
     error: str = ""
+    #: decided in dry run (``--chaos-dry-run``, a baseline run): recorded, not done
+    dry_run: bool = False
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "action") -> ActionRecord:
@@ -255,6 +257,7 @@ def actions_from_events(timeline: Mapping[str, Any]) -> list[ActionRecord]:
                 finished_at=None,
                 ok=None,
                 target=str(detail.get("target", "")),
+                dry_run=bool(detail.get("dry_run", False)),
             )
             records.append(record)
             open_by_key.setdefault(key, []).append(record)
