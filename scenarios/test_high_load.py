@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from pytest_resilience.load_surge import autoscaled, replicas_of, scaled_up
 from pytest_resilience.targets.hpa_spec import AutoscalerSpec
+from pytest_resilience.timeline import FAULT_INJECTED, FAULT_REVERTED
 
 # The autoscaler is a capability: Kubernetes' HPA, or the local target's own loop.
 pytestmark = pytest.mark.chaos(requires=["autoscaling"])
@@ -35,16 +37,8 @@ ON_NEW_REPLICAS_S = 5  # seconds of surge load served with the new replicas read
 @pytest.fixture
 def api_autoscaled(chaos_target) -> Iterator[AutoscalerSpec]:
     """The api under its HPA for this scenario; afterwards none, and its replicas as before."""
-    spec = AutoscalerSpec.from_manifest(HPA)
-    before = _replicas(chaos_target, spec.workload)
-    chaos_target.autoscale(spec)
-    try:
+    with autoscaled(chaos_target, AutoscalerSpec.from_manifest(HPA)) as spec:
         yield spec
-    finally:
-        chaos_target.stop_autoscaling(spec.workload)
-        if _replicas(chaos_target, spec.workload) != before:
-            chaos_target.scale(spec.workload, before)
-        chaos_target.wait_ready(spec.workload, timeout=60, replicas=before)
 
 
 def test_api_scales_out_under_high_load_and_latency_stays_acceptable(
@@ -53,25 +47,26 @@ def test_api_scales_out_under_high_load_and_latency_stays_acceptable(
     spec = api_autoscaled
     slo.error_rate(below=0.02, window_s=5)
     slo.latency(percentile=95, below_ms=2000, window_s=5)
-    start = _replicas(chaos_target, spec.workload)
+    start = replicas_of(chaos_target, spec.workload)
 
     with load(rps=STEADY_RPS) as steady:
         steady.wait_for_samples(3, timeout=30)
         slo.assert_holds()  # steady state first
-        surge_at = time.time()
-        timeline.mark("load_surge", f"{SURGE_RPS} rps", asked_rps=SURGE_RPS)
+        # the surge is the scenario's fault (T0 on the timeline)
+        surge_at = timeline.mark(FAULT_INJECTED, "load_surge", asked_rps=SURGE_RPS).at
         with load(rps=SURGE_RPS - STEADY_RPS) as surge:
-            timeline.wait_for(lambda: _scaled_up(timeline, surge_at), timeout=SCALE_UP_WITHIN_S)
-            decisions = _scaled_up(timeline, surge_at)
+            timeline.wait_for(lambda: scaled_up(timeline, surge_at), timeout=SCALE_UP_WITHIN_S)
+            decisions = scaled_up(timeline, surge_at)
             assert decisions, (
                 f"no scale-up within {SCALE_UP_WITHIN_S} s of {SURGE_RPS} rps; autoscaler: "
                 f"{chaos_target.autoscaler_status(spec.workload)}"
             )
-            grown = _replicas(chaos_target, spec.workload)
+            grown = replicas_of(chaos_target, spec.workload)
             assert start < grown <= spec.max_replicas, (start, grown, decisions)
             chaos_target.wait_ready(spec.workload, timeout=60, replicas=grown)
             served_from = time.time()
             surge.wait_for_samples(len(surge.samples) + ON_NEW_REPLICAS_S, timeout=30)
+        timeline.mark(FAULT_REVERTED, "load_surge")
         slo.assert_holds(since=surge_at)  # latency and errors acceptable all through the surge
 
     scaled = decisions[0]
@@ -82,17 +77,3 @@ def test_api_scales_out_under_high_load_and_latency_stays_acceptable(
         replicas=grown,
         ready_after_s=round(served_from - surge_at, 3),
     )
-
-
-def _replicas(target, workload: str) -> int:
-    return next(w.replicas for w in target.workloads() if w.name == workload)
-
-
-def _scaled_up(timeline, since: float) -> list:
-    """The autoscaler's scale-up decisions since ``since`` ("3 -> 6: cpu above target ...")."""
-    ups = []
-    for event in timeline.events("autoscaled", since=since):
-        before, _, after = str(event.detail.get("detail", "")).partition(":")[0].partition(" -> ")
-        if before.strip().isdigit() and after.strip().isdigit() and int(after) > int(before):
-            ups.append(event)
-    return ups

@@ -7,7 +7,7 @@ AttributeError, and ``pytest --collect-only`` shows what runs where. A scenario 
 
 - what its ``@pytest.mark.chaos(requires=[...])`` names;
 - what the fault fixtures it requests need (:data:`FIXTURE_NEEDS`), and for a YAML
-  scenario, the faults of its method.
+  scenario, the faults of its method (and ``autoscaling`` for an ``autoscaler:``).
 
 A target class may also lack a capability for this run only, by its settings
 (:class:`~.targets.base.ConfiguredCapabilities`: Kubernetes without ``--toxiproxy-url``).
@@ -75,6 +75,9 @@ def required(item: pytest.Item) -> list[str]:
             needs.append(str(name))
     for fixture in faults_used(item):
         needs.extend(FIXTURE_NEEDS.get(fixture, ()))
+    collect = sys.modules.get(f"{__package__}.collect")
+    if collect is not None and isinstance(item, collect.ScenarioItem) and item.scenario.autoscaler:
+        needs.append("autoscaling")  # a YAML scenario's ``autoscaler:`` (an HPA manifest)
     return list(dict.fromkeys(needs))
 
 

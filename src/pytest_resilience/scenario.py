@@ -18,6 +18,12 @@ A scenario file reads like an experiment::
 
 The plugin turns each file into a test item whose body is :func:`run_scenario`, fed the
 same fixtures a Python scenario asks for, so teardown, ledger and report are one path.
+
+High load (scenarios/high_load_autoscaling.yaml): ``autoscaler:`` names an HPA manifest
+(relative to the scenario file) the workload is under for the scenario's duration (the
+``autoscaling`` capability), ``load: {rps: R}`` paces the load, and a ``load_surge`` step
+(``args: {rps, scaled_up_within_s, hold_s}``) adds load until the workload scaled up and
+its new replicas served (:mod:`.load_surge`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .slo import Objective, SLOMonitor
+from .targets.hpa_spec import AutoscalerSpec
 from .yamlfile import YamlDocument, load_yaml
 
 __all__ = ["FaultStep", "Scenario", "load_scenario", "run_scenario"]
@@ -44,8 +51,10 @@ FAULTS = (
     "memory_stress",
     "node_failure",
     "bad_deploy",
+    "load_surge",
 )
 _TOP_KEYS = {
+    "autoscaler",
     "title",
     "description",
     "tags",
@@ -79,6 +88,8 @@ class Scenario:
     recover_within_s: float = 30.0
     failed_requests_budget: int | None = None
     remediation: bool = False
+    #: the HPA the workload is under for this scenario (``autoscaler:``), None for none
+    autoscaler: AutoscalerSpec | None = None
 
 
 def load_scenario(path: Path) -> Scenario:
@@ -93,7 +104,7 @@ def load_scenario(path: Path) -> Scenario:
     title = _typed(doc, data, ["title"], str, required=True)
     load = _typed(doc, data, ["load"], dict, default={})
     for key in load:
-        if key not in ("users", "spawn_rate", "locustfile", "host"):
+        if key not in ("users", "spawn_rate", "locustfile", "host", "rps", "workers"):
             raise doc.error(f"unknown load option {key!r}", ["load", key])
     steady = _typed(doc, data, ["steady-state-hypothesis"], dict, default={})
     recovery = _typed(doc, data, ["recovery"], dict, default={})
@@ -108,6 +119,17 @@ def load_scenario(path: Path) -> Scenario:
     )
     names = {o.name for o in slos}
     steps = tuple(_step(doc, step, ["method", i], names) for i, step in enumerate(method))
+    autoscaler = None
+    manifest = _typed(doc, data, ["autoscaler"], str, default=None)
+    if manifest is not None:
+        try:
+            autoscaler = AutoscalerSpec.from_manifest((doc.path.parent / manifest).resolve())
+        except ConfigError as exc:
+            raise doc.error(f"{exc}", ["autoscaler"]) from None
+    if any(step.fault == "load_surge" for step in steps) and autoscaler is None:
+        raise doc.error(
+            "a load_surge step needs the autoscaler: the workload it watches", ["method"]
+        )
     return Scenario(
         path=doc.path,
         title=title,
@@ -126,6 +148,7 @@ def load_scenario(path: Path) -> Scenario:
             doc, recovery, ["recovery", "failed_requests_budget"], int, default=None
         ),
         remediation=bool(_typed(doc, data, ["remediation"], bool, default=False)),
+        autoscaler=autoscaler,
     )
 
 
@@ -231,6 +254,22 @@ def run_scenario(
         slo.add(objective)
     if scenario.remediation:
         fixture("remediation_engine")  # the engine watches from before the first fault
+    if scenario.autoscaler is None:
+        _run_method(scenario, fixture=fixture, load=load, slo=slo)
+        return
+    from .load_surge import autoscaled
+
+    with autoscaled(fixture("chaos_target"), scenario.autoscaler):
+        _run_method(scenario, fixture=fixture, load=load, slo=slo)
+
+
+def _run_method(
+    scenario: Scenario,
+    *,
+    fixture: Callable[[str], Any],
+    load: Callable[..., Any],
+    slo: SLOMonitor,
+) -> None:
     with load(**scenario.load) as run:
         run.wait_for_samples(
             max(1, int(scenario.steady_state_s)), timeout=scenario.steady_state_s + 30
@@ -238,8 +277,21 @@ def run_scenario(
         if scenario.slos:
             slo.assert_holds()  # the steady-state hypothesis: no point breaking a broken system
         for step in scenario.method:
-            handle = fixture(step.fault)(**step.args)
             started = time.time()
+            if step.fault == "load_surge":  # held while it lasts: the SLOs count from its start
+                from .load_surge import LoadSurge
+
+                assert scenario.autoscaler is not None  # load_scenario checked it
+                handle = LoadSurge(
+                    target=fixture("chaos_target"),
+                    timeline=fixture("timeline"),
+                    load=load,
+                    workload=scenario.autoscaler.workload,
+                    **step.args,
+                )
+            else:
+                handle = fixture(step.fault)(**step.args)
+                started = time.time()
             if step.duration_s:
                 time.sleep(step.duration_s)  # the fault's stated duration, not a synchronisation
             if step.hold_during:
