@@ -304,6 +304,7 @@ def measure(args: argparse.Namespace) -> dict:
         engine = run_engine(Path(tmp), listen="127.0.0.1:0")
         try:
             assert engine.webhook_url is not None
+            cpu = time.process_time()  # the engine's threads (the client is another process)
             if args.client == "process":
                 posts, pushed_back, start = post_from_process(engine.webhook_url, args)
             else:
@@ -316,6 +317,7 @@ def measure(args: argparse.Namespace) -> dict:
             total_s = time.perf_counter() - start
             http = figures(engine, accepted_s, len(alerts))
             http["decided_per_s"] = len(alerts) / total_s
+            http["cpu_us_per_alert"] = (time.process_time() - cpu) / len(alerts) * 1e6
             decisions = engine.store.alert_decisions()
         finally:
             engine.close()
@@ -354,6 +356,8 @@ def report(result: dict, args: argparse.Namespace) -> None:
           f"   (cap {POLICY.max_actions_total})")  # fmt: skip
     print(f"{'decision latency p50 ms':28}{http['p50_ms']:16.1f}{direct['p50_ms']:14.1f}")
     print(f"{'decision latency p99 ms':28}{http['p99_ms']:16.1f}{direct['p99_ms']:14.1f}")
+    print(f"{'engine CPU us per alert':28}{http['cpu_us_per_alert']:16.1f}{'-':>14}"
+          f"   (the least noisy figure on a shared machine)")  # fmt: skip
     print("alert decisions (HTTP run):", result["decisions"])
     kill = result["kill"]
     if kill is not None:
@@ -396,7 +400,8 @@ def compare(args: argparse.Namespace) -> None:
                 kill = result["kill"]
                 print(f"run {index + 1} {side:8}: decided {result['http']['decided_per_s']:6.0f}"
                       f"/s, p99 {result['http']['p99_ms']:7.1f} ms, in-process "
-                      f"{result['direct']['alerts_per_s']:6.0f}/s, actions "
+                      f"{result['direct']['alerts_per_s']:6.0f}/s, CPU "
+                      f"{result['http']['cpu_us_per_alert']:5.1f} us/alert, actions "
                       f"{result['http']['actions']}, SIGKILL lost "
                       f"{kill['lost'] if kill else '-'}", flush=True)  # fmt: skip
     finally:
@@ -410,6 +415,7 @@ def compare(args: argparse.Namespace) -> None:
         ("alerts/s decided (webhook)", lambda r: r["http"]["decided_per_s"], ".0f"),
         ("decision latency p50 ms", lambda r: r["http"]["p50_ms"], ".1f"),
         ("decision latency p99 ms", lambda r: r["http"]["p99_ms"], ".1f"),
+        ("engine CPU us/alert (webhook)", lambda r: r["http"].get("cpu_us_per_alert", 0), ".1f"),
         ("alerts/s decided (in-process)", lambda r: r["direct"]["alerts_per_s"], ".0f"),
         ("actions recorded (webhook)", lambda r: r["http"]["actions"], ".0f"),
     ]
