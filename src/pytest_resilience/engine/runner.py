@@ -2,16 +2,16 @@
 
 One dispatcher thread takes alerts off a bounded queue and decides (de-duplicate,
 route to a playbook, safety), writing every decision to the store before acting.
-Webhook alerts are in the store's inbox before the webhook answers 200: the intake
-thread writes them (group commit, its own SQLite connection) and answers without waiting
-for the dispatcher (see :meth:`Engine.receive`); a restarted engine decides what its
-inbox still holds.
+Webhook alerts are in the store's inbox before the webhook answers 200: the webhook's own
+thread writes every body that arrived together in one transaction (group commit, the
+intake's own SQLite connection) and answers without waiting for the dispatcher (see
+:meth:`Engine.take`); a restarted engine decides what its inbox still holds.
 Remediations run on a small worker pool, one per open incident; the outbox sends pages
 on its own thread; the optional webhook receiver runs on its own asyncio loop. A
 restarted engine resumes open incidents: a step whose action already ran is verified
 again rather than acted on twice.
 
-Size: over 500 lines because the dispatcher, the intake thread and the inspection helpers the
+Size: over 500 lines because the dispatcher, the intake and the inspection helpers the
 tests use (``wait_for_action``, ``assert_strategy_ran``) share the Engine's state; the helpers
 move out first (issue 14).
 """
@@ -92,14 +92,6 @@ _Queued = tuple[Alert, int | None]
 _Item = _Queued | list[_Queued] | None
 
 
-@dataclass(frozen=True)
-class _Delivery:
-    """A webhook body's alerts, answered through ``written`` once they are in the inbox."""
-
-    alerts: tuple[Alert, ...]
-    written: Future[bool]
-
-
 #: at most this many alerts decided per transaction: the engine's connection holds SQLite's
 #: one write lock for one chunk at most, which is what an inbox write may wait for
 _CHUNK = 64
@@ -172,7 +164,6 @@ class Engine:
         # never refused
         self.max_queue = max_queue
         self._queue: queue.Queue[_Item] = queue.Queue()
-        self._intake: queue.Queue[_Delivery | None] = queue.Queue()  # bodies to write
         self._waiting = 0  # alerts queued, not decided yet (under _lock)
         self._workers = workers
         self._lock = threading.Lock()
@@ -207,7 +198,6 @@ class Engine:
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="engine-remediate")
         self._resume()
         self._spawn(self._dispatch, "engine-dispatch")
-        self._spawn(self._take_in, "engine-intake")
         if self.rules.rules:
             self._spawn(self._evaluate, "engine-rules")
         self.outbox.start()
@@ -229,7 +219,6 @@ class Engine:
             self._unsubscribe = None
         self._stop.set()
         self._queue.put_nowait(None)  # wake the dispatcher
-        self._intake.put_nowait(None)  # and the intake
         for thread in self._threads:
             thread.join(timeout=10)
         self._threads.clear()
@@ -266,20 +255,39 @@ class Engine:
         return True
 
     def receive(self, alerts: Sequence[Alert]) -> Future[bool]:
-        """Take a webhook body's alerts durably; the future says when (the webhook's 200).
-
-        True once they are in the store's inbox, so a 200 is answered only for alerts that
-        survive a SIGKILL; False at once when the queue has no room for all of them (503:
-        Alertmanager re-sends the whole body); an exception if the store cannot write. The
-        intake thread writes every body waiting for it in one transaction (group commit)
-        and answers them then, whatever the dispatcher is busy with.
-        """
+        """Take one webhook body's alerts durably; see :meth:`take` (done when returned)."""
         written: Future[bool] = Future()
-        if not self._reserve(len(alerts)):
-            written.set_result(False)
-        else:
-            self._intake.put_nowait(_Delivery(tuple(alerts), written))
+        try:
+            written.set_result(self.take([alerts])[0])
+        except Exception as exc:
+            written.set_exception(exc)
         return written
+
+    def take(self, deliveries: Sequence[Sequence[Alert]]) -> list[bool]:
+        """Write webhook bodies' alerts to the inbox in one transaction, then queue them.
+
+        Per body: True once its alerts are in the store's inbox, so a 200 is answered only
+        for alerts that survive a SIGKILL; False when the queue has no room for all of them
+        (503: Alertmanager re-sends the whole body). Raises if the store cannot write (503
+        for every body). Runs on the caller's thread (the webhook's, which calls it once for
+        every body that arrived together: group commit) and waits for another write
+        transaction's statements at most, never for the dispatcher's decisions.
+        """
+        room = [self._reserve(len(alerts)) for alerts in deliveries]
+        taken = [tuple(alerts) for alerts, ok in zip(deliveries, room, strict=True) if ok]
+        if not taken:
+            return room
+        try:
+            written = self.store.receive(taken)
+        except Exception:  # answered 503 (Alertmanager re-sends): not decided
+            LOGGER.exception("webhook alerts could not be stored")
+            with self._lock:
+                self._waiting -= sum(len(alerts) for alerts in taken)
+            raise
+        for alerts, inbox_ids in zip(taken, written, strict=True):
+            # queued before the answer: idle() never sees an answered body as no work
+            self._queue.put_nowait(list(zip(alerts, inbox_ids, strict=True)))
+        return room
 
     def _reserve(self, alerts: int, *, always: bool = False) -> bool:
         with self._lock:
@@ -290,7 +298,7 @@ class Engine:
 
     def idle(self) -> bool:
         """No alert waiting and no remediation running (for callers that poll)."""
-        with self._lock:  # _waiting counts the alerts of the intake's queue too
+        with self._lock:  # _waiting counts the alerts being written to the inbox too
             return self._waiting == 0 and self._queue.unfinished_tasks == 0 and self._busy == 0
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
@@ -307,41 +315,6 @@ class Engine:
                 self.rules.tick()
             except Exception:  # one bad rule must not stop detection
                 LOGGER.exception("rule evaluation failed")
-
-    def _take_in(self) -> None:
-        """The intake: write webhook bodies to the inbox, answer them, queue their alerts.
-
-        Every body that arrived while the last write ran goes into one transaction (group
-        commit). Decisions never hold a body back: only another write transaction can.
-        """
-        while True:
-            batch = [self._intake.get()]
-            while True:
-                try:
-                    batch.append(self._intake.get_nowait())
-                except queue.Empty:
-                    break
-            deliveries = [item for item in batch if item is not None]
-            if deliveries:
-                self._write_inbox(deliveries)
-            if None in batch and self._stop.is_set():
-                return
-
-    def _write_inbox(self, deliveries: list[_Delivery]) -> None:
-        try:
-            written = self.store.receive([d.alerts for d in deliveries])
-        except Exception as exc:  # answered 503 (Alertmanager re-sends): not decided
-            LOGGER.exception("webhook alerts could not be stored")
-            with self._lock:
-                self._waiting -= sum(len(d.alerts) for d in deliveries)
-            for delivery in deliveries:
-                delivery.written.set_exception(exc)
-            return
-        for delivery, inbox_ids in zip(deliveries, written, strict=True):
-            # queued before the answer: idle() never sees an answered body as no work
-            self._queue.put_nowait(list(zip(delivery.alerts, inbox_ids, strict=True)))
-        for delivery in deliveries:
-            delivery.written.set_result(True)
 
     def _dispatch(self) -> None:
         backlog: deque[_Queued] = deque()  # taken off the queue, not decided yet

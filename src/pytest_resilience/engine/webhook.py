@@ -11,8 +11,11 @@ Binds to loopback unless told otherwise.
 
 A 200 means the alerts are durable: they are in the engine's store (its inbox) before the
 answer goes out, so a SIGKILL right after loses none of them. Group commit keeps that cheap
-in a storm: the engine writes every body that arrived while it was busy in one transaction
-and answers them all when it commits (:meth:`~.runner.Engine.receive`).
+in a storm: the bodies read in one turn of the event loop are written in one transaction,
+on this thread, at the start of the next turn (:meth:`~.runner.Engine.take`), and answered
+when it commits; bodies arriving meanwhile wait in the socket buffers and make the next
+batch. No other thread is woken to write and none to answer (each hand-over between Python
+threads can wait a GIL switch interval, 5 ms).
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from typing import Protocol
 
 from aiohttp import web
@@ -39,8 +41,9 @@ __all__ = ["PayloadError", "WebhookServer", "parse_listen", "parse_payload"]
 
 
 class AlertSink(Protocol):
-    def receive(self, alerts: Sequence[Alert]) -> Future[bool]:
-        """Store ``alerts`` durably: the future is True once they are, False if refused."""
+    def take(self, deliveries: Sequence[Sequence[Alert]]) -> list[bool]:
+        """Store each body's alerts durably (one transaction): True per body stored, False
+        per body refused (no room); raises if the store cannot write."""
         ...
 
 
@@ -82,6 +85,8 @@ class WebhookServer:
         self._seen: OrderedDict[str, float] = OrderedDict()
         # bodies being written, by delivery key: an identical one waits for the same answer
         self._in_flight: dict[str, asyncio.Future[bool]] = {}
+        # bodies read this turn of the loop, written together at the start of the next
+        self._batch: list[tuple[list[Alert], asyncio.Future[bool]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -179,8 +184,7 @@ class WebhookServer:
                 return self._busy(refused)
             self.counters["duplicates"] += 1
             return web.json_response({"status": "duplicate", "accepted": 0})
-        written = asyncio.wrap_future(self.sink.receive(alerts))
-        written.add_done_callback(_retrieved)  # its waiter may have hung up meanwhile
+        written = self._take(alerts)
         self._in_flight[key] = written
         try:
             refused = await self._written(written)
@@ -194,6 +198,27 @@ class WebhookServer:
         if delivery.notes:
             answer["ignored"] = list(delivery.notes)
         return web.json_response(answer)
+
+    def _take(self, alerts: list[Alert]) -> asyncio.Future[bool]:
+        """Queue a body for the next group commit; the future says how it went."""
+        loop = asyncio.get_running_loop()
+        written: asyncio.Future[bool] = loop.create_future()
+        written.add_done_callback(_retrieved)  # its waiter may have hung up meanwhile
+        self._batch.append((alerts, written))
+        if len(self._batch) == 1:  # the first body of this turn: write them all next turn
+            loop.call_soon(self._write_batch)
+        return written
+
+    def _write_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        try:
+            taken = self.sink.take([alerts for alerts, _ in batch])
+        except Exception as exc:  # not durable: every body of the batch is answered 503
+            for _, written in batch:
+                written.set_exception(exc)
+            return
+        for (_, written), ok in zip(batch, taken, strict=True):
+            written.set_result(ok)
 
     @staticmethod
     async def _written(written: asyncio.Future[bool]) -> str:
