@@ -128,3 +128,51 @@ def test_the_workflow_prints_what_runs_on_kind_and_what_is_skipped(path: Path) -
     run = " ".join(all_steps[run_at]["run"].split())
     assert "-rs" in run  # the run's summary names every skip with its reason too
     assert " -k " not in run and "--deselect" not in run  # the whole set, no cherry-picking
+
+
+METRICS_SERVER_IMAGE = "registry.k8s.io/metrics-server/metrics-server:v0.7.2"
+HPA_MANIFEST = ROOT / "deploy" / "k8s" / "autoscaling" / "api-hpa.yaml"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_metrics_server_is_installed_for_kind_before_the_scenarios(path: Path) -> None:
+    """The HPA's CPU metric on kind: metrics-server pinned to the release whose image was
+    loaded, with --kubelet-insecure-tls (kind's kubelets serve self-signed certificates),
+    rolled out and serving the api pods' CPU before the scenarios; the HPA manifest, which
+    the high-load scenario applies for its own duration, checked by the API server there."""
+    all_steps = steps(path)
+    at = index_of(all_steps, "metrics-server/releases/download/v0.7.2/components.yaml")
+    run = all_steps[at]["run"]
+    text = " ".join(run.replace("\\\n", " ").split())
+    assert "kubectl apply -f https://github.com/kubernetes-sigs/metrics-server/releases/" in text
+    assert '"value":"--kubelet-insecure-tls"' in text
+    assert "rollout status deployment/metrics-server" in text
+    assert "top pods -l app=api" in text  # the metrics API answers before anything needs it
+    assert "kubectl apply --dry-run=server -f deploy/k8s/autoscaling/api-hpa.yaml" in text
+    loaded_at = index_of(all_steps, f"docker pull {METRICS_SERVER_IMAGE}")
+    load = " ".join(all_steps[loaded_at]["run"].replace("\\\n", " ").split())
+    assert METRICS_SERVER_IMAGE in load.split("kind load docker-image", 2)[-1]
+    assert loaded_at < at < index_of(all_steps, "pytest -m chaos scenarios/ -rs")
+    assert index_of(all_steps, "kubectl apply -f deploy/k8s/") < at  # the api pods exist
+
+
+def test_the_hpa_manifest_is_valid_kubernetes_and_not_applied_with_the_demo() -> None:
+    """deploy/k8s/ is applied as a directory (not recursively): the HPA sits one level
+    down, so only the high-load scenario puts the api under it. The manifest and the object
+    the target creates from it match the schema of kind's Kubernetes."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    from pytest_resilience.targets.hpa_spec import AutoscalerSpec
+
+    assert HPA_MANIFEST.parent != ROOT / "deploy" / "k8s"
+    for path in WORKFLOWS:
+        assert not any(
+            "-R" in s.get("run", "").split() or "--recursive" in s.get("run", "")
+            for s in steps(path)
+            if "kubectl apply" in s.get("run", "")
+        )
+    (doc,) = [d for d in yaml.safe_load_all(HPA_MANIFEST.read_text()) if d]
+    kubernetes_validate.validate(doc, "1.31.0", strict=True)
+    spec = AutoscalerSpec.from_manifest(HPA_MANIFEST)
+    created = spec.to_object(namespace="chaos-demo", labels={"app": "api"})
+    kubernetes_validate.validate(created, "1.31.0", strict=True)
+    assert created["spec"] == {**doc["spec"], "behavior": created["spec"]["behavior"]}
