@@ -24,13 +24,11 @@ from pytest_resilience.engine.alerts import Alert
 from pytest_resilience.engine.intake import parse_payload
 from pytest_resilience.engine.regression import (
     FLOOR_S,
-    REPLAYS,
     SAFETY_FACTOR,
-    NoReplay,
     build_regression,
     recovery_bound,
-    replay_for,
 )
+from pytest_resilience.engine.replays import REPLAYS, NoReplay, replay_for
 from pytest_resilience.engine.store import Store
 from pytest_resilience.scenario import FAULTS, load_scenario
 

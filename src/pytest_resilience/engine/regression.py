@@ -6,6 +6,7 @@ turns it into a YAML scenario (our format, see ``scenario.py``) that puts the in
 *cause* back as a fault under load, with the engine on, and asserts the SLOs come back
 within a bound taken from what the engine achieved. Committed under ``scenarios/``, it
 keeps that incident fixed: a playbook change or a release that heals slower fails it.
+Which fault stands for which alert is the table in ``replays.py``.
 
 Everything is read from the store alone (the incident, its alert and labels, actions and
 verify results), so a scenario can be written from a production engine's file; the target
@@ -27,21 +28,18 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from .replays import HEALED_BY, LATENCY_MS, NoReplay, Replay, replay_for
 from .store import RESOLVED, Incident, Store
 from .targeting import _POD_NAME_FORMS, TargetLabel
 
 __all__ = [
     "FLOOR_S",
-    "HEALED_BY",
-    "REPLAYS",
     "SAFETY_FACTOR",
     "STANDARD_SLOS",
-    "NoReplay",
     "Regression",
-    "Replay",
     "build_regression",
     "recovery_bound",
-    "replay_for",
+    "regression_command",
 ]
 
 #: the recovery bound is this many times the engine's time to recover: a shared CI machine
@@ -68,157 +66,8 @@ STANDARD_SLOS: tuple[Mapping[str, Any], ...] = (
 #: own crash-loop threshold (EventAlerts' default ``restarts``, so the replay raises the
 #: same alert) and at most the second figure (a longer loop adds time, not evidence)
 _CRASH_DEATHS = (3, 6)
-#: how much latency a latency or pool-saturation replay adds (the README's example)
-_LATENCY_MS = 500
 #: alert names of datastore exporters: their target *is* the dependency a proxy fronts
 _DATASTORE = re.compile(r"^(postgres|redis|mysql|mongo)", re.IGNORECASE)
-
-
-class NoReplay(ConfigError):
-    """The incident cannot be replayed as a fault; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class Replay:
-    """One row of :data:`REPLAYS`: the alerts that mean one cause, and the fault that is it.
-
-    ``alerts`` are exact names (the engine's own and those real rule sets use);
-    ``pattern`` catches the names no row lists, by the word that says what broke.
-    """
-
-    cause: str
-    fault: str  # one of scenario.FAULTS
-    alerts: tuple[str, ...]
-    pattern: str
-    how: str
-
-
-#: Alert -> fault, the table the generator reads. Exact names first (any row), then the
-#: patterns in this order (``KubeNodeNotReady`` is a node, before ``NotReady`` is a pod).
-#: A symptom of something else (an error rate, a cold cache, CPU) has no row: which fault
-#: caused it is not in the alert, and guessing would test the wrong thing; the action that
-#: healed it may say (:data:`HEALED_BY`).
-REPLAYS: tuple[Replay, ...] = (
-    Replay(
-        "crash loop",
-        "pod_kill",
-        ("PodCrashLoop", "KubePodCrashLooping", "KubernetesPodCrashLooping"),
-        r"CrashLoop",
-        "a replica killed again each time it is replaced, as many times as the incident saw",
-    ),
-    Replay(
-        "node down",
-        "node_failure",
-        ("NodeNotReady", "KubeNodeNotReady", "KubeNodeUnreachable", "KubernetesNodeNotReady"),
-        r"Node(NotReady|Unreachable|Down)",
-        "every pod on the node hangs (capability node_outage)",
-    ),
-    Replay(
-        "pod not ready",
-        "pod_kill",
-        (
-            "KubePodNotReady",
-            "KubernetesPodNotHealthy",
-            "KubeDeploymentReplicasMismatch",
-            "KubeStatefulSetReplicasMismatch",
-        ),
-        r"NotReady|NotHealthy|ReplicasMismatch",
-        "one replica killed: the workload is short of ready pods until it is replaced",
-    ),
-    Replay(
-        "disk full",
-        "disk_fill",
-        (
-            "NodeFilesystemSpaceFillingUp",
-            "NodeFilesystemAlmostOutOfSpace",
-            "NodeFilesystemFilesFillingUp",
-            "NodeFilesystemAlmostOutOfFiles",
-            "HostOutOfDiskSpace",
-            "HostOutOfInodes",
-            "KubePersistentVolumeFillingUp",
-        ),
-        r"Filesystem|Disk|Inodes|Volume.*Filling|OutOfSpace",
-        "the service's bounded volume filled to 90%",
-    ),
-    Replay(
-        "memory pressure",
-        "memory_stress",
-        (
-            "HighMemoryUsage",
-            "ContainerHighMemoryUsage",
-            "KubernetesContainerOomKiller",
-            "RedisOutOfMemory",
-            "RedisOutOfSystemMemory",
-            "RedisOutOfConfiguredMaxmemory",
-            "HostOutOfMemory",
-        ),
-        r"Memory|Oom",
-        "the pods' memory grown to the share the alert read (else 95%) of their limit",
-    ),
-    Replay(
-        "connections saturated",
-        "latency",
-        (
-            "DatabaseConnectionPoolExhaustion",
-            "PostgreSQLMaxConnectionsReached",
-            "PostgreSQLHighConnections",
-            "PostgresqlTooManyConnections",
-            "RedisTooManyConnections",
-        ),
-        r"Connections|ConnectionPool|PoolExhaust",
-        f"{_LATENCY_MS} ms on the database's proxy: each connection is held longer; under a "
-        "light load the pool may not run dry (a leak is no fault of the catalogue)",
-    ),
-    Replay(
-        "connection lost",
-        "network_block",
-        ("PostgresqlDown", "PostgreSQLDown", "RedisDown", "MysqlDown", "TargetDown"),
-        r"Down$|Unreachable|ConnectionRefused|ConnectionErrors?$",
-        "ingress to the service's pods dropped (iptables)",
-    ),
-    Replay(
-        "slow responses",
-        "latency",
-        ("HighLatency", "LatencyHigh", "HighRequestLatency", "KubeAPILatencyHigh"),
-        r"Latency|Slow",
-        f"{_LATENCY_MS} ms on the dependency's proxy",
-    ),
-    Replay(
-        "bad release",
-        "bad_deploy",
-        ("DeploymentFailure", "KubeDeploymentRolloutStuck", "KubeDeploymentGenerationMismatch"),
-        r"Rollout|DeploymentFail|ReleaseFail",
-        "the faulty release rolled out again (capability releases)",
-    ),
-)
-
-#: An alert that names no cause (an error rate) whose incident an action of this name healed:
-#: that action says what the cause was. A rollback that fixed it: the release was bad.
-HEALED_BY: Mapping[str, Replay] = {
-    "rollback": Replay(
-        "bad release",
-        "bad_deploy",
-        (),
-        r"(?!)",
-        "the release the engine rolled back, rolled out again (capability releases)",
-    ),
-}
-
-
-def replay_for(alert_name: str) -> Replay:
-    """The row of :data:`REPLAYS` for ``alert_name``; :class:`NoReplay` naming it if none."""
-    for replay in REPLAYS:
-        if alert_name in replay.alerts:
-            return replay
-    for replay in REPLAYS:
-        if re.search(replay.pattern, alert_name):
-            return replay
-    causes = "; ".join(f"{r.cause} -> {r.fault}" for r in REPLAYS)
-    raise NoReplay(
-        f"no fault replays alert {alert_name!r}: it names no cause this generator knows "
-        f"({causes}). Write the scenario by hand with the fault that caused it",
-        field="alert",
-    )
 
 
 def recovery_bound(time_to_recover_s: float | None) -> float:
@@ -508,7 +357,7 @@ def _method(
             "latency goes through with --proxy NAME (e.g. postgres)",
             field="--proxy",
         )
-    return [{"fault": "latency", "args": {"proxy": through, "ms": _LATENCY_MS},
+    return [{"fault": "latency", "args": {"proxy": through, "ms": LATENCY_MS},
              "duration_s": hold}]  # fmt: skip
 
 
