@@ -52,11 +52,38 @@ def test_the_inbox_is_written_while_a_decision_transaction_is_still_open(tmp_pat
             assert rows(db, "SELECT COUNT(*) FROM inbox") == [(1,)]  # committed meanwhile
             assert rows(db, "SELECT COUNT(*) FROM incidents") == [(0,)]  # this one: not yet
             assert store.incident("inc-1").step == 1  # a read in it sees its own writes
-        assert rows(db, "SELECT id, step FROM incidents") == [("inc-1", 1)]
+            store.update_incident("inc-1", status="dry_run", reason="would have")  # written
+        assert rows(db, "SELECT id, step, status, reason FROM incidents") == [
+            ("inc-1", 1, "dry_run", "would have")
+        ]
         assert rows(db, "SELECT incident_id, result FROM actions") == [("inc-1", "dry_run")]
         assert store.get_state("cooldown:HighMemoryUsage|api") == 99.0
     finally:
         store.close()
+
+
+def test_an_incident_opened_and_updated_in_one_transaction_is_stored_as_last_updated(tmp_path):
+    db = tmp_path / "s.db"
+    store = Store(db)
+    try:
+        with store.transaction():
+            store.open_incident(incident("inc-1"))
+            store.open_incident(incident("inc-2"))
+            store.update_incident("inc-1", step=2)
+            store.update_incident("inc-2", status="escalated", reason="cap reached")
+            store.update_incident("inc-1", status="dry_run", closed_at=5.0)
+        with pytest.raises(RuntimeError), store.transaction():
+            store.update_incident("inc-2", status="resolved")  # already written: an UPDATE
+            store.open_incident(incident("inc-3"))
+            store.update_incident("inc-3", step=4)
+            raise RuntimeError("rolled back")
+        store.update_incident("inc-2", step=3)  # outside a transaction
+    finally:
+        store.close()
+    assert rows(db, "SELECT id, step, status, reason, closed_at FROM incidents ORDER BY id") == [
+        ("inc-1", 2, "dry_run", "", 5.0),
+        ("inc-2", 3, "escalated", "cap reached", None),
+    ]
 
 
 def test_a_rolled_back_transaction_leaves_nothing_and_ids_stay_unique(tmp_path):

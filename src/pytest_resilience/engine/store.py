@@ -247,6 +247,9 @@ class Store:
         # in a transaction, keyed UPDATE/DELETE/UPSERT statements wait here, in order, and
         # run at its commit after the appended rows (which they may refer to, never precede)
         self._later: list[tuple[str, tuple]] = []
+        # incidents opened in the open transaction, not written yet: id -> their row's index
+        # in _appends, so the transaction's updates of them go into that one INSERT
+        self._new_incidents: dict[str, int] = {}
 
     def _start_checkpoints(self) -> None:
         """Start the checkpointer (see the module docstring), once, for a store written to."""
@@ -300,6 +303,7 @@ class Store:
                 self._db.execute("COMMIT")
             except BaseException:
                 self._appends.clear()
+                self._new_incidents.clear()
                 self._later.clear()
                 self._started_now.clear()
                 if self._db.in_transaction:
@@ -353,6 +357,7 @@ class Store:
         keyed writes in order; the transaction has begun (``_begin``)."""
         with self._lock:
             pending, self._appends = self._appends, {}
+            self._new_incidents.clear()
             for into, rows in pending.items():
                 _insert_rows(self._db, into, rows)
             later, self._later = self._later, []
@@ -507,10 +512,15 @@ class Store:
     # -- incidents ---------------------------------------------------------------------
 
     def open_incident(self, incident: Incident) -> None:
+        with self._lock:
+            if self._in_tx:  # its updates in this transaction change this row (update_incident)
+                self._new_incidents[incident.id] = len(self._appends.get(_INCIDENTS_INTO, ()))
+            self._open_incident_row(incident)
+
+    def _open_incident_row(self, incident: Incident) -> None:
         self._append(
             "incidents",
-            "id, alert_name, target, fingerprint, playbook, status, step, severity, summary,"
-            " reason, alert, follow_up, dry_run, opened_at, detected_at, updated_at, closed_at",
+            _INCIDENT_COLUMNS,
             (
                 incident.id,
                 incident.alert_name,
@@ -537,6 +547,15 @@ class Store:
         for key in ("summary", "reason"):
             if key in fields:
                 fields[key] = self._redact(fields[key])
+        with self._lock:
+            at = self._new_incidents.get(incident_id)
+            if at is not None:  # opened in this transaction, not written yet: one INSERT
+                rows = self._appends[_INCIDENTS_INTO]
+                row = list(rows[at])
+                for key, value in fields.items():
+                    row[_INCIDENT_INDEX[key]] = value
+                rows[at] = tuple(row)
+                return
         cols = ", ".join(f"{k}=?" for k in fields)
         self._write_later(
             f"UPDATE incidents SET {cols} WHERE id=?", (*fields.values(), incident_id)
@@ -828,6 +847,12 @@ class Store:
 
 
 _UNPARSED = object()
+_INCIDENT_COLUMNS = (
+    "id, alert_name, target, fingerprint, playbook, status, step, severity, summary, reason,"
+    " alert, follow_up, dry_run, opened_at, detected_at, updated_at, closed_at"
+)
+_INCIDENTS_INTO = f"incidents ({_INCIDENT_COLUMNS})"  # its key in Store._appends
+_INCIDENT_INDEX = {name.strip(): i for i, name in enumerate(_INCIDENT_COLUMNS.split(","))}
 #: how often the checkpointer copies the WAL into the database file; between two, a storm
 #: grows the WAL by a few MB at most
 _CHECKPOINT_EVERY_S = 0.5
