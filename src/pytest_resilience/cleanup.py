@@ -4,11 +4,16 @@ dirs of dead sessions, then exit."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .errors import ResilienceError
 from .faults.base import FaultContext, is_settled, ledger_ref, revert_entries
 from .run import ChaosRun
 from .workdirs import sweep_dead_work_dirs
+
+if TYPE_CHECKING:
+    from .targets.base import Target
+    from .targets.kubernetes import KubernetesTarget
 
 __all__ = ["cleanup"]
 
@@ -38,6 +43,9 @@ def cleanup(run: ChaosRun) -> int:
             )
             failed += not is_settled(outcome)
         if kube:
+            from .targets.kubernetes import KubernetesTarget  # loaded already: it is the target
+
+            assert isinstance(target, KubernetesTarget)
             failed += _undo_marked_elsewhere(run, target, write)
     finally:
         if kube:
@@ -45,7 +53,9 @@ def cleanup(run: ChaosRun) -> int:
     return 1 if failed else 0
 
 
-def _undo_marked_elsewhere(run: ChaosRun, target, write: Callable[[str], object]) -> int:
+def _undo_marked_elsewhere(
+    run: ChaosRun, target: KubernetesTarget, write: Callable[[str], object]
+) -> int:
     """Undo every change annotated on the cluster whose ledger entry is not open here.
 
     Those come from a run whose ledger is on another machine (a lost CI runner) or gone.
@@ -73,7 +83,7 @@ def _undo_marked_elsewhere(run: ChaosRun, target, write: Callable[[str], object]
     return failed
 
 
-def _target_for_cleanup(run: ChaosRun):
+def _target_for_cleanup(run: ChaosRun) -> Target:
     """A target that can answer reverters without starting any service."""
     if run.settings.target == "kubernetes":
         from .targets.kubernetes import KubernetesTarget

@@ -96,7 +96,10 @@ class Ledger:
                     time.time(),
                 ),
             )
-            return int(cursor.lastrowid)
+            row_id = cursor.lastrowid
+            if row_id is None:  # sqlite3 sets it on every INSERT; typeshed allows None
+                raise RuntimeError(f"the ledger {self.path} gave no id for the new entry")
+            return row_id
 
     def update_spec(self, entry_id: int, spec: dict[str, Any]) -> None:
         """Add what the fault learnt while acting (e.g. the rule handle) for a later revert."""

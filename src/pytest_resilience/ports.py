@@ -54,6 +54,6 @@ def free_port() -> int:
                     return port
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+            port = int(sock.getsockname()[1])
         _handed_out.add(port)
         return port

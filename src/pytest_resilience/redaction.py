@@ -102,7 +102,8 @@ def redact(obj: T) -> T:
     secret-looking name, where they become ``"[REDACTED]"``.
     """
     known = _known_pattern()
-    return _redact(obj, known)
+    redacted: T = _redact(obj, known)
+    return redacted
 
 
 def redact_text(text: str) -> str:

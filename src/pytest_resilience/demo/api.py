@@ -21,13 +21,14 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from pytest_resilience.demo.breaker import CircuitBreaker
 from pytest_resilience.demo.cache import KEY_PREFIX, CacheUnavailable, ItemCache
@@ -233,7 +234,7 @@ class DemoService:
     # -- middleware --------------------------------------------------------------------------
 
     @web.middleware
-    async def _observe(self, request: web.Request, handler) -> web.StreamResponse:  # type: ignore[no-untyped-def]
+    async def _observe(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         started = time.perf_counter()
@@ -471,7 +472,7 @@ def _path_id(request: web.Request) -> int:
         ) from None
 
 
-async def _retry(what: str, step) -> None:  # type: ignore[no-untyped-def]
+async def _retry(what: str, step: Callable[[], Awaitable[object]]) -> None:
     delay = 0.2
     while True:
         try:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable
+from typing import TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 log = logging.getLogger("pytest_resilience.demo")
+_T = TypeVar("_T")
 
 KEY_PREFIX = "item:"
 TTL_S = 3600
@@ -45,7 +48,7 @@ class ItemCache:
     async def close(self) -> None:
         await self._redis.aclose()
 
-    async def _run(self, coro):  # type: ignore[no-untyped-def]
+    async def _run(self, coro: Awaitable[_T]) -> _T:
         try:
             result = await coro
         except (RedisError, OSError, TimeoutError) as exc:
@@ -55,7 +58,9 @@ class ItemCache:
         return result
 
     async def get(self, item_id: int) -> str | None:
-        return await self._run(self._redis.get(item_key(item_id)))
+        value = await self._run(self._redis.get(item_key(item_id)))
+        # decode_responses=True: redis answers str, which its types cannot tell from the URL
+        return cast(str | None, value)
 
     async def set(self, item_id: int, payload: str) -> None:
         await self._run(self._redis.set(item_key(item_id), payload, ex=TTL_S))

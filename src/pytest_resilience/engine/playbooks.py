@@ -209,7 +209,16 @@ class _Reader:
         source = f"{self.path}:{line}" if line else str(self.path)
         return ConfigError(message, source=source, field=path, line=line)
 
-    def get(self, node: dict[str, Any], key: str, path: str, kind: type | tuple, *, required=False):
+    def get(
+        self,
+        node: dict[str, Any],
+        key: str,
+        path: str,
+        kind: type | tuple[type, ...],
+        *,
+        required: bool = False,
+    ) -> Any:
+        """``node[key]`` checked to be a ``kind`` (None when absent and not required)."""
         if key not in node:
             if required:
                 raise self.error(f"missing required field {key!r}", _join(path, key), node)
@@ -322,7 +331,7 @@ def load_playbook(path: str | Path) -> Playbook:
             aliases[entry.name] = entry
     plain = [a for a in alerts if a not in aliases]
     for i, item in enumerate(alerts_node):
-        known = aliases.get(item["alert"]).known_as if isinstance(item, dict) else ""
+        known = aliases[item["alert"]].known_as if isinstance(item, dict) else ""
         if known and known not in plain:
             raise r.error(
                 f"'as: {known}' must name one of this playbook's own alerts {plain}",
@@ -409,6 +418,7 @@ def _step(r: _Reader, node: Any, path: str) -> Step:
     verify = _verify(r, node["verify"], _join(path, "verify")) if "verify" in node else VerifySpec()
     if ("options" in node) == ("actions" in node):
         raise r.error("give either 'options' or 'actions'", _join(path, "options"), node)
+    options: tuple[Option, ...]
     if "actions" in node:
         options = (Option(None, _actions(r, node, _join(path, "actions"))),)
     else:
@@ -514,7 +524,7 @@ def _verify(r: _Reader, node: Any, path: str) -> VerifySpec:
             raise r.error(str(exc), _join(path, key), node, key) from None
 
     def policy(key: str, allowed: tuple[str, ...], default: str) -> str:
-        value = node.get(key, default)
+        value: str = node.get(key, default)
         if value not in allowed:
             raise r.error(
                 f"expected one of {list(allowed)}, got {value!r}", _join(path, key), node, key

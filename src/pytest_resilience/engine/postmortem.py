@@ -135,7 +135,7 @@ def build_postmortem(store: Store, incident_id: str) -> Postmortem:
         TimelineEntry(v.ended_at, f"verify {v.outcome}", f"{v.condition}: {v.detail}")
         for v in verifications
     ]
-    pages = tuple(
+    pages: tuple[dict[str, Any], ...] = tuple(
         {
             "channel": p.channel,
             "event_action": p.event_action,

@@ -78,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.release:
         return 0
     if args.stdin_eof:
-        threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+
+        def stop_at_eof() -> None:
+            sys.stdin.read()
+            stop.set()
+
+        threading.Thread(target=stop_at_eof, daemon=True).start()
     while not stop.wait(3600):
         pass
     del held

@@ -46,7 +46,7 @@ class BadDeploy(Fault):
 
     def inject(self, ctx: FaultContext) -> dict[str, Any]:
         target = _releases(ctx.target)
-        self.previous = _running_version(target, self.workload)
+        self.previous = _running_version(ctx.target, self.workload)
         if self.previous == self.version:
             raise FaultError(
                 f"bad_deploy: {self.workload} already runs {self.version!r}; nothing to deploy"

@@ -74,4 +74,5 @@ class ManagedAlertmanager(ManagedDaemon):
     def alerts(self) -> list[dict[str, Any]]:
         """Alerts Alertmanager holds now (``/api/v2/alerts``), as it reports them."""
         with urllib.request.urlopen(self.url + "/api/v2/alerts", timeout=2.0) as resp:
-            return json.load(resp)
+            alerts: list[dict[str, Any]] = json.load(resp)
+            return alerts

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -132,7 +133,7 @@ def _duration(seconds: float) -> str:
 
 
 def render_prometheus_config(settings: PrometheusSettings) -> str:
-    config: dict = {
+    config: dict[str, Any] = {
         "global": {
             "scrape_interval": _duration(settings.scrape_interval_s),
             "scrape_timeout": _duration(settings.scrape_interval_s),

@@ -18,6 +18,8 @@ import urllib.error
 import urllib.request
 import weakref
 from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
 
 from ..errors import ConfigError, ResilienceError
 from ..ports import free_port
@@ -34,7 +36,7 @@ class DaemonError(ResilienceError):
     """The server binary did not start, or died while we waited for it."""
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def _kill(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
@@ -53,9 +55,9 @@ class ManagedDaemon:
         self.startup_timeout_s = startup_timeout_s
         self.port: int | None = None
         self.workdir: Path | None = None
-        self._proc: subprocess.Popen | None = None
-        self._log_file = None
-        self._finalizer: weakref.finalize | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+        self._finalizer: weakref.finalize[..., ManagedDaemon] | None = None
 
     @classmethod
     def available(cls, binary: str | None = None) -> bool:
@@ -76,13 +78,18 @@ class ManagedDaemon:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
-    def start(self):
+    def start(self) -> Self:
         if self.running:
             return self
         path = shutil.which(self.binary)

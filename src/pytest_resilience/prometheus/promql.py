@@ -16,11 +16,15 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import ConfigError, ResilienceError
+
+if TYPE_CHECKING:
+    from prometheus_api_client import PrometheusConnect
 
 __all__ = [
     "CACHE_HIT_RATIO",
@@ -76,7 +80,7 @@ class PrometheusQueryError(ResilienceError):
 
 
 Reduce = Literal["max", "min", "mean", "last"]
-_REDUCERS = {
+_REDUCERS: dict[str, Callable[[list[float]], float]] = {
     "max": max,
     "min": min,
     "mean": lambda vs: sum(vs) / len(vs),
@@ -169,7 +173,7 @@ class PromQLProbe:
             self._client.close()
             self._client = None
 
-    def _connect(self):
+    def _connect(self) -> PrometheusConnect:
         if self._client is None:
             # Imported here: prometheus-api-client pulls in requests and, optionally, pandas.
             from prometheus_api_client import PrometheusConnect
@@ -178,11 +182,12 @@ class PromQLProbe:
             self._client = PrometheusConnect(
                 url=self.url, retry=Retry(total=0, raise_on_status=False), timeout=self.timeout_s
             )
-        return self._client
+        client: PrometheusConnect = self._client
+        return client
 
-    def _query(self, call):
+    def _query(self, call: Callable[[PrometheusConnect], Any]) -> Any:
         import requests
-        from prometheus_api_client import PrometheusApiClientException
+        from prometheus_api_client.exceptions import PrometheusApiClientException
 
         client = self._connect()
         try:
@@ -248,7 +253,7 @@ def _instant_value(result: Any, probe: PromQLProbe) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _many_series(probe: PromQLProbe, result: list) -> ConfigError:
+def _many_series(probe: PromQLProbe, result: list[Any]) -> ConfigError:
     more = ", ..." if len(result) > 3 else ""
     shown = ", ".join(
         "{" + ",".join(f'{k}="{v}"' for k, v in r.get("metric", {}).items()) + "}"

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from .config import (
     PrometheusSettings,
@@ -168,7 +169,7 @@ class ManagedPrometheus(ManagedDaemon):
 
     # -- reading the server ----------------------------------------------------------------
 
-    def api(self, path: str, **params: str) -> dict:
+    def api(self, path: str, **params: str) -> dict[str, Any]:
         """GET ``/api/v1/<path>`` and return its ``data`` (raises on an error answer)."""
         query = ("?" + urllib.parse.urlencode(params)) if params else ""
         try:
@@ -179,7 +180,8 @@ class ManagedPrometheus(ManagedDaemon):
             raise DaemonError(
                 f"Prometheus /api/v1/{path} answered {exc.code}: {body.get('error', body)}"
             ) from exc
-        return body["data"]
+        data: dict[str, Any] = body["data"]
+        return data
 
     def alerts(self) -> list[Alert]:
         """Pending and firing alerts now."""

@@ -35,11 +35,12 @@ def main() -> int:
                 cls = {"gauge": Gauge, "counter": Counter}[kind]
                 metric = cls(name, name, sorted(labels), registry=registry)
                 metrics[name] = metric
-            child = metric.labels(**labels) if labels else metric
             if kind == "gauge":
-                child.set(float(value))
+                if not isinstance(metric, Gauge):
+                    raise ValueError(f"{name} is a counter: only 'counter' lines add to it")
+                (metric.labels(**labels) if labels else metric).set(float(value))
             else:
-                child.inc(float(value))
+                (metric.labels(**labels) if labels else metric).inc(float(value))
         except (ValueError, KeyError) as exc:
             print(f"error: {exc!r} in {line.strip()!r}", flush=True)
             continue

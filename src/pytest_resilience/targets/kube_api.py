@@ -339,31 +339,40 @@ def translate(
     base, _, sub = resource.partition("/")
     where = "/".join(filter(None, (base, name, sub)))
     where += f" in namespace {namespace!r}" if namespace else ""
-    fields = dict(
-        status=status, reason=reason, verb=verb, resource=resource, namespace=namespace, name=name
-    )
+
+    def ladder(rung: type[KubeApiError], message: str) -> KubeApiError:
+        return rung(
+            message,
+            status=status,
+            reason=reason,
+            verb=verb,
+            resource=resource,
+            namespace=namespace,
+            name=name,
+        )
+
     if status == 404:
-        return KubeNotFound(f"{verb} {where}: not found ({server_msg})", **fields)
+        return ladder(KubeNotFound, f"{verb} {where}: not found ({server_msg})")
     if status == 403:
         scope = f"-n {namespace} " if namespace else ""
         kind = "role" if namespace else "clusterrole"
-        return KubeForbidden(
+        return ladder(
+            KubeForbidden,
             f"{verb} {where}: forbidden ({server_msg}); grant the kube user verb {verb!r} on "
             f"{resource!r}, e.g. kubectl create {kind} chaos {scope}--verb={verb} "
             f"--resource={resource} and bind it (kubectl create {kind}binding ...)",
-            **fields,
         )
     if status == 409:
-        return KubeConflict(f"{verb} {where}: conflict ({server_msg})", **fields)
+        return ladder(KubeConflict, f"{verb} {where}: conflict ({server_msg})")
     if status in (400, 422):
-        return KubeInvalid(f"{verb} {where}: rejected as invalid ({server_msg})", **fields)
+        return ladder(KubeInvalid, f"{verb} {where}: rejected as invalid ({server_msg})")
     if status == 429:
-        return KubeTooManyRequests(f"{verb} {where}: too many requests ({server_msg})", **fields)
+        return ladder(KubeTooManyRequests, f"{verb} {where}: too many requests ({server_msg})")
     if status >= 500:
-        return KubeServerError(f"{verb} {where}: server error {status} ({server_msg})", **fields)
+        return ladder(KubeServerError, f"{verb} {where}: server error {status} ({server_msg})")
     if status == 0:
-        return KubeUnreachable(
+        return ladder(
+            KubeUnreachable,
             f"{verb} {where}: no answer from the API server ({server_msg}); is the cluster up?",
-            **fields,
         )
-    return KubeApiError(f"{verb} {where}: HTTP {status} ({server_msg})", **fields)
+    return ladder(KubeApiError, f"{verb} {where}: HTTP {status} ({server_msg})")

@@ -224,7 +224,7 @@ def _abort(resp: Any) -> None:
 def _condition(obj: Obj | None, kind: str) -> bool | None:
     for cond in (obj or {}).get("status", {}).get("conditions") or ():
         if cond.get("type") == kind:
-            return cond.get("status") == "True"
+            return bool(cond.get("status") == "True")
     return None
 
 

@@ -220,7 +220,7 @@ class _Checker:
         return specs
 
     def service(self, item: Any, i: int) -> ServiceSpec:
-        at = ["services", i]
+        at: list[str | int] = ["services", i]
         if not isinstance(item, dict):
             raise self.fail("each service must be a mapping", at)
         for key in item:
@@ -407,7 +407,7 @@ class _Checker:
             raise self.fail(
                 f"volume.size_mb must be an integer >= 1 (MiB), got {size!r}", [*path, "size_mb"]
             )
-        return size
+        return int(size)
 
     def _nodes(self, raw: Any, path: list[str | int]) -> tuple[str, ...]:
         nodes = [raw] if isinstance(raw, str) else raw

@@ -140,7 +140,7 @@ class _TimeoutRequests:
 
 
 _REQUESTS = _TimeoutRequests()
-toxiproxy.api.requests = _REQUESTS  # type: ignore[attr-defined]
+toxiproxy.api.requests = _REQUESTS  # the library calls its module's `requests`: ours now
 _API_LOCK = threading.RLock()
 
 
@@ -166,7 +166,7 @@ class ToxiproxyClient:
 
     def version(self) -> str:
         with self._api("GET /version"):
-            raw = APIConsumer.get("/version").content.decode().strip()
+            raw: str = APIConsumer.get("/version").content.decode().strip()
         try:  # toxiproxy >= 2.6 answers {"version": ...}, older ones plain text
             return str(json.loads(raw)["version"])
         except (ValueError, KeyError, TypeError):

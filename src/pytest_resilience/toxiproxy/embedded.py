@@ -76,13 +76,15 @@ class EmbeddedToxiproxy:
         """Stop every proxy and the API; idempotent."""
         if self._process is not None:
             process, self._process = self._process, None
-            process.stdin.close()  # type: ignore[union-attr]  # EOF: the child stops cleanly
+            if process.stdin is not None:  # a pipe: its EOF makes the child stop cleanly
+                process.stdin.close()
             try:
                 process.wait(timeout=self.startup_timeout)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-            process.stdout.close()  # type: ignore[union-attr]
+            if process.stdout is not None:
+                process.stdout.close()
         if self._thread is not None and self._loop is not None and self._server is not None:
             loop, server = self._loop, self._server
             asyncio.run_coroutine_threadsafe(server.close(), loop).result(self.startup_timeout)
@@ -163,8 +165,9 @@ class EmbeddedToxiproxy:
         process.kill()
         process.wait()
         with contextlib.suppress(OSError):
-            process.stdin.close()  # type: ignore[union-attr]
-            process.stdout.close()
+            for pipe in (process.stdin, process.stdout):
+                if pipe is not None:
+                    pipe.close()
         raise FaultError(
             f"embedded toxiproxy child ({' '.join(command)}) did not report listening within "
             f"{self.startup_timeout}s (exit code {process.returncode}); its stderr says why"

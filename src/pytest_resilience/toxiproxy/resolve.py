@@ -126,7 +126,7 @@ def _version(base: str, *, timeout: float) -> str | None:
     """GET /version, or None when nothing answers (plain urllib: no client state involved)."""
     try:
         with urllib.request.urlopen(f"{base}/version", timeout=timeout) as response:
-            raw = response.read().decode(errors="replace").strip()
+            raw: str = response.read().decode(errors="replace").strip()
     except (OSError, urllib.error.URLError):
         return None
     with contextlib.suppress(ValueError, KeyError, TypeError):
