@@ -12,6 +12,10 @@ The HTTP client (Alertmanager's part) runs in its own process by default, as it 
 production; ``--client thread`` runs it on the benchmark's own interpreter, where it takes
 the GIL from the engine it measures (the figures before the durable intake were taken so).
 
+Last, the ceiling: the same POSTs from the same client process to a webhook whose sink
+stores and decides nothing, i.e. what the client and HTTP alone reach on this machine at
+this moment; the engine's decided/s is read against it.
+
 Then the durability check: a ``serve`` subprocess gets the same storm, is SIGKILLed once
 half of the bodies were answered 200, and is restarted on the same store; every alert
 answered 200 must be in the store once the restarted engine has decided its inbox.
@@ -39,6 +43,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 import aiohttp
@@ -253,6 +258,31 @@ def sigkill_mid_storm(alerts: list[dict], args: argparse.Namespace) -> dict[str,
     }
 
 
+class NullSink:
+    """Takes every body and stores nothing: the webhook and client alone (the ceiling)."""
+
+    def take(self, deliveries):
+        return [True] * len(deliveries)
+
+    def receive(self, alerts):  # the sink protocol before Engine.take
+        done: Future[bool] = Future()
+        done.set_result(True)
+        return done
+
+
+def ceiling(args: argparse.Namespace) -> float:
+    """Alerts/s the client and the webhook reach with nothing stored or decided."""
+    from pytest_resilience.engine.webhook import WebhookServer
+
+    server = WebhookServer(NullSink(), "127.0.0.1:0")
+    url = server.start()
+    try:
+        start = post_from_process(url, args)[2]
+        return args.alerts / (time.perf_counter() - start)
+    finally:
+        server.stop()
+
+
 def run_engine(work: Path, *, listen: str | None) -> Engine:
     return Engine(
         NoopTarget(),
@@ -334,6 +364,7 @@ def measure(args: argparse.Namespace) -> dict:
         "direct": direct,
         "decisions": dict(sorted(kinds.items())),
         "kill": None if args.no_kill else sigkill_mid_storm(alerts, args),
+        "ceiling_per_s": ceiling(args) if args.client == "process" else None,
     }
 
 
@@ -359,6 +390,10 @@ def report(result: dict, args: argparse.Namespace) -> None:
     print(f"{'engine CPU us per alert':28}{http['cpu_us_per_alert']:16.1f}{'-':>14}"
           f"   (the least noisy figure on a shared machine)")  # fmt: skip
     print("alert decisions (HTTP run):", result["decisions"])
+    if result.get("ceiling_per_s"):
+        print(f"ceiling: the same POSTs to a webhook that stores and decides nothing: "
+              f"{result['ceiling_per_s']:.0f} alerts/s (the client and HTTP alone, this "
+              f"machine, now)")  # fmt: skip
     kill = result["kill"]
     if kill is not None:
         print(f"SIGKILL mid-storm (serve, restarted on its store): {kill['answered']} alerts "
@@ -417,6 +452,7 @@ def compare(args: argparse.Namespace) -> None:
         ("decision latency p99 ms", lambda r: r["http"]["p99_ms"], ".1f"),
         ("engine CPU us/alert (webhook)", lambda r: r["http"].get("cpu_us_per_alert", 0), ".1f"),
         ("alerts/s decided (in-process)", lambda r: r["direct"]["alerts_per_s"], ".0f"),
+        ("ceiling alerts/s (null sink)", lambda r: r.get("ceiling_per_s") or 0, ".0f"),
         ("actions recorded (webhook)", lambda r: r["http"]["actions"], ".0f"),
     ]
     if not args.no_kill:
