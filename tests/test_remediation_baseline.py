@@ -299,7 +299,7 @@ def test_junit_xml_of_a_plain_run_has_no_comparison_properties(pytester: pytest.
     assert not [p for p in tree.iter("property") if p.get("name", "").startswith("with_without")]
 
 
-def test_a_dry_run_action_is_shown_as_decided_not_as_failed():
+def test_a_baseline_block_says_what_it_is_and_that_its_actions_were_not_done():
     from pytest_resilience.report.charts import chart_legend
     from pytest_resilience.report.html_extras import scenario_html
 

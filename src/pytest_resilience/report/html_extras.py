@@ -34,7 +34,7 @@ def scenario_html(result: ScenarioResult, *, include_style: bool = True) -> str:
     ``include_style=False`` leaves the stylesheet out, for pages that carry it once.
     """
     chart = timeline_chart_svg(result)  # cached by identity of the caller's result
-    scored = scenario_score(result)
+    scored = None if result.is_baseline else scenario_score(result)  # not one of the run's
     safe = redact(result)
     html = (
         environment()
