@@ -472,3 +472,56 @@ def test_the_readme_sends_readers_to_docs_not_outside_the_repo() -> None:
     assert "../shared" not in readme, "README.md links a file outside the repository"
     docs = ["architecture.md", "scenarios.md", "playbooks.md", "services.md"]
     assert [d for d in docs if f"(docs/{d})" not in readme] == [], "README.md: link docs/"
+
+
+# -- defaults ----------------------------------------------------------------------------
+
+
+def _cell(section: str, key: str, column: int) -> str:
+    """A cell of the table row of ``section`` whose first cell is `key`."""
+    return _row(section, key).split("|")[column + 1].strip()
+
+
+def test_the_documented_defaults_are_the_code_s() -> None:
+    from pytest_resilience.engine.playbooks import VerifySpec
+    from pytest_resilience.engine.runner import SYMPTOM_ALERTS
+    from pytest_resilience.engine.safety import SafetyPolicy
+    from pytest_resilience.scenario import Scenario
+    from pytest_resilience.targets.services import RestartPolicy, ServiceSpec
+
+    verify = _section(_doc("playbooks.md"), "### `verify`")
+    spec = VerifySpec()
+    assert _cell(verify, "wait", 2) == f"`{spec.wait_s:g}s`"
+    assert _cell(verify, "window", 2) == f"`{spec.window_s:g}s`"
+    assert _cell(verify, "interval", 2) == f"`{spec.interval_s:g}s`"
+    for policy in ("on_fixed", "on_not_fixed", "on_inconclusive"):
+        assert _cell(verify, policy, 2) == f"`{getattr(spec, policy)}`", policy
+    assert _missing(SYMPTOM_ALERTS, _doc("playbooks.md")) == []
+
+    safety = SafetyPolicy()
+    arch = _doc("architecture.md")
+    assert safety.window_s == 3600, "docs/architecture.md says 'per hour'"
+    for phrase in (
+        f"({safety.cooldown_s:g} s)",
+        f"at most {safety.max_actions_per_target} actions per target and "
+        f"{safety.max_actions_total} overall per hour",
+        f"after {safety.breaker_failures} remediations in a row",
+        f"reset after {safety.breaker_reset_s:g} s",
+    ):
+        assert phrase in " ".join(arch.split()), phrase
+
+    services = _doc("services.md")
+    restart = _section(services, "### `restart`")
+    for key in ("policy", "backoff_s", "max_backoff_s", "reset_after_s"):
+        value = getattr(RestartPolicy(), key)
+        expected = f"`{value}`" if isinstance(value, str) else f"`{value:g}`"
+        assert _cell(restart, key, 2) == expected, key
+    fields = {f.name: f.default for f in ServiceSpec.__dataclass_fields__.values()}
+    keys = _section(services, "## Service keys")
+    assert _cell(keys, "replicas", 2) == f"`{fields['replicas']}`"
+    assert _cell(keys, "start_timeout_s", 2) == f"`{fields['start_timeout_s']:g}`"
+
+    scenarios = _section(_doc("scenarios.md"), "## The format")
+    defaults = {f.name: f.default for f in Scenario.__dataclass_fields__.values()}
+    assert _cell(scenarios, "duration_s", 2) == f"`{defaults['steady_state_s']:g}`"
+    assert _cell(scenarios, "within_s", 2) == f"`{defaults['recover_within_s']:g}`"
