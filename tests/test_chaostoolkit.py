@@ -321,3 +321,46 @@ def test_a_yaml_file_of_neither_format_is_named(project: pytest.Pytester) -> Non
 
     result.stdout.fnmatch_lines(["*scenarios/settings.yaml: is neither a pytest-resilience*"])
     assert result.ret == pytest.ExitCode.INTERRUPTED
+
+
+def test_dry_run_runs_no_activity_and_touches_nothing(project: pytest.Pytester) -> None:
+    path = _add(project, "default_language.json")
+    data = json.loads(path.read_text())
+    # a dynamic configuration probe too: a dry run runs it no more than the rest
+    data["configuration"] = {
+        "lang_file": {
+            "type": "probe",
+            "name": "which-lang-file",
+            "provider": {"type": "process", "path": "echo", "arguments": "default.locale.txt"},
+        }
+    }
+    path.write_text(json.dumps(data))
+    locale = project.path / "scenarios" / "default.locale.txt"
+    locale.write_text("welcome=bonjour\n")  # were the hypothesis probed, it would not hold
+
+    result = _run(project, "--chaos-dry-run", "-rA")
+
+    result.assert_outcomes(passed=1)
+    assert locale.read_text() == "welcome=bonjour\n"  # neither method nor rollback ran
+    open_entries, entries = _entries(project)
+    assert open_entries == [] and entries == []  # a dry run writes no ledger entry
+
+
+def test_an_unexpected_error_is_reported_not_an_internal_error(project: pytest.Pytester) -> None:
+    path = _add(project, "default_language.json")
+    data = json.loads(path.read_text())
+    data["configuration"] = {  # a pause no configuration resolves: float("${nowhere}")
+        "lang_file": {
+            "type": "probe",
+            "name": "which-lang-file",
+            "pauses": {"before": "${nowhere}"},
+            "provider": {"type": "process", "path": "echo", "arguments": "x"},
+        }
+    }
+    path.write_text(json.dumps(data))
+
+    result = _run(project)
+
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*ValueError: could not convert string to float*"])
+    result.stdout.no_fnmatch_line("*INTERNALERROR*")

@@ -10,6 +10,7 @@ formats are told apart by their keys (``chaostoolkit.model.experiment_kind``).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,19 +109,34 @@ def _kind_of(path: Path) -> str:
     return kind
 
 
+def _native(config: pytest.Config) -> bool:
+    """``--chaostoolkit-native``, read through the options as pytest has them."""
+    value = config.getoption("chaostoolkit_native", None)
+    return bool(config.getini("chaostoolkit_native") if value is None else value)
+
+
 def _experiment_items(parent: ScenarioFile) -> Iterator[pytest.Item]:
     from .chaostoolkit.model import load_experiment
+    from .chaostoolkit.native import NativeActions, check_arguments
     from .chaostoolkit.providers import MissingExtension, missing_package
 
     try:
         experiment = load_experiment(parent.path)
     except ConfigError as exc:
         raise parent.CollectError(str(exc)) from None
+    native = _native(parent.config)
+    if native:
+        problems = check_arguments(experiment)
+        if problems:
+            raise parent.CollectError("\n".join(str(p) for p in problems))
     item = ExperimentItem.from_parent(parent, name=experiment.title, callobj=_run_experiment)
     item.experiment = experiment
     item.add_marker(pytest.mark.chaos)
     item.extra_keyword_matches.update(experiment.tags)
-    for where, module in experiment.python_modules():
+    for where, provider in experiment.python_providers():
+        module = str(provider.get("module"))
+        if native and NativeActions.maps(provider) is not None:
+            continue  # runs through our faults: the extension is not needed
         if missing_package(module, cwd=experiment.cwd):
             # Found without importing it: an extension's import must not run in pytest.
             item.add_marker(pytest.mark.skip(reason=str(MissingExtension(module, where))))
@@ -140,7 +156,7 @@ class ExperimentItem(pytest.Function):
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:  # type: ignore[override]
         if isinstance(excinfo.value, AssertionError | ResilienceError):
             return f"{self.path}: {self.experiment.title}\n{excinfo.value}"
-        return super().repr_failure(excinfo, style=style)
+        return super().repr_failure(excinfo)  # pytest 9's Function takes no style
 
 
 class ExperimentFailed(AssertionError):
@@ -181,10 +197,39 @@ def _run_experiment(
 
     item = request.node
     assert isinstance(item, ExperimentItem)
-    runner = Runner(item.experiment, timeline=timeline, dry_run=_chaos_faults.ctx.dry_run)
-    journal = runner.run(
-        arm=lambda spec: _Armed(_chaos_faults, ExperimentRollbacks(spec, runner.play_rollbacks))
-    )
+    experiment = item.experiment
+    dry_run = _chaos_faults.ctx.dry_run
+    native = None
+    if _native(request.config):
+        from .chaostoolkit.native import NativeActions
+
+        native = NativeActions(chaos_target, _chaos_faults, source=str(experiment.path))
+    ours = experiment.resilience
+    with contextlib.ExitStack() as stack:
+        slos = None
+        if ours is not None and dry_run:
+            # a dry run touches nothing: no load, so no SLO to judge; the timeline says so
+            timeline.mark(
+                "experiment_activity",
+                "pytest-resilience load and SLOs",
+                phase="extension",
+                state="not started (dry run)",
+                load=dict(ours.load),
+                slos=[o.name for o in ours.slos],
+            )
+        elif ours is not None:
+            from .chaostoolkit.extension import SLOChecks
+
+            slos = SLOChecks(ours, request.getfixturevalue("slo"))
+            options = dict(ours.load)
+            if "locustfile" in options:  # written from the experiment's directory, as paths are
+                options["locustfile"] = str(experiment.cwd / options["locustfile"])
+            run = stack.enter_context(request.getfixturevalue("load")(**options))
+            run.wait_for_samples(max(1, int(ours.steady_state_s)), timeout=ours.steady_state_s + 30)
+        runner = Runner(experiment, timeline=timeline, dry_run=dry_run, native=native, slos=slos)
+        journal = runner.run(
+            arm=lambda spec: _Armed(_chaos_faults, ExperimentRollbacks(spec, runner.play_rollbacks))
+        )
     item.user_properties.append(("chaostoolkit_status", journal.verdict))
     if journal.verdict == "completed":
         return

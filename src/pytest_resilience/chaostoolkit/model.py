@@ -101,6 +101,8 @@ class Experiment:
     rollback_strategy: str = "default"
     hypothesis_strategy: str = "default"
     hypothesis_frequency_s: float = 1.0
+    #: our ``extensions`` entry (load and SLOs, :mod:`.extension`), None when not opted in
+    resilience: Any = None
 
     @property
     def cwd(self) -> Path:
@@ -120,21 +122,26 @@ class Experiment:
 
     def python_modules(self) -> list[tuple[str, str]]:
         """(JSON path, module) of every python provider, tolerance probes included."""
-        found: list[tuple[str, str]] = []
+        return [(where, str(p.get("module"))) for where, p in self.python_providers()]
+
+    def python_providers(self) -> list[tuple[str, Mapping[str, Any]]]:
+        """(JSON path of the activity, provider) of every python provider, tolerance
+        probes and dynamic configuration included, as written (not substituted)."""
+        found: list[tuple[str, Mapping[str, Any]]] = []
         activities = [*(self.hypothesis.probes if self.hypothesis else ()), *self.method]
         for activity in [*activities, *self.rollbacks]:
             provider = activity.provider
             if provider.get("type") == "python":
-                found.append((activity.where, str(provider.get("module"))))
+                found.append((activity.where, provider))
             tolerance = activity.raw.get("tolerance")
             if isinstance(tolerance, dict) and tolerance.get("type") == "probe":
                 inner = tolerance.get("provider", {})
                 if inner.get("type") == "python":
-                    found.append((f"{activity.where}.tolerance", str(inner.get("module"))))
+                    found.append((f"{activity.where}.tolerance", inner))
         for key, value in self.configuration.items():
             provider = value.get("provider", {}) if isinstance(value, dict) else {}
             if provider.get("type") == "python" and value.get("type") == "probe":
-                found.append((f"$.configuration.{key}", str(provider.get("module"))))
+                found.append((f"$.configuration.{key}", provider))
         return found
 
 
@@ -338,6 +345,11 @@ def parse_experiment(doc: YamlDocument) -> Experiment:
                 default=1,
             )
         )
+    resilience = None
+    if "extensions" in data:
+        from .extension import parse_extensions
+
+        resilience = parse_extensions(doc, data)
     return Experiment(
         path=doc.path,
         title=title,
@@ -352,6 +364,7 @@ def parse_experiment(doc: YamlDocument) -> Experiment:
         rollback_strategy=rollback_strategy,
         hypothesis_strategy=hypothesis_strategy,
         hypothesis_frequency_s=frequency,
+        resilience=resilience,
     )
 
 

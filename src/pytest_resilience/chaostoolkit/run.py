@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ConfigError
 from ..timeline import STEADY_STATE, Timeline
@@ -37,7 +37,11 @@ from .model import Activity, Experiment
 from .providers import ActivityFailed, run_provider
 from .tolerance import within_tolerance
 
-__all__ = ["ActivityRun", "Journal", "Runner", "replay_rollbacks"]
+if TYPE_CHECKING:
+    from ..targets.base import Target
+    from .native import NativeActions
+
+__all__ = ["ActivityRun", "Journal", "Runner", "SLOGate", "replay_rollbacks"]
 
 log = logging.getLogger("pytest_resilience.chaostoolkit")
 
@@ -61,9 +65,12 @@ class ActivityRun:
     start: float = 0.0
     end: float = 0.0
     tolerance_met: bool | None = None
+    #: what ran in place of the extension's function (``--chaostoolkit-native``), if mapped
+    native: str | None = None
 
     def line(self) -> str:
-        what = f"{self.phase} {self.type} {self.name!r}: {self.status}"
+        native = f" (native: {self.native})" if self.native else ""
+        what = f"{self.phase} {self.type} {self.name!r}{native}: {self.status}"
         if self.error:
             what += f" ({self.error})"
         if self.tolerance_met is False and self.status == "succeeded":
@@ -107,6 +114,14 @@ class Journal:
         return "\n".join(lines)
 
 
+class SLOGate(Protocol):
+    """Our SLOs judged with the steady-state hypothesis: each returns its judged runs."""
+
+    def before(self) -> list[ActivityRun]: ...
+
+    def after(self) -> list[ActivityRun]: ...
+
+
 class Armed(Protocol):
     """What ``arm`` returns: plays the rollbacks on :meth:`revert` (once)."""
 
@@ -124,19 +139,32 @@ class _Context:
     secrets: dict[str, Any]
     timeline: Timeline | None = None
     dry_run: bool = False
+    native: NativeActions | None = None
 
     def execute(
-        self, raw: Mapping[str, Any], phase: str, *, tolerance: bool = False
+        self, raw: Mapping[str, Any], phase: str, *, tolerance: bool = False, where: str = ""
     ) -> ActivityRun:
         activity = substitute(dict(raw), self.configuration, self.secrets)
         run = ActivityRun(phase=phase, name=str(raw.get("name", "")), type=str(raw.get("type", "")))
+        mapped = self.native.maps(activity["provider"]) if self.native is not None else None
+        if mapped is not None:
+            run.native = mapped.ours
         pauses = activity.get("pauses") or {}
         if pauses.get("before") and not self.dry_run:
             time.sleep(float(pauses["before"]))  # the experiment's stated pause
         run.start = time.time()
         self._mark(run, "started")
         try:
-            if not self.dry_run:
+            if mapped is not None and not self.dry_run:
+                assert self.native is not None
+                run.output = self.native.call(
+                    activity["provider"],
+                    where=where,
+                    step=run.name,
+                    phase=phase,
+                    configuration=self.configuration,
+                )
+            elif not self.dry_run:
                 run.output = run_provider(
                     activity["provider"],
                     cwd=self.cwd,
@@ -185,6 +213,10 @@ class _Context:
         if self.timeline is None:
             return
         detail: dict[str, Any] = {"phase": run.phase, "type": run.type, "state": state}
+        if run.native:
+            detail["native"] = run.native
+        if self.dry_run:
+            detail["dry_run"] = True
         if state == "ended":
             detail.update(
                 status=run.status,
@@ -202,11 +234,21 @@ class Runner:
     """One experiment, one journal. :meth:`run` never leaves a rollback unplayed."""
 
     def __init__(
-        self, experiment: Experiment, *, timeline: Timeline | None = None, dry_run: bool = False
+        self,
+        experiment: Experiment,
+        *,
+        timeline: Timeline | None = None,
+        dry_run: bool = False,
+        native: NativeActions | None = None,
+        slos: SLOGate | None = None,
     ) -> None:
         self.experiment = experiment
         self.timeline = timeline
         self.dry_run = dry_run
+        #: extension actions run by our faults (``--chaostoolkit-native``), None: called
+        self.native = native
+        #: our load's SLOs, judged with the hypothesis (the pytest-resilience extension)
+        self.slos = slos
         self.journal = Journal(experiment.title)
         self._ctx: _Context | None = None
 
@@ -217,10 +259,15 @@ class Runner:
         source = str(self.experiment.path)
         configuration = load_configuration(self.experiment.configuration, source=source)
         secrets = load_secrets(self.experiment.secrets, source=source)
-        ctx = _Context(self.experiment.cwd, configuration, secrets, self.timeline, self.dry_run)
+        ctx = _Context(
+            self.experiment.cwd, configuration, secrets, self.timeline, self.dry_run, self.native
+        )
         for key, value in list(configuration.items()):
             if isinstance(value, dict) and value.get("type") == "probe":
-                run = ctx.execute(value, "configuration")
+                run = ctx.execute(value, "configuration", where=f"$.configuration.{key}")
+                if self.dry_run:  # nothing ran: the name stays as written, as in a ${name}
+                    configuration[key] = f"${{{key}}}"
+                    continue
                 output = run.output
                 kind = value["provider"]["type"]
                 if run.status != "succeeded" or (kind == "process" and output["status"] != 0):
@@ -250,6 +297,8 @@ class Runner:
             # the declaration (env names, inline values already in the file), re-read on replay
             "secrets": dict(self.experiment.secrets),
             "rollbacks": [dict(self.experiment.resolve(a).raw) for a in self.experiment.rollbacks],
+            # the replay maps them too: the extension may not be installed where it runs
+            "native": self.native is not None,
         }
 
     # -- the run ---------------------------------------------------------------------------
@@ -261,7 +310,9 @@ class Runner:
         for control in experiment.controls:
             log.info("control %r of %s is not loaded here (logged only)", control, experiment.path)
         strategy = experiment.hypothesis_strategy
-        with_hypothesis = experiment.hypothesis is not None and bool(experiment.hypothesis.probes)
+        with_hypothesis = self.slos is not None or (
+            experiment.hypothesis is not None and bool(experiment.hypothesis.probes)
+        )
         armed: Armed | None = None
         interrupted: BaseException | None = None
         try:
@@ -335,7 +386,7 @@ class Runner:
         for activity in self.experiment.rollbacks:
             raw = self.experiment.resolve(activity).raw
             try:
-                run = ctx.execute(raw, "rollback")
+                run = ctx.execute(raw, "rollback", where=activity.where)
             except Exception as exc:  # a broken rollback must not keep the next from running
                 run = ActivityRun("rollback", str(raw.get("name")), str(raw.get("type")), "failed")
                 run.error = f"{type(exc).__name__}: {exc}"
@@ -343,18 +394,37 @@ class Runner:
         return self.journal.rollbacks
 
     def _hypothesis(self, ctx: _Context, phase: str) -> bool:
-        assert self.experiment.hypothesis is not None
+        hypothesis = self.experiment.hypothesis
         met = True
-        for probe in self.experiment.hypothesis.probes:
+        for probe in hypothesis.probes if hypothesis else ():
             resolved = self.experiment.resolve(probe)
-            run = ctx.execute(resolved.raw, phase, tolerance=True)
+            run = ctx.execute(resolved.raw, phase, tolerance=True, where=resolved.where)
             self.journal.runs.append(run)
             tolerance = probe.raw.get("tolerance", resolved.raw.get("tolerance"))
             if not ctx.check(run, tolerance):
                 met = False
                 break  # chaoslib stops at the first probe out of tolerance
+        if met and self.slos is not None and phase != "hypothesis-during":
+            # our SLOs after the probes: before the method they hold, after it they recover
+            slo_runs = self.slos.before() if phase == "hypothesis-before" else self.slos.after()
+            for run in slo_runs:
+                run.phase = phase
+                if self.timeline is not None:
+                    self.timeline.mark(
+                        ACTIVITY,
+                        run.name,
+                        at=run.end,
+                        phase=phase,
+                        type="slo",
+                        state="judged",
+                        tolerance_met=run.tolerance_met,
+                        **({"error": run.error} if run.error else {}),
+                    )
+            self.journal.runs.extend(slo_runs)
+            met = all(run.tolerance_met for run in slo_runs)
         if self.timeline is not None:
-            self.timeline.mark(STEADY_STATE, self.experiment.hypothesis.title, phase=phase, met=met)
+            title = hypothesis.title if hypothesis else "SLOs"
+            self.timeline.mark(STEADY_STATE, title, phase=phase, met=met)
         return met
 
     def _continuously(self, ctx: _Context, stop: threading.Event) -> None:
@@ -374,9 +444,11 @@ class Runner:
                 resolved: Activity = self.experiment.resolve(activity)
                 if activity.background or resolved.background:
                     pool = pool or ThreadPoolExecutor(thread_name_prefix="ctk-background")
-                    background.append(pool.submit(ctx.execute, resolved.raw, "method"))
+                    background.append(
+                        pool.submit(ctx.execute, resolved.raw, "method", where=resolved.where)
+                    )
                     continue
-                self.journal.runs.append(ctx.execute(resolved.raw, "method"))
+                self.journal.runs.append(ctx.execute(resolved.raw, "method", where=resolved.where))
             for future in background:
                 self.journal.runs.append(future.result())
         finally:
@@ -390,18 +462,25 @@ class Runner:
             )
 
 
-def replay_rollbacks(spec: Mapping[str, Any]) -> list[ActivityRun]:
-    """Play the rollbacks a killed run armed, from its ledger spec alone."""
+def replay_rollbacks(spec: Mapping[str, Any], *, target: Target | None = None) -> list[ActivityRun]:
+    """Play the rollbacks a killed run armed, from its ledger spec alone; mapped actions
+    (the run had ``--chaostoolkit-native``) act on ``target``."""
     source = str(spec.get("experiment", ""))
+    native = None
+    if spec.get("native") and target is not None:
+        from .native import NativeActions
+
+        native = NativeActions(target, None, source=source)
     ctx = _Context(
         Path(spec["cwd"]),
         dict(spec.get("configuration") or {}),
         load_secrets(spec.get("secrets") or {}, source=source),
+        native=native,
     )
     runs = []
-    for raw in spec.get("rollbacks") or []:
+    for i, raw in enumerate(spec.get("rollbacks") or []):
         try:
-            runs.append(ctx.execute(raw, "rollback"))
+            runs.append(ctx.execute(raw, "rollback", where=f"$.rollbacks[{i}]"))
         except Exception as exc:
             run = ActivityRun("rollback", str(raw.get("name")), str(raw.get("type")), "failed")
             run.error = f"{type(exc).__name__}: {exc}"

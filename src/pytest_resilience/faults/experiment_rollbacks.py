@@ -69,7 +69,7 @@ def _failure(spec: dict[str, Any], runs: list[Any]) -> FaultError:
 def _replay(spec: dict[str, Any], ctx: FaultContext) -> str | None:
     from ..chaostoolkit.run import replay_rollbacks
 
-    runs = replay_rollbacks(spec)
+    runs = replay_rollbacks(spec, target=ctx.target)  # mapped actions act on the target
     failed = [run for run in runs if run.status != "succeeded"]
     if failed:
         raise _failure(spec, failed)
