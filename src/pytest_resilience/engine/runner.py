@@ -176,6 +176,9 @@ class Engine:
         # inhibitor looks up two entries instead of scanning every incident per symptom alert
         self._causes: dict[str, Counter[tuple[str, str]]] = {}
         self._changed = threading.Condition(threading.Lock())  # waiters in _wait
+        # set on the dispatcher's thread while it decides a chunk: its marks wake the
+        # waiters once, after the commit (what they read is then in the store)
+        self._chunking = threading.local()
         self._busy = 0
         # dry runs the dispatcher's chunk opened, run at its end in its transaction (so a
         # repeat in the same chunk is a duplicate of the open incident, as on the pool),
@@ -346,6 +349,7 @@ class Engine:
         """Decide ``chunk`` in one transaction: one commit per chunk, not one per alert."""
         # outside the store's transaction: finding a target may ask the platform's API
         located = [self._locate(alert, listing) for alert, _ in chunk]
+        self._chunking.on = True
         try:
             with self.store.transaction():
                 for alert, no_target in located:
@@ -360,6 +364,8 @@ class Engine:
                 # the inbox
                 self.store.decided([inbox_id for _, inbox_id in chunk if inbox_id is not None])
         finally:
+            self._chunking.on = False
+            self._notify()
             closed, self._closed_in_chunk = self._closed_in_chunk, []
             for key in closed:
                 self._release_held(*key)
@@ -463,7 +469,9 @@ class Engine:
         if cause in self.symptoms:
             return
         scope = "" if cause == "NodeNotReady" else key[1]
-        keys = self._causes.setdefault(scope, Counter())
+        keys = self._causes.get(scope)
+        if keys is None:  # not setdefault: a Counter built per call costs a storm
+            keys = self._causes[scope] = Counter()
         keys[key] += 1 if started else -1
         if keys[key] <= 0:
             del keys[key]
@@ -819,6 +827,10 @@ class Engine:
         if self.timeline is not None:
             at = detail.pop("at", None)
             self.timeline.mark(kind, name, at=at, **detail)  # type: ignore[arg-type]
+        if not getattr(self._chunking, "on", False):  # a chunk wakes the waiters once
+            self._notify()
+
+    def _notify(self) -> None:
         with self._changed:
             self._changed.notify_all()
 
