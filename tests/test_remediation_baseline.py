@@ -38,6 +38,7 @@ def run_of(
     pages: int = 0,
     outcome: str = "passed",
     twin: str | None = None,
+    breach: bool = True,
 ) -> ScenarioResult:
     """One run of the bad-release scenario, times in seconds from T0."""
     line = tl.Timeline(NODE, clock=lambda: T0 - 10)
@@ -45,7 +46,8 @@ def run_of(
     for second in range(-6, int(load_stops_at)):
         line.record("load", {"requests": 10, "failures": 0}, at=T0 + second)
     line.mark(tl.FAULT_INJECTED, "bad_deploy", at=T0)
-    line.mark(tl.SLO_BREACHED, "error_rate", at=T0 + 1.0, objective=ERROR_SLO, value=1.0)
+    if breach:
+        line.mark(tl.SLO_BREACHED, "error_rate", at=T0 + 1.0, objective=ERROR_SLO, value=1.0)
     for at, name, target in alerts:
         line.mark(tl.ALERT_FIRED, name, at=T0 + at, target=target)
     automated = mode == "automated"
@@ -115,6 +117,30 @@ def test_a_baseline_that_heals_by_itself_while_watched_is_exact():
     assert (reduction.pct, reduction.bound) == (round(100 * 24 / 31, 1), "exact")
 
 
+def test_a_baseline_stopped_before_its_window_line_takes_the_twins_window():
+    # the baseline's test failed at an assertion about the engine's effect, before
+    # assert_recovers(within_s=12): the scenario's window is still the twin's
+    pair = pair_of(
+        run_of("automated", recovered_at=7.0),
+        run_of("baseline", recovered_at=None, window_s=None, load_stops_at=30.0),
+    )
+    assert (pair.baseline.window_s, pair.baseline.observed_s, pair.baseline.bound_s) == (
+        12.0,
+        30.0,
+        12.0,
+    )
+    assert (pair.baseline.recover.value, pair.baseline.recover.censored) == (12.0, True)
+
+
+def test_without_a_breach_a_recovery_after_the_watch_is_censored_too():
+    # nothing breached while watched (0.6 s): the timeline's recovery (its mitigation, the
+    # revert at 2.4 s) came after the watch ended, so it says nothing about the system
+    baseline = run_of("baseline", recovered_at=None, breach=False, load_stops_at=0.6,
+                      reverted_at=2.4)  # fmt: skip
+    pair = pair_of(run_of("automated", recovered_at=None, breach=False), baseline)
+    assert (pair.baseline.recover.value, pair.baseline.recover.censored) == (0.6, True)
+
+
 def test_means_count_censored_figures_at_their_bound_and_say_at_least():
     second = "chaos_release.py::test_other"
     other_auto = run_of("automated", recovered_at=9.0, window_s=40.0, load_stops_at=38.0,
@@ -136,6 +162,23 @@ def test_means_count_censored_figures_at_their_bound_and_say_at_least():
     assert rows["auto_remediation_rate"]["with"]["value"] == 1.0
     assert rows["auto_remediation_rate"]["without"]["value"] == 0.0
     assert mttr["seed"].startswith("60 → 15 min")
+
+
+def test_a_row_also_gives_the_pairs_whose_automated_run_showed_the_figure():
+    second = "chaos_release.py::test_pages"
+    paged_auto = run_of("automated", recovered_at=None, twin=f"{second}[baseline]", pages=1)
+    paged_base = run_of("baseline", recovered_at=None, twin=second)
+    paged_auto.nodeid, paged_base.nodeid = second, f"{second}[baseline]"
+    data = build_comparison([
+        run_of("automated", recovered_at=7.0), run_of("baseline", recovered_at=None),
+        paged_auto, paged_base,
+    ])  # fmt: skip
+    mttr = {row["key"]: row for row in data["rows"]}["time_to_recover"]
+    assert mttr["with"]["at_least"] and mttr["reduction"]["pct"] is None  # both sides bounds
+    assert mttr["subset"]["scenarios"] == [NODE]
+    assert mttr["subset"]["reduction"] == {"pct": round(100 * 5 / 12, 1), "bound": "at least"}
+    suite = dict(run_comparison_properties(data["rows"]))
+    assert suite["with_without.time_to_recover.subset_scenarios"] == "1"
 
 
 def test_pages_without_automation_are_the_distinct_alerts_of_the_baseline():

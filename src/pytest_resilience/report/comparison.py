@@ -15,16 +15,18 @@ fault, not the system healing.
 
 **Censoring.** A figure whose event was not seen while watched is *censored*, never dropped:
 "not recovered within N s", with N = the smaller of the scenario's recovery window
-(``slo.assert_recovers(within_s=...)``, YAML ``recovery.within_s``, counted from T0) and the
-time it was watched. Downtime with a breach still open at the end is censored at what was
-seen.
+(``slo.assert_recovers(within_s=...)``, YAML ``recovery.within_s``, counted from T0; the
+twin's when this run stopped at an earlier assertion) and the time it was watched.
+Downtime with a breach still open at the end is censored at what was seen.
 
 **Means.** A censored figure enters a mean (or a sum) at its bound N, and such a mean is a
 lower bound, shown as ">= X": the true mean is at least X.
 
 **Reduction** = (without - with) / without: exact when neither side is censored, "at least"
 when only the baseline is (a longer baseline only raises it), "at most" when only the
-automated run is, unknown when both are.
+automated run is, unknown when both are. Where some automated runs are censored too (the
+engine did not fix it: a human would have), a row also gives the figures over the others
+(``subset``), labelled as such.
 
 **Pages.** With: the pages the engine sent. Without: each distinct alert (name, target)
 that fired in the baseline, since without automation an alert goes to the on-call.
@@ -41,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..timeline import ALERT_FIRED, RECOVERY_WINDOW, Timeline
-from .impact import breached, downtime_until
+from .impact import downtime_until
 from .model import ScenarioResult
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "Side",
     "build_comparison",
     "compare",
+    "recovery_window_s",
     "side_of",
 ]
 
@@ -142,8 +145,12 @@ class Pair:
         return self.baseline.pages - self.automated.pages
 
 
-def side_of(result: ScenarioResult) -> Side:
-    """The comparison's figures of one run, from its timeline (see the module docstring)."""
+def side_of(result: ScenarioResult, *, window_s: float | None = None) -> Side:
+    """The comparison's figures of one run, from its timeline (see the module docstring).
+
+    ``window_s``: the scenario's recovery window when this run did not reach the line that
+    states it (a baseline whose test stopped at an earlier assertion); its twin's.
+    """
     timeline = Timeline.from_dict(result.timeline)
     t0 = timeline.t0
     until = timeline.observed_until()
@@ -157,6 +164,7 @@ def side_of(result: ScenarioResult) -> Side:
         )  # fmt: skip
     observed = round(max(0.0, until - t0), 3)
     window = _window_s(timeline, t0)
+    window = window if window is not None else window_s
     bound = round(min(observed, window), 3) if window is not None else observed
 
     def seen(value: float | None, *, counts: bool = True) -> Measure:
@@ -164,7 +172,6 @@ def side_of(result: ScenarioResult) -> Side:
             return Measure(value)
         return Measure(bound, censored=True)
 
-    recover = figures.time_to_recover
     downtime, still_open = downtime_until(result, until)
     return Side(
         nodeid=result.nodeid,
@@ -172,8 +179,8 @@ def side_of(result: ScenarioResult) -> Side:
         outcome=result.outcome,
         detect=seen(figures.time_to_detect),
         mitigate=seen(figures.time_to_mitigate, counts=figures.healed_by in ("engine", "platform")),
-        # nothing breached: nothing to recover from, the timeline's figure stands
-        recover=seen(recover) if breached(result) else Measure(recover),
+        # without a breach the timeline's recovery is the mitigation: seen while watched too
+        recover=seen(figures.time_to_recover),
         downtime=Measure(downtime, censored=still_open),
         pages=_pages(result, timeline),
         healed_by=figures.healed_by,
@@ -196,7 +203,8 @@ def compare(results: Sequence[ScenarioResult]) -> tuple[list[Pair], list[dict[st
             left_out.append({"nodeid": baseline.nodeid, "twin": baseline.twin, "reason": reason})
             continue
         assert twin is not None
-        with_, without = side_of(twin), side_of(baseline)
+        with_ = side_of(twin, window_s=recovery_window_s(baseline))
+        without = side_of(baseline, window_s=recovery_window_s(twin))
         reductions = {
             key: _reduction(with_.measure(key), without.measure(key))
             for key in (*_FIGURES, "downtime")
@@ -276,7 +284,19 @@ def _rows(pairs: Sequence[Pair]) -> list[dict[str, Any]]:
             }
             for p in pairs
         }
-        rows.append(_row(key, without_agg, with_agg, reduction, scenarios, cells))
+        subset = [p for p in pairs if not p.automated.measure(key).censored]
+        extra: dict[str, Any] = {}
+        if subset and len(subset) < len(pairs):
+            sub_with = aggregate([p.automated.measure(key) for p in subset])
+            sub_without = aggregate([p.baseline.measure(key) for p in subset])
+            extra["subset"] = {
+                "n": len(subset),
+                "scenarios": [p.scenario for p in subset],
+                "with": sub_with,
+                "without": sub_without,
+                "reduction": asdict(_reduction(_as_measure(sub_with), _as_measure(sub_without))),
+            }
+        rows.append(_row(key, without_agg, with_agg, reduction, scenarios, cells, **extra))
     return rows
 
 
@@ -365,6 +385,13 @@ def _why_not(twin: ScenarioResult | None, baseline: ScenarioResult) -> str:
         if result.t0 is None:
             return f"{result.mode} run injected no fault"
     return ""
+
+
+def recovery_window_s(result: ScenarioResult) -> float | None:
+    """The recovery window a run stated (``assert_recovers``), in seconds from T0."""
+    timeline = Timeline.from_dict(result.timeline)
+    t0 = timeline.t0
+    return None if t0 is None else _window_s(timeline, t0)
 
 
 def _window_s(timeline: Timeline, t0: float) -> float | None:

@@ -114,6 +114,12 @@ def comparison_lines(results: Sequence[ScenarioResult]) -> list[str]:
         change = format_reduction(row["reduction"])
         if row["key"] == "pages":
             change = f"{row['avoided']} avoided"
+        if "subset" in row:
+            sub = row["subset"]
+            change = (
+                f"{change}; {format_reduction(sub['reduction'])} over the {sub['n']} "
+                "whose engine run showed it"
+            ).removeprefix("—; ")
         lines.append(
             f"  {row['label']}: without {format_bound(row['without'], unit)}, "
             f"with {format_bound(row['with'], unit)}" + ("" if change == "—" else f" ({change})")

@@ -109,6 +109,15 @@ def run_comparison_properties(rows: Sequence[Mapping[str, Any]]) -> list[tuple[s
             (f"{prefix}.reduction_bound", row["reduction"]["bound"] or ""),
             (f"{prefix}.scenarios", str(row["n"])),
         ]
+        if "subset" in row:  # the pairs whose automated run showed the figure (not censored)
+            subset = row["subset"]
+            properties += [
+                (f"{prefix}.subset_scenarios", str(subset["n"])),
+                (f"{prefix}.subset_without", _num(subset["without"]["value"])),
+                (f"{prefix}.subset_with", _num(subset["with"]["value"])),
+                (f"{prefix}.subset_reduction_pct", _num(subset["reduction"]["pct"])),
+                (f"{prefix}.subset_reduction_bound", subset["reduction"]["bound"] or ""),
+            ]
         if "avoided" in row:
             properties.append((f"{prefix}.avoided", str(row["avoided"])))
     return [(redact_document(name), redact_document(value)) for name, value in properties]
