@@ -285,6 +285,10 @@ def test_heals_via(alerts, remediation_engine):
 
 def test_no_engine():
     pass
+
+class TestHealing:
+    def test_in_a_class(self, remediation_engine):
+        pass
 """
 
 YAML_SCENARIO = """
@@ -322,8 +326,10 @@ def test_each_engine_item_gets_its_baseline_twin_right_after_it(pytester: pytest
         "test_heal.py::test_heals_via[alertmanager]",
         "test_heal.py::test_heals_via[alertmanager-baseline]",
         "test_heal.py::test_no_engine",
+        "test_heal.py::TestHealing::test_in_a_class",
+        "test_heal.py::TestHealing::test_in_a_class[baseline]",
     ]
-    assert len(collected(pytester)) == 5  # without the option: no twins
+    assert len(collected(pytester)) == 6  # without the option: no twins
 
 
 def test_the_ini_twin_turns_it_on_and_k_selects_before_twinning(pytester: pytest.Pytester):

@@ -96,18 +96,17 @@ def add_baselines(items: list[pytest.Item]) -> list[pytest.Item]:
 
 def _duplicate(item: pytest.Function) -> pytest.Function:
     """The same test function, fixtures, parameters and markers, under the baseline name."""
-    from _pytest.compat import NOTSET
-
     # A module or class function is looked up again by name (a class test gets its own
     # instance); a custom item (YAML scenario, experiment) carries its body as callobj.
-    own_lookup = isinstance(item.parent, pytest.Module | pytest.Class)
+    body = {} if isinstance(item.parent, pytest.Module | pytest.Class) else {"callobj": item.obj}
     twin = type(item).from_parent(
         item.parent,
         name=baseline_name(item.name),
         callspec=getattr(item, "callspec", None),
-        callobj=NOTSET if own_lookup else item.obj,
+        # the same closure, with the pseudo-fixtures that direct parametrization made
         fixtureinfo=item._fixtureinfo,
         originalname=item.originalname,
+        **body,
     )
     for attribute in ("scenario", "experiment"):  # what collect.py hangs on its items
         if hasattr(item, attribute):
