@@ -229,7 +229,10 @@ def test_targets_import_nothing_above_the_seam(graph: ImportGraph) -> None:
 
 
 def test_no_import_cycle(graph: ImportGraph) -> None:
-    assert import_cycles(graph) == []
+    cycles = import_cycles(graph)
+    # An import inside a function only delays the cycle. Break it by moving what both
+    # modules need into one of its own, as engine/registry.py and engine/durations.py did.
+    assert cycles == [], "\n".join(cycles)
 
 
 # -- the checker fails on a violation ----------------------------------------------------------
