@@ -65,6 +65,7 @@ CLEAN = [
     "pytest_resilience.prometheus.server",
     "pytest_resilience.prometheus.settable_exporter",
     "pytest_resilience.redaction",
+    "pytest_resilience.settings",
     "pytest_resilience.targets.kube_api",
     "pytest_resilience.targets.kube_disk_fill",
     "pytest_resilience.targets.kube_fault_host",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -131,7 +132,7 @@ class ChaosSettings:
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> ChaosSettings:
-        def get(name: str):
+        def get(name: str) -> Any:  # an option's value, else its ini twin's
             value = config.getoption(name)
             return config.getini(name) if value is None else value
 
