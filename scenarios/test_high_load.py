@@ -2,7 +2,7 @@
 
 The seed's high-load test, and the Python twin of high_load_autoscaling.yaml. Hypothesis:
 with the api under its HorizontalPodAutoscaler (deploy/k8s/autoscaling/api-hpa.yaml: CPU
-15m per pod, 3 to 6 replicas), load that goes from a steady 30 requests/s to 150 requests/s,
+12m per pod, 3 to 6 replicas), load that goes from a steady 20 requests/s to 100 requests/s,
 past what three replicas serve within that target, makes the autoscaler add replicas (its
 decision, with the reason, and the new pods' readiness land on the timeline) while the
 error rate stays under 2 % and p95 latency under 2 s, wide bounds for a loaded 2-core
@@ -26,8 +26,8 @@ from pytest_resilience.timeline import FAULT_INJECTED, FAULT_REVERTED
 pytestmark = pytest.mark.chaos(requires=["autoscaling"])
 
 HPA = Path(__file__).resolve().parents[1] / "deploy" / "k8s" / "autoscaling" / "api-hpa.yaml"
-STEADY_RPS = 30
-SURGE_RPS = 150
+STEADY_RPS = 20
+SURGE_RPS = 100
 # A local sync is 2 s and the metric window 4 s; a cluster's HPA syncs every 15 s on a
 # metrics-server resolution of 15 s, and its new pods pull nothing (kind loads the image).
 SCALE_UP_WITHIN_S = 90

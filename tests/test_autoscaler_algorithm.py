@@ -683,7 +683,7 @@ def test_scale_down_waits_out_the_stabilization_window_and_scale_up_does_not():
 def test_the_demo_manifest_is_read_with_its_behavior_and_errors_name_the_field(tmp_path):
     demo = AutoscalerSpec.from_manifest("deploy/k8s/autoscaling/api-hpa.yaml")
     assert (demo.workload, demo.min_replicas, demo.max_replicas) == ("api", 3, 6)
-    assert demo.metric == average(15)
+    assert demo.metric == average(12)
     assert demo.behavior is not None and demo.behavior.scale_down.stabilization_window_s == 300
     again = AutoscalerSpec.from_object(demo.to_object(namespace="chaos-demo"))
     assert replace(again, source=None) == replace(demo, source=None)

@@ -26,9 +26,9 @@ def test_the_yaml_twin_reads_its_autoscaler_paced_load_and_surge():
     scenario = load_scenario(TWIN)
     assert scenario.autoscaler is not None
     assert (scenario.autoscaler.workload, scenario.autoscaler.max_replicas) == ("api", 6)
-    assert scenario.load == {"rps": 30}
+    assert scenario.load == {"rps": 20}
     (surge,) = scenario.method
-    assert surge.fault == "load_surge" and surge.args["rps"] == 120
+    assert surge.fault == "load_surge" and surge.args["rps"] == 80
     assert surge.hold_during == ("error_rate", "p95_latency")
 
 

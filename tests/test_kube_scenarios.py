@@ -139,12 +139,15 @@ def _alive(pid: int) -> bool:
 #: makes this test say so, and the entry changes)
 EXPECTED: dict[str, str] = {
     "scenarios/bad_release_rollback.yaml::bad_release_rollback": "passed",
+    "scenarios/high_load_autoscaling.yaml::high_load_autoscaling": "passed",
     "scenarios/pod_kill_api.yaml::pod_kill_api": "passed",
     "scenarios/test_database_failure.py::"
     "test_postgres_lost_breaker_opens_service_stays_available": "passed",
     "scenarios/test_disk_space.py::test_disk_at_90_percent_corrupts_nothing_and_fires_an_alert": (
         "passed"
     ),
+    "scenarios/test_high_load.py::"
+    "test_api_scales_out_under_high_load_and_latency_stays_acceptable": "passed",
     "scenarios/test_network_latency.py::"
     "test_300ms_on_postgres_and_redis_keeps_errors_and_p99_within_slo": "passed",
     "scenarios/test_pod_kill.py::test_api_survives_losing_a_replica": "passed",

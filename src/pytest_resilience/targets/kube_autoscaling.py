@@ -6,7 +6,7 @@ namespace, created or replaced; the cluster's HPA controller acts on it with the
 from metrics-server. While any autoscaler of ours exists, a list+watch of the namespace's
 HPAs (the target's :class:`~.kube_watch.ResourceWatch`) turns each rescale the controller
 records (``status.lastScaleTime`` moves, ``desiredReplicas`` changes) into an
-``autoscaled`` target event, ``"3 -> 6: cpu above target (28m per pod, target cpu 15m per
+``autoscaled`` target event, ``"3 -> 6: cpu above target (28m per pod, target cpu 12m per
 pod)"``, so the decision lands on the timeline as the local autoscaler's does. No polling.
 """
 
