@@ -14,8 +14,12 @@ import importlib.util
 import json
 import shutil
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pytest_resilience.ledger import Ledger, LedgerEntry
@@ -208,3 +212,106 @@ def test_the_option_has_an_ini_twin(project: pytest.Pytester) -> None:
 
     result.assert_outcomes(passed=1)
     assert [e.kind for e in _entries(project)] == ["pod_kill"]
+
+
+def _k8s_action(step: str, module: str, func: str, **arguments: object) -> dict:
+    provider = {"type": "python", "module": f"chaosk8s.{module}", "func": func}
+    return {"type": "action", "name": step, "provider": {**provider, "arguments": arguments}}
+
+
+def test_scale_and_drain_act_on_the_local_target_and_the_rollbacks_undo_them(
+    project: pytest.Pytester,
+) -> None:
+    port = _port(project)
+    experiment = {
+        "title": "Scaled up and one node drained, the service answers",
+        "description": "scale_deployment and drain_nodes on the local target, undone by rollbacks",
+        "steady-state-hypothesis": {"title": "up", "probes": [_healthy_probe(port)]},
+        "method": [
+            _k8s_action(
+                "scale-up", "deployment.actions", "scale_deployment", name="my-app", replicas=3
+            ),
+            _k8s_action(
+                "drain-node-a",
+                "node.actions",
+                "drain_nodes",
+                name="node-a",
+                delete_pods_with_local_storage=True,
+            ),
+        ],
+        "rollbacks": [
+            _k8s_action("uncordon-node-a", "node.actions", "uncordon_node", name="node-a"),
+            _k8s_action(
+                "scale-back", "deployment.actions", "scale_deployment", name="my-app", replicas=2
+            ),
+        ],
+    }
+    (project.path / "scenarios" / "scale_drain.json").write_text(json.dumps(experiment))
+
+    result = _run(project, "--chaostoolkit-native", "-rA")
+
+    result.assert_outcomes(passed=1)
+    rollbacks, scale, drain = _entries(project)
+    assert (rollbacks.kind, rollbacks.outcome) == ("chaostoolkit_rollbacks", "reverted")
+    assert (scale.kind, scale.outcome, scale.spec["previous"]) == ("scale", "reverted", 2)
+    assert (drain.kind, drain.outcome) == ("node_drain", "reverted")
+    assert drain.spec["schedulable"] == {"node-a": True}
+
+
+def test_after_sigkill_chaos_cleanup_closes_what_died_with_the_session(
+    project: pytest.Pytester,
+) -> None:
+    """Local pods and the embedded Toxiproxy die with their session: the replayed
+    rollbacks find nothing to undo (and say so), every entry closes."""
+    port = _port(project)
+
+    def change(data: dict) -> None:
+        arguments = data["method"][0]["provider"]["arguments"]
+        arguments.update(upstream_host="127.0.0.1", upstream_port=port, listen_port=0)
+        hold = {"type": "action", "name": "hold", "provider": {"type": "process", "path": "sleep"}}
+        hold["provider"]["arguments"] = "300"
+        data["method"][2] = hold
+
+    _add(project, "toxiproxy_latency.json", change)
+    args = [
+        *("--chaos-services=services.yaml", "--chaos-ledger=ledger.sqlite"),
+        *("--chaostoolkit-native", "-p", "no:cacheprovider"),
+    ]
+    output = project.path / "output.txt"
+    with output.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest", *args],
+            cwd=project.path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while len([e for e in _entries(project) if e.kind == "latency"]) < 1 or not [
+            p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "sleep"
+        ]:
+            assert proc.poll() is None and time.monotonic() < deadline, output.read_text()
+            time.sleep(0.1)  # polling the outside world, with a deadline
+        holders = psutil.Process(proc.pid).children(recursive=True)
+        proc.kill()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for child in holders:
+        if child.is_running():
+            child.kill()
+    psutil.wait_procs(holders, timeout=10)
+    assert len([e for e in _entries(project) if e.closed_at is None]) == 3
+
+    cleanup = subprocess.run(
+        [sys.executable, "-m", "pytest", *args, "--chaos-cleanup"],
+        cwd=project.path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert cleanup.returncode == 0, cleanup.stdout + cleanup.stderr
+    assert [e for e in _entries(project) if e.closed_at is None] == [], cleanup.stdout
