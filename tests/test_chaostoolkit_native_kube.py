@@ -12,14 +12,17 @@ server saw (deletes, execs, scale patches, evictions, cordons) and the ledger.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
-from kube_controllers import DEPLOYMENTS, NODES, EmulatedCluster, cluster, kubeconfig
+from kube_controllers import DEPLOYMENTS, NODES, EmulatedCluster, cluster, kubeconfig, target
 
 from pytest_resilience.ledger import Ledger, LedgerEntry
 
@@ -308,3 +311,80 @@ def _wait_held(proc: subprocess.Popen[bytes], pytester: pytest.Pytester, output:
             return
         time.sleep(0.1)  # polling the outside world, with a deadline
     raise AssertionError(f"the session never held the method:\n{output.read_text()}")
+
+
+# -- terminate_pods' selection, in process against the emulator ------------------------------
+
+
+@pytest.fixture
+def native(target: Any, tmp_path: Path) -> Iterator[Any]:
+    from pytest_resilience.chaostoolkit.native import NativeActions
+    from pytest_resilience.faults.base import FaultSession
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    session = FaultSession(target, ledger=ledger)
+    try:
+        yield NativeActions(target, session, source="experiment.json")
+    finally:
+        session.revert_all()
+        ledger.close_db()
+
+
+def _terminate(native: Any, **arguments: Any) -> Any:
+    provider = {
+        "type": "python",
+        "module": "chaosk8s.pod.actions",
+        "func": "terminate_pods",
+        "arguments": {"ns": NS, "grace_period": 0, **arguments},
+    }
+    return native.call(provider, where="$.method[0]", step="kill", phase="method", configuration={})
+
+
+@pytest.mark.parametrize(
+    ("arguments", "count"),
+    [
+        ({"label_selector": "app=api"}, 1),  # qty 1, mode fixed
+        ({"label_selector": "app=api", "qty": 2}, 2),
+        ({"label_selector": "app=api", "mode": "percentage", "qty": 50}, 2),  # ceil(1.5)
+        ({"label_selector": "app=api", "all": True, "qty": 1}, 3),  # all wins over qty
+        ({"label_selector": "app=api", "qty": 10}, 3),  # capped at what matched
+        ({"label_selector": "app=nothing"}, 0),  # nothing matched: nothing killed, no error
+    ],
+    ids=["default", "fixed-2", "percentage-50", "all", "capped", "none"],
+)
+def test_terminate_pods_selects_as_the_extension_does(
+    native: Any, cluster: EmulatedCluster, arguments: dict, count: int
+) -> None:
+    names = sorted(p["metadata"]["name"] for p in cluster.pods_of(NS, "api"))
+
+    killed = _terminate(native, **arguments)
+
+    assert len(killed) == count
+    # not random unless rand: the first ones in alphabetic order, as the extension
+    assert killed == names[:count]
+    assert len(native.held) == (1 if count else 0)
+
+
+def test_terminate_pods_filters_by_name_pattern(native: Any, cluster: EmulatedCluster) -> None:
+    last = sorted(p["metadata"]["name"] for p in cluster.pods_of(NS, "api"))[-1]
+
+    killed = _terminate(native, label_selector="app=api", name_pattern=f"{last[-5:]}$")
+
+    assert killed == [last]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"qty": -1}, "Cannot select pods. Quantity '-1' is negative."),
+        ({"mode": "half"}, "Cannot select pods. Mode 'half' is invalid."),
+    ],
+)
+def test_terminate_pods_fails_as_the_extension_fails(
+    native: Any, arguments: dict, message: str
+) -> None:
+    from pytest_resilience.chaostoolkit.providers import ActivityFailed
+
+    with pytest.raises(ActivityFailed, match=re.escape(message)):
+        _terminate(native, label_selector="app=api", **arguments)
+    assert native.held == []
