@@ -457,12 +457,17 @@ def compare(args: argparse.Namespace) -> None:
     ]
     if not args.no_kill:
         rows.append(("SIGKILL: answered 200 and lost", lambda r: r["kill"]["lost"], ".0f"))
-    print(f"\nmedian of {args.runs} alternated runs, {args.alerts} alerts")
-    print(f"{'':32}{args.baseline:>12}{'HEAD':>12}{'HEAD/base':>11}")
+    print(f"\nmedian of {args.runs} alternated runs, {args.alerts} alerts; 'per pair': the "
+          f"median of HEAD/base within each pair of neighbouring runs (the noise they share "
+          f"cancels)")  # fmt: skip
+    print(f"{'':32}{args.baseline:>12}{'HEAD':>12}{'HEAD/base':>11}{'per pair':>10}")
     for label, pick, fmt in rows:
         then, now = median("baseline", pick), median("head", pick)
         ratio = f"{now / then:.2f}" if then else "-"
-        print(f"{label:32}{then:12{fmt}}{now:12{fmt}}{ratio:>11}")
+        both = zip(runs["baseline"], runs["head"], strict=True)
+        pairs = [pick(h) / pick(b) for b, h in both if pick(b)]
+        paired = f"{statistics.median(pairs):.2f}" if pairs else "-"
+        print(f"{label:32}{then:12{fmt}}{now:12{fmt}}{ratio:>11}{paired:>10}")
 
 
 def main() -> None:
