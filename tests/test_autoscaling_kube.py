@@ -58,14 +58,19 @@ def test_autoscale_creates_the_hpa_the_controller_scales_by_and_its_rescale_is_a
     }
     assert hpa["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "pytest-resilience"
 
+    # no metrics yet: the HPA says it cannot compute a replica count, and why
+    done = threading.Event()
+    assert not done.wait(5 * cluster.hpa_sync_s)
+    status = target.autoscaler_status("api")
+    assert status is not None and "did not receive metrics" in status.problem
+
     # idle pods (2m each): within minReplicas, no rescale
     for pod in _api_pods(cluster):
         cluster.pod_cpu_m[(NS, pod)] = 2
-    done = threading.Event()
     assert not done.wait(20 * cluster.hpa_sync_s) and not scaled.is_set()
     status = target.autoscaler_status("api")
     assert status is not None and (status.current_replicas, status.desired_replicas) == (3, 3)
-    assert status.current_metric == "2m per pod"
+    assert (status.current_metric, status.problem) == ("2m per pod", "")
 
     # 40m each, ratio 3.33: ceil(3 x 3.33) = 10, limited by the policy (2 pods per 15 s)
     for pod in _api_pods(cluster):

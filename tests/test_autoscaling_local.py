@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,11 @@ def test_real_load_makes_the_local_autoscaler_add_replicas_and_say_why(target):
     local, events = target
     spec = AutoscalerSpec.from_object(HPA)
     local.autoscale(spec)
+    # before one metric window has passed: no metric, and the status says why
+    assert _wait(lambda: (local.autoscaler_status("busy") or spec).problem, 10)
+    assert "did not receive metrics" in local.autoscaler_status("busy").problem
     assert _wait(lambda: (local.autoscaler_status("busy") or spec).current_metric, 30)
+    assert local.autoscaler_status("busy").problem == ""
     assert _replicas(local) == 2  # idle: within min, nothing to do
 
     with _Load(local.endpoint("busy") + "/work"):
@@ -152,12 +157,10 @@ def test_a_spec_the_local_target_cannot_follow_names_the_field(target):
     local, _ = target
     spec = AutoscalerSpec.from_object(HPA)
     with pytest.raises(ConfigError) as info:
-        local.autoscale(spec.__class__(**{**spec.__dict__, "workload": "bussy"}))
+        local.autoscale(replace(spec, workload="bussy"))
     assert info.value.field == "spec.scaleTargetRef.name" and "busy" in str(info.value)
     with pytest.raises(ConfigError) as info:
-        local.autoscale(
-            spec.__class__(**{**spec.__dict__, "metric": MetricTarget("cpu", "Utilization", 50)})
-        )
+        local.autoscale(replace(spec, metric=MetricTarget("cpu", "Utilization", 50)))
     assert info.value.field == "spec.metrics[0].resource.target.type"
     assert "AverageValue" in str(info.value)
     assert local.autoscaler_status("busy") is None

@@ -250,6 +250,9 @@ class AutoscalerStatus:
     #: the metric as the HPA status shows it ("41m per pod", "52% of request"), "" unknown
     current_metric: str = ""
     last_scale_at: float | None = None
+    #: why it cannot compute a replica count now (the HPA's ScalingActive=False message:
+    #: no metrics yet, metrics-server missing), "" when it can
+    problem: str = ""
 
 
 def _parse_milli(value: Any) -> int | None:

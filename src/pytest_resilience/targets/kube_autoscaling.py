@@ -160,6 +160,14 @@ def hpa_status(hpa: Obj) -> AutoscalerStatus:
         desired_replicas=int(status.get("desiredReplicas") or 0),
         current_metric=_current_metric(status),
         last_scale_at=_timestamp(status.get("lastScaleTime")),
+        problem=next(
+            (
+                str(c.get("message") or c.get("reason") or "")
+                for c in status.get("conditions") or []
+                if c.get("type") == "ScalingActive" and c.get("status") == "False"
+            ),
+            "",
+        ),
     )
 
 

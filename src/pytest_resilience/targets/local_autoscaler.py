@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import psutil
 
@@ -39,7 +39,7 @@ from .hpa_spec import AutoscalerSpec, AutoscalerStatus
 from .local_resources import cgroup2_root, pod_processes
 
 if TYPE_CHECKING:
-    from .base import Pod
+    from .base import Pod, Workload
 
 __all__ = ["LocalAutoscalers", "pod_cpu_seconds"]
 
@@ -133,7 +133,7 @@ class _Loop:
         except ValueError as exc:  # no metrics yet: the HPA's ScalingActive=False, no change
             log.debug("autoscaler for %s: %s", workload, exc)
             self.status = AutoscalerStatus(
-                workload, current, current, "", self.status.last_scale_at
+                workload, current, current, "", self.status.last_scale_at, problem=str(exc)
             )
             return
         decision = self.controller.reconcile(current, proposed, now=now)
@@ -181,10 +181,10 @@ class _Loop:
         return samples
 
 
-class _Host:
+class _Host(Protocol):
     """What the loop needs of the local target (LocalTarget satisfies it)."""
 
-    def workloads(self) -> list: ...  # type: ignore[type-arg]
+    def workloads(self) -> list[Workload]: ...
 
     def pods(self) -> list[Pod]: ...
 
