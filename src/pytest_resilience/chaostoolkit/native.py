@@ -9,13 +9,12 @@ Kubernetes, and the extension need not be installed.
 
 Each mapping was read off the extension's source (chaostoolkit-kubernetes at 5d786b9,
 chaostoolkit-toxiproxy 0.3.1 at c1d7c48; the functions are in :mod:`.native_kubernetes`
-and :mod:`.native_toxiproxy`, the table and what they share here): the same
-parameters and defaults, the same
-selection (terminate_pods' label selector, name pattern, ``all``/``rand``/``mode``/``qty``),
-the same return value, the same failures (an ``ActivityFailed`` there is a failed run
-here). An argument the target cannot honour is an error naming the experiment file, the
-step and the argument, at collection where the value is written out, else when the step
-runs; never a silent approximation.
+and :mod:`.native_toxiproxy`, the table and what they share here): the same parameters
+and defaults, the same selection (terminate_pods' label selector, name pattern,
+``all``/``rand``/``mode``/``qty``), the same return value, the same failures (an
+``ActivityFailed`` there is a failed run here). An argument the target cannot honour is
+an error naming the experiment file, the step and the argument, at collection where the
+value is written out, else when the step runs; never a silent approximation.
 
 An action that undoes an earlier mapped action of the same run (``uncordon_node`` after
 ``drain_nodes``, ``delete_toxic`` of a created toxic, ``delete_proxy`` of a created proxy,
