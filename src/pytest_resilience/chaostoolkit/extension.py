@@ -26,16 +26,16 @@ as for a scenario. A dry run starts no load and judges no SLO (the timeline says
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
 from ..slo import Objective, SLOMonitor
 from ..yamlfile import YamlDocument
-from .run import ActivityRun
 
-__all__ = ["NAME", "ResilienceExtension", "SLOChecks", "parse_extensions"]
+__all__ = ["NAME", "ResilienceExtension", "SLOChecks", "SLOJudgement", "parse_extensions"]
 
 NAME = "pytest-resilience"
 _LOAD_OPTIONS = ("users", "spawn_rate", "locustfile", "host", "workers", "rps")
@@ -108,49 +108,55 @@ def _typed(doc: YamlDocument, ext: Mapping[str, Any], where: list[str | int], ki
     return value
 
 
+@dataclass(frozen=True)
+class SLOJudgement:
+    """One SLO check with the hypothesis; the runner records it as a journal run."""
+
+    name: str
+    met: bool
+    error: str | None
+    start: float
+    end: float
+
+
 class SLOChecks:
     """The runner's :class:`~.run.SLOGate` over the ``slo`` fixture's monitor."""
 
     def __init__(self, extension: ResilienceExtension, monitor: SLOMonitor) -> None:
         self.extension = extension
         self.monitor = monitor
-        self._method_started: float | None = None
         for objective in extension.slos:
             monitor.add(objective)
 
-    def before(self) -> list[ActivityRun]:
+    def before(self) -> list[SLOJudgement]:
         names = ", ".join(o.name for o in self.extension.slos)
-        return [self._judge(f"SLOs hold: {names}", self.monitor.assert_holds)]
+        return [_judge(f"SLOs hold: {names}", self.monitor.assert_holds)]
 
-    def after(self) -> list[ActivityRun]:
+    def after(self) -> list[SLOJudgement]:
         within = self.extension.recover_within_s
-        runs = [
-            self._judge(
+        judged = [
+            _judge(
                 f"SLOs recover within {within:g} s",
                 lambda: self.monitor.assert_recovers(within_s=within),
             )
         ]
         budget = self.extension.failed_requests_budget
         if budget is not None:
-            runs.append(
-                self._judge(
+            judged.append(
+                _judge(
                     f"failed requests within {budget}",
                     lambda: self.monitor.assert_failures_within(budget),
                 )
             )
-        return runs
+        return judged
 
-    def _judge(self, name: str, check: Any) -> ActivityRun:
-        import time
 
-        run = ActivityRun(phase="", name=name, type="slo", start=time.time())
-        try:
-            check()
-            run.tolerance_met = True
-        except AssertionError as exc:  # the SLO's own message: which, worst value, when
-            run.tolerance_met, run.error = False, str(exc).strip()
-            run.status = "failed"
-        except ConfigError as exc:
-            run.tolerance_met, run.error, run.status = False, str(exc), "failed"
-        run.end = time.time()
-        return run
+def _judge(name: str, check: Callable[[], object]) -> SLOJudgement:
+    start = time.time()
+    try:
+        check()
+    except AssertionError as exc:  # the SLO's own message: which, worst value, when
+        return SLOJudgement(name, False, str(exc).strip(), start, time.time())
+    except ConfigError as exc:
+        return SLOJudgement(name, False, str(exc), start, time.time())
+    return SLOJudgement(name, True, None, start, time.time())

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,12 +114,22 @@ class Journal:
         return "\n".join(lines)
 
 
+class SLOJudged(Protocol):
+    """One SLO check (``extension.SLOJudgement``): recorded as a journal run of type slo."""
+
+    name: str
+    met: bool
+    error: str | None
+    start: float
+    end: float
+
+
 class SLOGate(Protocol):
-    """Our SLOs judged with the steady-state hypothesis: each returns its judged runs."""
+    """Our SLOs judged with the steady-state hypothesis (``extension.SLOChecks``)."""
 
-    def before(self) -> list[ActivityRun]: ...
+    def before(self) -> Sequence[SLOJudged]: ...
 
-    def after(self) -> list[ActivityRun]: ...
+    def after(self) -> Sequence[SLOJudged]: ...
 
 
 class Armed(Protocol):
@@ -406,9 +416,21 @@ class Runner:
                 break  # chaoslib stops at the first probe out of tolerance
         if met and self.slos is not None and phase != "hypothesis-during":
             # our SLOs after the probes: before the method they hold, after it they recover
-            slo_runs = self.slos.before() if phase == "hypothesis-before" else self.slos.after()
+            judged = self.slos.before() if phase == "hypothesis-before" else self.slos.after()
+            slo_runs = [
+                ActivityRun(
+                    phase=phase,
+                    name=j.name,
+                    type="slo",
+                    status="succeeded" if j.met else "failed",
+                    error=j.error,
+                    start=j.start,
+                    end=j.end,
+                    tolerance_met=j.met,
+                )
+                for j in judged
+            ]
             for run in slo_runs:
-                run.phase = phase
                 if self.timeline is not None:
                     self.timeline.mark(
                         ACTIVITY,
