@@ -95,3 +95,17 @@ def test_a_secret_in_a_node_id_is_masked_before_the_id_gets_its_line_breaks(tmp_
     html = out.read_text()
     assert "<wbr>" in html  # the id does get its break chances
     assert ENV_TOKEN not in re.sub(r"<wbr>", "", html)
+
+
+def test_an_environment_change_is_seen_by_the_next_redaction(monkeypatch):
+    """The secret-named variables are cached on the environment: a set, a change and an
+    unset must each show at once (the cache is keyed on os.environ's own mapping)."""
+    late = "late-secret-token-0123456789"
+    assert redaction.redact_text(f"x {late}") == f"x {late}"
+    monkeypatch.setenv("LATE_DEPLOY_TOKEN", late)
+    assert late not in redaction.redact_text(f"x {late}")
+    monkeypatch.setenv("LATE_DEPLOY_TOKEN", late + "-rotated")
+    assert redaction.redact_text(f"x {late}") == f"x {late}"
+    assert late not in redaction.redact_text(f"x {late}-rotated")
+    monkeypatch.delenv("LATE_DEPLOY_TOKEN")
+    assert redaction.redact_text(f"x {late}-rotated") == f"x {late}-rotated"

@@ -70,6 +70,7 @@ _MEMO_SIZE = 4096
 _lock = threading.Lock()
 _registered: set[str] = set()
 _pattern_cache: tuple[frozenset[str], re.Pattern[str] | None] = (frozenset(), None)
+_env_cache: tuple[dict[Any, Any], frozenset[str]] | None = None
 
 
 def register_secret(value: str | None) -> bool:
@@ -203,14 +204,29 @@ def _keep_name(match: re.Match[str]) -> str:
     return f"{match['name']}{match['sep']}{REDACTED}"
 
 
-def _known_pattern() -> re.Pattern[str] | None:
-    """One alternation of every known secret value, longest first, rebuilt only on change."""
-    global _pattern_cache
-    env_values = {
+def _secret_env_values() -> frozenset[str]:
+    """The values of secret-named environment variables, re-read only when the environment
+    changed: decoding and matching every variable cost ~150 us, paid by each store
+    transaction of an alert storm. ``os.environ._data`` (CPython's raw mapping, the one
+    every ``os.environ`` write goes through) is compared, which is cheap and never stale."""
+    global _env_cache
+    raw: dict[Any, Any] | None = getattr(os.environ, "_data", None)
+    if raw is not None and _env_cache is not None and _env_cache[0] == raw:
+        return _env_cache[1]
+    values = frozenset(
         value
         for name, value in os.environ.items()
         if _ENV_SECRET_NAME.search(name.upper()) and len(value) >= MIN_ENV_LENGTH
-    }
+    )
+    if raw is not None:
+        _env_cache = (dict(raw), values)
+    return values
+
+
+def _known_pattern() -> re.Pattern[str] | None:
+    """One alternation of every known secret value, longest first, rebuilt only on change."""
+    global _pattern_cache
+    env_values = _secret_env_values()
     with _lock:
         values = frozenset(_registered | env_values)
         cached_values, cached = _pattern_cache
