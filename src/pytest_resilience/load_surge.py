@@ -29,7 +29,7 @@ SCALED_UP = "scaled_up"
 
 
 def replicas_of(target: Any, workload: str) -> int:
-    return next(w.replicas for w in target.workloads() if w.name == workload)
+    return int(next(w.replicas for w in target.workloads() if w.name == workload))
 
 
 @contextmanager

@@ -16,7 +16,7 @@ import contextlib
 import datetime as _dt
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .base import EventKind, TargetEvent
@@ -120,7 +120,7 @@ class KubeAutoscaling:
         for hpa in listed.get("items") or []:
             ref = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
             if ref.get("kind") == "Deployment" and ref.get("name") == workload:
-                return hpa
+                return dict(hpa)
         return None
 
     def _watch_autoscalers(self) -> None:
@@ -151,7 +151,7 @@ class KubeAutoscaling:
             watch.stop()
 
 
-def hpa_status(hpa: Obj) -> AutoscalerStatus:
+def hpa_status(hpa: Mapping[str, Any]) -> AutoscalerStatus:
     spec = AutoscalerSpec.from_object(hpa)
     status = hpa.get("status") or {}
     return AutoscalerStatus(
@@ -171,7 +171,7 @@ def hpa_status(hpa: Obj) -> AutoscalerStatus:
     )
 
 
-def diff_hpa(old: Obj | None, new: Obj | None) -> list[TargetEvent]:
+def diff_hpa(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[TargetEvent]:
     """An ``autoscaled`` event for each rescale the HPA controller recorded in the status."""
     if new is None:
         return []
@@ -200,7 +200,7 @@ def diff_hpa(old: Obj | None, new: Obj | None) -> list[TargetEvent]:
     ]
 
 
-def _current_metric(status: Obj) -> str:
+def _current_metric(status: Mapping[str, Any]) -> str:
     for metric in status.get("currentMetrics") or []:
         current = (metric.get("resource") or {}).get("current") or {}
         if current.get("averageUtilization") is not None:
