@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -23,6 +23,9 @@ from .scenario import Scenario, load_scenario, run_scenario
 from .slo import SLOMonitor
 from .targets.base import Target
 from .timeline import Timeline
+
+if TYPE_CHECKING:
+    from _pytest._code.code import TerminalRepr
 
 __all__ = ["ExperimentItem", "ScenarioFile", "ScenarioItem", "extra_paths"]
 
@@ -62,11 +65,12 @@ class ScenarioItem(pytest.Function):
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, 0, f"scenario: {self.scenario.title}"
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:  # type: ignore[override]
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str | TerminalRepr:
         # Assertion messages of SLOs and faults are the whole story; the runner's frames are noise.
+        # (pytest's Function.repr_failure takes no style: passing one on was an INTERNALERROR.)
         if isinstance(excinfo.value, AssertionError | ConfigError):
             return f"{self.path}: {self.scenario.title}\n{excinfo.value}"
-        return super().repr_failure(excinfo, style=style)
+        return super().repr_failure(excinfo)
 
 
 def _run(
