@@ -46,3 +46,18 @@ def test_specs_built_in_python_meet_the_same_cycle_check() -> None:
         dependency_order(looped)
     assert caught.value.cycle == ("web", "api", "db", "web")
     assert caught.value.line == 2
+
+
+def test_the_local_target_orders_python_specs_with_the_same_check() -> None:
+    """LocalTarget's start order is dependency_order's: its cycle error names the file's line,
+    and only an unknown dependency (which no file check saw) is the target's to refuse."""
+    from pytest_resilience.errors import TargetError
+    from pytest_resilience.targets.local import _dependency_order
+
+    web, api, db = parse_services(CYCLE.rsplit("    depends_on", 1)[0])
+    assert _dependency_order([web, api, db]) == ["db", "api", "web"]
+    with pytest.raises(DependencyCycle) as caught:
+        _dependency_order([web, api, dataclasses.replace(db, depends_on=("web",))])
+    assert caught.value.cycle == ("web", "api", "db", "web")
+    with pytest.raises(TargetError, match="'db' depends on unknown service 'cache'"):
+        _dependency_order([web, api, dataclasses.replace(db, depends_on=("cache",))])

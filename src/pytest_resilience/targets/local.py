@@ -86,7 +86,7 @@ from .local_resources import (
     unmount_volume,
     wait_stopped,
 )
-from .services import ServiceSpec, expand_placeholders, load_services
+from .services import ServiceSpec, dependency_order, expand_placeholders, load_services
 
 __all__ = ["LocalTarget"]
 
@@ -1665,23 +1665,14 @@ def _number(pod: str) -> int:
 
 
 def _dependency_order(specs: list[ServiceSpec]) -> list[str]:
-    by_name = {s.name: s for s in specs}
-    order: list[str] = []
-
-    def visit(name: str, trail: tuple[str, ...]) -> None:
-        if name in order:
-            return
-        if name in trail:
-            raise TargetError(f"depends_on cycle: {' -> '.join((*trail, name))}")
-        for dep in by_name[name].depends_on:
-            if dep not in by_name:
-                raise TargetError(f"service {name!r} depends on unknown service {dep!r}")
-            visit(dep, (*trail, name))
-        order.append(name)
-
+    """The start order; a cycle is services.dependency_order's to find (one place for both the
+    file checker and specs built in Python), an unknown name this target's to refuse."""
+    names = {s.name for s in specs}
     for spec in specs:
-        visit(spec.name, ())
-    return order
+        for dep in spec.depends_on:
+            if dep not in names:
+                raise TargetError(f"service {spec.name!r} depends on unknown service {dep!r}")
+    return dependency_order(specs)
 
 
 def _as_callback(hook: Any) -> Callable[[TargetEvent], None]:
