@@ -24,6 +24,12 @@ High load (scenarios/high_load_autoscaling.yaml): ``autoscaler:`` names an HPA m
 ``autoscaling`` capability), ``load: {rps: R}`` paces the load, and a ``load_surge`` step
 (``args: {rps, scaled_up_within_s, hold_s}``) adds load until the workload scaled up and
 its new replicas served (:mod:`.load_surge`).
+
+What the engine did (``expect:``, with ``remediation: true``): the SLOs recovering says
+*something* healed the system, not that the engine did, nor that the alert the scenario is
+about fired at all (a fault reverted by the scenario heals it too). ``expect: {alert,
+strategy, actions, no_page}`` is checked after the recovery with the engine fixture's own
+helpers, as a Python scenario would call them (:func:`_check_expectation`).
 """
 
 from __future__ import annotations
@@ -37,9 +43,17 @@ from typing import Any
 from .errors import ConfigError
 from .slo import Objective, SLOMonitor
 from .targets.hpa_spec import AutoscalerSpec
-from .yamlfile import YamlDocument, load_yaml
+from .timeline import ALERT_FIRED
+from .yamlfile import YamlDocument, dotted, load_yaml
 
-__all__ = ["FaultStep", "Scenario", "load_scenario", "run_scenario"]
+__all__ = [
+    "Expectation",
+    "ExpectationFailed",
+    "FaultStep",
+    "Scenario",
+    "load_scenario",
+    "run_scenario",
+]
 
 FAULTS = (
     "pod_kill",
@@ -63,7 +77,12 @@ _TOP_KEYS = {
     "method",
     "recovery",
     "remediation",
+    "expect",
 }
+#: after the recovery the engine has had the whole method to act: a late action, or its
+#: verify still running, gets this much longer before ``expect:`` judges it
+_ACTION_GRACE_S = 10.0
+_SETTLE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +109,28 @@ class Scenario:
     remediation: bool = False
     #: the HPA the workload is under for this scenario (``autoscaler:``), None for none
     autoscaler: AutoscalerSpec | None = None
+    #: what the engine must have done (``expect:``), None for no check
+    expect: Expectation | None = None
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """``expect:``: what the remediation engine must have done by the end of the recovery.
+
+    ``alert`` fired after T0 (the replay raised it again), a step of playbook ``strategy``
+    ran (those ``actions``, exactly, in order) and fixed it, and ``no_page``: nobody paged.
+    ``where`` holds ``path:line`` of each key given, for failure messages.
+    """
+
+    alert: str | None = None
+    strategy: str | None = None
+    actions: tuple[str, ...] | None = None
+    no_page: bool = False
+    where: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+
+class ExpectationFailed(AssertionError):
+    """The engine did not do what the scenario's ``expect:`` says; names expected vs seen."""
 
 
 def load_scenario(path: Path) -> Scenario:
@@ -130,6 +171,7 @@ def load_scenario(path: Path) -> Scenario:
         raise doc.error(
             "a load_surge step needs the autoscaler: the workload it watches", ["method"]
         )
+    remediation = bool(_typed(doc, data, ["remediation"], bool, default=False))
     return Scenario(
         path=doc.path,
         title=title,
@@ -147,8 +189,9 @@ def load_scenario(path: Path) -> Scenario:
         failed_requests_budget=_typed(
             doc, recovery, ["recovery", "failed_requests_budget"], int, default=None
         ),
-        remediation=bool(_typed(doc, data, ["remediation"], bool, default=False)),
+        remediation=remediation,
         autoscaler=autoscaler,
+        expect=_expectation(doc, data, remediation=remediation),
     )
 
 
@@ -216,6 +259,60 @@ def _objective(doc: YamlDocument, item: Any, where: list[str | int]) -> Objectiv
         raise doc.error(f"missing argument {exc.args[0]!r}", [*where, signal]) from None
     except ConfigError as exc:
         raise doc.error(exc.message, [*where, signal]) from None
+
+
+_EXPECT_KEYS = ("alert", "strategy", "actions", "no_page")
+
+
+def _expectation(
+    doc: YamlDocument, data: Mapping[str, Any], *, remediation: bool
+) -> Expectation | None:
+    block = _typed(doc, data, ["expect"], dict, default=None)
+    if not block:
+        return None
+    for key in block:
+        if key not in ("alert", "strategy", "actions", "no_page"):
+            raise doc.error(
+                f"unknown key {key!r} in expect; use {list(_EXPECT_KEYS)}", ["expect", key]
+            )
+    if not remediation:
+        raise doc.error(
+            "expect checks what the remediation engine did: set remediation: true at the "
+            "top level, or drop expect",
+            ["expect"],
+        )
+    names = {}
+    for key in ("alert", "strategy"):
+        name = _typed(doc, block, ["expect", key], str, default=None)
+        if name is not None and not name.strip():
+            raise doc.error(f"must name the {key}, got {name!r}", ["expect", key])
+        names[key] = name
+    actions = _typed(doc, block, ["expect", "actions"], list, default=None)
+    if actions is not None:
+        if not actions:
+            raise doc.error("needs at least one action name", ["expect", "actions"])
+        for i, action in enumerate(actions):
+            if not isinstance(action, str) or not action.strip():
+                raise doc.error(
+                    f"an action is a name (e.g. rollback), got {action!r}", ["expect", "actions", i]
+                )
+        if names["strategy"] is None:
+            raise doc.error(
+                "actions are those of one step of a playbook: name it in expect.strategy "
+                "(the playbook's name, e.g. 'High Error Rate')",
+                ["expect", "actions"],
+            )
+    where = {}
+    for key in block:
+        line = doc.line_in(block, key)
+        where[key] = f"{doc.path}:{line}" if line else str(doc.path)
+    return Expectation(
+        alert=names["alert"],
+        strategy=names["strategy"],
+        actions=tuple(actions) if actions is not None else None,
+        no_page=_typed(doc, block, ["expect", "no_page"], bool, default=False),
+        where=where,
+    )
 
 
 def _step(doc: YamlDocument, step: Any, where: list[str | int], slo_names: set[str]) -> FaultStep:
@@ -301,3 +398,70 @@ def _run_method(
             slo.assert_recovers(within_s=scenario.recover_within_s)
         if scenario.failed_requests_budget is not None:
             slo.assert_failures_within(scenario.failed_requests_budget)
+        if scenario.expect is not None:  # under load still: the engine's verify reads it
+            _check_expectation(scenario, scenario.expect, fixture=fixture)
+
+
+def _check_expectation(
+    scenario: Scenario, expect: Expectation, *, fixture: Callable[[str], Any]
+) -> None:
+    """``expect:`` against the timeline and the engine, by the helpers Python scenarios call."""
+    engine = fixture("remediation_engine")
+    timeline = fixture("timeline")
+
+    def failed(key: str, expected: str, seen: str) -> ExpectationFailed:
+        where = expect.where.get(key, str(scenario.path))
+        return ExpectationFailed(
+            f"{where}, field {dotted(['expect', key])!r}: expected {expected}; seen: {seen}"
+        )
+
+    if expect.alert is not None:
+        t0 = timeline.t0
+
+        def fired() -> list[str]:
+            return [e.name for e in timeline.events(ALERT_FIRED, since=t0)]
+
+        if not timeline.wait_for(lambda: expect.alert in fired(), timeout=_ACTION_GRACE_S):
+            names = ", ".join(dict.fromkeys(fired())) or "no alert"
+            raise failed("alert", f"alert {expect.alert!r} to fire after T0", f"fired: {names}")
+    key = "actions" if expect.actions is not None else "strategy"
+    wanted = f"strategy {expect.strategy!r}" + (
+        f" to run {list(expect.actions)}" if expect.actions is not None else " to run"
+    )
+    if expect.strategy is not None:
+        try:
+            engine.wait_for_action(expect.strategy, timeout=_ACTION_GRACE_S)
+        except AssertionError as exc:
+            raise failed(key, f"{wanted} and fix it", f"{_ran(engine)} ({exc})") from None
+    if expect.strategy is not None or (expect.no_page and engine.incidents()):
+        try:
+            engine.wait_settled(timeout=_SETTLE_S)
+        except AssertionError as exc:
+            raise failed(
+                key if expect.strategy is not None else "no_page",
+                f"every incident closed within {_SETTLE_S:g} s of the recovery",
+                str(exc),
+            ) from None
+    if expect.strategy is not None:
+        try:
+            engine.assert_strategy_ran(
+                expect.strategy,
+                actions=list(expect.actions) if expect.actions is not None else None,
+            )
+        except AssertionError as exc:
+            raise failed(key, f"{wanted} and fix it", f"{_ran(engine)} ({exc})") from None
+    if expect.no_page:
+        try:
+            engine.assert_no_page()
+        except AssertionError as exc:
+            raise failed("no_page", "nobody paged", str(exc)) from None
+
+
+def _ran(engine: Any) -> str:
+    """The steps the engine ran, for an ``expect:`` failure: what was seen."""
+    runs = engine.strategies_run()
+    if not runs:
+        return "no strategy ran"
+    return "; ".join(
+        f"{r.strategy!r} step {r.step!r} ran {list(r.actions)}, {r.outcome}" for r in runs
+    )
