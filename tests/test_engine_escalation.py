@@ -147,3 +147,38 @@ def test_missing_routing_key_is_a_config_error(monkeypatch):
     monkeypatch.delenv("PAGERDUTY_ROUTING_KEY", raising=False)
     with pytest.raises(ConfigError, match="PAGERDUTY_ROUTING_KEY is not set"):
         PagerDuty()
+
+
+def test_a_dry_run_escalates_on_the_record_and_pages_nobody(target, books, tmp_path):
+    """--remediation-baseline and serve --dry-run give the engine its channels: an alert
+    no playbook handles still escalates (stored, on the timeline), but nothing is queued."""
+    received: list[dict] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    with ThreadedApp(app) as server:
+        engine = Engine(target, playbooks_dir=books, store_path=tmp_path / "e.db",
+                        escalation=[GenericWebhook(f"{server.url}/hook")], dry_run=True,
+                        probes={"health": lambda: 0.0}).start()  # fmt: skip
+        try:
+            engine.submit(Alert("NobodyHandlesThis", "a"))
+            wait_for(
+                lambda: [i.status for i in engine.incidents()] == ["escalated"],
+                what="the incident escalated",
+            )
+            engine.submit(Alert("NobodyHandlesThis", "a").resolved())
+            wait_for(
+                lambda: [i.status for i in engine.incidents()] == ["resolved"],
+                what="the incident closed by the resolve",
+            )
+            assert engine.store.outbox() == []  # neither trigger nor resolve queued
+            assert engine.pages_sent() == [] and received == []
+            assert (
+                "dry run: nobody paged" in engine.postmortem(engine.incidents()[0].id).to_markdown()
+            )
+        finally:
+            engine.close()

@@ -795,12 +795,16 @@ class Engine:
             self._changed.notify_all()
 
     def _escalate(self, incident: Incident, reason: str) -> None:
+        # A dry run decides and records the escalation but pages nobody: it is the engine
+        # observing (a --remediation-baseline run, --dry-run serve), not on call.
+        pages = bool(self.outbox.channels) and not self.dry_run
         with self.store.transaction():  # the incident escalated and its page queued, or neither
             self.store.update_incident(incident.id, status=ESCALATED, reason=reason)
-            self.store.note(incident.id, "escalated", reason)
+            note = f"{reason}; dry run: nobody paged" if self.dry_run else reason
+            self.store.note(incident.id, "escalated", note)
             with self._lock:
                 self._set_escalated((incident.alert_name, incident.target), incident.id)
-            if self.outbox.channels:  # the page carries the incident as stored
+            if pages:  # the page carries the incident as stored
                 self.outbox.enqueue(self.store.incident(incident.id) or incident, "trigger")
         self._mark(
             tl.ESCALATED,
@@ -808,7 +812,8 @@ class Engine:
             target=incident.target,
             incident=incident.id,
             reason=reason,
-            paged=bool(self.outbox.channels),
+            paged=pages,
+            **({"dry_run": True} if self.dry_run else {}),
         )
 
     def _close_escalated(self, key: tuple[str, str], incident_id: str) -> None:
@@ -821,7 +826,8 @@ class Engine:
         if incident is None:
             return
         self._close(incident, RESOLVED, f"{incident.reason}; alert resolved after escalation")
-        self.outbox.enqueue(self.store.incident(incident_id) or incident, "resolve")
+        if not self.dry_run:  # nothing was paged, so there is nothing to resolve
+            self.outbox.enqueue(self.store.incident(incident_id) or incident, "resolve")
 
     def _mark(self, kind: str, name: str, **detail: object) -> None:
         if self.timeline is not None:
