@@ -281,7 +281,7 @@ def _expectation(
             "top level, or drop expect",
             ["expect"],
         )
-    names = {}
+    names: dict[str, str | None] = {}
     for key in ("alert", "strategy"):
         name = _typed(doc, block, ["expect", key], str, default=None)
         if name is not None and not name.strip():
@@ -302,7 +302,7 @@ def _expectation(
                 "(the playbook's name, e.g. 'High Error Rate')",
                 ["expect", "actions"],
             )
-    where = {}
+    where: dict[str, str] = {}
     for key in block:
         line = doc.line_in(block, key)
         where[key] = f"{doc.path}:{line}" if line else str(doc.path)
