@@ -30,7 +30,7 @@ from pytest_resilience.engine.regression import (
 )
 from pytest_resilience.engine.replays import REPLAYS, NoReplay, replay_for
 from pytest_resilience.engine.store import Store
-from pytest_resilience.scenario import FAULTS, load_scenario
+from pytest_resilience.scenario import FAULTS, Expectation, load_scenario
 
 PAYLOADS = Path(__file__).parent / "payloads"
 
@@ -219,6 +219,15 @@ def test_crash_loop_from_alertmanager_is_three_kills_of_its_workload(store, tmp_
     assert incident.id in header and "KubePodCrashLooping" in header
     assert "fired 20" in header and "Recovery bound: 2 x" in header
     assert f"scenario --store {store['path']} {incident.id} -o {out}" in header
+    # the replay must raise the alert again and the engine heal it as it did, paging nobody
+    assert scenario.expect == Expectation(
+        alert="KubePodCrashLooping", strategy="Pod Crash Loop", actions=("restart_pod",),
+        no_page=True,
+    )  # fmt: skip
+    # the format asserts that now: the header no longer says it cannot
+    assert "Check:" not in header and "cannot assert" not in header
+    # an Alertmanager alert's name may differ where the engine's own rules raise it
+    assert "expect.alert is the name Alertmanager delivered" in header
 
 
 def test_the_slos_the_incident_breached_come_from_the_store(store, tmp_path):
@@ -252,6 +261,11 @@ def test_a_datastore_alert_slows_its_own_proxy_and_a_failed_one_gets_the_floor(s
     # the engine could not fix it (no DSN for terminate_idle_connections): it escalated
     assert scenario.recover_within_s == FLOOR_S
     assert "expected to fail until the fix lands" in out.read_text()
+    # escalated: no no_page; the step it tried must fix it once the fix lands
+    assert scenario.expect == Expectation(
+        alert="PostgresqlTooManyConnections", strategy="Resource Exhaustion",
+        actions=("terminate_idle_connections",),
+    )  # fmt: skip
 
 
 def test_a_node_disk_alert_fills_the_volume_it_is_told(store, tmp_path):
@@ -273,6 +287,8 @@ def test_a_memory_alert_stresses_the_pod_it_read_to_its_share(store, tmp_path):
     # memory_share is no SLO a YAML scenario can state: said so, and the standard pair
     assert "memory_share (the alert's probe)" in out.read_text()
     assert {o.signal for o in scenario.slos} == {"error_rate", "latency"}
+    # escalated before any action ran: only the alert is expected again
+    assert scenario.expect == Expectation(alert="HighMemoryUsage")
 
 
 def test_a_node_alert_fails_its_node(store, tmp_path):
@@ -291,6 +307,10 @@ def test_an_error_rate_a_rollback_healed_is_a_bad_release_again(store, tmp_path)
     assert (step.fault, dict(step.args)) == ("bad_deploy", {"workload": "api", "version": "v2"})
     # its verify checked the error rate below 1%: that SLO, and no latency one
     assert [(o.signal, o.bound) for o in scenario.slos] == [("error_rate", 0.01)]
+    assert scenario.expect == Expectation(
+        alert="ErrorRateHighCritical", strategy="High Error Rate", actions=("rollback",),
+        no_page=True,
+    )  # fmt: skip
 
 
 def test_an_alert_no_fault_replays_is_refused_naming_it(store):

@@ -4,8 +4,10 @@ The main job's crash-loop scenario (scenarios/test_remediation.py) runs for real
 subprocess against the local demo, its engine store kept (``--basetemp``); the incident it
 opened is turned into a YAML scenario by ``python -m pytest_resilience.engine scenario``;
 that file is collected and run by a second pytest session against the demo, and must pass
-with the incident's fault, target and bounds, raising the same alert again.
-About 55 s for the first run, 45 s for the replay on a 2-core machine.
+with the incident's fault, target and bounds, raising the same alert again (its
+``expect:`` says so). The same file with its cause taken out (one kill, no crash loop)
+still recovers, and fails on that ``expect:``.
+About 55 s for the first run, 45 s for the replay, 35 s for the miss on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pytest_resilience.engine.regression import recovery_bound
 from pytest_resilience.engine.store import Store
-from pytest_resilience.scenario import load_scenario
+from pytest_resilience.scenario import Expectation, load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = "scenarios/test_remediation.py::test_crash_loop_gets_a_fresh_restart"
@@ -85,6 +88,10 @@ def test_the_scenario_carries_the_incidents_fault_target_and_bounds(incident):
     took = round(found.closed_at - found.alert.starts_at, 1)
     assert scenario.recover_within_s == recovery_bound(took) >= 2 * took
     assert {o.signal for o in scenario.slos} == {"error_rate", "latency"}
+    # the replay must be the incident again: its alert, the step that healed it, no page
+    assert scenario.expect == Expectation(
+        alert="PodCrashLoop", strategy="Pod Crash Loop", actions=("restart_pod",), no_page=True
+    )
     header = path.read_text().split("\ntitle:")[0]
     assert f"incident {found.id}: PodCrashLoop on api" in header
     assert "python -m pytest_resilience.engine scenario --store" in header
@@ -109,3 +116,23 @@ def test_the_written_scenario_is_collected_and_passes_against_the_demo(incident)
     assert ("alert_fired", "PodCrashLoop") in events, events
     assert ("action_started", "restart_pod") in events, events
     assert result["figures"]["time_to_recover"] <= load_scenario(path).recover_within_s
+
+
+def test_a_replay_that_misses_the_cause_fails_on_its_expect(incident):
+    """One kill instead of the loop: a replica is replaced and the SLOs recover, as they
+    would after any fault the scenario reverts, but PodCrashLoop never fires: before
+    ``expect:`` such a replay passed and proved nothing."""
+    generated = yaml.safe_load(_generate(incident).read_text())
+    generated["method"] = generated["method"][:1]
+    project = incident["project"].parent / "missed"
+    path = project / "scenarios" / "missed.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(yaml.safe_dump(generated, sort_keys=False))
+    done = _pytest(
+        project, "-m", "chaos", "scenarios/", f"--basetemp={project / 'run'}",
+        f"--chaos-ledger={project / 'ledger.sqlite'}",
+    )  # fmt: skip
+    out = done.stdout[-4000:] + done.stderr[-2000:]
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, out
+    assert f"{path}:" in out and "field 'expect.alert': expected alert 'PodCrashLoop' to " in out
+    assert "fire after T0; seen: fired:" in out, out  # after the SLOs' checks, which held

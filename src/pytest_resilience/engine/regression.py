@@ -4,8 +4,11 @@ An incident the engine handled is a fact about the system: this alert fired on t
 workload, the engine healed it in that time. ``python -m pytest_resilience.engine scenario``
 turns it into a YAML scenario (our format, see ``scenario.py``) that puts the incident's
 *cause* back as a fault under load, with the engine on, and asserts the SLOs come back
-within a bound taken from what the engine achieved. Committed under ``scenarios/``, it
-keeps that incident fixed: a playbook change or a release that heals slower fails it.
+within a bound taken from what the engine achieved, and (``expect:``) that the replay
+raised the incident's alert again and the engine healed it as it did then: a replay that
+misses the cause is healed by the fault's own revert, and must not pass for a fix.
+Committed under ``scenarios/``, it keeps that incident fixed: a playbook change or a
+release that heals slower, or otherwise, fails it.
 Which fault stands for which alert is the table in ``replays.py``.
 
 Everything is read from the store alone (the incident, its alert and labels, actions and
@@ -29,7 +32,7 @@ import yaml
 
 from ..errors import ConfigError
 from .replays import HEALED_BY, LATENCY_MS, NoReplay, Replay, replay_for
-from .store import RESOLVED, Incident, Store
+from .store import ESCALATED, RESOLVED, Incident, Store
 from .targeting import _POD_NAME_FORMS, TargetLabel
 
 __all__ = [
@@ -92,6 +95,8 @@ class Regression:
     time_to_recover_s: float | None
     within_s: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: the scenario's ``expect:`` block: the alert again, the step that ended the incident
+    expect: Mapping[str, Any] = field(default_factory=dict)
 
     def document(self) -> dict[str, Any]:
         """The scenario as our YAML format's mapping (``scenario.load_scenario`` reads it)."""
@@ -112,6 +117,9 @@ class Regression:
             },
             "method": [dict(step) for step in self.method],
             "recovery": {"within_s": _number(self.within_s)},
+            "expect": {
+                k: list(v) if isinstance(v, tuple | list) else v for k, v in self.expect.items()
+            },
         }
 
     def to_yaml(self, command: str) -> str:
@@ -140,9 +148,6 @@ class Regression:
             f"SLOs: {self.slo_source}.",
             f"Recovery bound: {bound}.",
             *(f"Note: {n}." for n in self.notes),
-            f"Check: the replay should raise {i.alert_name} again and the engine heal it "
-            "(alert_fired and action_started on the report's timeline); the YAML format "
-            "cannot assert that yet, only the SLOs and the bound.",
         ]
         body = yaml.dump(
             self.document(),
@@ -209,6 +214,7 @@ def build_regression(
     method = _method(incident, replay, kind, subject, ttr, proxy=proxy, volume=volume,
                      release=release, notes=notes)  # fmt: skip
     slos, source = _slos(store, incident, notes)
+    expect = _expect(store, incident, notes)
     where = f"{kind} {subject}"
     if replay.fault == "latency":  # the fault is on the dependency's proxy, felt by the caller
         through = method[0]["args"]["proxy"]
@@ -223,6 +229,7 @@ def build_regression(
         time_to_recover_s=ttr,
         within_s=recovery_bound(ttr),
         notes=tuple(notes),
+        expect=expect,
     )
 
 
@@ -386,6 +393,29 @@ def _hold(incident: Incident, ttr: float | None) -> float:
     if ttr is None:  # never recovered: what the shipped bad-release scenario holds its fault
         return 20.0
     return float(min(high, max(low, math.ceil(ttr))))
+
+
+# -- what the engine did -----------------------------------------------------------------
+
+
+def _expect(store: Store, incident: Incident, notes: list[str]) -> dict[str, Any]:
+    """``expect:``: the incident's alert fired again, the step that ended the incident ran
+    (its playbook and its actions, grouped as the engine's ``assert_strategy_ran`` groups
+    them) and fixed it, and ``no_page`` when the incident paged nobody."""
+    expect: dict[str, Any] = {"alert": incident.alert_name}
+    if incident.alert.source == "webhook":
+        notes.append(
+            "expect.alert is the name Alertmanager delivered; a replay alerted by the "
+            "engine's own rules may name it otherwise (its strategy and actions stay): edit "
+            "it then"
+        )
+    last = [a for a in store.actions(incident.id) if a.step == incident.step]
+    if last:
+        expect["strategy"] = last[0].strategy
+        expect["actions"] = [a.action for a in last]
+    if incident.status != ESCALATED:
+        expect["no_page"] = True
+    return expect
 
 
 # -- the engine's figures -----------------------------------------------------------------
