@@ -193,9 +193,11 @@ def test_failed_node_is_drained_and_replaced(
         )
         remediation_engine.wait_settled(timeout=60)
         remediation_engine.assert_strategy_ran("Node Not Ready", actions=["drain_and_replace_node"])
+        # Recovery before the pods check: a --remediation-baseline twin fails the check (nothing
+        # drained), and its recovery is watched only until its first failed assertion.
+        slo.assert_recovers(within_s=40)
         api = [p for p in chaos_target.pods() if p.workload == "api"]
         assert failed not in {p.node for p in api} and all(p.ready for p in api), api
-        slo.assert_recovers(within_s=40)
     remediation_engine.assert_no_page()
 
 
