@@ -102,10 +102,25 @@ class ItemStore:
         """Open the pool without waiting: a missing database must not stop the API starting."""
         await self._pool.open(wait=False)
 
-    async def stop(self) -> None:
-        for task in list(self._abandoned):
+    async def stop(self, *, timeout: float = 0.5) -> None:
+        """Close the pool within about ``timeout``: shutdown must fit in the pod's grace.
+
+        Calls left behind are cancelled again (psycopg then closes their connection instead of
+        asking a hung server to cancel, up to ten seconds); connections checked out and never
+        returned (a leak) are not waited for: psycopg's pool close never waits for them.
+        """
+        abandoned = list(self._abandoned)
+        for task in abandoned:
             task.cancel()
-        await self._pool.close(timeout=1.0)
+        if abandoned:
+            await asyncio.wait(abandoned, timeout=timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._pool.close(timeout=timeout)
+        except TimeoutError:
+            log.warning(
+                "pool %s: not closed within %.1fs; leaving it to the exit", self._name, timeout
+            )
 
     # -- state for /readyz and /metrics ------------------------------------------------------
 
@@ -143,13 +158,20 @@ class ItemStore:
                 return await op(conn)
 
         task = asyncio.ensure_future(run())
-        done, _ = await asyncio.wait({task}, timeout=timeout)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+        except asyncio.CancelledError:  # the request's own deadline (the API draining)
+            self._abandon(task)
+            raise
         if not done:
-            task.cancel()
-            self._abandoned.add(task)
-            task.add_done_callback(self._forget)
+            self._abandon(task)
             raise TimeoutError(f"database call took longer than {timeout}s")
         return task.result()
+
+    def _abandon(self, task: asyncio.Task[Any]) -> None:
+        task.cancel()
+        self._abandoned.add(task)
+        task.add_done_callback(self._forget)
 
     def _forget(self, task: asyncio.Task[Any]) -> None:
         self._abandoned.discard(task)
