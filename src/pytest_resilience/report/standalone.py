@@ -4,7 +4,8 @@ The HTML opens offline and from a mail attachment: styles, charts (inline SVG) a
 few lines of script are inside it, and it names no other host. The JSON twin beside it
 (same stem, ``.json``) holds the same data for other tools: the run summary, the score and
 its formula, the metrics table, per-strategy figures, the trend, and every scenario
-(``ScenarioResult.to_dict()`` plus its figures, downtime and score), and with
+(``ScenarioResult.to_dict()`` plus its figures, downtime and score, and for a Chaos Toolkit
+experiment its ``journal``: each activity run, the rollbacks and how each ended), and with
 ``--remediation-baseline`` the with/without comparison (``comparison``, see comparison.py),
 which the HTML shows first.
 
@@ -31,7 +32,7 @@ from .charts import trend_chart_svg
 from .comparison import build_comparison
 from .html_extras import scenario_html
 from .impact import error_rate_downtime_s
-from .model import ScenarioResult
+from .model import ScenarioResult, journal_from_events
 from .rendering import environment, template_text
 from .score import RECOVERY_BUDGET_S, SCORE_FORMULA, WEIGHTS, run_metrics, strategy_stats
 
@@ -157,15 +158,17 @@ def build_report_data(
             results, anchors={r.nodeid: a for r, a in zip(results, anchors, strict=True)}
         )
     )
+    safe = [redact(result.to_dict()) for result in results]
     data["scenarios"] = [
         {
-            **redact(result.to_dict()),
+            **masked,
             "anchor": anchor,
             "figures": dataclasses.asdict(result.figures),
             "downtime_s": error_rate_downtime_s(result),
             "score": scores.get(result.nodeid),
+            **_journal(masked["timeline"]),
         }
-        for result, anchor in zip(results, anchors, strict=True)
+        for result, masked, anchor in zip(results, safe, anchors, strict=True)
     ]
     return data
 
@@ -196,6 +199,22 @@ def _render_html(data: Mapping[str, Any], results: Sequence[ScenarioResult], *, 
         )
     )
     return redact_document(html)
+
+
+def _journal(timeline: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"journal": ...}`` for a Chaos Toolkit experiment (its runs, rollbacks and how each
+    ended), nothing for other scenarios. Read from the masked timeline, so an excerpt cut
+    short cannot keep half a secret the mask would have seen whole."""
+    journal = journal_from_events(timeline)
+    if journal is None:
+        return {}
+    return {
+        "journal": {
+            **dataclasses.asdict(journal),
+            "rollbacks": [dataclasses.asdict(run) for run in journal.rollbacks],
+            "rollbacks_line": journal.rollbacks_line,
+        }
+    }
 
 
 def _finite(obj: Any) -> Any:
