@@ -92,7 +92,7 @@ def steady(run, slo) -> None:
 
 
 def test_bad_release_is_rolled_back(api_restored, load, slo, bad_deploy, remediation_engine):
-    """v2 fails 5% of item requests: the error-rate rule fires and the engine rolls back."""
+    """v2 fails 10% of item requests: the error-rate rule fires and the engine rolls back."""
     slo.error_rate(below=0.01, window_s=5)
     with load(**USERS) as run:
         steady(run, slo)

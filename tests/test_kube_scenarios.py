@@ -449,7 +449,7 @@ def test_a_release_rolls_out_for_real_and_rollback_restores_the_previous_one(
         target.wait_ready("api", timeout=120, replicas=3)
         kind.eventually(lambda: list(_versions(target).values()) == ["v2"] * 3, timeout=60)
         codes = []
-        for item in range(1, 61):  # twenty per pod at most: each pod fails its twentieth
+        for item in range(1, 61):  # twenty per pod at most: each pod fails its tenth
             try:
                 with urllib.request.urlopen(f"{kind.endpoint('api')}/items/{item}", timeout=10):
                     codes.append(200)
