@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
+from pytest_resilience.chaostoolkit import Runner, load_experiment
 from pytest_resilience.report.html_extras import scenario_html
-from pytest_resilience.report.model import ScenarioResult
-from pytest_resilience.report.standalone import build_report_data
+from pytest_resilience.report.model import EXCERPT_CHARS, ScenarioResult
+from pytest_resilience.report.standalone import build_report_data, write_resilience_report
 from pytest_resilience.timeline import FAULT_INJECTED, FAULT_REVERTED, Timeline
 
 DATA = Path(__file__).parent / "chaostoolkit"
@@ -222,3 +223,69 @@ def test_a_scenario_without_an_experiment_has_no_journal() -> None:
     assert "rz-journal" not in scenario_html(result, include_style=False)
     (scenario,) = build_report_data([result], run_info={})["scenarios"]
     assert "journal" not in scenario
+
+
+def _run_in_process(path: Path) -> ScenarioResult:
+    """The experiment through the runner itself (no ledger: it plays the rollbacks)."""
+    timeline = Timeline(TITLE)
+    Runner(load_experiment(path), timeline=timeline).run()
+    return ScenarioResult.from_timeline(
+        timeline, nodeid=f"{path.name}::{TITLE}", outcome="failed", duration_s=1.0
+    )
+
+
+def _noisy_experiment() -> dict[str, Any]:
+    experiment = _published()
+    experiment["method"].append(
+        {  # a step that prints a credential, markup and a long tail
+            "type": "action",
+            "name": "print-settings",
+            "provider": {
+                "type": "process",
+                "path": "echo",
+                "arguments": ["password=hunter2-s3cret", "<b>bold</b>", "x" * 3000],
+            },
+        }
+    )
+    return experiment
+
+
+def test_an_output_excerpt_is_short_escaped_and_masked(tmp_path: Path) -> None:
+    path = tmp_path / "default_language.json"
+    path.write_text(json.dumps(_noisy_experiment()))
+    (tmp_path / "default.locale.txt").write_text("welcome=hello\n")
+    result = _run_in_process(path)
+
+    block = scenario_html(result, include_style=False)
+    (scenario,) = build_report_data([result], run_info={})["scenarios"]
+
+    assert "hunter2-s3cret" not in block
+    assert "hunter2-s3cret" not in json.dumps(scenario)
+    assert "<b>bold</b>" not in block
+    (row,) = [cells for attrs, cells in _journal_rows(block).rows if "print-settings" in cells[1]]
+    excerpt = row[6]
+    assert excerpt.startswith("exit 0; stdout: password=[REDACTED] <b>bold</b> xxx")
+    assert len(excerpt) <= EXCERPT_CHARS
+    (run,) = [r for r in scenario["journal"]["runs"] if r["activity"] == "print-settings"]
+    assert run["excerpt"] == excerpt
+    # without the ledger, the runner plays the rollbacks itself and records the end
+    assert scenario["journal"]["verdict"] == "deviated"
+    assert [(r["activity"], r["status"]) for r in scenario["journal"]["rollbacks"]] == [
+        ("switch-language-back-to-english", "succeeded")
+    ]
+
+
+@pytest.mark.parametrize("width", [1280, 500])  # table, cards
+def test_the_journal_fits_the_window(tmp_path: Path, width: int) -> None:
+    from browser import find_chromium, measure_layout
+
+    chromium = find_chromium()
+    path = tmp_path / "default_language.json"
+    path.write_text(json.dumps(_noisy_experiment()))
+    (tmp_path / "default.locale.txt").write_text("welcome=hello\n")
+    out = tmp_path / "resilience.html"
+    write_resilience_report(out, [_run_in_process(path)], history_dir=None, run_info={})
+
+    layout = measure_layout(chromium, out, tmp_path / "layout", width=width)
+    assert layout.overflowing == []
+    assert layout.scroll_width <= layout.viewport

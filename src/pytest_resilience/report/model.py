@@ -463,15 +463,21 @@ def _started_title(events: Iterable[Mapping[str, Any]]) -> str:
     return next((str(e.get("name", "")) for e in events if e["kind"] == "experiment_started"), "")
 
 
+_CUT_PROCESS_REPR = re.compile(r"^\{'status': (?P<status>-?\d+), 'stdout': [\"'](?P<rest>.*)", re.S)
+
+
 def _excerpt(value: Any) -> str:
     """A short line for the table: a process's exit code and streams, an HTTP status and
     body, else the text itself; at most :data:`EXCERPT_CHARS` characters."""
     if value is None or value == "":
         return ""
     if isinstance(value, str) and value[:1] == "{":
-        # the runner gives a provider's output as its repr
+        # the runner gives a provider's output as its repr, cut at 2000 characters
         with contextlib.suppress(ValueError, SyntaxError, MemoryError, RecursionError):
             value = ast.literal_eval(value)
+        cut = _CUT_PROCESS_REPR.match(value) if isinstance(value, str) else None
+        if cut:
+            value = f"exit {cut['status']}; stdout: {cut['rest']}"
     if isinstance(value, Mapping) and "status" in value and ({"stdout", "stderr"} & set(value)):
         parts = [f"exit {value['status']}"]
         parts += [f"{k}: {str(value[k]).strip()}" for k in ("stdout", "stderr") if value.get(k)]
