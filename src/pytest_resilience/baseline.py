@@ -29,6 +29,7 @@ The comparison itself (means, censoring, reduction) is arithmetic over the two t
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -96,18 +97,30 @@ def add_baselines(items: list[pytest.Item]) -> list[pytest.Item]:
 
 def _duplicate(item: pytest.Function) -> pytest.Function:
     """The same test function, fixtures, parameters and markers, under the baseline name."""
-    # A module or class function is looked up again by name (a class test gets its own
-    # instance); a custom item (YAML scenario, experiment) carries its body as callobj.
-    body = {} if isinstance(item.parent, pytest.Module | pytest.Class) else {"callobj": item.obj}
+    # A custom item (YAML scenario, experiment) carries its body as callobj; a module or
+    # class function is looked up by name, by pytest or by _body (a class test gets its own
+    # instance).
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None:
+        # pytest >= 9.2 builds a parametrized item's nodeid from originalname and callspec.id
+        # (older ones from name): the id gets the baseline suffix too, so both agree.
+        callspec = dataclasses.replace(callspec, _idlist=[*callspec._idlist, BASELINE])
+        body: dict[str, Any] = {"originalname": item.originalname}
+    else:
+        # Without a callspec pytest >= 9.2 names the node after originalname when given, so
+        # none is given and the body is passed instead of looked up by that name.
+        body = {"callobj": _body(item)}
+    if not isinstance(item.parent, pytest.Module | pytest.Class):
+        body["callobj"] = item.obj
     twin = type(item).from_parent(
         item.parent,
         name=baseline_name(item.name),
-        callspec=getattr(item, "callspec", None),
+        callspec=callspec,
         # the same closure, with the pseudo-fixtures that direct parametrization made
         fixtureinfo=item._fixtureinfo,
-        originalname=item.originalname,
         **body,
     )
+    twin.originalname = item.originalname
     for attribute in ("scenario", "experiment"):  # what collect.py hangs on its items
         if hasattr(item, attribute):
             setattr(twin, attribute, getattr(item, attribute))
@@ -116,6 +129,16 @@ def _duplicate(item: pytest.Function) -> pytest.Function:
     twin.extra_keyword_matches.update(item.extra_keyword_matches)
     twin.extra_keyword_matches.add(BASELINE)
     return twin
+
+
+def _body(item: pytest.Function) -> Any:
+    """The test function of ``item`` as pytest would look it up (a class test on a fresh
+    instance of its class, as each test gets one)."""
+    if isinstance(item.parent, pytest.Class):
+        return getattr(item.parent.newinstance(), item.originalname)
+    if isinstance(item.parent, pytest.Module):
+        return getattr(item.parent.obj, item.originalname)
+    return item.obj
 
 
 class ObservingEngine:
