@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..redaction import redact, redact_text, register_secret, register_secrets
-from .model import ActionRecord, ScenarioResult, SLOVerdict
+from .model import ActionRecord, ExperimentJournal, JournalRun, ScenarioResult, SLOVerdict
 
 if TYPE_CHECKING:
     from .console import phase_line, terminal_summary_lines
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ActionRecord",
+    "ExperimentJournal",
+    "JournalRun",
     "SLOVerdict",
     "ScenarioResult",
     "html_extras",

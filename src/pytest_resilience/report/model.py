@@ -7,6 +7,8 @@ nothing but JSON. Every time in it is in seconds from T0 (the first fault), like
 verbatim (wall-clock times) so a figure can always be traced back to its events.
 A scenario that never injected a fault has no T0: its times count from the scenario's
 start instead (:attr:`ScenarioResult.time_origin` says which), never wall-clock epochs.
+A Chaos Toolkit experiment's journal (:attr:`ScenarioResult.journal`) is read from the
+timeline's ``experiment_activity`` events in the same way, so it needs no field of its own.
 """
 
 from __future__ import annotations
