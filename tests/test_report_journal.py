@@ -348,11 +348,6 @@ def test_an_interrupted_method_shows_interrupted_and_its_rollback(tmp_path: Path
     assert locale.read_text() == "welcome=hello\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plugin.py writes no scenario result for an item interrupted mid-call: "
-    "KeyboardInterrupt skips its call and teardown reports, so the report has no scenario",
-)
 def test_after_sigterm_mid_method_the_report_shows_it_interrupted_and_rolled_back(
     tmp_path: Path,
 ) -> None:

@@ -263,6 +263,7 @@ def timeline(request: pytest.FixtureRequest, chaos_target: Target) -> Iterator[T
     """Events and series of this scenario; the platform's pod events land here too."""
     line = Timeline(request.node.nodeid)
     request.node.stash[TIMELINE_KEY] = line
+    request.config.stash[RUN_KEY].running[request.node.nodeid] = request.node
     unsubscribe = chaos_target.subscribe(lambda e: _mark_target_event(line, e))
     stop_phases = _print_phases(request.config, line)
     yield line
@@ -581,6 +582,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
             twin=twin_of or _baseline_of(item) or "",
             expected_failure=item.stash.get(EXPECTED_KEY, ""),
         )
+        run.running.pop(item.nodeid, None)
         run.results.append(result)
         attach(report, result, run)
     return report
@@ -600,18 +602,42 @@ def _redact_report(report: pytest.TestReport) -> None:
     report.user_properties = [(name, redact(value)) for name, value in report.user_properties]
 
 
-@pytest.hookimpl(tryfirst=True)  # before junitxml writes its file: the suite properties
-def pytest_sessionfinish(session: pytest.Session) -> None:
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
+    """Suite properties before junitxml writes its file; the report after pytest's own
+    sessionfinish, which tears down what an interrupted (Ctrl-C, SIGTERM) item left set up:
+    its faults are reverted and its timeline is complete only then."""
     run = session.config.stash.get(RUN_KEY, None)
-    if run is None or not run.results:
-        return
-    if run.settings.remediation_baseline:
+    if run is not None and run.results and run.settings.remediation_baseline:
         _junit_suite_properties(session.config, run)
-    if run.settings.report is None:
+    yield
+    if run is None:
         return
-    from .results import write_report
+    _settle_interrupted(run)
+    if run.results and run.settings.report is not None:
+        from .results import write_report
 
-    write_report(run)
+        write_report(run)
+
+
+def _settle_interrupted(run: ChaosRun) -> None:
+    """A scenario cut short by Ctrl-C or SIGTERM gets no call or teardown report, so no
+    result: it enters the report as an error, with what its timeline recorded."""
+    from .results import scenario_result
+
+    for nodeid, item in list(run.running.items()):
+        run.running.pop(nodeid)
+        run.results.append(
+            scenario_result(
+                nodeid=nodeid,
+                timeline=item.stash[TIMELINE_KEY],
+                slo=item.stash.get(SLO_KEY, None),
+                outcome="error",
+                duration_s=item.stash.get(DURATION_KEY, 0.0),
+                run=run,
+            )
+        )
+        run.notices.append(f"{nodeid} was interrupted; its faults were reverted at teardown")
 
 
 def _junit_suite_properties(config: pytest.Config, run: ChaosRun) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .faults.base import FaultContext, revert_entries
 from .ledger import Ledger
@@ -32,6 +32,8 @@ class ChaosRun:
     settings: ChaosSettings
     results: list[ScenarioResult] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    #: chaos items set up and not yet reported (by nodeid): what an interrupt leaves
+    running: dict[str, Any] = field(default_factory=dict)
     #: which SLO probes ran: "built-in" (load stats) or "prometheus" (see monitoring.py)
     probe_path: str = "built-in"
     #: which Toxiproxy served latency faults: "external", "binary", "embedded" or None
