@@ -3,7 +3,7 @@
 Everything a user can get wrong in that file is found here, before any process starts,
 and reported as a :class:`ConfigError` naming the file, the dotted field
 (``services[2].replicas``) and the YAML line, so a typo never surfaces later as a pod
-that "just does not come up". The format is described in notes/SERVICES_FORMAT.md.
+that "just does not come up". The format is described in docs/services.md.
 
 Resource keys (what the fault catalogue acts on), beyond that format:
 
