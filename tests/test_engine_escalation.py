@@ -121,7 +121,8 @@ def test_every_incident_paged_exactly_once_and_resolved(
     )
 
 
-def test_generic_webhook_gets_the_incident(target, books, tmp_path):
+def recording_webhook() -> tuple[web.Application, list[dict]]:
+    """A generic webhook endpoint at /hook that keeps every body it is sent."""
     received: list[dict] = []
 
     async def hook(request: web.Request) -> web.Response:
@@ -130,6 +131,11 @@ def test_generic_webhook_gets_the_incident(target, books, tmp_path):
 
     app = web.Application()
     app.router.add_post("/hook", hook)
+    return app, received
+
+
+def test_generic_webhook_gets_the_incident(target, books, tmp_path):
+    app, received = recording_webhook()
     with ThreadedApp(app) as server:
         engine = Engine(target, playbooks_dir=books, store_path=tmp_path / "e.db",
                         escalation=[GenericWebhook(f"{server.url}/hook")],
@@ -152,14 +158,7 @@ def test_missing_routing_key_is_a_config_error(monkeypatch):
 def test_a_dry_run_escalates_on_the_record_and_pages_nobody(target, books, tmp_path):
     """--remediation-baseline and serve --dry-run give the engine its channels: an alert
     no playbook handles still escalates (stored, on the timeline), but nothing is queued."""
-    received: list[dict] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        return web.Response(status=200)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
+    app, received = recording_webhook()
     with ThreadedApp(app) as server:
         engine = Engine(target, playbooks_dir=books, store_path=tmp_path / "e.db",
                         escalation=[GenericWebhook(f"{server.url}/hook")], dry_run=True,
