@@ -135,7 +135,7 @@ def _body(item: pytest.Function) -> Any:
     """The test function of ``item`` as pytest would look it up (a class test on a fresh
     instance of its class, as each test gets one)."""
     if isinstance(item.parent, pytest.Class):
-        return getattr(item.parent.newinstance(), item.originalname)
+        return getattr(item.parent.obj(), item.originalname)  # what Class.newinstance does
     if isinstance(item.parent, pytest.Module):
         return getattr(item.parent.obj, item.originalname)
     return item.obj
