@@ -9,7 +9,8 @@ and ``--dump-dom`` can read it.
 Dark and light viewers: the background is transparent, the series use mid-tone colours
 that read on both, and everything that would be black (axes, ticks, labels, legend text)
 is drawn in a sentinel colour replaced by ``currentColor``, so the chart takes the text
-colour of the page it sits in (dark page: light axes; print: black).
+colour of the page it sits in (dark page: light axes; print: black). svg.py makes
+matplotlib's output compact enough for hundreds of charts on one page.
 
 Speed: building a matplotlib figure costs more than drawing it (tick objects, axes), so
 one figure per thread is reused and only its artists are replaced (about 2x faster), and a
@@ -20,8 +21,6 @@ numbers and fixed labels only, never text from the timeline, so it cannot leak a
 
 from __future__ import annotations
 
-import io
-import itertools
 import re
 import threading
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ from ..timeline import (
 )
 from .impact import load_points
 from .model import ScenarioResult
+from .svg import FOREGROUND, figure_svg
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -54,8 +54,6 @@ __all__ = [
     "trend_chart_svg",
 ]
 
-#: drawn wherever black would be; replaced by currentColor after rendering
-_FOREGROUND = "#0b0c0d"
 COLOURS = {
     "error": "#e4572e",
     "p99": "#4c8bf5",
@@ -74,8 +72,6 @@ _CACHE_LIMIT = 2048
 _cache: dict[int, tuple[ScenarioResult, str]] = {}
 _cache_lock = threading.Lock()
 _local = threading.local()
-_ids = itertools.count(1)
-_ids_lock = threading.Lock()
 
 
 def timeline_chart_svg(result: ScenarioResult) -> str:
@@ -120,20 +116,21 @@ def trend_chart_svg(
         points = [(i, v) for i, v in zip(x, values, strict=True) if v is not None]
         if points:
             ax.plot(*zip(*points, strict=True), color=colour, marker="o", lw=1.8)
-        ax.set_title(title, fontsize=9, color=_FOREGROUND)
-        ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+        ax.set_title(title, fontsize=10, color=FOREGROUND)
+        ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=9)
         _style_axes(ax)
     score_ax.set_ylim(0, 100)
     mttr_ax.set_ylim(bottom=0)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.3, top=0.88, wspace=0.2)
-    return _svg(fig, "trend of score and mean time to recover over the last runs")
+    return figure_svg(fig, "trend of score and mean time to recover over the last runs")
 
 
 def _render_timeline(result: ScenarioResult) -> str:
     with _figure_lock():
         fig, axes = _timeline_figure()
         _draw_timeline(fig, axes, result)
-        return _svg(fig, f"timeline of {len(axes)} SLO series with fault and remediation marks")
+        label = f"timeline of {len(axes)} SLO series with fault and remediation marks"
+        return figure_svg(fig, label)
 
 
 def _figure_lock() -> threading.Lock:
@@ -157,7 +154,7 @@ def _timeline_figure() -> tuple[Figure, list[Axes]]:
         for ax, label in zip(axes, _PANEL_LABELS, strict=True):
             _style_axes(ax)
             ax.yaxis.set_major_locator(MaxNLocator(3, min_n_ticks=2))
-            ax.set_ylabel(label, color=_FOREGROUND, fontsize=8)
+            ax.set_ylabel(label, color=FOREGROUND, fontsize=9)
         for ax in axes[:-1]:
             ax.tick_params(labelbottom=False)
         axes[-1].xaxis.set_major_locator(MaxNLocator(10))
@@ -198,9 +195,9 @@ def _draw_timeline(fig: Figure, axes: list[Axes], result: ScenarioResult) -> Non
                 transform=ax.transAxes,
                 ha="center",
                 va="center",
-                color=_FOREGROUND,
+                color=FOREGROUND,
                 alpha=0.6,
-                fontsize=8,
+                fontsize=9,
             )
         mine = [level for level in levels if level.panel == label]
         for level in mine:
@@ -215,7 +212,7 @@ def _draw_timeline(fig: Figure, axes: list[Axes], result: ScenarioResult) -> Non
         )
         _draw_marks(ax, marks, hi)
     axes[-1].set_xlim(lo, hi)
-    axes[-1].set_xlabel(_X_LABELS[result.time_origin], color=_FOREGROUND, fontsize=8)
+    axes[-1].set_xlabel(_X_LABELS[result.time_origin], color=FOREGROUND, fontsize=9)
 
 
 #: room above the highest value a panel shows, so a peak is never drawn on the frame
@@ -281,7 +278,7 @@ def slo_levels(result: ScenarioResult) -> list[SLOLevel]:
 
 def _draw_level(ax: Axes, level: SLOLevel, colour: str) -> None:
     """The bound as a dashed line across the panel, the worst value as a marker at its time."""
-    ax.axhline(level.bound, color=_FOREGROUND, ls="--", lw=1.0, alpha=0.7, label="_slo_bound")
+    ax.axhline(level.bound, color=FOREGROUND, ls="--", lw=1.0, alpha=0.7, label="_slo_bound")
     if level.worst is not None and level.worst_at is not None:
         ax.plot(
             [level.worst_at],
@@ -290,7 +287,7 @@ def _draw_level(ax: Axes, level: SLOLevel, colour: str) -> None:
             marker="v",
             ms=6,
             color=colour,
-            markeredgecolor=_FOREGROUND,
+            markeredgecolor=FOREGROUND,
             markeredgewidth=0.6,
             label="_slo_worst",
         )
@@ -451,10 +448,10 @@ def _style_axes(ax: Axes) -> None:
     for spine in ("top", "right"):
         ax.spines[spine].set_visible(False)
     for spine in ("left", "bottom"):
-        ax.spines[spine].set_color(_FOREGROUND)
+        ax.spines[spine].set_color(FOREGROUND)
         ax.spines[spine].set_alpha(0.6)
-    ax.tick_params(colors=_FOREGROUND, labelsize=7.5, labelcolor=_FOREGROUND)
-    ax.grid(True, axis="y", color=_FOREGROUND, alpha=0.15, lw=0.6)
+    ax.tick_params(colors=FOREGROUND, labelsize=9, labelcolor=FOREGROUND)
+    ax.grid(True, axis="y", color=FOREGROUND, alpha=0.15, lw=0.6)
 
 
 def _configure() -> None:
@@ -468,38 +465,6 @@ def _configure() -> None:
             "axes.unicode_minus": False,
         }
     )
-
-
-_SVG_START = re.compile(r"<svg\b")
-_ID = re.compile(r' id="([^"]+)"')
-_REFERENCE = re.compile(r'(?:url\(#|href="#)([^)"]+)')
-_REFERENCE_ATTR = re.compile(r'(url\(#|href="#)([^)"]+)')
-_WHITESPACE = re.compile(r"\s+")
-_DEFS_STYLE = re.compile(r"<defs>\s*<style[^>]*>.*?</style>\s*</defs>", re.S)
-_METADATA = re.compile(r"<metadata>.*?</metadata>", re.S)
-
-
-def _svg(fig: Figure, label: str) -> str:
-    buffer = io.StringIO()
-    fig.savefig(
-        buffer,
-        format="svg",
-        transparent=True,
-        metadata={"Date": None, "Creator": None, "Format": None, "Type": None},
-    )
-    svg = buffer.getvalue()
-    svg = svg[_SVG_START.search(svg).start() :]
-    svg = _METADATA.sub("", _DEFS_STYLE.sub("", svg, count=1))
-    svg = svg.replace(_FOREGROUND, "currentColor")
-    # Many charts share one page: ids that something refers to (clip paths, tick markers)
-    # get a per-chart prefix; matplotlib's other ids (one per group) are dropped as bloat.
-    with _ids_lock:
-        prefix = f"rz{next(_ids)}-"
-    referenced = set(_REFERENCE.findall(svg))
-    svg = _ID.sub(lambda m: f' id="{prefix}{m[1]}"' if m[1] in referenced else "", svg)
-    svg = _REFERENCE_ATTR.sub(lambda m: f"{m[1]}{prefix}{m[2]}", svg)
-    svg = _WHITESPACE.sub(" ", svg).replace("> <", "><")
-    return svg.replace("<svg ", f'<svg role="img" aria-label="{label}" class="rz-svg" ', 1)
 
 
 def _flat(values: list) -> list[float]:

@@ -9,6 +9,8 @@ the *teardown* report is logged, which is also when the scenario's timeline is c
 
 from __future__ import annotations
 
+import dataclasses
+
 from markupsafe import Markup
 
 from ..redaction import redact, redact_document
@@ -35,7 +37,7 @@ def scenario_html(result: ScenarioResult, *, include_style: bool = True) -> str:
     """
     chart = timeline_chart_svg(result)  # cached by identity of the caller's result
     scored = None if result.is_baseline else scenario_score(result)  # not one of the run's
-    safe = redact(result)
+    safe = redact(_without_series(result))
     html = (
         environment()
         .get_template("scenario.html")
@@ -50,3 +52,10 @@ def scenario_html(result: ScenarioResult, *, include_style: bool = True) -> str:
         )
     )
     return redact_document(html)
+
+
+def _without_series(result: ScenarioResult) -> ScenarioResult:
+    """``result`` without its samples: the block shows none of them (the chart was drawn from
+    the result itself), and masking every sample was most of the cost of a big report."""
+    timeline = {key: value for key, value in result.timeline.items() if key != "series"}
+    return dataclasses.replace(result, timeline=timeline)

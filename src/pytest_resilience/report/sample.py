@@ -30,13 +30,16 @@ def sample_result(
     outcome: str | None = None,
     pages: int = 0,
     strategy: str = "restart-pod",
-    detail: dict | None = None,
+    detail: dict[str, object] | None = None,
     seed: int | None = None,
+    baseline: bool = False,
 ) -> ScenarioResult:
     """One scenario; ``healed_by`` is "engine", "platform", "fault_end" or "none".
 
     ``recover_after`` is seconds from T0 to the SLO's recovery, None for never.
     ``detail`` is added to the fault's event (tests plant secrets there).
+    ``baseline``: the ``--remediation-baseline`` twin of scenario ``index`` (the engine only
+    observes: its action is decided, not done); its recovery window is 30 s from T0.
     """
     rng = random.Random(index if seed is None else seed)
     timeline = tl.Timeline(f"scenario-{index}", clock=lambda: start)
@@ -52,12 +55,17 @@ def sample_result(
     )
     timeline.mark(tl.ALERT_FIRED, "HighErrorRate", at=t0 + 4.5)
 
-    def action(*, ok: bool, **outcome: str) -> None:
+    def action(*, ok: bool, **outcome: str | bool) -> None:
         ids = {"strategy": strategy, "target": "api-0", "action_id": f"a{index}"}
-        timeline.mark(tl.ACTION_STARTED, "restart_pod", at=t0 + 5, **ids)
+        timeline.mark(tl.ACTION_STARTED, "restart_pod", at=t0 + 5, **ids, **outcome)
         timeline.mark(tl.ACTION_FINISHED, "restart_pod", at=t0 + 7, ok=ok, **ids, **outcome)
 
-    if healed_by == "engine":
+    if baseline:
+        timeline.mark(tl.RECOVERY_WINDOW, "", at=t0 + 1, within_s=30.0, since=None)
+        action(ok=False, dry_run=True)
+        if healed_by == "platform":
+            timeline.mark(tl.POD_READY, "api-0", at=t0 + 6)
+    elif healed_by == "engine":
         action(ok=True)
         timeline.mark(tl.VERIFIED, "restart_pod", at=t0 + 9, action_id=f"a{index}", ok=True)
         timeline.mark(tl.POD_READY, "api-0", at=t0 + 8)
@@ -88,7 +96,7 @@ def sample_result(
             },
             at=at,
         )
-    held = recovered_at is not None and recover_after <= 30
+    held = recover_after is not None and recover_after <= 30
     verdict = SLOVerdict(
         name="error-rate",
         objective="error rate <= 1.00% over 5 s",
@@ -96,10 +104,14 @@ def sample_result(
         worst_value=0.3,
         worst_at=5.0,
     )
+    nodeid = f"tests/test_chaos.py::test_scenario[{index}]"
     return ScenarioResult.from_timeline(
         timeline,
-        nodeid=f"tests/test_chaos.py::test_scenario[{index}]",
-        outcome=outcome or ("passed" if held else "failed"),
+        nodeid=f"{nodeid[:-1]}-baseline]" if baseline else nodeid,
+        twin=nodeid if baseline else "",
+        mode="baseline" if baseline else "automated",
+        expected_failure="SLOViolation: SLO 'error-rate' did not recover" if baseline else "",
+        outcome=outcome or ("passed" if held or baseline else "failed"),
         duration_s=float(seconds),
         slo_verdicts=[verdict],
         target="local",

@@ -80,7 +80,7 @@ def write_resilience_report(
     history._write_atomic(path, html)
     history._write_atomic(
         path.with_suffix(".json"),
-        redact_document(json.dumps(_finite(data), indent=1, default=str, allow_nan=False)),
+        redact_document(_json_text(data)),
     )
     if history_dir is not None:
         history.save_run(Path(history_dir), {k: data[k] for k in _SUMMARY_KEYS}, now=now)
@@ -158,7 +158,7 @@ def build_report_data(
             results, anchors={r.nodeid: a for r, a in zip(results, anchors, strict=True)}
         )
     )
-    safe = [redact(result.to_dict()) for result in results]
+    safe = [_plain(redact(result)) for result in results]
     data["scenarios"] = [
         {
             **masked,
@@ -215,6 +215,39 @@ def _journal(timeline: Mapping[str, Any]) -> dict[str, Any]:
             "rollbacks_line": journal.rollbacks_line,
         }
     }
+
+
+def _plain(masked: ScenarioResult) -> dict[str, Any]:
+    """``masked.to_dict()`` without its deep copy: :func:`redact` built every container anew."""
+    data = {f.name: getattr(masked, f.name) for f in dataclasses.fields(masked)}
+    data["slo_verdicts"] = [dataclasses.asdict(v) for v in masked.slo_verdicts]
+    data["actions"] = [dataclasses.asdict(a) for a in masked.actions]
+    return data
+
+
+def _json_text(data: Mapping[str, Any]) -> str:
+    """The JSON twin: the summary indented, each scenario on one line of its own.
+
+    One line per scenario keeps the file readable with ``grep`` and ``jq`` and lets
+    :func:`json.dumps` use its C encoder (an ``indent`` makes it fall back to Python: 2.7 s of
+    a 500-scenario report went there). A NaN or infinity is written as null.
+    """
+    try:
+        return _json_lines(data)
+    except ValueError:  # allow_nan=False met one: take the slow walk that replaces them
+        return _json_lines(_finite(data))
+
+
+def _json_lines(data: Mapping[str, Any]) -> str:
+    parts = []
+    for key, value in data.items():
+        if key == "scenarios" and value:
+            rows = ",\n".join(json.dumps(v, default=str, allow_nan=False) for v in value)
+            text = f"[\n{rows}\n]"
+        else:
+            text = json.dumps(value, indent=1, default=str, allow_nan=False)
+        parts.append(f"{json.dumps(key)}: {text}")
+    return "{\n" + ",\n".join(parts) + "\n}\n"
 
 
 def _finite(obj: Any) -> Any:
