@@ -4,6 +4,10 @@ They act on the demo system through its real interfaces: the API pods' admin hoo
 connection leak, a memory hog are in-process faults), Redis' own CONFIG and keys, and the
 target's pod primitives. Ledger-first like every fault: they are injected through the
 scenario's FaultSession (``inject`` fixture in test_remediation.py).
+
+Each notes the pods it is about to touch before it acts and says in ``undo_from_spec`` how
+``pytest --chaos-cleanup`` settles it after a SIGKILL: through the same hooks while the
+pods still run, or closed with the proof that the processes holding its state are gone.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import redis
 
 from pytest_resilience.errors import FaultError, TargetError
 from pytest_resilience.faults.base import Fault, FaultContext
+from pytest_resilience.faults.proof import alive_pods, driver_gone, pod_ref
 from pytest_resilience.targets.base import Pod, PodAdmin, Target
 
 STALE_PREFIX = "item:stale:"
@@ -156,6 +161,8 @@ class CacheCrowdOut(Fault):
         commands = RedisCommands(ctx.target, self.service)
         self._saved = {name: commands.config(name) for name in ("maxmemory", "maxmemory-policy")}
         self._redis = commands
+        pods = [pod_ref(p) for p in ctx.target.pods() if p.workload == self.service]
+        self.note({"service": self.service, "saved": self._saved, "pods": pods})
         keys = int(self.headroom_mb * 1024)
         commands.call("EVAL", _FILL, 0, keys, STALE_PREFIX)
         commands.call("CONFIG", "SET", "maxmemory-policy", "volatile-lru")
@@ -166,9 +173,21 @@ class CacheCrowdOut(Fault):
     def revert(self, ctx: FaultContext) -> None:
         if self._redis is None:
             return
-        for name, value in self._saved.items():
-            self._redis.call("CONFIG", "SET", name, value)
-        self._redis.call("EVAL", _UNLINK, 0, f"{STALE_PREFIX}*")
+        _restore(self._redis, self._saved)
+
+    @classmethod
+    def undo_from_spec(cls, spec: dict[str, Any], ctx: FaultContext) -> str | None:
+        alive, gone = alive_pods(ctx.target, spec.get("pods") or [])
+        if not alive:  # CONFIG SET dies with the process; its keys lived in its work dir
+            return "; ".join(gone) or "it never acted: no Redis pod was noted"
+        _restore(RedisCommands(ctx.target, spec["service"]), spec["saved"])
+        return None
+
+
+def _restore(commands: RedisCommands, saved: dict[str, str]) -> None:
+    for name, value in saved.items():
+        commands.call("CONFIG", "SET", name, value)
+    commands.call("EVAL", _UNLINK, 0, f"{STALE_PREFIX}*")
 
 
 class ConnectionLeak(Fault):
@@ -183,6 +202,7 @@ class ConnectionLeak(Fault):
     def __init__(self, workload: str = "api", *, keep_leaking: bool = False) -> None:
         self.workload = workload
         self.keep_leaking = keep_leaking
+        self._noted: dict[str, dict[str, Any]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -198,6 +218,10 @@ class ConnectionLeak(Fault):
                 return 0  # a pod going away mid-leak: the next round gets its replacement
 
         pods = api_pods(target, self.workload)
+        fresh = [pod_ref(p) for p in pods if p.name not in self._noted]
+        if fresh:  # noted before they leak: a cleanup must know every pod that may hold one
+            self._noted |= {ref["name"]: ref for ref in fresh}
+            self.note({"pods": list(self._noted.values())})
         with ThreadPoolExecutor(max(1, len(pods))) as pool:
             return sum(pool.map(leak, pods))
 
@@ -213,7 +237,7 @@ class ConnectionLeak(Fault):
 
             self._thread = threading.Thread(target=leak_forever, name="leak", daemon=True)
             self._thread.start()
-        return {"workload": self.workload, "leaked": leaked}
+        return {"workload": self.workload, "leaked": leaked, "pods": list(self._noted.values())}
 
     def revert(self, ctx: FaultContext) -> None:
         self._stop.set()
@@ -224,6 +248,17 @@ class ConnectionLeak(Fault):
                 admin(ctx.target, pod, "/admin/pool/unleak")
             except (OSError, TargetError):
                 continue
+
+    @classmethod
+    def undo_from_spec(cls, spec: dict[str, Any], ctx: FaultContext) -> str | None:
+        # A keep-leaking driver thread died with its session; the pods it leaked in may not
+        # (a cluster's pods outlive the runner): give those their connections back.
+        alive, gone = alive_pods(ctx.target, spec.get("pods") or [])
+        for pod in alive:
+            admin(ctx.target, pod, "/admin/pool/unleak")
+        if alive:
+            return None
+        return "; ".join(gone) or "it never acted: no pod was noted"
 
 
 class MemoryHog(Fault):
@@ -250,6 +285,7 @@ class MemoryHog(Fault):
         if mb < 1:
             raise FaultError(f"memory_hog: {pod.name} already uses {used / limit:.0%}")
         self.pod = pod.name
+        self.note({"pods": [pod_ref(pod)]})
         admin(ctx.target, pod, f"/admin/memory/hog?mb={mb}", timeout=30)
         return {"pod": pod.name, "mb": mb}
 
@@ -258,6 +294,15 @@ class MemoryHog(Fault):
             return
         if any(p.name == self.pod for p in ctx.target.pods()):
             admin(ctx.target, self.pod, "/admin/memory/release")
+
+    @classmethod
+    def undo_from_spec(cls, spec: dict[str, Any], ctx: FaultContext) -> str | None:
+        alive, gone = alive_pods(ctx.target, spec.get("pods") or [])
+        for pod in alive:
+            admin(ctx.target, pod, "/admin/memory/release")
+        if alive:
+            return None
+        return "; ".join(gone) or "it never acted: no pod was noted"
 
 
 class CrashLoop(Fault):
@@ -311,3 +356,16 @@ class CrashLoop(Fault):
         if self._thread is not None:
             self._thread.join(timeout=20)
         ctx.target.wait_ready(self.workload, timeout=30, replicas=self.replicas)
+
+    @classmethod
+    def undo_from_spec(cls, spec: dict[str, Any], ctx: FaultContext) -> str | None:
+        """Its kills come from a thread of the test session: with the session dead,
+        nothing kills any more, and the platform restarts what was killed."""
+        why = driver_gone(spec)
+        if why is None:
+            raise FaultError(
+                f"crash_loop of {spec.get('workload')!r} was driven by session pid "
+                f"{spec.get('owner_pid')} on {spec.get('owner_host')}, which this machine "
+                "cannot show is gone: stop that session, then run --chaos-cleanup again"
+            )
+        return why

@@ -81,7 +81,12 @@ def test_entry_is_written_before_the_fault_acts_and_closed_after_revert(
     handle = session.inject(fault)
     assert fault.open_while_acting == [handle.entry_id]
     assert (tmp_path / "f").exists()
-    assert ledger.get(handle.entry_id).spec == {"path": str(tmp_path / "f"), "size": 8}
+    assert ledger.get(handle.entry_id).spec == {
+        "path": str(tmp_path / "f"),
+        "size": 8,
+        # a fault class of this module, not the package's: where a cleanup finds its undo
+        "origin": {"module": __name__, "file": __file__},
+    }
     handle.revert()
     handle.revert()  # idempotent
     assert not (tmp_path / "f").exists()
@@ -181,7 +186,10 @@ def test_a_fault_names_what_it_learnt_in_the_ledger_before_acting(
 ) -> None:
     fault = NotingFault(tmp_path / "learnt", ledger)
     FaultSession(TARGET, ledger=ledger).inject(fault).revert()
-    assert fault.spec_before_acting == {"path": str(tmp_path / "learnt")}
+    assert fault.spec_before_acting == {
+        "path": str(tmp_path / "learnt"),
+        "origin": {"module": __name__, "file": __file__},
+    }
 
 
 # -- what no cleanup could settle (issue 10, items 3 and 11) ---------------------------------

@@ -63,6 +63,7 @@ CLEAN = [
     "pytest_resilience.faults.network",
     "pytest_resilience.faults.node",
     "pytest_resilience.faults.pod_kill",
+    "pytest_resilience.faults.proof",
     "pytest_resilience.faults.toxics",
     "pytest_resilience.ledger",
     "pytest_resilience.ports",

@@ -14,7 +14,7 @@ import pkgutil
 __all__ = ["load_all"]
 
 #: modules of this package that hold no fault (shared machinery)
-_NOT_FAULTS = frozenset({"base", "iptables"})
+_NOT_FAULTS = frozenset({"base", "iptables", "proof"})
 
 
 def load_all() -> list[str]:

@@ -14,13 +14,21 @@ fault's ledger spec. After a SIGKILL the entry survives, and :func:`revert_entri
 it from the spec alone: ``target.undo(record)`` for each record, else the reverter
 registered for the fault's kind. A reverter that can prove the fault cannot still be
 acting (its server, process, mount or rule is gone) says why, and the entry is closed.
+
+A fault class of the user's own (a scenario's module) says how with
+:meth:`Fault.undo_from_spec`; its entry names the module that defined it, and the cleanup
+process imports that module to find it (the same trust as pytest importing a conftest).
 """
 
 from __future__ import annotations
 
 import abc
+import importlib
+import importlib.util
+import inspect
 import logging
 import secrets
+import sys
 import threading
 import time
 import weakref
@@ -97,6 +105,60 @@ class Fault(abc.ABC):
     def plan(self) -> dict[str, Any]:
         """What is known before acting; written to the ledger ahead of :meth:`inject`."""
         return {}
+
+    @classmethod
+    def undo_from_spec(cls, spec: dict[str, Any], ctx: FaultContext) -> str | None:
+        """After a SIGKILL, in another process: undo the fault from its ledger spec alone.
+
+        Return None once undone, or why nothing was left to undo (see :mod:`.proof`: the
+        pods that held it are gone, the session that drove it is dead). A subclass that
+        defines this is registered as its kind's reverter; without it, ``--chaos-cleanup``
+        can only leave the entry open. ``spec`` is what :meth:`plan`, :meth:`note` and
+        :meth:`inject` wrote, plus ``ledger_id``, ``target``, ``owner_pid`` and ``owner_host``.
+        """
+        raise NotImplementedError
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "undo_from_spec" in cls.__dict__ and "kind" in cls.__dict__:
+            _REVERTERS[cls.kind] = cls.undo_from_spec
+
+
+def _origin(fault: Fault) -> dict[str, Any]:
+    """Where a cleanup process finds a fault class that is not one of the package's own."""
+    cls = type(fault)
+    if cls.__module__.split(".")[0] == __name__.split(".")[0]:
+        return {}  # load_all() imports the package's fault modules
+    try:
+        path = inspect.getsourcefile(cls)
+    except TypeError:
+        path = None
+    return {"origin": {"module": cls.__module__, "file": path}}
+
+
+def _import_origin(origin: dict[str, Any]) -> str | None:
+    """Import the module that defined a fault class; why it could not be, if so."""
+    module, path = str(origin.get("module") or ""), origin.get("file")
+    if module in sys.modules:
+        return None
+    try:
+        importlib.import_module(module)
+        return None
+    except ImportError:
+        pass
+    if not path:
+        return f"its module {module!r} is not importable here and named no file"
+    spec = importlib.util.spec_from_file_location(module, path)
+    if spec is None or spec.loader is None:
+        return f"its module {module!r} ({path}) cannot be loaded"
+    loaded = importlib.util.module_from_spec(spec)
+    sys.modules[module] = loaded
+    try:
+        spec.loader.exec_module(loaded)
+    except Exception as exc:  # a user's module: whatever it raises, say it and go on
+        del sys.modules[module]
+        return f"its module {module!r} ({path}) failed to import: {exc}"
+    return None
 
 
 class TargetFault(Fault):
@@ -217,12 +279,14 @@ class FaultSession:
             self._mark(FAULT_INJECTED, fault, dry_run=True)
             return ActiveFault(self, fault, None)
         entry_id = None
+        noted: dict[str, Any] = {}
+        planned = {**fault.plan(), **_origin(fault)}
         if self.ledger is not None:
             entry_id = self.ledger.open(
-                fault.kind, target=self.ctx.target.name, description=description, spec=fault.plan()
+                fault.kind, target=self.ctx.target.name, description=description, spec=planned
             )
             fault.ledger_id = ledger_ref(self.ledger.session, entry_id)
-            ledger, planned, noted = self.ledger, fault.plan(), {}
+            ledger = self.ledger
 
             def note(spec: dict[str, Any]) -> None:
                 noted.update(spec)
@@ -254,7 +318,8 @@ class FaultSession:
                 raise
             raise FaultError(f"could not inject {fault.kind} ({description}): {exc}") from exc
         if self.ledger is not None and entry_id is not None and handle.spec:
-            self.ledger.update_spec(entry_id, {**fault.plan(), **handle.spec})
+            # what was noted ahead stays: a cleanup needs it as much as what inject returned
+            self.ledger.update_spec(entry_id, {**planned, **noted, **handle.spec})
         handle.injected_at = self._mark(FAULT_INJECTED, fault, at=acting_at)
         log.info("injected %s: %s", fault.kind, description)
         return handle
@@ -335,9 +400,9 @@ def revert_entries(
     load_all()  # a fresh cleanup process has imported no fault module, so no reverter yet
     outcomes: list[tuple[LedgerEntry, str]] = []
     for entry in entries:
-        reverter = undo_recorded if "records" in entry.spec else _REVERTERS.get(entry.kind)
+        reverter, why = _reverter_for(entry)
         if reverter is None:
-            outcomes.append((entry, f"no reverter registered for kind {entry.kind!r}: left open"))
+            outcomes.append((entry, f"no reverter for kind {entry.kind!r}: {why}; left open"))
             continue
         try:
             # What the spec cannot know (it was written before the id existed): which
@@ -346,6 +411,8 @@ def revert_entries(
                 {
                     "ledger_id": ledger_ref(entry.session, entry.id),
                     "target": entry.target,
+                    "owner_pid": entry.pid,
+                    "owner_host": entry.host,
                     **entry.spec,
                 },
                 ctx,
@@ -360,3 +427,19 @@ def revert_entries(
         ledger.close(entry.id, outcome="reverted by cleanup")
         outcomes.append((entry, "reverted"))
     return outcomes
+
+
+def _reverter_for(entry: LedgerEntry) -> tuple[Reverter | None, str]:
+    """The reverter of an entry's kind, importing the user's module that defined it."""
+    if "records" in entry.spec:
+        return undo_recorded, ""
+    if entry.kind not in _REVERTERS and isinstance(entry.spec.get("origin"), dict):
+        failed = _import_origin(entry.spec["origin"])
+        if failed:
+            return None, failed
+    reverter = _REVERTERS.get(entry.kind)
+    if reverter is not None:
+        return reverter, ""
+    origin = entry.spec.get("origin") or {}
+    where = f" in {origin.get('module')}" if origin else ""
+    return None, f"its Fault class{where} defines no undo_from_spec"
