@@ -341,10 +341,10 @@ def chart_legend(result: ScenarioResult) -> list[LegendEntry]:
     return entries
 
 
-def _marks(result: ScenarioResult) -> dict[str, list]:
+def _marks(result: ScenarioResult) -> dict[str, list[Any]]:
     timeline = result.timeline
     zero = result.zero
-    marks: dict[str, list] = {k: [] for k in _MARK_LABELS}
+    marks: dict[str, list[Any]] = {k: [] for k in _MARK_LABELS}
     open_actions: dict[Any, list[float]] = {}
     fault_open: list[float] = []
     for event in timeline.get("events", ()):
@@ -383,7 +383,7 @@ def _marks(result: ScenarioResult) -> dict[str, list]:
 
 
 #: how each mark is drawn: ("span", colour, alpha, hatch) or ("line", colour, style, width)
-MARK_STYLES: dict[str, tuple] = {
+MARK_STYLES: dict[str, tuple[Any, ...]] = {
     "fault": ("span", COLOURS["fault"], 0.12, None),
     "action": ("span", COLOURS["action"], 0.22, None),
     "action_failed": ("span", COLOURS["action_failed"], 0.22, "//"),
@@ -396,13 +396,16 @@ MARK_STYLES: dict[str, tuple] = {
 }
 
 
-def _draw_marks(ax: Axes, marks: dict[str, list], end: float) -> None:
+def _draw_marks(ax: Axes, marks: dict[str, list[Any]], end: float) -> None:
     """All marks of one panel as two collections: one artist each, not one per event."""
     from matplotlib.collections import LineCollection, PolyCollection
 
     transform = ax.get_xaxis_transform()  # x in data, y in 0..1 of the panel
-    spans: dict[str | None, tuple[list, list]] = {}
-    segments, colours, styles, widths = [], [], [], []
+    spans: dict[str | None, tuple[list[Any], list[Any]]] = {}
+    segments: list[Any] = []
+    colours: list[str] = []
+    styles: list[str] = []
+    widths: list[float] = []
     for name, (shape, colour, style, extra) in MARK_STYLES.items():
         for mark in marks[name]:
             if shape == "span":
@@ -467,7 +470,7 @@ def _configure() -> None:
     )
 
 
-def _flat(values: list) -> list[float]:
+def _flat(values: list[Any]) -> list[float]:
     out: list[float] = []
     for value in values:
         if isinstance(value, tuple):

@@ -241,7 +241,7 @@ def _rows(pairs: Sequence[Pair]) -> list[dict[str, Any]]:
             without = _rate([p.baseline for p in pairs])
             reduction: dict[str, Any] = {"pct": None, "bound": None}
             change = None if with_ is None or without is None else round(with_ - without, 4)
-            cells = {
+            cells: dict[str, dict[str, Any]] = {
                 p.scenario: {
                     "with": p.automated.healed_by,
                     "without": p.baseline.healed_by,

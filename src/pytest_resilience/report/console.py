@@ -83,7 +83,7 @@ def terminal_summary_lines(results: Sequence[ScenarioResult], *, slowest: int = 
     ]
     timed = sorted(
         (r for r in results if r.figures.time_to_recover is not None),
-        key=lambda r: r.figures.time_to_recover,
+        key=lambda r: r.figures.time_to_recover or 0.0,
         reverse=True,
     )
     for result in timed[:slowest]:

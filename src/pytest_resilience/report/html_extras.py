@@ -25,7 +25,7 @@ __all__ = ["html_extras", "scenario_html"]
 
 def html_extras(result: ScenarioResult) -> list[dict[str, str | None]]:
     """pytest-html extras for one chaos test: ``report.extras += html_extras(result)``."""
-    from pytest_html import extras
+    from pytest_html import extras  # type: ignore[import-untyped]  # pytest-html ships no type hints
 
     return [extras.html(scenario_html(result))]
 

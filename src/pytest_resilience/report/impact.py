@@ -120,27 +120,29 @@ def breach_spans(result: ScenarioResult) -> list[tuple[float, float | None]]:
 
 
 def _union_length(spans: Sequence[tuple[float, float]]) -> float:
-    total, current_start, current_end = 0.0, None, None
+    total = 0.0
+    current: tuple[float, float] | None = None
     for start, stop in sorted(spans):
-        if current_end is None or start > current_end:
-            if current_end is not None:
-                total += current_end - current_start
-            current_start, current_end = start, stop
+        if current is None or start > current[1]:
+            if current is not None:
+                total += current[1] - current[0]
+            current = (start, stop)
         else:
-            current_end = max(current_end, stop)
-    if current_end is not None:
-        total += current_end - current_start
+            current = (current[0], max(current[1], stop))
+    if current is not None:
+        total += current[1] - current[0]
     return total
 
 
 def _load_samples(timeline: Mapping[str, Any]) -> list[dict[str, Any]]:
     series = timeline.get("series") or {}
     if LOAD_SERIES in series:
-        return series[LOAD_SERIES]
+        found: list[dict[str, Any]] = series[LOAD_SERIES]
+        return found
     # A probe path that names its series otherwise still plots if it carries the same keys.
     for samples in series.values():
         if samples and {"requests", "p99"} <= set(samples[0].get("values") or {}):
-            return samples
+            return list(samples)
     return []
 
 

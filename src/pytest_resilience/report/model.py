@@ -19,7 +19,7 @@ import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ConfigError
 from ..timeline import (
@@ -33,6 +33,12 @@ from ..timeline import (
     Figures,
     Timeline,
 )
+
+#: a dataclass that _build makes from a mapping
+_D = TypeVar("_D", bound="DataclassInstance")
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "MODES",
@@ -409,10 +415,10 @@ def journal_from_events(timeline: Mapping[str, Any]) -> ExperimentJournal | None
             run.excerpt = _excerpt(detail.get("error") or detail.get("output"))
             last[key] = run
         elif state == "judged":
-            run = last.get(key)
-            if run is None or run.tolerance_met is not None:  # our SLOs: judged, not run
+            judged = last.get(key)
+            if judged is None or judged.tolerance_met is not None:  # our SLOs: judged, not run
                 met = detail.get("tolerance_met")
-                run = JournalRun(
+                judged = JournalRun(
                     phase=key[0],
                     activity=key[1],
                     type=str(detail.get("type", "")),
@@ -421,8 +427,8 @@ def journal_from_events(timeline: Mapping[str, Any]) -> ExperimentJournal | None
                     status="succeeded" if met else "failed",
                     excerpt=_excerpt(detail.get("error")),
                 )
-                runs.append(run)
-            run.tolerance_met = detail.get("tolerance_met")
+                runs.append(judged)
+            judged.tolerance_met = detail.get("tolerance_met")
         elif state not in ("started", "ended"):  # "not started (dry run)", the extension's
             runs.append(JournalRun(key[0], key[1], str(detail.get("type", "")), None, None, state))
     _settle_unended(runs, end_detail)
@@ -542,7 +548,7 @@ def _list(data: Mapping[str, Any], key: str, source: str) -> list[Any]:
     return value
 
 
-def _build(cls: type, data: Mapping[str, Any], source: str) -> Any:
+def _build(cls: type[_D], data: Mapping[str, Any], source: str) -> _D:
     """``cls(**data)`` with a ConfigError naming the field when data is missing or foreign."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"expected a mapping, got {type(data).__name__}", source=source)

@@ -10,6 +10,7 @@ import functools
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import jinja2
 from markupsafe import Markup, escape
@@ -68,39 +69,39 @@ def format_metric(value: float | None, key: str) -> str:
     return format_number(value)
 
 
-def format_measure(measure: Mapping[str, object] | None, verb: str = "seen") -> str:
+def format_measure(measure: Mapping[str, Any] | None, verb: str = "seen") -> str:
     """One side's figure of the with/without comparison: ``8.2 s``, or for a censored one
     ``not recovered within 40.0 s`` (``verb`` says what was not seen)."""
     if not measure or measure.get("value") is None:
         return "—"
-    value = float(measure["value"])  # type: ignore[arg-type]
+    value = float(measure["value"])
     if measure.get("censored"):
         return f"not {verb} within {format_seconds(value)}"
     return format_seconds(value)
 
 
-def format_bound(aggregate: Mapping[str, object] | None, unit: str = "s") -> str:
+def format_bound(aggregate: Mapping[str, Any] | None, unit: str = "s") -> str:
     """A mean or a sum of the comparison: ``≥ 40.0 s`` when a censored figure is in it."""
     if not aggregate or aggregate.get("value") is None:
         return "—"
-    value = float(aggregate["value"])  # type: ignore[arg-type]
+    value = float(aggregate["value"])
     text = {"s": format_seconds, "rate": format_rate}.get(unit, format_number)(value)
     return f"≥ {text}" if aggregate.get("at_least") else text
 
 
-def format_reduction(reduction: Mapping[str, object] | None) -> str:
+def format_reduction(reduction: Mapping[str, Any] | None) -> str:
     """A reduction of the comparison: ``75%``, or ``≥ 75%`` / ``≤ 75%`` when bounded."""
     if not reduction or reduction.get("pct") is None:
         return "—"
     prefix = {"at least": "≥ ", "at most": "≤ "}.get(str(reduction.get("bound")), "")
-    return f"{prefix}{float(reduction['pct']):.0f}%"  # type: ignore[arg-type]
+    return f"{prefix}{float(reduction['pct']):.0f}%"
 
 
-def format_change(reduction: Mapping[str, object] | None) -> str:
+def format_change(reduction: Mapping[str, Any] | None) -> str:
     """A reduction read as a change: ``≥ 42% less``, ``4% more`` (the engine made it worse)."""
     if not reduction or reduction.get("pct") is None:
         return ""
-    pct = float(reduction["pct"])  # type: ignore[arg-type]
+    pct = float(reduction["pct"])
     if pct < 0:
         flipped = {"at least": "at most", "at most": "at least"}.get(str(reduction.get("bound")))
         return f"{format_reduction({'pct': -pct, 'bound': flipped})} more"

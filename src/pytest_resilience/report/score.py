@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .impact import breached, error_rate_downtime_s
 from .model import ScenarioResult, SLOVerdict
@@ -216,7 +217,7 @@ def run_metrics(
 
 def strategy_stats(results: Sequence[ScenarioResult]) -> list[StrategyStats]:
     """Per remediation strategy: how often its actions worked, and recovery where it acted."""
-    by_strategy: dict[str, dict[str, list]] = {}
+    by_strategy: dict[str, dict[str, list[Any]]] = {}
     for result in automated(results):
         if result.outcome == "skipped":
             continue
