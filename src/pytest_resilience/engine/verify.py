@@ -1,7 +1,9 @@
 """After an action: is the alert's condition gone? Fixed, not fixed, or inconclusive.
 
 A window ends at its first sample that breaks the condition: the verdict is then known,
-and the next step (a harsher action, a page) should not wait out the rest of it.
+and the next step (a harsher action, a page) should not wait out the rest of it. It opens
+at the first sample that holds, at the latest once ``wait`` is over, for the same reason:
+``wait`` bounds the settle time, it is not a pause every fix has to sit out.
 
 Inconclusive means the probe gave no data for the whole window: the engine must not call
 that "fixed" (a dead exporter looks exactly like a healthy one) nor "not fixed" (which
@@ -74,19 +76,9 @@ def verify(
             if ctx.stop.is_set():
                 raise Interrupted from None
             return VerifyResult(NOT_FIXED, f"ready({ctx.workload})", f"not ready: {exc}")
+        samples = _window(ctx, cond, spec, settle_s=0.0)
     else:
-        _wait(ctx, spec.wait_s)
-    samples: list[float] = []
-    deadline = time.monotonic() + spec.window_s
-    while True:
-        value = _sample(ctx, cond)
-        if value is not None:
-            samples.append(value)
-            if not _holds(cond, value):
-                break  # judged: "held over the window" can no longer be true
-        if time.monotonic() >= deadline:
-            break
-        _wait(ctx, min(spec.interval_s, max(0.0, deadline - time.monotonic())))
+        samples = _window(ctx, cond, spec, settle_s=spec.wait_s)
     if cond.kind == "ready":
         name = f"ready({', '.join(ctx.state.get('workloads') or [ctx.workload])})"
         bad = [s for s in samples if s < 1.0]
@@ -101,6 +93,40 @@ def verify(
         detail = f"{len(bad)} of {len(samples)} samples broke it (worst {_worst(cond, bad):g})"
         return VerifyResult(NOT_FIXED, name, detail, tuple(samples))
     return VerifyResult(FIXED, name, f"held in {len(samples)} samples", tuple(samples))
+
+
+def _window(
+    ctx: ActionContext, cond: Condition, spec: VerifySpec, *, settle_s: float
+) -> list[float]:
+    """The samples of the verify window; the first one that breaks the condition ends it.
+
+    The window opens at the first sample that holds, at the latest ``settle_s`` after the
+    actions: a fix that works at once is judged after ``window``, not ``wait`` + ``window``.
+    A break while still settling only means "not yet" and the window opens again later.
+    """
+    settled_at = time.monotonic() + settle_s
+    samples: list[float] = []
+    deadline: float | None = None
+    while True:
+        now = time.monotonic()
+        if deadline is None and now >= settled_at:
+            deadline = now + spec.window_s
+        value = _sample(ctx, cond)
+        if value is not None:
+            holds = _holds(cond, value)
+            if deadline is None and holds:
+                deadline = now + spec.window_s
+            if deadline is not None:
+                samples.append(value)
+                if not holds:
+                    if now < settled_at:  # still settling: not yet, not "not fixed"
+                        samples, deadline = [], None
+                    else:
+                        return samples  # judged: "held over the window" can no longer be true
+        if deadline is not None and time.monotonic() >= deadline:
+            return samples
+        until = deadline if deadline is not None else settled_at
+        _wait(ctx, min(spec.interval_s, max(0.0, until - time.monotonic())))
 
 
 def _holds(cond: Condition, value: float) -> bool:
