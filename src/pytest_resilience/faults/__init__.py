@@ -13,8 +13,8 @@ import pkgutil
 
 __all__ = ["load_all"]
 
-#: modules of this package that hold no fault (shared machinery)
-_NOT_FAULTS = frozenset({"base", "iptables", "proof"})
+#: modules of this package that hold no fault (shared machinery, the fixtures' injectors)
+_NOT_FAULTS = frozenset({"base", "injectors", "iptables", "proof"})
 
 
 def load_all() -> list[str]:
