@@ -34,8 +34,8 @@ from pytest_resilience.engine.playbooks import (
 from pytest_resilience.engine.rbac import ACTIONS, ENGINE, Permission, needed, normalize, rbac_rules
 from pytest_resilience.engine.targeting import Listing
 from pytest_resilience.engine.verify import verify
-from pytest_resilience.targets.kube_api import KubeApiError
 from pytest_resilience.targets.kubernetes import KubernetesTarget
+from pytest_resilience.targets.kubernetes.api import KubeApiError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE_YAML = ROOT / "deploy" / "engine" / "engine.yaml"

@@ -27,8 +27,8 @@ from test_engine_restart import serve
 
 from pytest_resilience.engine.__main__ import main
 from pytest_resilience.errors import NotAllowed, TargetError
-from pytest_resilience.targets.kube_api import IN_CLUSTER, connect_in_cluster
-from pytest_resilience.targets.kube_safety import ChaosPolicy
+from pytest_resilience.targets.kubernetes.api import IN_CLUSTER, connect_in_cluster
+from pytest_resilience.targets.kubernetes.safety import ChaosPolicy
 
 NS = "shop"
 PAYLOAD = Path(__file__).parent / "payloads" / "alertmanager-0.25-kube-pod-crashlooping-firing.body"

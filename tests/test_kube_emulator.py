@@ -34,7 +34,7 @@ SUFFIX = r"[bcdfghjklmnpqrstvwxz2456789]"
 def core(cluster: EmulatedCluster, tmp_path: Path) -> Iterator[Any]:
     import kubernetes.client as kc
 
-    from pytest_resilience.targets.kube_api import connect
+    from pytest_resilience.targets.kubernetes.api import connect
 
     client = connect(kubeconfig=str(cluster.kubeconfig(tmp_path))).api_client()
     try:

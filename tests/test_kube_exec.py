@@ -1,4 +1,4 @@
-"""Exec through the API server keeps the server's own words (defect 5, the kube_api part).
+"""Exec through the API server keeps the server's own words (defect 5, targets.kubernetes.api).
 
 The exec websocket ends with a Status on its error channel (channel 3). A command that
 ran and failed says ``NonZeroExitCode`` with the exit code as a cause; a command that
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from kube_controllers import DEMO_IMAGE_BINARIES, EmulatedCluster, cluster
 
-from pytest_resilience.targets.kube_api import (
+from pytest_resilience.targets.kubernetes.api import (
     ExecStatus,
     KubeInvalid,
     connect,

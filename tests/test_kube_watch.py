@@ -1,4 +1,4 @@
-"""The list+watch loop (targets/kube_watch.py) against the emulated API server's watch.
+"""The list+watch loop (targets/kubernetes/watch.py) against the emulated API server's watch.
 
 The emulator's watch behaves as kube-apiserver's watch cache does (tests/kube_apiserver.py):
 numeric resourceVersions, ``timeoutSeconds``, bookmarks, 410 Gone after compaction. Here a
@@ -19,8 +19,8 @@ import pytest
 from kube_controllers import NODES, EmulatedCluster, cluster
 
 from pytest_resilience.targets.base import EventKind, TargetEvent
-from pytest_resilience.targets.kube_api import connect
-from pytest_resilience.targets.kube_watch import ResourceWatch, diff_pod
+from pytest_resilience.targets.kubernetes.api import connect
+from pytest_resilience.targets.kubernetes.watch import ResourceWatch, diff_pod
 
 NS = "chaos-demo"
 

@@ -18,12 +18,12 @@ from kube_controllers import (  # fixtures: cluster, kubeconfig, target
 )
 
 from pytest_resilience.errors import FaultError
-from pytest_resilience.targets.kube_faults import (
+from pytest_resilience.targets.kubernetes import KubernetesTarget
+from pytest_resilience.targets.kubernetes.faults import (
     FAULT_ANNOTATION,
     RECORD_ANNOTATION_PREFIX,
     ChangeRecord,
 )
-from pytest_resilience.targets.kubernetes import KubernetesTarget
 
 NS = "chaos-demo"
 

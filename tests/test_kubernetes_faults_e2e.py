@@ -40,8 +40,8 @@ from pytest_resilience.faults.pod_kill import PodKill
 from pytest_resilience.ledger import Ledger
 from pytest_resilience.run import ChaosRun
 from pytest_resilience.settings import ChaosSettings
-from pytest_resilience.targets.kube_faults import FAULT_ANNOTATION, RECORD_ANNOTATION_PREFIX
 from pytest_resilience.targets.kubernetes import KubernetesTarget
+from pytest_resilience.targets.kubernetes.faults import FAULT_ANNOTATION, RECORD_ANNOTATION_PREFIX
 from pytest_resilience.timeline import FAULT_INJECTED, FAULT_REVERTED, Timeline
 
 NS = "chaos-demo"
@@ -596,7 +596,7 @@ def test_the_doctor_asks_the_api_server_for_each_permission_and_names_what_is_mi
     kubeconfig: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from pytest_resilience.targets.kube_preflight import NEEDED_ACCESS
+    from pytest_resilience.targets.kubernetes.preflight import NEEDED_ACCESS
 
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     cluster.forbid("POST", "pods", "eviction")  # the runner's Role lacks create pods/eviction

@@ -23,8 +23,8 @@ from pytest_resilience.errors import TargetError
 from pytest_resilience.faults.base import FaultSession
 from pytest_resilience.faults.deploy import BadDeploy
 from pytest_resilience.ledger import Ledger
-from pytest_resilience.targets.kube_releases import plan_rollback
 from pytest_resilience.targets.kubernetes import KubernetesTarget
+from pytest_resilience.targets.kubernetes.releases import plan_rollback
 from pytest_resilience.timeline import Timeline
 
 NS = "chaos-demo"

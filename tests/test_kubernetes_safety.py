@@ -17,9 +17,9 @@ from kube_controllers import DEPLOYMENTS, PODS, EmulatedCluster, cluster
 
 from pytest_resilience.errors import ConfigError, NotAllowed, TargetError
 from pytest_resilience.targets.base import Pod
-from pytest_resilience.targets.kube_api import KubeUnreachable
-from pytest_resilience.targets.kube_safety import ChaosPolicy
 from pytest_resilience.targets.kubernetes import KubernetesTarget
+from pytest_resilience.targets.kubernetes.api import KubeUnreachable
+from pytest_resilience.targets.kubernetes.safety import ChaosPolicy
 
 NS = "chaos-demo"
 

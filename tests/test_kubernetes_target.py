@@ -23,8 +23,8 @@ from kube_controllers import (  # fixtures: cluster, kubeconfig, target
 
 from pytest_resilience.errors import SelectorMatchedNothing, TargetError
 from pytest_resilience.targets.base import EventKind, Target, TargetEvent
-from pytest_resilience.targets.kube_api import KubeForbidden, KubeNotFound
 from pytest_resilience.targets.kubernetes import KubernetesTarget
+from pytest_resilience.targets.kubernetes.api import KubeForbidden, KubeNotFound
 
 NS = "chaos-demo"
 

@@ -201,7 +201,7 @@ def doctor_lines(settings: ChaosSettings, verdicts: Sequence[Verdict]) -> list[s
     lines = [f"chaos doctor: target {settings.target}; {ci}", "machine:"]
     lines += [c.line() for c in all_checks()]
     if settings.target == "kubernetes":
-        from .targets.kube_preflight import cluster_lines
+        from .targets.kubernetes.preflight import cluster_lines
 
         lines += cluster_lines(settings)
     runs = [v for v in verdicts if v.runs]

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .base import EventKind, TargetEvent
+from ..base import EventKind, TargetEvent
 
 __all__ = ["ResourceWatch", "diff_deployment", "diff_node", "diff_pod", "pod_is_ready"]
 

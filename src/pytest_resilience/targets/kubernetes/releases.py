@@ -1,7 +1,7 @@
 """Releases on Kubernetes: a release is a pod-template change, rollback is ``rollout undo``.
 
 The demo reads its release from the env ``DEMO_VERSION`` (deploy/k8s/api.yaml,
-demo/api.py), so :meth:`~.kubernetes.KubernetesTarget.rollout` sets that env in the
+demo/api.py), so :meth:`~.target.KubernetesTarget.rollout` sets that env in the
 Deployment's template (as ``kubectl set env deployment/api DEMO_VERSION=v2`` would) and
 ``Workload.version`` reports it, not the ReplicaSet revision number. A template without
 the env reports its first container's image tag.
@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import TargetError
+from ...errors import TargetError
 
 __all__ = ["REVISION", "Rollback", "plan_rollback", "release_of", "release_patch", "revision"]
 

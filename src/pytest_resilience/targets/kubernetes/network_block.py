@@ -18,14 +18,14 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import FaultError
-from .base import ChangeLog, ChangeRecord, ObjectRef, Pod
-from .kube_api import KubeForbidden, KubeInvalid, KubeNotFound
-from .kube_fault_host import TARGET, _ahead, _drop, _short
-from .kube_marks import FAULT_ANNOTATION, RECORD_ANNOTATION_PREFIX
+from ...errors import FaultError
+from ..base import ChangeLog, ChangeRecord, ObjectRef, Pod
+from .api import KubeForbidden, KubeInvalid, KubeNotFound
+from .fault_host import TARGET, _ahead, _drop, _short
+from .marks import FAULT_ANNOTATION, RECORD_ANNOTATION_PREFIX
 
 if TYPE_CHECKING:
-    from .kube_fault_host import KubeHost
+    from .fault_host import KubeHost
 
 __all__ = ["BLOCK_LABEL_PREFIX", "NETWORK_POLICY_LIMITS", "Direction", "KubeNetworkBlock"]
 
@@ -53,7 +53,7 @@ Direction = Literal["egress", "ingress", "both"]
 
 
 class KubeNetworkBlock:
-    """The network half of :class:`~.kube_faults.KubeFaults` (a mixin of the target)."""
+    """The network half of :class:`~.faults.KubeFaults` (a mixin of the target)."""
 
     def block_pod_network(
         self: KubeHost,

@@ -1,8 +1,8 @@
 """What the Kubernetes fault primitives use of the target they are mixed into.
 
-The primitives are mixins of :class:`~.kubernetes.KubernetesTarget`, one module per family
-(:mod:`.kube_network_block`, :mod:`.kube_disk_fill`, :mod:`.kube_marks`, the rest and the
-seam in :mod:`.kube_faults`). Each method takes ``self: KubeHost``: the protocol below names
+The primitives are mixins of :class:`~.target.KubernetesTarget`, one module per family
+(:mod:`.network_block`, :mod:`.disk_fill`, :mod:`.marks`, the rest and the
+seam in :mod:`.faults`). Each method takes ``self: KubeHost``: the protocol below names
 what they call on the target, each other's methods included, so none of them imports the
 target (which imports them) or another family's class. Also the helpers they share.
 """
@@ -13,13 +13,13 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from ..errors import SelectorMatchedNothing
-from .base import ChangeLog, ChangeRecord, ObjectRef, Pod
-from .kube_safety import ChaosPolicy
+from ...errors import SelectorMatchedNothing
+from ..base import ChangeLog, ChangeRecord, ObjectRef, Pod
+from .safety import ChaosPolicy
 
 if TYPE_CHECKING:
-    from .kube_disk_fill import VolumeBound
-    from .kube_network_block import Direction
+    from .disk_fill import VolumeBound
+    from .network_block import Direction
 
 __all__ = ["TARGET", "KubeHost"]
 
@@ -60,7 +60,7 @@ class KubeHost(Protocol):
         self, kind: str, name: str, namespace: str | None, meta: Mapping[str, Any]
     ) -> None: ...
 
-    # the primitives' own, called across families (kube_faults)
+    # the primitives' own, called across families (faults.py)
     def block_pod_network(
         self,
         pod: Pod,
@@ -104,7 +104,7 @@ class KubeHost(Protocol):
     ) -> ChangeRecord: ...
     def undo(self, record: ChangeRecord | Mapping[str, Any]) -> str | None: ...
     def _exec_undo(self, pod: Pod, script: str, container: str | None) -> None: ...
-    # network (kube_network_block)
+    # network (network_block.py)
     def _add_ephemeral(self, pod: Pod, container: str) -> None: ...
     def _wait_container_running(self, pod: Pod, container: str, timeout: float) -> None: ...
     def _network_policy_block(
@@ -117,7 +117,7 @@ class KubeHost(Protocol):
         changes: ChangeLog | None = None,
     ) -> ChangeRecord: ...
     def _ephemeral_never_ran(self, pod: Pod, container: str) -> str | None: ...
-    # disk (kube_disk_fill)
+    # disk (disk_fill.py)
     def volume_mounts(
         self, pod: Pod, obj: Mapping[str, Any] | None = None
     ) -> list[tuple[str, str]]: ...
@@ -125,7 +125,7 @@ class KubeHost(Protocol):
         self, pod: Pod, obj: Mapping[str, Any], container: str | None, directory: str
     ) -> VolumeBound: ...
     def volume_used(self, pod: Pod, mount: str, *, container: str | None = None) -> int | None: ...
-    # marks (kube_marks)
+    # marks (marks.py)
     def find_marked(self) -> list[ChangeRecord]: ...
     def _mark(self, record: ChangeRecord, *, extra_labels: Mapping[str, str] = ...) -> None: ...
     def _unmark(self, record: ChangeRecord) -> None: ...

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import ResilienceError
+from ...errors import ResilienceError
 
 if TYPE_CHECKING:
-    from ..settings import ChaosSettings
+    from ...settings import ChaosSettings
+    from .target import KubernetesTarget
 
 __all__ = ["NEEDED_ACCESS", "cluster_lines"]
 
@@ -41,7 +42,7 @@ NEEDED_ACCESS: tuple[tuple[str, str, str, str, str], ...] = (
 
 def cluster_lines(settings: ChaosSettings) -> list[str]:
     """Lines for ``--chaos-doctor``: context and server, the policy's verdict, each verb."""
-    from .kubernetes import KubernetesTarget
+    from .target import KubernetesTarget
 
     lines = ["cluster:"]
     try:
@@ -60,16 +61,16 @@ def cluster_lines(settings: ChaosSettings) -> list[str]:
     return lines
 
 
-def _access_lines(target: object) -> list[str]:
+def _access_lines(target: KubernetesTarget) -> list[str]:
     import kubernetes.client as kc
 
-    api = kc.AuthorizationV1Api(target.conn.api_client())  # type: ignore[attr-defined]
+    api = kc.AuthorizationV1Api(target.conn.api_client())
     lines = []
     for verb, resource, sub, group, why in NEEDED_ACCESS:
         review = kc.V1SelfSubjectAccessReview(
             spec=kc.V1SelfSubjectAccessReviewSpec(
                 resource_attributes=kc.V1ResourceAttributes(
-                    namespace=None if resource == "nodes" else target.namespace,  # type: ignore[attr-defined]
+                    namespace=None if resource == "nodes" else target.namespace,
                     verb=verb,
                     resource=resource,
                     subresource=sub or None,

@@ -14,18 +14,18 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from ..errors import FaultError, SelectorMatchedNothing
-from .base import ChangeLog, ChangeRecord, ObjectRef, Pod
-from .kube_fault_host import TARGET, _ahead, _drop, _short
+from ...errors import FaultError, SelectorMatchedNothing
+from ..base import ChangeLog, ChangeRecord, ObjectRef, Pod
+from .fault_host import TARGET, _ahead, _drop, _short
 
 if TYPE_CHECKING:
-    from .kube_fault_host import KubeHost
+    from .fault_host import KubeHost
 
 __all__ = ["KubeDiskFill", "VolumeBound", "quantity_bytes"]
 
 
 class KubeDiskFill:
-    """The disk half of :class:`~.kube_faults.KubeFaults` (a mixin of the target)."""
+    """The disk half of :class:`~.faults.KubeFaults` (a mixin of the target)."""
 
     def volume_mounts(
         self: KubeHost, pod: Pod, obj: Mapping[str, Any] | None = None

@@ -10,9 +10,9 @@ and ``pytest-resilience/record-<hash>: <record JSON>``; ``find_marked()`` reads 
 back, so a cleanup without the ledger file still finds what to revert.
 
 The families live in their own modules, mixed into :class:`KubeFaults` here: network
-block (:mod:`.kube_network_block`), disk fill (:mod:`.kube_disk_fill`), the marks
-(:mod:`.kube_marks`); memory stress, node failure and the undo of every record are here,
-with the seam's primitives that call them. :mod:`.kube_fault_host` says what they use of
+block (:mod:`.network_block`), disk fill (:mod:`.disk_fill`), the marks
+(:mod:`.marks`); memory stress, node failure and the undo of every record are here,
+with the seam's primitives that call them. :mod:`.fault_host` says what they use of
 the target.
 """
 
@@ -25,13 +25,13 @@ import shlex
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from ..errors import FaultError
-from .base import ChangeLog, ChangeRecord, ObjectRef, Pod
-from .kube_api import KubeNotFound
-from .kube_disk_fill import KubeDiskFill, VolumeBound, _measure_volume, quantity_bytes
-from .kube_fault_host import TARGET, KubeHost, _ahead, _drop, _short, _workload_pods
-from .kube_marks import FAULT_ANNOTATION, RECORD_ANNOTATION_PREFIX, KubeMarks
-from .kube_network_block import (
+from ...errors import FaultError
+from ..base import ChangeLog, ChangeRecord, ObjectRef, Pod
+from .api import KubeNotFound
+from .disk_fill import KubeDiskFill, VolumeBound, _measure_volume, quantity_bytes
+from .fault_host import TARGET, KubeHost, _ahead, _drop, _short, _workload_pods
+from .marks import FAULT_ANNOTATION, RECORD_ANNOTATION_PREFIX, KubeMarks
+from .network_block import (
     BLOCK_LABEL_PREFIX,
     NETWORK_POLICY_LIMITS,
     Direction,
@@ -58,7 +58,7 @@ log = logging.getLogger("pytest_resilience.targets.kubernetes")
 
 
 class KubeFaults(KubeNetworkBlock, KubeDiskFill, KubeMarks):
-    """Fault primitives mixed into :class:`~.kubernetes.KubernetesTarget`.
+    """Fault primitives mixed into :class:`~.target.KubernetesTarget`.
 
     The seam's primitives (:class:`~.base.FaultPrimitives`) pick the pods and call the
     per-pod ones (``block_pod_network``, ``fill_pod_disk``, ``stress_pod_memory``,

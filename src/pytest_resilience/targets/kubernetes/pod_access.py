@@ -29,13 +29,13 @@ import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
-from ..errors import TargetError
-from .base import Pod
-from .kube_api import KubeApiError, call, translate
-from .kube_safety import ChaosPolicy
+from ...errors import TargetError
+from ..base import Pod
+from .api import KubeApiError, call, translate
+from .calls import KubeCalls
 
 __all__ = ["ADMIN_PORT_ANNOTATION", "METRICS_PORT_ANNOTATION", "KubePodAccess", "PodPorts"]
 
@@ -81,18 +81,8 @@ class PodPorts:
         return cls(metrics, admin, first, declared)
 
 
-class _Host(Protocol):
-    policy: ChaosPolicy
-    dry_run: bool
-    _client: Any
-    _core: Any
-
-    def _dry(self, what: str) -> bool: ...
-    def _read(self, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]: ...
-
-
-class KubePodAccess:
-    """PodMetrics, PodAdmin and PodLogs of :class:`~.kubernetes.KubernetesTarget`."""
+class KubePodAccess(KubeCalls):
+    """PodMetrics, PodAdmin and PodLogs of :class:`~.target.KubernetesTarget`."""
 
     #: (namespace, pod) -> its ports, from the listings (set up by the target's __init__)
     _ports: dict[tuple[str, str], PodPorts]
@@ -113,7 +103,7 @@ class KubePodAccess:
             for key in [k for k in self._ports if k[0] == namespace and k[1] not in names]:
                 del self._ports[key]
 
-    def _ports_of(self: Any, pod: Pod) -> PodPorts:
+    def _ports_of(self, pod: Pod) -> PodPorts:
         with self._ports_lock:
             known = self._ports.get((pod.namespace, pod.name))
         if known is not None:
@@ -124,7 +114,7 @@ class KubePodAccess:
 
     # ----------------------------------------------------------------- PodMetrics
 
-    def scrape_pod(self: Any, pod: Pod, *, timeout: float) -> str | None:
+    def scrape_pod(self, pod: Pod, *, timeout: float) -> str | None:
         """:class:`~.base.PodMetrics`: GET /metrics through the pod proxy; None for a pod
         that declares no metrics port, is gone, or does not answer 2xx."""
         try:
@@ -143,7 +133,7 @@ class KubePodAccess:
 
     # ------------------------------------------------------------------- PodAdmin
 
-    def post_admin(self: Any, pod: Pod, path: str, *, timeout: float) -> bytes:
+    def post_admin(self, pod: Pod, path: str, *, timeout: float) -> bytes:
         """:class:`~.base.PodAdmin`: POST ``path`` (query kept) through the pod proxy."""
         self.policy.check_namespace(pod.namespace)
         ports = self._ports_of(pod)
@@ -164,7 +154,7 @@ class KubePodAccess:
 
     # -------------------------------------------------------------------- PodLogs
 
-    def log_tail(self: Any, pod: Pod, *, lines: int = 3) -> str:
+    def log_tail(self, pod: Pod, *, lines: int = 3) -> str:
         """:class:`~.base.PodLogs`: the last ``lines`` of its (first) container's log,
         joined by " | "; empty when the pod or its log is gone (for error messages)."""
         kwargs: dict[str, Any] = {"tail_lines": max(int(lines), 1)}
@@ -192,11 +182,11 @@ class KubePodAccess:
     # ------------------------------------------------------------------- plumbing
 
     def _proxy(
-        self: Any, method: str, pod: Pod, port: int, path: str, *, timeout: float
+        self, method: str, pod: Pod, port: int, path: str, *, timeout: float
     ) -> tuple[int, bytes]:
         """One request through the pod proxy: (the pod's status, its body). The API
         server's own refusals (no pod, RBAC, the dial failed: 503) come back as
-        :class:`~.kube_api.KubeApiError` with its message."""
+        :class:`~.api.KubeApiError` with its message."""
         split = urlsplit(path)
         resource = (
             f"/api/v1/namespaces/{quote(pod.namespace, safe='')}/pods/"

@@ -4,7 +4,7 @@ The spec (:class:`~.hpa_spec.AutoscalerSpec`, read from a manifest such as
 deploy/k8s/autoscaling/api-hpa.yaml) becomes an HPA object named after it in the target's
 namespace, created or replaced; the cluster's HPA controller acts on it with the pods' CPU
 from metrics-server. While any autoscaler of ours exists, a list+watch of the namespace's
-HPAs (the target's :class:`~.kube_watch.ResourceWatch`) turns each rescale the controller
+HPAs (the target's :class:`~.watch.ResourceWatch`) turns each rescale the controller
 records (``status.lastScaleTime`` moves, ``desiredReplicas`` changes) into an
 ``autoscaled`` target event, ``"3 -> 6: cpu above target (28m per pod, target cpu 12m per
 pod)"``, so the decision lands on the timeline as the local autoscaler's does. No polling.
@@ -19,13 +19,13 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .base import EventKind, TargetEvent
-from .hpa_spec import AutoscalerSpec, AutoscalerStatus
-from .kube_api import KubeConflict, KubeNotFound
-from .kube_watch import ResourceWatch
+from ..base import EventKind, TargetEvent
+from ..hpa_spec import AutoscalerSpec, AutoscalerStatus
+from .api import KubeConflict, KubeNotFound
+from .watch import ResourceWatch
 
 if TYPE_CHECKING:
-    from .kube_safety import ChaosPolicy
+    from .safety import ChaosPolicy
 
 __all__ = ["KubeAutoscaling", "diff_hpa", "hpa_status"]
 
@@ -34,7 +34,7 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "pytest-resilience"}
 
 
 class KubeAutoscaling:
-    """The Autoscaling capability of :class:`~.kubernetes.KubernetesTarget` (a mixin)."""
+    """The Autoscaling capability of :class:`~.target.KubernetesTarget` (a mixin)."""
 
     namespace: str
     policy: ChaosPolicy

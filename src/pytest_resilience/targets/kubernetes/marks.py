@@ -13,13 +13,13 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import FaultError
-from .base import ChangeRecord, ObjectRef
-from .kube_api import KubeNotFound
-from .kube_fault_host import _short
+from ...errors import FaultError
+from ..base import ChangeRecord, ObjectRef
+from .api import KubeNotFound
+from .fault_host import _short
 
 if TYPE_CHECKING:
-    from .kube_fault_host import KubeHost
+    from .fault_host import KubeHost
 
 __all__ = ["FAULT_ANNOTATION", "RECORD_ANNOTATION_PREFIX", "KubeMarks"]
 
@@ -30,7 +30,7 @@ RECORD_ANNOTATION_PREFIX = "pytest-resilience/record-"
 
 
 class KubeMarks:
-    """The marking half of :class:`~.kube_faults.KubeFaults` (a mixin of the target)."""
+    """The marking half of :class:`~.faults.KubeFaults` (a mixin of the target)."""
 
     def find_marked(self: KubeHost) -> list[ChangeRecord]:
         """Every change record annotated on pods and NetworkPolicies of the namespace and on
