@@ -7,10 +7,14 @@ child process started by ``load.py``, and nothing in the package imports this mo
     python -m pytest_resilience._locust_driver --host URL --users N --spawn-rate R
         [--locustfile PATH] [--run-time S] [--parent-pid PID] [--rps R]
         [--role local|master|worker] [--workers N] [--master-port P]
+        [--bind-host ADDR] [--master-host ADDR]
 
 Roles: ``local`` (default) runs the users itself. ``master`` is Locust's MasterRunner: it
-waits for ``--workers`` workers, dispatches the users to them, and writes the same stream
-from their seconds (``_Merge``). ``worker`` is Locust's WorkerRunner: it cuts its requests
+binds ``--bind-host`` (default 127.0.0.1;
+the address a cluster's pods reach when the workers run there), waits for ``--workers``
+workers, dispatches the users to them, and writes the same stream
+from their seconds (``_Merge``). ``worker`` is Locust's WorkerRunner, connected to
+``--master-host``:``--master-port``: it cuts its requests
 into the same wall-clock seconds and sends each to the master as a custom message
 (``pr_bucket``, raw response times included, so the merged percentiles stay exact); on the
 master's ``pr_flush`` it stops its users and sends its partial last second (``pr_final``).
@@ -20,6 +24,7 @@ Protocol on stdout (one JSON object per line; everything else the process prints
 stderr, so a chatty locustfile cannot corrupt it):
 
 - ``{"listening": port}`` (master only) once it is bound: the parent starts the workers;
+- ``{"connected": n}`` (master only) each time the number of connected workers changes;
 - ``{"started": true, "at": ..., "user_classes": [...], ...}`` once the runner is up (a
   master: once every worker is connected);
 - one line per wall-clock second, for the requests that *completed* in that second:
@@ -257,6 +262,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--role", choices=("local", "master", "worker"), default="local")
     parser.add_argument("--workers", type=int, default=1, help="master: workers to wait for")
     parser.add_argument("--master-port", type=int, default=None, help="worker: where to connect")
+    parser.add_argument("--master-host", default="127.0.0.1", help="worker: where to connect")
+    parser.add_argument("--bind-host", default="127.0.0.1", help="master: where workers dial")
     return parser.parse_args(argv)
 
 
@@ -344,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         return _work(args, env, done, orphaned)
 
     if args.role == "master":
-        runner: Any = env.create_master_runner(master_bind_host="127.0.0.1", master_bind_port=0)
+        runner: Any = env.create_master_runner(master_bind_host=args.bind_host, master_bind_port=0)
         out.write(json.dumps({"listening": runner.server.port}) + "\n")
         out.flush()
     else:
@@ -352,8 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     env.events.init.fire(environment=env, runner=runner, web_ui=None)
 
     if args.role == "master":
+        connected = 0
         while runner.worker_count < args.workers and not done.is_set():
             done.wait(0.05)  # workers connect within a second or two of their start
+            if runner.worker_count != connected:
+                connected = runner.worker_count
+                out.write(json.dumps({"connected": connected}) + "\n")
+                out.flush()
             if orphaned():
                 done.set()
         if done.is_set():
@@ -471,7 +483,7 @@ def _work(args: argparse.Namespace, env: Any, done: Any, orphaned: Callable[[], 
     import gevent
     import gevent.event
 
-    runner = env.create_worker_runner("127.0.0.1", args.master_port)  # returns once acked
+    runner = env.create_worker_runner(args.master_host, args.master_port)  # returns once acked
     env.events.init.fire(environment=env, runner=runner, web_ui=None)
     pid = os.getpid()
 

@@ -17,6 +17,12 @@ workers' seconds into the one stream described above, so a LoadRun reads the sam
 process or many. A worker that dies mid-run ends the run with a ``LoadError`` naming it:
 the load asked for no longer exists, and a chaos test must not read its silence as calm.
 
+``workers_in=target`` (a target with the ``load_workers`` capability, e.g. Kubernetes) puts
+the N workers on the platform instead, next to the system under load: the master still
+runs here and binds the address the target names, the workers dial it, and the target
+takes them away when the master ends, whatever ended it. Workers that never all connect
+end the start with a ``LoadError`` naming them and what the platform says of them.
+
 Size: over 500 lines because one process and a master with workers are started, read and
 reaped by the same LoadRun; the worker supervision is the part to move out (issue 14).
 """
@@ -42,10 +48,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, FaultError
 from .timeline import LOAD_STARTED, LOAD_STOPPED, Timeline
+
+if TYPE_CHECKING:
+    from .targets.base import LoadWorkers, PlacedWorkers
 
 __all__ = [
     "DEFAULT_LOCUSTFILE",
@@ -57,6 +66,7 @@ __all__ = [
     "LoadTotals",
     "LocustfileError",
     "start_load",
+    "start_load_on",
 ]
 
 logger = logging.getLogger("pytest_resilience.load")
@@ -211,6 +221,9 @@ class LoadRun:
         self._worker_tails: dict[int, deque[str]] = {}
         self._workers_lock = threading.Lock()
         self._listening: int | None = None
+        self._connected = 0  # workers the master saw connect, while it waits for them all
+        self._placed: PlacedWorkers | None = None  # workers a target runs (workers_in=)
+        self._placed_lock = threading.Lock()
         self._lost: dict[str, Any] | None = None
         self._reaping = False  # the run itself ends its workers: their exits are expected
         self._cond = threading.Condition()
@@ -274,7 +287,12 @@ class LoadRun:
             with self._cond:
                 self._listening = int(message["listening"])
                 self._cond.notify_all()
+        elif "connected" in message:
+            with self._cond:
+                self._connected = int(message["connected"])
         elif message.get("started"):
+            with self._placed_lock:
+                placed = self._placed
             self.timeline.mark(
                 LOAD_STARTED,
                 "locust",
@@ -288,6 +306,7 @@ class LoadRun:
                 workers=self.workers,
                 worker_pids=self.worker_pids,
                 asked_rps=self.asked_rps,
+                **({"workers_in": placed.name} if placed is not None else {}),
             )
             with self._cond:
                 self._started = message
@@ -305,6 +324,7 @@ class LoadRun:
 
     def _on_exit(self, returncode: int) -> None:
         self._stop_workers(grace=_WORKER_GRACE_S)  # whatever ended the master ends them
+        self._remove_placed()
         with self._cond:
             if self._lost is not None:
                 reason = "worker_lost"
@@ -428,6 +448,21 @@ class LoadRun:
         logger.warning("%s", self._error)
         self.stop()
 
+    def _place(self, workers_in: LoadWorkers, args: list[str]) -> None:
+        with self._placed_lock:
+            self._placed = workers_in.place_load_workers(args, replicas=self.workers)
+
+    def _remove_placed(self) -> None:
+        """The target's workers go with the master (once; the reader thread or stop())."""
+        with self._placed_lock:
+            placed, self._placed = self._placed, None
+        if placed is None:
+            return
+        try:
+            placed.remove()
+        except Exception as exc:  # the master is gone either way; say what is left behind
+            logger.warning("could not remove the load workers %s: %s", placed.name, exc)
+
     def _stop_workers(self, *, grace: float, timeout: float = 5.0) -> None:
         """Reap every worker: ``grace`` to leave on their own, then SIGTERM, then SIGKILL."""
         with self._cond:
@@ -534,9 +569,19 @@ class LoadRun:
                 lambda: self._started is not None or self._error is not None or self._ended,
                 timeout,
             )
-            started, error = self._started is not None, self._error
+            started, error, connected = self._started is not None, self._error, self._connected
         if started:
             return
+        with self._placed_lock:
+            placed = self._placed
+        if placed is not None and error is None and not self._ended:
+            # the workers never all came: say which, and what the platform says of them
+            state = placed.describe()
+            self.stop(timeout=5)
+            raise LoadError(
+                f"{connected} of the {self.workers} load workers of {placed.name} connected to "
+                f"the Locust master (pid {self.pid}) within {timeout} s: {state}"
+            )
         self.stop(timeout=5)
         if error is None:
             error = self.error
@@ -566,6 +611,7 @@ class LoadRun:
                 self._process.wait()
             self._stdout_reader.join(timeout)
             self._stop_workers(grace=_WORKER_GRACE_S, timeout=timeout)
+            self._remove_placed()
             for stream in (self._process.stdout, self._process.stderr):
                 if stream is not None and not self._stdout_reader.is_alive():
                     stream.close()
@@ -660,6 +706,26 @@ def _die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
+def start_load_on(
+    target: object,
+    workload: str,
+    *,
+    host: str | None = None,
+    workers: int = 1,
+    **options: Any,
+) -> LoadRun:
+    """The ``load`` fixture's start: ``workers`` > 1 on a target with the ``load_workers``
+    capability run on it, against ``workload`` as its pods reach it; otherwise here,
+    against ``target.endpoint(workload)``. ``host`` overrides either."""
+    from .targets.base import LoadWorkers
+
+    if isinstance(workers, int) and workers > 1 and isinstance(target, LoadWorkers):
+        url = host or target.load_endpoint(workload)
+        return start_load(host=url, workers=workers, workers_in=target, **options)
+    url = host or target.endpoint(workload)  # type: ignore[attr-defined]
+    return start_load(host=url, workers=workers, **options)
+
+
 def start_load(
     *,
     host: str,
@@ -672,6 +738,7 @@ def start_load(
     start_timeout: float = 60.0,
     workers: int = 1,
     rps: float | None = None,
+    workers_in: LoadWorkers | None = None,
 ) -> LoadRun:
     """Start Locust against ``host`` in a child process; returns once users are spawning.
 
@@ -685,6 +752,11 @@ def start_load(
     runs per second in all (one request per task, as in the demo's locustfile, makes that
     R requests/s); ``users`` then defaults to one per 10 rps, so a request may take up to
     100 ms before the pace slips. ``LoadRun.achieved_rps()`` says what was reached.
+
+    ``workers_in=target`` runs the ``workers`` on that target (its ``load_workers``
+    capability) rather than here; ``host`` is then the URL as the workers see it, and they
+    run the locustfile their image ships (the package's, ``DEFAULT_LOCUSTFILE``).
+    ``start_timeout`` is the deadline for all of them to connect.
     """
     if not isinstance(host, str) or not re.match(r"^https?://[^/\s]+", host):
         raise ConfigError(f"host must be an http(s):// URL, got {host!r}", field="host")
@@ -710,6 +782,12 @@ def start_load(
             "at least one User class",
             source=str(path),
         )
+    if workers_in is not None and path != DEFAULT_LOCUSTFILE:
+        raise LocustfileError(
+            "workers on the target run the locustfile their image ships (the package's "
+            f"{DEFAULT_LOCUSTFILE.name}); drop locustfile= or run the load here (workers=1)",
+            source=str(path),
+        )
     common = [
         sys.executable,
         "-m",
@@ -728,8 +806,11 @@ def start_load(
     if rps is not None:
         common += ["--rps", repr(float(rps))]
     command = list(common)
-    if workers > 1:
+    master_host = workers_in.load_master_address() if workers_in is not None else None
+    if workers > 1 or master_host is not None:
         command += ["--role", "master", "--workers", str(workers)]
+    if master_host is not None:
+        command += ["--bind-host", master_host]
     if run_time is not None:
         command += ["--run-time", repr(float(run_time))]
     child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
@@ -755,7 +836,20 @@ def start_load(
         workers=workers,
         asked_rps=None if rps is None else float(rps),
     )
-    if workers > 1:
+    if master_host is not None:
+        assert workers_in is not None
+        port = run._wait_listening(start_timeout)
+        # no --parent-pid or --locustfile: a pod has neither this process nor this path
+        args = ["--host", host, "--users", str(users), "--spawn-rate", repr(float(spawn_rate))]
+        if rps is not None:
+            args += ["--rps", repr(float(rps))]
+        args += ["--role", "worker", "--master-host", master_host, "--master-port", str(port)]
+        try:
+            run._place(workers_in, args)
+        except BaseException:
+            run.stop(timeout=5)
+            raise
+    elif workers > 1:
         port = run._wait_listening(start_timeout)
         worker_command = [*common, "--role", "worker", "--master-port", str(port)]
         # started here, not by the master: each is this process's child, dies with it, and

@@ -37,9 +37,11 @@ __all__ = [
     "EventKind",
     "ExecResult",
     "FaultPrimitives",
+    "LoadWorkers",
     "Node",
     "NodeOutage",
     "ObjectRef",
+    "PlacedWorkers",
     "Pod",
     "PodAdmin",
     "PodLogs",
@@ -385,6 +387,46 @@ class Autoscaling(Protocol):
         ...
 
 
+class PlacedWorkers(Protocol):
+    """Load workers a target runs for one load run (:meth:`LoadWorkers.place_load_workers`)."""
+
+    @property
+    def name(self) -> str:
+        """What to look them up by, ``"deployment chaos-demo/locust-workers"``."""
+        ...
+
+    def describe(self) -> str:
+        """Their state in a line or two (pods pending, image not pulled, ...), for the
+        error that says why they never connected."""
+        ...
+
+    def remove(self) -> None:
+        """Take them away (idempotent); returns once the platform accepted it."""
+        ...
+
+
+@runtime_checkable
+class LoadWorkers(Protocol):
+    """Locust workers run inside the platform, next to the system under load, and dial the
+    master that runs in this process (``load(workers=N)``): load from the cluster's nodes,
+    not from this machine's cores, through the workload's in-cluster address."""
+
+    def load_master_address(self) -> str:
+        """An address of this machine the platform's pods can connect to (the master binds
+        it)."""
+        ...
+
+    def load_endpoint(self, workload: str) -> str:
+        """The workload's URL as the platform's pods reach it (``endpoint`` is this
+        machine's view)."""
+        ...
+
+    def place_load_workers(self, args: Sequence[str], *, replicas: int) -> PlacedWorkers:
+        """Start ``replicas`` workers, each ``python -m pytest_resilience._locust_driver``
+        with ``args``; returns once the platform accepted them (not once they connected)."""
+        ...
+
+
 @runtime_checkable
 class ConfiguredCapabilities(Protocol):
     """A target class whose capabilities depend on how the run is configured (the
@@ -407,6 +449,7 @@ CAPABILITIES: dict[str, type] = {
     "node_outage": NodeOutage,
     "volume_usage": VolumeUsage,
     "autoscaling": Autoscaling,
+    "load_workers": LoadWorkers,
 }
 
 
@@ -454,7 +497,11 @@ class Target(FaultPrimitives, Protocol):
 
     def uncordon(self, node: str) -> None: ...
 
-    def drain(self, node: str) -> None: ...
+    def drain(self, node: str) -> list[Pod]:
+        """Cordon ``node`` and move its pods elsewhere, the platform's way (Kubernetes: the
+        Eviction API; local: a replacement started before each pod stops). Returns the
+        pods taken off the node."""
+        ...
 
     def wait_ready(
         self, workload: str, *, timeout: float = 60.0, replicas: int | None = None
