@@ -64,6 +64,20 @@ def test_the_manifest_is_valid_kubernetes_and_is_the_object_the_target_creates()
     assert container["image"] == "pytest-resilience-demo:ci"  # the image the workflow loads
 
 
+@pytest.mark.parametrize("workflow", ["chaos.yml", "weekly-resilience.yml"])
+def test_the_kind_workflows_have_the_api_server_check_the_manifest(workflow: str) -> None:
+    runs = [
+        " ".join(step.get("run", "").split())
+        for job in yaml.safe_load((ROOT / ".github" / "workflows" / workflow).read_text())[
+            "jobs"
+        ].values()
+        for step in job["steps"]
+    ]
+    check = "kubectl apply --dry-run=server -f deploy/k8s/load/locust-workers.yaml"
+    at = next(i for i, run in enumerate(runs) if check in run)
+    assert at < next(i for i, run in enumerate(runs) if "pytest -m chaos scenarios/ -rs" in run)
+
+
 def test_the_capability_is_the_kubernetes_mixin_and_the_local_target_lacks_it() -> None:
     assert issubclass(WiredTarget, LoadWorkers) and "load_workers" in offered(WiredTarget)
     assert "load_workers" in missing(LocalTarget)
