@@ -103,10 +103,15 @@ def test_kube_dispatch_is_gone_and_the_kubernetes_modules_do_not_import_each_oth
 def test_both_targets_carry_the_seam_and_say_what_they_offer() -> None:
     assert issubclass(LocalTarget, FaultPrimitives)
     assert issubclass(KubernetesTarget, FaultPrimitives)
-    assert offered(LocalTarget) == set(CAPABILITIES)
+    assert offered(LocalTarget) == set(CAPABILITIES) - {"load_workers"}  # it forks them here
     # pods reached through the API server (proxy, log), releases as template changes; a
     # failed node is drained, never left NotReady with its pods (the kubelet heartbeats)
-    assert offered(KubernetesTarget) == set(CAPABILITIES) - {"pod_resources", "node_outage"}
+    # load_workers: once the target carries KubeLoadWorkers (targets/kubernetes/load_workers.py)
+    assert offered(KubernetesTarget) == set(CAPABILITIES) - {
+        "pod_resources",
+        "node_outage",
+        "load_workers",
+    }
 
 
 SCENARIOS = """
