@@ -89,7 +89,7 @@ from kube_controllers import (
     random_suffix,
 )
 
-from pytest_resilience.targets.local_resources import PodCgroups, cgroup_kill, enter_pod
+from pytest_resilience.targets.local.cgroups import PodCgroups, cgroup_kill, enter_pod
 
 log = logging.getLogger("tests.kube_kubelet")
 

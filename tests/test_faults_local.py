@@ -44,8 +44,8 @@ from pytest_resilience.faults.toxics import Latency, ProxyDown, Toxic
 from pytest_resilience.ledger import Ledger
 from pytest_resilience.targets import iptables
 from pytest_resilience.targets.local import LocalTarget
-from pytest_resilience.targets.local_faults import FILL_PREFIX
-from pytest_resilience.targets.local_memory import HOG_MODULE
+from pytest_resilience.targets.local.faults import FILL_PREFIX
+from pytest_resilience.targets.local.memory import HOG_MODULE
 from pytest_resilience.timeline import FAULT_INJECTED, FAULT_REVERTED, Timeline
 from pytest_resilience.toxiproxy import ToxiproxyClient
 

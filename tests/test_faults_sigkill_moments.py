@@ -25,7 +25,7 @@ import pytest
 from pytest_resilience.faults.base import FaultContext, is_settled, ledger_ref, revert_entries
 from pytest_resilience.ledger import Ledger, LedgerEntry
 from pytest_resilience.targets.local import LocalTarget
-from pytest_resilience.targets.local_memory import is_hog
+from pytest_resilience.targets.local.memory import is_hog
 
 SERVICES = Path(__file__).parent / "local_services" / "faults.yaml"
 RUN_TIMEOUT_S = 120.0  # a target start and one fault on a busy 2-core machine

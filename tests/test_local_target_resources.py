@@ -27,7 +27,7 @@ from unprivileged import run_unprivileged
 from pytest_resilience.errors import ConfigError, TargetError
 from pytest_resilience.targets.base import EventKind
 from pytest_resilience.targets.local import LocalTarget
-from pytest_resilience.targets.local_resources import VOLUME_SOURCE_PREFIX, mounted_volumes
+from pytest_resilience.targets.local.volumes import VOLUME_SOURCE_PREFIX, mounted_volumes
 from pytest_resilience.targets.services import parse_services
 from pytest_resilience.toxiproxy import EmbeddedToxiproxy, ToxiproxyClient
 
@@ -225,7 +225,7 @@ UNBOUNDED_VOLUME_PROBE = (
     "from pytest_resilience.faults.base import FaultContext\n"
     "from pytest_resilience.faults.disk import DiskFill\n"
     "from pytest_resilience.targets.local import LocalTarget\n"
-    "from pytest_resilience.targets.local_resources import mounted_volumes\n"
+    "from pytest_resilience.targets.local.volumes import mounted_volumes\n"
     "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
     "with LocalTarget.from_file(sys.argv[1], work_dir=Path(sys.argv[2])) as t:\n"
     "    path = t.data_dir('store')\n"

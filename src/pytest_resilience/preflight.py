@@ -94,7 +94,7 @@ def _tmpfs() -> Check:
 
 def _cgroups() -> Check:
     """Memory limits are cgroups (v2, or v1's memory hierarchy) where root may write them."""
-    from .targets.local_resources import cgroup2_root
+    from .targets.local.cgroups import cgroup2_root
 
     v2 = cgroup2_root()
     controllers: list[str] = []

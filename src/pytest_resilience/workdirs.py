@@ -4,7 +4,7 @@ A session removes its own work dir at its end; a SIGKILLed one cannot, so its di
 the demo's Postgres and Redis data) would stay forever. Each dir therefore names its owner
 in a small file: the pid *and* that process's start time, so a recycled pid never makes a
 dead session look alive. ``--chaos-cleanup`` and every new session remove the dirs whose
-owner is gone, the way stale volumes and cgroups are swept (see targets/local_resources.py).
+owner is gone, the way stale volumes and cgroups are swept (see targets/local/volumes.py).
 
 Only what can be proven dead is removed: a dir without a readable owner file (one being
 created right now, or not made by this code) is left alone, as is one of another user, or one
@@ -64,7 +64,7 @@ def sweep_dead_work_dirs(base: Path | None = None) -> list[SweptDir]:
         if pid is None:
             continue
         if _mounts_under(path):
-            from .targets.local_resources import sweep_stale_volumes
+            from .targets.local.volumes import sweep_stale_volumes
 
             sweep_stale_volumes()  # a dead session's volumes, if its guardian died too
             if mounts := _mounts_under(path):
@@ -116,7 +116,7 @@ def _dead_owner(path: Path) -> int | None:
 
 def _mounts_under(path: Path) -> list[str]:
     """Mount points inside ``path`` (rmtree would delete what lives on them)."""
-    from .targets.local_resources import mount_points
+    from .targets.local.mounts import mount_points
 
     inside = path.resolve()
     return [str(m) for m in mount_points() if m.is_relative_to(inside)]

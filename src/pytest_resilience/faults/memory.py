@@ -3,7 +3,7 @@
 The target does it (:meth:`~..targets.base.FaultPrimitives.memory_stress`): on the local
 target a helper process started inside each pod (its memory cgroup, so the kernel
 enforces ``memory_limit_mb`` on it as on the service's own growth;
-:mod:`..targets.local_memory`), on Kubernetes a holder exec'd in each pod. The undo stops
+:mod:`..targets.local.memory`), on Kubernetes a holder exec'd in each pod. The undo stops
 the helpers, from the change records alone after SIGKILL (pid and start time, so never a
 stranger that inherited the pid).
 """

@@ -2,7 +2,7 @@
 
 One spec (:mod:`.hpa_spec`) and one algorithm for both targets: Kubernetes gets the spec as
 a real HorizontalPodAutoscaler object; the local target runs :class:`HorizontalController`
-in a loop of its own (``local_autoscaler.py``). Followed from kubernetes/kubernetes
+in a loop of its own (``local/autoscaler.py``). Followed from kubernetes/kubernetes
 ``pkg/controller/podautoscaler``:
 
 - ``replica_calculator.go`` ``GetResourceReplicas`` / ``GetRawResourceReplicas``

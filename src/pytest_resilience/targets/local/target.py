@@ -23,7 +23,8 @@ Why the threading is shaped the way it is:
   within one session.
 
 Resources a pod may declare (Toxiproxy proxies, bounded volumes, memory limits) live in
-``local_resources.py``; this module decides when to create and remove them.
+``proxies.py``, ``volumes.py`` and ``cgroups.py``; this module decides when to make and
+remove them.
 
 Size: over 500 lines because LocalTarget's supervisor loop, readiness and Target API share the
 supervisor's state under one lock; the split along those seams is issue 14's.
@@ -55,10 +56,10 @@ from typing import Any
 
 import psutil
 
-from ..errors import PrivilegeError, SelectorMatchedNothing, TargetError
-from ..ports import free_port
-from . import pod_http
-from .base import (
+from ...errors import PrivilegeError, SelectorMatchedNothing, TargetError
+from ...ports import free_port
+from .. import pod_http
+from ..base import (
     EventKind,
     ExecResult,
     Node,
@@ -68,25 +69,15 @@ from .base import (
     match_labels,
     parse_selector,
 )
-from .hpa_spec import AutoscalerSpec, AutoscalerStatus
-from .local_autoscaler import LocalAutoscalers
-from .local_faults import LocalFaults
-from .local_resources import (
-    GUARDIAN_SCRIPT,
-    PodCgroups,
-    ProxyRoutes,
-    cgroup_kill,
-    enter_pod,
-    limit_bytes,
-    mount_volume,
-    signal_processes,
-    start_proxies,
-    sweep_stale_volumes,
-    tree_rss,
-    unmount_volume,
-    wait_stopped,
-)
-from .services import ServiceSpec, dependency_order, expand_placeholders, load_services
+from ..hpa_spec import AutoscalerSpec, AutoscalerStatus
+from ..services import ServiceSpec, dependency_order, expand_placeholders, load_services
+from .autoscaler import LocalAutoscalers
+from .cgroups import PodCgroups, cgroup_kill, enter_pod, limit_bytes
+from .faults import LocalFaults
+from .guardian import GUARDIAN_SCRIPT
+from .processes import signal_processes, tree_rss, wait_stopped
+from .proxies import ProxyRoutes, start_proxies
+from .volumes import mount_volume, sweep_stale_volumes, unmount_volume
 
 __all__ = ["LocalTarget"]
 
@@ -409,7 +400,7 @@ class LocalTarget(LocalFaults):
             proxies.close()
 
     def _make_cgroup_base(self) -> None:
-        """Per-pod cgroups (see local_resources.PodCgroups); only as root."""
+        """Per-pod cgroups (see cgroups.PodCgroups); only as root."""
         self._cgroups = PodCgroups.create(f"pytest-resilience-{os.getpid()}-{id(self):x}")
         limited = [s.name for s in self._specs.values() if s.memory_limit_mb is not None]
         if limited and self._cgroups.memory is None:
@@ -758,7 +749,7 @@ class LocalTarget(LocalFaults):
 
     def autoscale(self, spec: AutoscalerSpec) -> None:
         """:class:`~.base.Autoscaling`: the HPA algorithm in a loop of its own
-        (local_autoscaler.py), on the pods' CPU; ConfigError naming the spec's field."""
+        (autoscaler.py), on the pods' CPU; ConfigError naming the spec's field."""
         self._autoscalers.start(spec, known=set(self._services))
 
     def stop_autoscaling(self, workload: str) -> None:

@@ -33,13 +33,14 @@ from typing import TYPE_CHECKING, Protocol
 
 import psutil
 
-from ..errors import ConfigError, TargetError
-from .hpa import HorizontalController, PodSample, resource_replicas
-from .hpa_spec import AutoscalerSpec, AutoscalerStatus
-from .local_resources import cgroup2_root, pod_processes
+from ...errors import ConfigError, TargetError
+from ..hpa import HorizontalController, PodSample, resource_replicas
+from ..hpa_spec import AutoscalerSpec, AutoscalerStatus
+from .cgroups import cgroup2_root
+from .processes import pod_processes
 
 if TYPE_CHECKING:
-    from .base import Pod, Workload
+    from ..base import Pod, Workload
 
 __all__ = ["LocalAutoscalers", "pod_cpu_seconds"]
 

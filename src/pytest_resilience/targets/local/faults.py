@@ -9,7 +9,7 @@ one replica dies.
 
 Disk fill: a real file on the service's bounded volume (a tmpfs of ``size_mb``), so 90 %
 means 90 % of something small and the service feels it, while the machine's own disk is
-never at risk. Memory stress: :mod:`.local_memory`. Node failure: every pod on the node is
+never at risk. Memory stress: :mod:`.memory`. Node failure: every pod on the node is
 paused (SIGSTOP), so it holds its sockets and answers nothing, as on a NodeNotReady node.
 
 Each primitive checks its preconditions (root, iptables, the selector, the volume) before
@@ -37,9 +37,10 @@ from typing import Any, Literal, Protocol
 
 import psutil
 
-from ..errors import FaultError, SelectorMatchedNothing, TargetError
-from . import iptables, local_memory
-from .base import ChangeLog, ChangeRecord, ObjectRef, Pod, Workload
+from ...errors import FaultError, SelectorMatchedNothing, TargetError
+from .. import iptables
+from ..base import ChangeLog, ChangeRecord, ObjectRef, Pod, Workload
+from . import memory
 
 __all__ = ["FILL_PREFIX", "TARGET", "LocalFaults", "usage"]
 
@@ -66,7 +67,7 @@ class _LocalHost(Protocol):
 
 
 class LocalFaults:
-    """:class:`~.base.FaultPrimitives` mixed into :class:`~.local.LocalTarget`."""
+    """:class:`~..base.FaultPrimitives` mixed into :class:`~.target.LocalTarget`."""
 
     #: a session's pods are its own processes: a killed session's pods died with it
     pods_outlive_session = False
@@ -142,15 +143,15 @@ class LocalFaults:
         # Ahead of the helpers: they carry the ledger id as their tag, found by it if killed.
         changes.put(_record("memory_stress", changes, objects, hogs=[]))
         procs = _held(self).setdefault(changes.ledger_id, [])
-        hogs: list[local_memory.Hog] = []
-        started: list[tuple[Pod, int, subprocess.Popen[bytes], float, local_memory.ReportPipe]] = []
+        hogs: list[memory.Hog] = []
+        started: list[tuple[Pod, int, subprocess.Popen[bytes], float, memory.ReportPipe]] = []
         try:
             # Every helper starts first, then each is waited for: the pods grow side by side.
             for pod in pods:
                 if growth[pod.name] <= 0:
                     log.info("memory_stress: %s is already at %.0f%%", pod.name, share * 100)
                     continue
-                report = local_memory.ReportPipe()
+                report = memory.ReportPipe()
                 try:
                     proc, created = _spawn(
                         self, pod, growth[pod.name], report, changes.ledger_id, hold
@@ -160,7 +161,7 @@ class LocalFaults:
                     raise
                 procs.append(proc)
                 started.append((pod, growth[pod.name], proc, created, report))
-            deadline = time.monotonic() + local_memory.ALLOCATE_TIMEOUT_S
+            deadline = time.monotonic() + memory.ALLOCATE_TIMEOUT_S
             for pod, grow, proc, created, report in started:
                 hogs.append(_collect(self, pod, grow, proc, created, report, deadline))
                 changes.put(
@@ -175,7 +176,7 @@ class LocalFaults:
 
     def node_failure(self: _LocalHost, node: str, *, changes: ChangeLog) -> None:
         """A local node fails by hanging: there is no kubelet to drain it."""
-        self.hang_node(node, changes=changes)  # type: ignore[attr-defined]
+        self.hang_node(node, changes=changes)  # type: ignore[attr-defined]  # this mixin's own
 
     def hang_node(self: _LocalHost, node: str, *, changes: ChangeLog) -> None:
         """Pause every pod on the node (SIGSTOP): the node goes NotReady (:class:`NodeOutage`)."""
@@ -241,7 +242,7 @@ class LocalFaults:
                 f"this fault was injected on the {made_on!r} target: revert it with "
                 f"`pytest --chaos-cleanup --chaos-target={made_on}`"
             )
-        return local_memory.stop_tagged(ledger_id)
+        return memory.stop_tagged(ledger_id)
 
 
 def usage(path: Path) -> tuple[int, int]:
@@ -269,7 +270,8 @@ def _record(
 
 def _held(target: object) -> dict[str, list[Any]]:
     """What this process holds per ledger id (helper ``Popen`` s, paused pods)."""
-    return target.__dict__.setdefault("_fault_handles", {})
+    held: dict[str, list[Any]] = target.__dict__.setdefault("_fault_handles", {})
+    return held
 
 
 def _rules(
@@ -376,11 +378,11 @@ def _spawn(
     target: _LocalHost,
     pod: Pod,
     growth: int,
-    report: local_memory.ReportPipe,
+    report: memory.ReportPipe,
     tag: str,
     hold: bool,
 ) -> tuple[subprocess.Popen[bytes], float]:
-    argv = [sys.executable, "-m", local_memory.HOG_MODULE, "--bytes", str(growth)]
+    argv = [sys.executable, "-m", memory.HOG_MODULE, "--bytes", str(growth)]
     argv += ["--report", str(report.path), "--tag", tag]
     if not hold:
         argv.append("--release")
@@ -401,16 +403,16 @@ def _collect(
     growth: int,
     proc: subprocess.Popen[bytes],
     created: float,
-    report: local_memory.ReportPipe,
+    report: memory.ReportPipe,
     deadline: float,
-) -> local_memory.Hog:
+) -> memory.Hog:
     line = report.read_line(proc, timeout=deadline - time.monotonic())
     if line is None:
         code = proc.poll()
         why = (
-            f"exited with {local_memory.exit_text(code)} before reporting"
+            f"exited with {memory.exit_text(code)} before reporting"
             if code is not None
-            else f"did not report within {local_memory.ALLOCATE_TIMEOUT_S:g} s"
+            else f"did not report within {memory.ALLOCATE_TIMEOUT_S:g} s"
         )
         tail = target.log_tail(pod)
         raise FaultError(
@@ -418,7 +420,7 @@ def _collect(
             + (f"; pod log: {tail}" if tail else "")
         )
     log.info("memory_stress: %s grew by %s", pod.name, line.strip())
-    return local_memory.Hog(pod.name, proc.pid, created, int(line.split()[1]))
+    return memory.Hog(pod.name, proc.pid, created, int(line.split()[1]))
 
 
 def _undo_memory(
@@ -429,15 +431,15 @@ def _undo_memory(
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
     for proc in reversed(procs):
-        local_memory.stop(proc)
+        memory.stop(proc)
     stopped = 0
     for hog in hogs:  # from the record alone: only if still the same process
-        process = local_memory.same_process(int(hog["pid"]), float(hog["create_time"]))
-        if process is not None and local_memory.is_hog(process):
-            local_memory.stop_process(process)
+        process = memory.same_process(int(hog["pid"]), float(hog["create_time"]))
+        if process is not None and memory.is_hog(process):
+            memory.stop_process(process)
             stopped += 1
     if not procs:  # from the record alone: also helpers it never recorded, by their tag
-        stopped += local_memory.stop_tagged(tag)
+        stopped += memory.stop_tagged(tag)
     if procs or stopped:
         return None
     return "its memory helpers died with their session, and the memory with them"

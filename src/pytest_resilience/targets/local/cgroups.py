@@ -1,148 +1,53 @@
-"""What the local target gives pods beyond a process: cgroups, bounded volumes, proxies.
+"""The cgroups a local target gives its pods, and how a pod's process enters them.
 
-Kept apart from ``local.py`` (supervision) because each part here talks to one kernel or
-server interface and has its own failure modes:
-
-* **cgroups.** A cgroup v2 directory per pod lets iptables match a pod's own traffic and
-  lets the target kill what escaped the pod's process group. A *memory* cgroup per pod
-  enforces ``memory_limit_mb`` the way a container runtime does (the kernel OOM-kills inside
-  the pod only) and reports the pod's usage. The memory controller is taken from cgroup v2
-  when the unified hierarchy offers it, else from the v1 memory hierarchy, under this
-  process's own memory cgroup (a sandbox may confine us to a sub-cgroup). No controller, or
-  not root: ``RLIMIT_AS`` is the fallback, which bounds address space rather than memory.
-* **volumes.** ``volume: {size_mb: N}`` mounts a tmpfs of N MiB as the service's data dir
-  (a PrivilegeError when the mount is refused: the target then keeps a plain directory).
-  The mount's source field is ``pytest-resilience-vol-<pid>``, so a later session can tell a
-  dead session's mounts from live ones and detach them, in case the guardian died too.
-* **proxies.** Proxied services are reached through Toxiproxy; the server is resolved the way
-  the toxiproxy faults expect (given URL, binary on PATH, embedded process).
-* **process trees.** Pausing a pod must stop every process of it; Postgres backends call
-  setsid(), so the pod's process group is not enough.
+A cgroup v2 directory per pod lets iptables match a pod's own traffic and lets the target
+kill what escaped the pod's process group. A *memory* cgroup per pod enforces
+``memory_limit_mb`` the way a container runtime does (the kernel OOM-kills inside the pod
+only) and reports the pod's usage. The memory controller is taken from cgroup v2 when the
+unified hierarchy offers it, else from the v1 memory hierarchy, under this process's own
+memory cgroup (a sandbox may confine us to a sub-cgroup). No controller, or not root:
+``RLIMIT_AS`` is the fallback, which bounds address space rather than memory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import logging
 import os
 import resource
 import signal
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import psutil
 
-from ..errors import ConfigError, FaultError, PrivilegeError, TargetError
-
-if TYPE_CHECKING:
-    from ..toxiproxy.resolve import ToxiproxyServerHandle
+from .mounts import mount_table, unescape
 
 __all__ = [
-    "GUARDIAN_SCRIPT",
-    "VOLUME_SOURCE_PREFIX",
     "MemoryController",
     "PodCgroups",
-    "ProxyRoutes",
     "cgroup2_root",
     "cgroup_kill",
     "cgroup_pids",
     "enter_pod",
     "find_memory_controller",
     "limit_bytes",
-    "mount_points",
-    "mount_volume",
-    "pod_processes",
     "remove_cgroup_tree",
-    "signal_processes",
-    "start_proxies",
     "sweep_stale_cgroups",
-    "sweep_stale_volumes",
-    "tree_rss",
-    "unmount_volume",
-    "wait_stopped",
 ]
 
 log = logging.getLogger("pytest_resilience.targets.local")
 
-VOLUME_SOURCE_PREFIX = "pytest-resilience-vol-"
 _MIB = 1024 * 1024
-_MS_NOSUID, _MS_NODEV = 2, 4
 _PR_SET_PDEATHSIG = 1
-_MNT_DETACH = 2
-
-#: Kills what the session leaves behind when the session dies (SIGKILL included): it holds
-#: the read end of a pipe from the session and acts on EOF. Lines: "+ pgid" / "- pgid"
-#: (pod process groups), "cgroup PATH" (a base cgroup: kill its processes, remove it),
-#: "mount PATH" / "unmount PATH" (volumes to detach).
-GUARDIAN_SCRIPT = r"""
-import ctypes, os, signal, sys, time
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-groups, cgroups, mounts = set(), [], []
-for line in sys.stdin:
-    op, _, arg = line.rstrip("\n").partition(" ")
-    if op == "+":
-        groups.add(int(arg))
-    elif op == "-":
-        groups.discard(int(arg))
-    elif op == "cgroup":
-        cgroups.append(arg)
-    elif op == "mount":
-        mounts.append(arg)
-    elif op == "unmount" and arg in mounts:
-        mounts.remove(arg)
-for pgid in groups:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass
-def dirs(base):
-    found = []
-    for top, subdirs, _files in os.walk(base):
-        found.extend(os.path.join(top, d) for d in subdirs)
-    return sorted(found, key=len, reverse=True) + [base]
-for base in cgroups:
-    if not os.path.isdir(base):
-        continue
-    try:
-        with open(os.path.join(base, "cgroup.kill"), "w") as f:
-            f.write("1")
-    except OSError:
-        for d in dirs(base):
-            try:
-                pids = open(os.path.join(d, "cgroup.procs")).read().split()
-            except OSError:
-                continue
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except OSError:
-                    pass
-deadline = time.monotonic() + 3
-for base in cgroups:
-    while os.path.isdir(base) and time.monotonic() < deadline:
-        try:
-            for d in dirs(base):
-                os.rmdir(d)
-        except OSError:
-            time.sleep(0.05)
-libc = ctypes.CDLL(None, use_errno=True)
-for path in mounts:
-    libc.umount2(path.encode(), 2)
-"""
-
-
-# ---------------------------------------------------------------------- cgroups
 
 
 def cgroup2_root() -> Path | None:
     """Where the unified (v2) hierarchy is mounted, if it is."""
-    for fields in _mount_table():
+    for fields in mount_table():
         if len(fields) > 2 and fields[2] == "cgroup2":
             return Path(fields[1])
     return None
@@ -407,7 +312,7 @@ def _own_v1_memory_cgroup() -> Path | None:
                 pre, _, post = line.partition(" - ")
                 fields, tail = pre.split(), post.split()
                 if len(tail) >= 3 and tail[0] == "cgroup" and "memory" in tail[2].split(","):
-                    mount = (_unescape(fields[4]), fields[3])
+                    mount = (unescape(fields[4]), fields[3])
                     break
         with open("/proc/self/cgroup") as table:
             own = next(
@@ -429,222 +334,6 @@ def _own_v1_memory_cgroup() -> Path | None:
 
 def _depth_first(path: Path) -> int:
     return -len(path.parts)
-
-
-# ---------------------------------------------------------------------- process trees
-
-
-def pod_processes(leader: int, cgroups: Iterable[Path] = ()) -> set[int]:
-    """Every live process of a pod: its first process, all descendants (also those that
-    called setsid()), and whatever sits in the pod's cgroups (helpers, reparented orphans)."""
-    found: set[int] = set()
-    try:
-        root = psutil.Process(leader)
-        found.add(leader)
-        found.update(child.pid for child in root.children(recursive=True))
-    except psutil.Error:
-        pass
-    for cgroup in cgroups:
-        found.update(cgroup_pids(cgroup))
-    return found
-
-
-def signal_processes(leader: int, cgroups: Iterable[Path], sig: int) -> set[int]:
-    """Send ``sig`` to the pod's process group and every process of its tree.
-
-    Repeated until no new process shows up, so a child forked while we were signalling is
-    not missed (a stopped process forks nothing more).
-    """
-    cgroups = list(cgroups)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(leader, sig)
-    done: set[int] = set()
-    for _round in range(10):
-        fresh = pod_processes(leader, cgroups) - done
-        if not fresh:
-            break
-        for pid in fresh:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        done |= fresh
-    return done
-
-
-def wait_stopped(pids: Iterable[int], *, timeout: float) -> list[int]:
-    """Wait until each process is stopped (or gone); returns those that are not."""
-    deadline = time.monotonic() + timeout
-    waiting = set(pids)
-    while waiting:
-        for pid in list(waiting):
-            try:
-                if psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE):
-                    waiting.discard(pid)
-            except psutil.NoSuchProcess:
-                waiting.discard(pid)
-        if not waiting or time.monotonic() > deadline:
-            break
-        time.sleep(0.005)  # poll interval: SIGSTOP is delivered asynchronously
-    return sorted(waiting)
-
-
-def tree_rss(leader: int, cgroups: Iterable[Path] = ()) -> int:
-    total = 0
-    for pid in pod_processes(leader, cgroups):
-        with contextlib.suppress(psutil.Error):
-            total += psutil.Process(pid).memory_info().rss
-    return total
-
-
-# ---------------------------------------------------------------------- volumes
-
-
-def mount_volume(path: Path, size_mb: int, *, service: str) -> None:
-    """Mount a tmpfs of ``size_mb`` MiB at ``path`` (mode 0755, nosuid, nodev)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    source = f"{VOLUME_SOURCE_PREFIX}{os.getpid()}".encode()
-    options = f"size={size_mb}m,mode=0755".encode()
-    if libc.mount(source, str(path).encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, options) != 0:
-        code = ctypes.get_errno()
-        if code == errno.EPERM:
-            raise PrivilegeError(
-                f"mounting a tmpfs at {path} was refused ({os.strerror(code)}): it needs "
-                f"root with CAP_SYS_ADMIN, which this process (uid {os.geteuid()}) lacks"
-            )
-        raise TargetError(
-            f"service {service!r}: cannot mount its volume (tmpfs, size={size_mb}m) at {path}: "
-            f"{os.strerror(code)}"
-        )
-    log.info("service %s: volume of %d MiB mounted at %s", service, size_mb, path)
-
-
-def unmount_volume(path: Path) -> None:
-    """Unmount; detach lazily if a straggler still holds a file open on it."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.umount2(str(path).encode(), 0) == 0:
-        return
-    code = ctypes.get_errno()
-    if code == errno.EINVAL:
-        return  # not mounted (any more)
-    if libc.umount2(str(path).encode(), _MNT_DETACH) != 0:
-        log.warning("cannot unmount volume %s: %s", path, os.strerror(ctypes.get_errno()))
-    else:
-        log.info("volume %s busy (%s): detached lazily", path, os.strerror(code))
-
-
-def mounted_volumes() -> list[tuple[int, Path]]:
-    """(owner pid, mount point) of every volume a local target mounted, live or stale."""
-    found = []
-    for fields in _mount_table():
-        source = fields[0]
-        if len(fields) > 2 and fields[2] == "tmpfs" and source.startswith(VOLUME_SOURCE_PREFIX):
-            pid = source[len(VOLUME_SOURCE_PREFIX) :]
-            if pid.isdigit():
-                found.append((int(pid), Path(fields[1])))
-    return found
-
-
-def mount_points() -> list[Path]:
-    """Every mount point on this machine (any filesystem), as this process sees them."""
-    return [Path(fields[1]) for fields in _mount_table() if len(fields) > 1]
-
-
-def sweep_stale_volumes() -> list[Path]:
-    """Detach the volumes of sessions that died without unmounting (guardian killed too)."""
-    swept = []
-    for pid, path in mounted_volumes():
-        if pid != os.getpid() and not psutil.pid_exists(pid):
-            unmount_volume(path)
-            log.info("detached stale volume %s of dead session %d", path, pid)
-            swept.append(path)
-    return swept
-
-
-def _mount_table() -> list[list[str]]:
-    try:
-        with open("/proc/self/mounts") as mounts:
-            return [[_unescape(f) for f in line.split()] for line in mounts]
-    except OSError:
-        return []
-
-
-def _unescape(field_text: str) -> str:
-    """/proc mount tables write space, tab, newline and backslash as octal escapes."""
-    for code in ("\\040", "\\011", "\\012", "\\134"):
-        field_text = field_text.replace(code, chr(int(code[1:], 8)))
-    return field_text
-
-
-# ---------------------------------------------------------------------- proxies
-
-
-@dataclass
-class ProxyRoutes:
-    """The Toxiproxy server of a local target and the proxies made on it (name -> port)."""
-
-    handle: ToxiproxyServerHandle
-    ports: Mapping[str, int] = field(default_factory=dict)
-
-    @property
-    def url(self) -> str:
-        return self.handle.url
-
-    @property
-    def kind(self) -> str:
-        return self.handle.kind
-
-    def close(self) -> None:
-        """Stop a server we started; on someone else's server remove only our proxies."""
-        if self.handle.kind == "external":
-            from ..toxiproxy.client import ToxiproxyClient
-
-            client = ToxiproxyClient(self.handle.url)
-            for name in self.ports:
-                try:
-                    client.delete_proxy(name)
-                except FaultError as exc:
-                    log.warning("cannot remove proxy %r from %s: %s", name, self.handle.url, exc)
-        self.handle.stop()
-
-
-def start_proxies(url: str | None, routes: Mapping[str, tuple[int, int]]) -> ProxyRoutes:
-    """Resolve a Toxiproxy server and create (or replace) one proxy per route.
-
-    ``routes`` maps a proxy name to (listen port, upstream port), both on 127.0.0.1.
-    """
-    from ..toxiproxy.client import ToxiproxyClient
-    from ..toxiproxy.resolve import resolve_server
-
-    try:
-        handle = resolve_server(url)
-    except FaultError as exc:
-        raise TargetError(f"proxied services need a Toxiproxy server: {exc}") from exc
-    try:
-        ToxiproxyClient(handle.url).populate(
-            [
-                {
-                    "name": name,
-                    "listen": f"127.0.0.1:{listen}",
-                    "upstream": f"127.0.0.1:{upstream}",
-                    "enabled": True,
-                }
-                for name, (listen, upstream) in routes.items()
-            ]
-        )
-    except (FaultError, ConfigError) as exc:
-        handle.stop()
-        raise TargetError(
-            f"cannot create proxies {', '.join(routes)} on {handle.url}: {exc}"
-        ) from exc
-    except BaseException:
-        handle.stop()
-        raise
-    log.info(
-        "toxiproxy (%s, %s): %s",
-        handle.kind,
-        handle.url,
-        ", ".join(f"{n} :{listen} -> :{up}" for n, (listen, up) in routes.items()),
-    )
-    return ProxyRoutes(handle, {name: listen for name, (listen, _) in routes.items()})
 
 
 def limit_bytes(limit_mb: int | None) -> int | None:
