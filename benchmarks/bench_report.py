@@ -6,12 +6,21 @@ Prints the time and size of every html extra (one per test, drawn at each test's
 and of the standalone report with its JSON twin, once with the charts already drawn for
 the extras (what a pytest run does) and once cold; the baseline is writing the same
 results as plain JSON in the same run, so the ratios travel between machines.
+
+Then the reader's side: headless Chromium (tests/browser.py's flags) opens the report and
+the page's own Navigation Timing says when its DOM was ready and its load event came; the
+process's wall time is printed beside that of a blank page, Chromium's start-up being most
+of it. No Chromium on PATH: that line says so and the rest stands.
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import json
+import re
+import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +31,54 @@ from pytest_resilience.report.sample import sample_result
 from pytest_resilience.report.standalone import write_resilience_report
 
 KINDS = ("engine", "engine", "platform", "fault_end", "none")
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+# written from the load event: loadEventEnd is still 0 inside its own handler
+_TIMING = """<script>addEventListener("load", () => {
+  const nav = performance.getEntriesByType("navigation")[0];
+  const out = document.createElement("pre"); out.id = "bench-timing";
+  out.textContent = JSON.stringify({dom_ready_ms: nav.domContentLoadedEventEnd,
+    load_ms: nav.loadEventStart, nodes: document.getElementsByTagName("*").length});
+  document.body.appendChild(out);
+});</script>"""
+
+
+def chromium_load(report: Path, work: Path) -> str:
+    """One line: the report's load in headless Chromium (navigation timing, wall time)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        return "chromium page load: skipped (no chromium on PATH; apt-get install chromium)"
+    sys.path.insert(0, str(TESTS))
+    from browser import run_chromium  # the flags this machine needs (no background network)
+
+    copy = work / "timed.html"
+    copy.write_text(
+        report.read_text(encoding="utf-8").replace("</body>", _TIMING + "</body>", 1),
+        encoding="utf-8",
+    )
+    blank = work / "blank.html"
+    blank.write_text("<!doctype html><title>blank</title><body></body>", encoding="utf-8")
+    walls = {}
+    out = ""
+    for name, page in (("blank", blank), ("report", copy)):
+        started = time.perf_counter()
+        done = run_chromium(
+            chromium,
+            work / f"profile-{name}",
+            "--window-size=1280,900",
+            "--dump-dom",
+            page.as_uri(),
+        )
+        walls[name] = time.perf_counter() - started
+        out = done.stdout
+    found = re.search(r'<pre id="bench-timing">(.*?)</pre>', out, re.S)
+    if not found:
+        return f"chromium page load: no timing came back ({done.stderr[-300:]!r})"
+    timing = json.loads(html.unescape(found[1]))
+    return (
+        f"chromium page load (headless, 1280 px): DOM ready {timing['dom_ready_ms'] / 1000:.2f} s,"
+        f" load event {timing['load_ms'] / 1000:.2f} s, {timing['nodes']} elements; process "
+        f"wall {walls['report']:.1f} s vs {walls['blank']:.1f} s for a blank page"
+    )
 
 
 def main() -> None:
@@ -69,6 +126,7 @@ def main() -> None:
         started = time.perf_counter()
         write_resilience_report(report, results, history_dir=tmp_path / "h", run_info={})
         cold_s = time.perf_counter() - started
+        browser = chromium_load(report, tmp_path)
 
     mb = 1024 * 1024
     print(f"scenarios: {n} (60 s of 1 Hz load each); results built in {build_s:.2f} s")
@@ -88,6 +146,7 @@ def main() -> None:
         f"standalone report, cold (every chart drawn): {cold_s:.1f} s "
         f"({cold_s / baseline_s:.0f}x baseline)"
     )
+    print(browser)
 
 
 if __name__ == "__main__":
