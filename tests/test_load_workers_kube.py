@@ -279,3 +279,19 @@ def test_workers_that_never_come_fail_the_start_naming_the_deployment_and_why(
     assert "within 5 s" in message and "ErrImagePull" in message, message
     assert _deployment(kind) is None
     assert _worker_pods_gone(kind, target)
+
+
+def test_the_workers_load_the_workload_through_its_service_by_cluster_dns(
+    kind: KubeletCluster, target: WiredTarget
+) -> None:
+    kind.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "api", "namespace": NS},
+                "spec": {"selector": {"app": "api"}, "ports": [{"name": "http", "port": 8080}]},
+            }
+        ]
+    )
+    assert target.load_endpoint("api") == f"http://api.{NS}.svc.cluster.local:8080"
