@@ -115,6 +115,7 @@ CLEAN = [
     "pytest_resilience.targets.kubernetes.events",
     "pytest_resilience.targets.kubernetes.fault_host",
     "pytest_resilience.targets.kubernetes.faults",
+    "pytest_resilience.targets.kubernetes.load_workers",
     "pytest_resilience.targets.kubernetes.marks",
     "pytest_resilience.targets.kubernetes.network_block",
     "pytest_resilience.targets.kubernetes.nodes",
