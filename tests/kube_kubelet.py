@@ -9,7 +9,7 @@ is labelled with the component it stands for, and with what it does differently:
 - **kubelet** (pkg/kubelet/kubelet.go syncPod, kuberuntime/kuberuntime_manager.go): for
   each Pod the ReplicaSet controller creates and the scheduler binds, start its containers
   as local processes (each in a process group of its own, as the local target's supervisor
-  does, pytest_resilience/targets/local.py ``_spawn``), report ``status.podIP``,
+  does, pytest_resilience/targets/local/pods.py ``spawn``), report ``status.podIP``,
   ``containerStatuses`` and the ``Ready`` condition, the latter only when the container's
   readiness probe really answers (pkg/kubelet/prober/worker.go: initialDelaySeconds, then
   every periodSeconds, successThreshold 1, failureThreshold); restart an exited container

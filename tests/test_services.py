@@ -52,7 +52,7 @@ def test_the_local_target_orders_python_specs_with_the_same_check() -> None:
     """LocalTarget's start order is dependency_order's: its cycle error names the file's line,
     and only an unknown dependency (which no file check saw) is the target's to refuse."""
     from pytest_resilience.errors import TargetError
-    from pytest_resilience.targets.local.target import _dependency_order
+    from pytest_resilience.targets.local.state import _dependency_order
 
     web, api, db = parse_services(CYCLE.rsplit("    depends_on", 1)[0])
     assert _dependency_order([web, api, db]) == ["db", "api", "web"]

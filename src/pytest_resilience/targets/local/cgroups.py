@@ -165,7 +165,10 @@ def find_memory_controller(v2_base: Path | None, name: str) -> tuple[MemoryContr
                     (directory / "cgroup.subtree_control").write_text("+memory")
                 return MemoryController(2, v2_base), ""
             except OSError as exc:
-                log.info("cgroup v2 has a memory controller but it cannot be enabled: %s", exc)
+                log.info(
+                    "cgroup v2 has a memory controller but it cannot be enabled: %s",
+                    exc,
+                )
     mine = _own_v1_memory_cgroup()
     if mine is None:
         return None, "no memory controller in cgroup v2 and no v1 memory hierarchy"
@@ -194,6 +197,21 @@ class PodCgroups:
     memory_fallback: str = ""
 
     @classmethod
+    def for_target(cls, name: str, limited: list[str]) -> PodCgroups:
+        """:meth:`create`, with a warning when the services ``limited`` (those with a
+        ``memory_limit_mb``) get RLIMIT_AS instead of memory cgroups."""
+        made = cls.create(name)
+        if limited and made.memory is None:
+            log.warning(
+                "memory_limit_mb of %s enforced with RLIMIT_AS (address space, not resident "
+                "memory: a limit can stop a program that maps much but uses little), because "
+                "pods get no memory cgroup here: %s",
+                ", ".join(limited),
+                made.memory_fallback,
+            )
+        return made
+
+    @classmethod
     def create(cls, name: str) -> PodCgroups:
         """Base directories named ``name`` (``pytest-resilience-<pid>-<id>``, swept when
         stale by a later session); stale bases of dead sessions are removed first."""
@@ -205,7 +223,11 @@ class PodCgroups:
                 (root / name).mkdir()
                 made.v2_root, made.v2_base = root, root / name
             except OSError as exc:
-                log.info("no per-pod cgroups (cannot create %s: %s)", root / name, exc.strerror)
+                log.info(
+                    "no per-pod cgroups (cannot create %s: %s)",
+                    root / name,
+                    exc.strerror,
+                )
         made.memory, made.memory_fallback = find_memory_controller(made.v2_base, name)
         return made
 

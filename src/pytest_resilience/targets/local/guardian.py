@@ -8,7 +8,16 @@ volumes, so a pod's children (Postgres under its wrapper, say) do not outlive th
 
 from __future__ import annotations
 
-__all__ = ["GUARDIAN_SCRIPT"]
+import contextlib
+import logging
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["GUARDIAN_SCRIPT", "Guardian"]
+
+log = logging.getLogger("pytest_resilience.targets.local")
 
 #: Kills what the session leaves behind when the session dies (SIGKILL included): it holds
 #: the read end of a pipe from the session and acts on EOF. Lines: "+ pgid" / "- pgid"
@@ -70,3 +79,51 @@ libc = ctypes.CDLL(None, use_errno=True)
 for path in mounts:
     libc.umount2(path.encode(), 2)
 """
+
+
+class Guardian:
+    """The guardian process of one local target, told of each pod group, cgroup and mount.
+
+    Only the supervisor thread writes to it: it must learn of a mount before the mount
+    exists, and of a pod group as soon as the pod is forked.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self, cgroup_bases: Iterable[Path]) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", GUARDIAN_SCRIPT],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for base in cgroup_bases:
+            self.tell(f"cgroup {base}")
+
+    def tell(self, line: str) -> None:
+        if self._proc is None or self._proc.stdin is None:
+            return
+        try:
+            self._proc.stdin.write(line.encode() + b"\n")
+            self._proc.stdin.flush()
+        except (OSError, ValueError):
+            log.warning("local target guardian is gone; pods rely on PDEATHSIG alone")
+
+    def stop(self) -> None:
+        guardian, self._proc = self._proc, None
+        if guardian is None:
+            return
+        with contextlib.suppress(OSError):
+            if guardian.stdin is not None:
+                guardian.stdin.close()
+        try:
+            guardian.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            guardian.kill()
+            guardian.wait()

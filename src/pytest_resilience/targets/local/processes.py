@@ -1,4 +1,4 @@
-"""A pod's processes: all of them, signalled, waited for, measured.
+"""A pod's processes: all of them, signalled, waited for, measured; whom they run as.
 
 Pausing a pod must stop every process of it; Postgres backends call setsid(), so the pod's
 process group is not enough: the process tree and the pod's cgroups are walked too.
@@ -8,15 +8,28 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
+from ...errors import TargetError
 from .cgroups import cgroup_pids
 
-__all__ = ["pod_processes", "signal_processes", "tree_rss", "wait_stopped"]
+if TYPE_CHECKING:
+    from ..services import ServiceSpec
+
+__all__ = [
+    "killpg",
+    "pod_processes",
+    "signal_processes",
+    "tree_rss",
+    "user_entry",
+    "wait_stopped",
+]
 
 
 def pod_processes(leader: int, cgroups: Iterable[Path] = ()) -> set[int]:
@@ -62,7 +75,10 @@ def wait_stopped(pids: Iterable[int], *, timeout: float) -> list[int]:
     while waiting:
         for pid in list(waiting):
             try:
-                if psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE):
+                if psutil.Process(pid).status() in (
+                    psutil.STATUS_STOPPED,
+                    psutil.STATUS_ZOMBIE,
+                ):
                     waiting.discard(pid)
             except psutil.NoSuchProcess:
                 waiting.discard(pid)
@@ -78,3 +94,17 @@ def tree_rss(leader: int, cgroups: Iterable[Path] = ()) -> int:
         with contextlib.suppress(psutil.Error):
             total += psutil.Process(pid).memory_info().rss
     return total
+
+
+def killpg(pgid: int, sig: int) -> None:
+    """Signal a process group that may be gone already."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def user_entry(spec: ServiceSpec) -> pwd.struct_passwd:
+    """The passwd entry of the service's ``user``; a TargetError naming it if there is none."""
+    try:
+        return pwd.getpwnam(spec.user or "")
+    except KeyError:
+        raise TargetError(f"service {spec.name!r}: user {spec.user!r} does not exist") from None

@@ -12,8 +12,9 @@ from ...errors import ConfigError, FaultError, TargetError
 
 if TYPE_CHECKING:
     from ...toxiproxy.resolve import ToxiproxyServerHandle
+    from .state import ServiceState
 
-__all__ = ["ProxyRoutes", "start_proxies"]
+__all__ = ["ProxyRoutes", "ServiceProxies", "start_proxies"]
 
 log = logging.getLogger("pytest_resilience.targets.local")
 
@@ -86,3 +87,35 @@ def start_proxies(url: str | None, routes: Mapping[str, tuple[int, int]]) -> Pro
         ", ".join(f"{n} :{listen} -> :{up}" for n, (listen, up) in routes.items()),
     )
     return ProxyRoutes(handle, {name: listen for name, (listen, _) in routes.items()})
+
+
+class ServiceProxies:
+    """The proxies in front of one target's ``proxied: true`` services, while it runs."""
+
+    def __init__(self, url_option: str | None) -> None:
+        self._url_option = url_option
+        self.routes: ProxyRoutes | None = None
+
+    @property
+    def url(self) -> str | None:
+        return self.routes.url if self.routes is not None else None
+
+    @property
+    def kind(self) -> str | None:
+        return self.routes.kind if self.routes is not None else None
+
+    def start(self, ports: Mapping[str, int], services: Mapping[str, ServiceState]) -> None:
+        """One proxy per service in ``ports`` (name -> listen port), to the service's port."""
+        if not ports:
+            return
+        routes = {}
+        for name, listen in ports.items():
+            upstream = services[name].port
+            assert upstream is not None  # services.py refuses proxied without a port
+            routes[name] = (listen, upstream)
+        self.routes = start_proxies(self._url_option, routes)
+
+    def stop(self) -> None:
+        routes, self.routes = self.routes, None
+        if routes is not None:
+            routes.close()

@@ -11,15 +11,23 @@ import ctypes
 import errno
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
 from ...errors import PrivilegeError, TargetError
 from .mounts import mount_table
+from .processes import user_entry
+
+if TYPE_CHECKING:
+    from .guardian import Guardian
+    from .state import ServiceState
 
 __all__ = [
     "VOLUME_SOURCE_PREFIX",
+    "DataDirs",
     "mount_volume",
     "mounted_volumes",
     "sweep_stale_volumes",
@@ -31,6 +39,86 @@ log = logging.getLogger("pytest_resilience.targets.local")
 VOLUME_SOURCE_PREFIX = "pytest-resilience-vol-"
 _MS_NOSUID, _MS_NODEV = 2, 4
 _MNT_DETACH = 2
+
+
+class DataDirs:
+    """The data dirs of one target: made at start, each declared volume mounted (or a plain
+    directory, with the reason kept); the volumes unmounted at close.
+
+    Runs on the supervisor thread: it alone writes to the guardian, which must learn of each
+    mount before it exists.
+    """
+
+    def __init__(self, guardian: Guardian) -> None:
+        self._guardian = guardian
+        self._mounted: list[Path] = []  # in mount order
+        #: declared volumes that are plain directories (no tmpfs to be had): service -> why
+        self.unbounded: dict[str, str] = {}
+
+    def prepare(self, services: Iterable[ServiceState]) -> None:
+        sweep_stale_volumes()
+        for svc in services:
+            if svc.data_dir is None:
+                continue
+            svc.data_dir.mkdir(parents=True, exist_ok=True)
+            if svc.spec.volume_mb is not None:
+                self._mount_or_fall_back(svc.spec.name, svc.data_dir, svc.spec.volume_mb)
+            if svc.spec.user:
+                entry = user_entry(svc.spec)
+                os.chown(svc.data_dir, entry.pw_uid, entry.pw_gid)
+
+    def _mount_or_fall_back(self, service: str, path: Path, size_mb: int) -> None:
+        """Mount the bounded volume; without the privilege to mount, keep a plain directory.
+
+        A plain directory lets the service (and the demo) run as a normal user; only
+        ``disk_fill`` needs the bound, and ``LocalTarget.volume`` refuses it there, naming why.
+        """
+        why = None
+        if os.geteuid() != 0:
+            why = f"a tmpfs mount needs root and this process runs as uid {os.geteuid()}"
+        else:
+            self._guardian.tell(f"mount {path}")
+            try:
+                mount_volume(path, size_mb, service=service)
+            except PrivilegeError as exc:
+                self._guardian.tell(f"unmount {path}")
+                why = str(exc)
+            except TargetError:
+                self._guardian.tell(f"unmount {path}")
+                raise
+            else:
+                self._mounted.append(path)
+                return
+        self.unbounded[service] = why
+        log.warning(
+            "service %s: volume of %d MiB is a plain directory at %s, not a bounded "
+            "filesystem (%s); the service runs, disk_fill on it is refused",
+            service,
+            size_mb,
+            path,
+            why,
+        )
+
+    def bounded(self, svc: ServiceState) -> Path | None:
+        """The mount point of the service's bounded volume (its data_dir), None without one;
+        a PrivilegeError when it got a plain directory instead."""
+        if svc.spec.volume_mb is None:
+            return None
+        why = self.unbounded.get(svc.spec.name)
+        if why is not None:
+            raise PrivilegeError(
+                f"service {svc.spec.name!r} has no bounded volume: its data dir {svc.data_dir} "
+                f"is a plain directory on the host's filesystem ({why}); filling it needs the "
+                f"declared volume of {svc.spec.volume_mb} MiB, a tmpfs mount: run as root "
+                "(with CAP_SYS_ADMIN)"
+            )
+        return svc.data_dir
+
+    def unmount_all(self) -> None:
+        while self._mounted:
+            path = self._mounted.pop()
+            unmount_volume(path)
+            self._guardian.tell(f"unmount {path}")
 
 
 def mount_volume(path: Path, size_mb: int, *, service: str) -> None:
