@@ -6,9 +6,6 @@ real processes: the workers' Deployment must be created with N replicas and the 
 arguments, its pods must connect to the master in this process and make the load, and it
 must be deleted when the run ends, also when the run or the test fails. Workers that never
 come end the start with an error that names the Deployment and what its pods say.
-
-``WiredTarget`` is the Kubernetes target with the mixin among its bases: the one-line hook
-the target itself takes (it is being moved into its package meanwhile).
 """
 
 from __future__ import annotations
@@ -35,7 +32,6 @@ from pytest_resilience.targets.kubernetes import KubernetesTarget
 from pytest_resilience.targets.kubernetes.load_workers import (
     DEPLOYMENT,
     IMAGE_ENV,
-    KubeLoadWorkers,
     worker_deployment,
 )
 from pytest_resilience.targets.local import LocalTarget
@@ -44,10 +40,6 @@ from pytest_resilience.timeline import LOAD_STARTED, LOAD_STOPPED, Timeline
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "deploy" / "k8s" / "load" / "locust-workers.yaml"
 NS = "chaos-demo"
-
-
-class WiredTarget(KubeLoadWorkers, KubernetesTarget):
-    """KubernetesTarget with the LoadWorkers mixin (the hook, until the target carries it)."""
 
 
 def test_the_manifest_is_valid_kubernetes_and_is_the_object_the_target_creates() -> None:
@@ -79,7 +71,7 @@ def test_the_kind_workflows_have_the_api_server_check_the_manifest(workflow: str
 
 
 def test_the_capability_is_the_kubernetes_mixin_and_the_local_target_lacks_it() -> None:
-    assert issubclass(WiredTarget, LoadWorkers) and "load_workers" in offered(WiredTarget)
+    assert issubclass(KubernetesTarget, LoadWorkers) and "load_workers" in offered(KubernetesTarget)
     assert "load_workers" in missing(LocalTarget)
 
 
@@ -149,9 +141,9 @@ def kind(monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeletCluster]:
 
 
 @pytest.fixture
-def target(kind: KubeletCluster, tmp_path: Path) -> Iterator[WiredTarget]:
+def target(kind: KubeletCluster, tmp_path: Path) -> Iterator[KubernetesTarget]:
     kubeconfig = kind.kubeconfig(tmp_path, context="kind-chaos", namespace=NS)
-    t = WiredTarget(kubeconfig=str(kubeconfig), namespace=NS)
+    t = KubernetesTarget(kubeconfig=str(kubeconfig), namespace=NS)
     yield t
     t.close()
 
@@ -203,7 +195,9 @@ def _worker_pods(kind: KubeletCluster) -> list[str]:
     ]
 
 
-def _worker_pods_gone(kind: KubeletCluster, target: WiredTarget, timeout: float = 30.0) -> bool:
+def _worker_pods_gone(
+    kind: KubeletCluster, target: KubernetesTarget, timeout: float = 30.0
+) -> bool:
     """The emulator runs no garbage collector: the pods of a deleted Deployment stay, so
     the test ends them itself (a real cluster's GC does: propagationPolicy Background)."""
     for pod in target.pods(f"app={DEPLOYMENT}"):
@@ -217,7 +211,7 @@ def _worker_pods_gone(kind: KubeletCluster, target: WiredTarget, timeout: float 
 
 
 def test_workers_run_as_the_deployment_make_the_load_and_go_with_the_run(
-    kind: KubeletCluster, target: WiredTarget, demo_paths: tuple[str, type[_DemoPaths]]
+    kind: KubeletCluster, target: KubernetesTarget, demo_paths: tuple[str, type[_DemoPaths]]
 ) -> None:
     url, served = demo_paths
     timeline = Timeline("t")
@@ -251,7 +245,7 @@ def test_workers_run_as_the_deployment_make_the_load_and_go_with_the_run(
 
 
 def test_a_failing_test_still_deletes_the_workers(
-    kind: KubeletCluster, target: WiredTarget, demo_paths: tuple[str, type[_DemoPaths]]
+    kind: KubeletCluster, target: KubernetesTarget, demo_paths: tuple[str, type[_DemoPaths]]
 ) -> None:
     with (
         pytest.raises(ZeroDivisionError),
@@ -265,7 +259,7 @@ def test_a_failing_test_still_deletes_the_workers(
 
 def test_workers_that_never_come_fail_the_start_naming_the_deployment_and_why(
     kind: KubeletCluster,
-    target: WiredTarget,
+    target: KubernetesTarget,
     demo_paths: tuple[str, type[_DemoPaths]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -282,7 +276,7 @@ def test_workers_that_never_come_fail_the_start_naming_the_deployment_and_why(
 
 
 def test_the_workers_load_the_workload_through_its_service_by_cluster_dns(
-    kind: KubeletCluster, target: WiredTarget
+    kind: KubeletCluster, target: KubernetesTarget
 ) -> None:
     kind.apply(
         [

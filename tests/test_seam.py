@@ -106,12 +106,7 @@ def test_both_targets_carry_the_seam_and_say_what_they_offer() -> None:
     assert offered(LocalTarget) == set(CAPABILITIES) - {"load_workers"}  # it forks them here
     # pods reached through the API server (proxy, log), releases as template changes; a
     # failed node is drained, never left NotReady with its pods (the kubelet heartbeats)
-    # load_workers: once the target carries KubeLoadWorkers (targets/kubernetes/load_workers.py)
-    assert offered(KubernetesTarget) == set(CAPABILITIES) - {
-        "pod_resources",
-        "node_outage",
-        "load_workers",
-    }
+    assert offered(KubernetesTarget) == set(CAPABILITIES) - {"pod_resources", "node_outage"}
 
 
 SCENARIOS = """

@@ -46,6 +46,7 @@ from .autoscaling import KubeAutoscaling
 from .conversions import labels_of, node_of, pod_of, selector_string, terminating, workload_of
 from .deployments import KubeDeployments
 from .faults import KubeFaults
+from .load_workers import KubeLoadWorkers
 from .nodes import KubeNodes
 from .pod_access import KubePodAccess
 from .safety import ChaosPolicy
@@ -55,7 +56,13 @@ __all__ = ["KubernetesTarget"]
 
 
 class KubernetesTarget(
-    KubeWaiting, KubeDeployments, KubeNodes, KubePodAccess, KubeFaults, KubeAutoscaling
+    KubeWaiting,
+    KubeDeployments,
+    KubeNodes,
+    KubePodAccess,
+    KubeFaults,
+    KubeAutoscaling,
+    KubeLoadWorkers,
 ):
     """:class:`~pytest_resilience.targets.base.Target` on a Kubernetes cluster.
 
