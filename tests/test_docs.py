@@ -89,6 +89,9 @@ def _playbook() -> dict[str, Any]:
         ],
         "escalate": {"severity": "critical"},
         "follow_up": {"prevention": ["p"]},
+        "inhibit_rules": [
+            {"source_matchers": ["alertname = A"], "target_matchers": ["x = y"], "equal": ["t"]}
+        ],
     }
 
 
@@ -105,6 +108,7 @@ _PLAYBOOK_LEVELS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "condition": lambda p: p["steps"][0]["verify"]["condition"],
     "escalate": lambda p: p["escalate"],
     "follow_up": lambda p: p["follow_up"],
+    "inhibit rule": lambda p: p["inhibit_rules"][0],
 }
 
 

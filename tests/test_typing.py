@@ -41,6 +41,7 @@ CLEAN = [
     "pytest_resilience.engine.dispatch",
     "pytest_resilience.engine.durations",
     "pytest_resilience.engine.escalation",
+    "pytest_resilience.engine.inhibition",
     "pytest_resilience.engine.inspection",
     "pytest_resilience.engine.intake",
     "pytest_resilience.engine.listing",

@@ -2,8 +2,8 @@
 
 One dispatcher thread takes alerts off a bounded queue and decides chunk by chunk, each
 chunk's decisions in one store transaction, written before anything acts. An alert is a
-duplicate of an open or escalated incident, held back by an inhibit rule while its cause
-is handled (see :data:`SYMPTOM_ALERTS`), suppressed by a cooldown, escalated (no
+duplicate of an open or escalated incident, held back while its cause is handled (the
+playbooks' inhibit rules, :mod:`.inhibition`), suppressed by a cooldown, escalated (no
 playbook, no target, refused by the safety caps), or opened as an incident and handed to
 the :class:`~.remediation.Remediator` on the worker pool. :class:`Dispatch` is the
 :class:`~.runner.Engine`'s base class; the engine builds the state declared here.
@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -26,6 +26,7 @@ from .. import timeline as tl
 from ..targets.base import Target
 from .alerts import Alert, RuleEvaluator
 from .escalation import Outbox
+from .inhibition import Inhibitor
 from .playbooks import Playbook
 from .redaction import LOGGER
 from .remediation import RemediationRun, Remediator
@@ -33,13 +34,7 @@ from .safety import Safety
 from .store import ESCALATED, OPEN, RESOLVED, Incident, Store
 from .targeting import Listing, NoTarget, find_target, retarget
 
-__all__ = ["SYMPTOM_ALERTS", "Dispatch"]
-
-#: Alerts about what users see rather than why. While a cause (any other alert) has an
-#: incident on the same target, or a node is down, a symptom alert is held back, as an
-#: Alertmanager inhibit rule would: the rollback the error rate asks for must not fight
-#: the pool reset that is fixing the actual cause. Decided once the cause is closed.
-SYMPTOM_ALERTS = frozenset({"ErrorRateHighCritical", "HighErrorRate"})
+__all__ = ["Dispatch"]
 
 
 #: an alert to decide and its inbox id (None: not from the webhook, nothing to clear)
@@ -67,7 +62,7 @@ class Dispatch:
     outbox: Outbox
     rules: RuleEvaluator
     remediator: Remediator
-    symptoms: frozenset[str]
+    inhibitor: Inhibitor
     max_queue: int
     _routes: dict[str, Playbook]
     _located: dict[str, tuple[str, str]]
@@ -76,13 +71,11 @@ class Dispatch:
     _lock: threading.Lock
     _open: dict[tuple[str, str], RemediationRun]
     _escalated: dict[tuple[str, str], str]
-    _held: dict[tuple[str, str], Alert]
-    _causes: dict[str, Counter[tuple[str, str]]]
     _changed: threading.Condition
     _chunking: threading.local
     _busy: int
     _dry_in_chunk: list[RemediationRun]
-    _closed_in_chunk: list[tuple[str, str]]
+    _closed_in_chunk: list[Alert]
     _stop: threading.Event
     _pool: ThreadPoolExecutor | None
 
@@ -154,8 +147,8 @@ class Dispatch:
             self._chunking.on = False
             self._notify()
             closed, self._closed_in_chunk = self._closed_in_chunk, []
-            for key in closed:
-                self._release_held(*key)
+            for cause in closed:
+                self._release_held(cause)
 
     def _known_as(self, alert_name: str) -> str:
         """The playbook's own name for an alert (an alias's ``as:``), else the name itself."""
@@ -189,9 +182,7 @@ class Dispatch:
             run = self._open.get(key)
             escalated = self._escalated.get(key)
         if not alert.firing:
-            with self._lock:
-                held = self._held.pop(key, None)
-            if held is not None:
+            if self.inhibitor.unhold(key) is not None:
                 self.store.add_alert(alert, "resolved while inhibited")
                 return
             self._mark(tl.ALERT_RESOLVED, alert.name, target=alert.target)
@@ -207,10 +198,9 @@ class Dispatch:
         if run is not None or escalated is not None:
             self.store.add_alert(alert, "duplicate", run.incident.id if run else escalated)
             return
-        cause = self._inhibitor(alert)
+        cause = self.inhibitor.cause_of(alert)
         if cause is not None:
-            with self._lock:
-                self._held[key] = alert
+            self.inhibitor.hold(alert)
             self.store.add_alert(alert, f"inhibited: {cause}")
             LOGGER.info("%s on %s held back: %s", alert.name, alert.target, cause)
             return
@@ -240,76 +230,39 @@ class Dispatch:
         # transaction, decided here, rather than a worker's transaction per incident
         self._launch(RemediationRun(incident), inline=self.dry_run)
 
-    def _inhibitor(self, alert: Alert) -> str | None:
-        """The cause incident that explains this symptom alert, if any (see SYMPTOM_ALERTS)."""
-        if self._known_as(alert.name) not in self.symptoms:
-            return None
-        with self._lock:
-            for scope in (alert.target, ""):
-                for name, target in self._causes.get(scope, ()):
-                    return f"{name} on {target} is being handled"
-        return None
-
-    def _handling(self, key: tuple[str, str], *, started: bool) -> None:
-        """Count ``key`` in or out of the causes the inhibitor sees (call under ``_lock``)."""
-        cause = self._known_as(key[0])
-        if cause in self.symptoms:
-            return
-        scope = "" if cause == "NodeNotReady" else key[1]
-        keys = self._causes.get(scope)
-        if keys is None:  # not setdefault: a Counter built per call costs a storm
-            keys = self._causes[scope] = Counter()
-        keys[key] += 1 if started else -1
-        if keys[key] <= 0:
-            del keys[key]
-            if not keys:
-                del self._causes[scope]
+    # Open and escalated incidents are the causes the inhibitor sees (call under _lock).
 
     def _set_open(self, run: RemediationRun) -> None:
         key = (run.incident.alert_name, run.incident.target)
         if key not in self._open:
-            self._handling(key, started=True)
+            self.inhibitor.started(key, run.incident.alert)
         self._open[key] = run
 
     def _pop_open(self, key: tuple[str, str]) -> None:
         if self._open.pop(key, None) is not None:
-            self._handling(key, started=False)
+            self.inhibitor.ended(key)
 
-    def _set_escalated(self, key: tuple[str, str], incident_id: str) -> None:
+    def _set_escalated(self, incident: Incident) -> None:
+        key = (incident.alert_name, incident.target)
         if key not in self._escalated:
-            self._handling(key, started=True)
-        self._escalated[key] = incident_id
+            self.inhibitor.started(key, incident.alert)
+        self._escalated[key] = incident.id
 
     def _pop_escalated(self, key: tuple[str, str]) -> None:
         if self._escalated.pop(key, None) is not None:
-            self._handling(key, started=False)
+            self.inhibitor.ended(key)
 
-    def _release_held(self, closed_alert: str, closed_target: str) -> None:
-        """Decide held symptom alerts whose cause incident is closed (still breaching ones).
-
-        Only a cause closing can release anything, and only symptoms on its target (any
-        target for a node): the rest is not looked at, which keeps an alert storm linear.
-        """
-        closed = self._known_as(closed_alert)
-        if closed in self.symptoms:
-            return
-        with self._lock:
-            held = [
-                (key, alert)
-                for key, alert in self._held.items()
-                if closed == "NodeNotReady" or alert.target == closed_target
-            ]
-        for key, alert in held:
-            if self._inhibitor(alert) is None:
-                with self._lock:
-                    self._held.pop(key, None)
-                # Held while its cause was handled: act only if it still breaches now,
-                # not on the stale reading it was held with (the cause's fix may have fixed it).
-                if self.rules.still_breached(alert):
-                    self._reserve(1, always=True)  # already taken: never refused
-                    self._queue.put_nowait((alert, None))
-                else:
-                    self.store.add_alert(alert, "resolved while inhibited")
+    def _release_held(self, closed: Alert) -> None:
+        """Decide the held alerts the incident about ``closed`` held back, if nothing else
+        holds them now (still breaching ones; see :meth:`.Inhibitor.released_by`)."""
+        for alert in self.inhibitor.released_by(closed):
+            # Held while its cause was handled: act only if it still breaches now,
+            # not on the stale reading it was held with (the cause's fix may have fixed it).
+            if self.rules.still_breached(alert):
+                self._reserve(1, always=True)  # already taken: never refused
+                self._queue.put_nowait((alert, None))
+            else:
+                self.store.add_alert(alert, "resolved while inhibited")
 
     def _open_incident(
         self, alert: Alert, book: Playbook | None, now: float, *, severity: str | None = None
@@ -388,7 +341,7 @@ class Dispatch:
         for incident in self.store.incidents(status=ESCALATED):
             self._remember_location(incident)
             with self._lock:
-                self._set_escalated((incident.alert_name, incident.target), incident.id)
+                self._set_escalated(incident)
         for inbox_id, alert in self.store.inbox():  # taken (answered 200), not yet decided
             self._reserve(1, always=True)
             self._queue.put_nowait((alert, inbox_id))
@@ -405,7 +358,7 @@ class Dispatch:
         self._pool.submit(self._remediate, run)
 
     def _remediate(
-        self, run: RemediationRun, *, release: Callable[[tuple[str, str]], object] | None = None
+        self, run: RemediationRun, *, release: Callable[[Alert], object] | None = None
     ) -> None:
         """Run ``run``'s playbook; ``release``: hand the held-alert release to the caller."""
         incident = run.incident
@@ -424,9 +377,9 @@ class Dispatch:
                     self._forget_location((incident.alert_name, incident.target))
                 # before going idle: a released alert is queued work
                 if release is not None:
-                    release((incident.alert_name, incident.target))
+                    release(incident.alert)
                 else:
-                    self._release_held(incident.alert_name, incident.target)
+                    self._release_held(incident.alert)
             with self._lock:
                 self._busy -= 1
 
@@ -435,8 +388,8 @@ class Dispatch:
         with self._lock:
             self._pop_escalated(key)
         self._forget_location(key)
-        self._release_held(*key)
         incident = self.store.incident(incident_id)
+        self._release_held(incident.alert if incident is not None else Alert(*key))
         if incident is None:
             return
         self.remediator.close(
@@ -459,4 +412,4 @@ class Dispatch:
     def _on_escalated(self, incident: Incident) -> None:
         """The remediator escalated ``incident`` (in its transaction): it stays known here."""
         with self._lock:
-            self._set_escalated((incident.alert_name, incident.target), incident.id)
+            self._set_escalated(incident)

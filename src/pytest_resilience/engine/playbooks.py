@@ -38,12 +38,21 @@ seconds)::
           on_not_fixed: next           # next | escalate | warn
           on_inconclusive: escalate    # next | escalate | warn | resolve (probe gave no data)
     escalate: {severity: critical, summary: "text for the page"}
+    inhibit_rules:                     # optional: alerts held back while a cause is handled,
+      - source_matchers: ['alertname = NodeNotReady']      # as Alertmanager's inhibit_rules
+        target_matchers: ['alertname =~ "HighErrorRate|ErrorRateHighCritical"']
+        equal: [target]                # labels whose values the two must share
     follow_up:                         # recorded on every incident as follow-up items
       prevention: [...]
       rca: [...]
 
 Actions name Python functions registered with :func:`~.actions.action`; an unknown action
 or parameter is a :class:`~pytest_resilience.errors.ConfigError` naming file, line, field.
+Inhibit rules apply together, whichever loaded playbook carries them (:mod:`.inhibition`
+has their semantics); a playbook replaced by a project's of the same name takes its
+rules with it.
+
+Size: over 500 lines: one small reader per section of the schema, all sharing ``_Reader``.
 
 An alias's ``target`` labels are looked up on the target when the alert fires (see
 :mod:`.targeting`): an alert whose labels name nothing the target has (another namespace,
@@ -64,6 +73,7 @@ from ..yamlfile import YamlDocument, load_yaml
 from .actions import REGISTRY, check_params  # importing the actions registers the built-ins
 from .alerts import _OPS, Alert, Rule, compare
 from .durations import parse_duration
+from .inhibition import InhibitRule, Matcher, is_label_name
 from .targeting import KINDS, TargetLabel
 
 __all__ = [
@@ -184,6 +194,7 @@ class Playbook:
     escalate_summary: str = ""
     follow_up: tuple[str, ...] = ()
     aliases: Mapping[str, Alias] = field(default_factory=dict)
+    inhibit_rules: tuple[InhibitRule, ...] = ()
 
     def known_as(self, alert_name: str) -> str:
         """The playbook's own name for ``alert_name`` (itself unless an alias says other)."""
@@ -312,7 +323,18 @@ def load_playbook(path: str | Path) -> Playbook:
     if not isinstance(doc, dict):
         raise ConfigError("a playbook file must be a mapping", source=str(path))
     r.known(
-        doc, ("playbook", "alerts", "description", "rules", "steps", "escalate", "follow_up"), ""
+        doc,
+        (
+            "playbook",
+            "alerts",
+            "description",
+            "rules",
+            "steps",
+            "escalate",
+            "follow_up",
+            "inhibit_rules",
+        ),
+        "",
     )
     name = r.get(doc, "playbook", "", str, required=True)
     alerts_node = r.get(doc, "alerts", "", list, required=True)
@@ -347,6 +369,10 @@ def load_playbook(path: str | Path) -> Playbook:
         _rule(r, node, _join("rules", i))
         for i, node in enumerate(r.get(doc, "rules", "", list) or [])
     )
+    inhibit_rules = tuple(
+        _inhibit_rule(r, node, r.get(doc, "inhibit_rules", "", list), i)
+        for i, node in enumerate(r.get(doc, "inhibit_rules", "", list) or [])
+    )
     esc = r.get(doc, "escalate", "", dict) or {}
     r.known(esc, ("severity", "summary"), "escalate")
     follow = r.get(doc, "follow_up", "", dict) or {}
@@ -366,6 +392,7 @@ def load_playbook(path: str | Path) -> Playbook:
         escalate_summary=str(esc.get("summary", "")),
         follow_up=tuple(items),
         aliases=aliases,
+        inhibit_rules=inhibit_rules,
     )
 
 
@@ -585,3 +612,70 @@ def _rule(r: _Reader, node: Any, path: str) -> Rule:
         severity=str(node.get("severity", "warning")),
         labels={str(k): str(v) for k, v in labels.items()},
     )
+
+
+_DEPRECATED = {
+    "source_match": "source_matchers",
+    "source_match_re": "source_matchers",
+    "target_match": "target_matchers",
+    "target_match_re": "target_matchers",
+}
+
+
+def _inhibit_rule(r: _Reader, node: Any, seq: list[Any], index: int) -> InhibitRule:
+    """``{source_matchers, target_matchers, equal}``, as in Alertmanager's configuration."""
+    path = _join("inhibit_rules", index)
+    if not isinstance(node, dict):
+        raise r.error(f"an inhibit rule must be a mapping, got {node!r}", path, seq, index)
+    for old, new in _DEPRECATED.items():
+        if old in node:
+            raise r.error(
+                f"{old!r} is Alertmanager's deprecated form; write {new}: "
+                "['label = value'] (=~ for a regex)",
+                _join(path, old),
+                node,
+                old,
+            )
+    r.known(node, ("source_matchers", "target_matchers", "equal"), path)
+    source = _matchers(r, node, "source_matchers", path)
+    target = _matchers(r, node, "target_matchers", path)
+    if not target:
+        raise r.error(
+            "an inhibit rule needs 'target_matchers' naming the alerts it holds back "
+            "(none would hold back every alert), e.g. ['alertname = HighErrorRate']",
+            _join(path, "target_matchers"),
+            node,
+            "target_matchers" if "target_matchers" in node else None,
+        )
+    equal = r.get(node, "equal", path, list) or []
+    for i, name in enumerate(equal):
+        if not isinstance(name, str) or not is_label_name(name):
+            raise r.error(
+                f"expected a label name, got {name!r}", _join(_join(path, "equal"), i), equal, i
+            )
+    line = r.doc.line_in(seq, index)
+    return InhibitRule(
+        source=source,
+        target=target,
+        equal=tuple(equal),
+        origin=f"{r.path}:{line}" if line else str(r.path),
+    )
+
+
+def _matchers(r: _Reader, node: dict[str, Any], key: str, path: str) -> tuple[Matcher, ...]:
+    items = r.get(node, key, path, list) or []
+    matchers: list[Matcher] = []
+    for i, text in enumerate(items):
+        where = _join(_join(path, key), i)
+        if not isinstance(text, str):
+            raise r.error(
+                f"a matcher is a string like 'alertname = NodeNotReady', got {text!r}",
+                where,
+                items,
+                i,
+            )
+        try:
+            matchers.append(Matcher.parse(text))
+        except ValueError as exc:
+            raise r.error(str(exc), where, items, i) from None
+    return tuple(matchers)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -30,8 +29,9 @@ from .. import timeline as tl
 from ..targets.base import Target
 from .actions import AdminUrl, default_admin_url
 from .alerts import Alert, EventAlerts, Probe, Rule, RuleEvaluator
-from .dispatch import SYMPTOM_ALERTS, Dispatch, _Item
+from .dispatch import Dispatch, _Item
 from .escalation import Channel, Outbox
+from .inhibition import SYMPTOM_ALERTS, Inhibitor, InhibitRule
 from .inspection import Inspection, StrategyRun
 from .playbooks import BUNDLED_PLAYBOOKS, Playbook, load_playbooks
 from .redaction import LOGGER
@@ -68,11 +68,12 @@ class Engine(Dispatch, Inspection):
         eval_interval_s: float = 1.0,
         crashloop_restarts: int = 3,
         crashloop_window_s: float = 60.0,
-        symptoms: frozenset[str] | set[str] = SYMPTOM_ALERTS,
+        inhibit_rules: Sequence[InhibitRule] | None = None,
         own_rules: bool = True,
     ) -> None:
         """``own_rules=False``: raise no alerts from probe rules (Alertmanager does, through
-        the webhook); the probes still serve the playbooks' verify conditions."""
+        the webhook); the probes still serve the playbooks' verify conditions.
+        ``inhibit_rules``: instead of the loaded playbooks' (``()``: hold nothing back)."""
         self.target = target
         self.timeline = timeline
         self.dry_run = dry_run
@@ -115,12 +116,9 @@ class Engine(Dispatch, Inspection):
         self._lock = threading.Lock()
         self._open: dict[tuple[str, str], RemediationRun] = {}
         self._escalated: dict[tuple[str, str], str] = {}
-        self.symptoms = frozenset(symptoms)
-        self._held: dict[tuple[str, str], Alert] = {}
-        # target -> (alert, target) keys of cause incidents open or escalated on it, counted
-        # (a key can be open and escalated at once); "" holds node-wide causes: the
-        # inhibitor looks up two entries instead of scanning every incident per symptom alert
-        self._causes: dict[str, Counter[tuple[str, str]]] = {}
+        if inhibit_rules is None:
+            inhibit_rules = [rule for book in self.playbooks for rule in book.inhibit_rules]
+        self.inhibitor = Inhibitor(inhibit_rules, self._known_as)
         self._changed = threading.Condition(threading.Lock())  # waiters in _wait
         # set on the dispatcher's thread while it decides a chunk: its marks wake the
         # waiters once, after the commit (what they read is then in the store)
@@ -132,7 +130,7 @@ class Engine(Dispatch, Inspection):
         # has committed (a release may ask a probe: not under the store's write lock).
         # The dispatcher's thread only
         self._dry_in_chunk: list[RemediationRun] = []
-        self._closed_in_chunk: list[tuple[str, str]] = []
+        self._closed_in_chunk: list[Alert] = []
         self._stop = threading.Event()
         self.remediator = Remediator(
             target=target,
