@@ -294,7 +294,9 @@ def test_pause_and_resume(web: LocalTarget, events: Events):
 def test_drain_moves_pods_off_a_node(web: LocalTarget, events: Events):
     before = web.pods()
     assert {p.node for p in before} == {"node-a", "node-b"}
-    web.drain("node-a")
+    moved = web.drain("node-a")
+    # what it evicted, as the Kubernetes target answers
+    assert sorted(p.name for p in moved) == sorted(p.name for p in before if p.node == "node-a")
     after = web.pods()
     assert len(after) == 3 and all(p.ready for p in after)
     assert {p.node for p in after} == {"node-b"}

@@ -1,8 +1,6 @@
 """Each target class is a :class:`~pytest_resilience.targets.base.Target` to ``mypy --strict``:
 the protocol says what the targets really take and return (issue 14: ``drain`` returned
 None in the protocol and the evicted pods on Kubernetes).
-
-LocalTarget joins :data:`TARGETS` once its ``drain`` returns the pods it moved off the node.
 """
 
 from __future__ import annotations
@@ -19,7 +17,10 @@ SRC = REPO / "src"
 CONFIG = REPO / "tests" / "mypy.ini"
 CACHE = Path(tempfile.gettempdir()) / "pytest-resilience-mypy-cache"  # test_typing's
 
-TARGETS = {"pytest_resilience.targets.kubernetes": "KubernetesTarget"}
+TARGETS = {
+    "pytest_resilience.targets.kubernetes": "KubernetesTarget",
+    "pytest_resilience.targets.local": "LocalTarget",
+}
 
 
 def test_every_target_class_satisfies_the_target_protocol(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from ...errors import TargetError
-from ..base import EventKind
+from ..base import EventKind, Pod
 from .pods import PodRunner
 from .processes import killpg, signal_processes
 from .state import PodState, TargetState
@@ -255,10 +255,12 @@ class Controller:
                 # pod's graceful exit: once it is terminating it serves nothing new.
                 self.wait_replaced(old, new, timeout=None, why=why, old_exited=False)
 
-    def drain(self, node: str, *, timeout: float | None) -> None:
+    def drain(self, node: str, *, timeout: float | None) -> list[Pod]:
+        """The pods moved off ``node``, as they were before it was drained."""
         self.supervisor.call(functools.partial(self.set_cordon, node, True))
         with self.state.cond:
-            names = [p.name for p in self.state.live_pods() if p.node == node]
+            moved = [self.state.pod_view(p) for p in self.state.live_pods() if p.node == node]
+        names = [p.name for p in moved]
         pairs = [
             (
                 old,
@@ -269,6 +271,7 @@ class Controller:
         for old, new in pairs:
             if new is not None:
                 self.wait_replaced(old, new, timeout=timeout, why=f"drain {node}")
+        return moved
 
     def wait_replaced(
         self,

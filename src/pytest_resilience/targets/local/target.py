@@ -418,10 +418,11 @@ class LocalTarget(LocalFaults):
     def uncordon(self, node: str) -> None:
         self._supervisor.call(functools.partial(self._controller.set_cordon, node, False))
 
-    def drain(self, node: str, *, timeout: float | None = None) -> None:
+    def drain(self, node: str, *, timeout: float | None = None) -> list[Pod]:
         """Cordon ``node``, start a replacement elsewhere for each of its pods, and stop
-        each old pod once its replacement is ready."""
-        self._controller.drain(node, timeout=timeout)
+        each old pod once its replacement is ready; return the pods moved, as the
+        Kubernetes target returns the pods it evicted."""
+        return self._controller.drain(node, timeout=timeout)
 
     def wait_ready(
         self, workload: str, *, timeout: float = 60.0, replicas: int | None = None
