@@ -24,6 +24,7 @@ CONFIG = REPO / "tests" / "mypy.ini"
 CACHE = Path(tempfile.gettempdir()) / "pytest-resilience-mypy-cache"
 
 CLEAN = [
+    "pytest_resilience",
     "pytest_resilience.baseline",
     "pytest_resilience.capabilities",
     "pytest_resilience.chaostoolkit.run",
