@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, final
 
 if TYPE_CHECKING:
     from .load import LoadRun
+    from .targets.base import LoadWorkers
     from .timeline import Timeline
 
 __all__ = ["LoadStarter"]
@@ -45,11 +46,13 @@ class LoadStarter:
         start_timeout: float = 60.0,
         workers: int | None = None,
         rps: float | None = None,
+        workers_in: LoadWorkers | None = None,
     ) -> LoadRun:
         """Start Locust and return once its users are spawning; see :func:`~.load.start_load`.
 
         ``host`` defaults to the endpoint of the scenario's entry workload, ``workers`` to
-        ``--load-workers``; ``rps=`` paces the users to that many requests per second in all.
+        ``--load-workers``; ``rps=`` paces the users to that many requests per second in all;
+        ``workers_in=`` a target with the ``load_workers`` capability runs the workers there.
         The run is a context manager; it is stopped at teardown if still running.
         """
         from .load import start_load
@@ -65,6 +68,7 @@ class LoadStarter:
             start_timeout=start_timeout,
             workers=self._default_workers if workers is None else workers,
             rps=rps,
+            workers_in=workers_in,
         )
         self._started.append(run)
         return run

@@ -1,10 +1,11 @@
 """pytest glue only: options, markers, fixtures and hooks. Logic lives in the rooms.
 
 Heavy clients (kubernetes, locust, prometheus-api-client) are imported inside the
-fixtures that need them, so installing this plugin costs other test suites nothing.
+fixtures that need them, so installing this plugin costs other test suites nothing. The
+fault fixtures return the typed injectors of faults/injectors.py, ``load`` a
+:class:`~.load_starter.LoadStarter`; the stash keys live in stash_keys.py.
 
-Size: over 500 lines because pytest finds fixtures and hooks by module; the fault fixtures'
-bodies are one-line calls into faults/, and they move out with issue 14's typed injectors.
+Size: over 500 lines because pytest finds fixtures and hooks by module; each body only wires.
 """
 
 from __future__ import annotations
@@ -13,30 +14,54 @@ import contextlib
 import shutil
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
 from .errors import ResilienceError
 from .faults.base import FaultSession, revert_every_session
+from .item_results import baseline_of, record_result, settle_interrupted, twin_of
+from .outcomes import record_outcome
+from .report_redaction import redact_report
 from .run import ChaosRun
 from .settings import ChaosSettings, add_options
+from .short_failure import shorten_failure
 from .slo import SLOMonitor
+from .stash_keys import (
+    EXPECTED_KEY,
+    PREFLIGHT_KEY,
+    PREVIOUS_SIGTERM_KEY,
+    RUN_KEY,
+    SLO_KEY,
+    SNAPSHOTS_KEY,
+    TIMELINE_KEY,
+    VERDICTS_KEY,
+)
 from .targets.base import Target, TargetEvent
-from .timeline import Timeline
+from .timeline import Event, Timeline
 
-RUN_KEY = pytest.StashKey[ChaosRun]()
-TIMELINE_KEY = pytest.StashKey[Timeline]()
-SLO_KEY = pytest.StashKey[SLOMonitor]()
-OUTCOME_KEY = pytest.StashKey[str]()
-DURATION_KEY = pytest.StashKey[float]()
-_PREVIOUS_SIGTERM = pytest.StashKey[Any]()
-PREFLIGHT_KEY = pytest.StashKey[str]()
-VERDICTS_KEY = pytest.StashKey[list[Any]]()
-EXPECTED_KEY = pytest.StashKey[str]()  # a baseline's expected failure (see baseline.py)
-SNAPSHOTS_KEY = pytest.StashKey[dict[str, Any]]()  # baseline nodeid -> its twin's start state
+if TYPE_CHECKING:
+    from .baseline import ObservingEngine
+    from .engine.alerts import Rule
+    from .engine.pager import LocalPager
+    from .engine.runner import Engine
+    from .faults.injectors import (
+        BadDeployInjector,
+        DiskFillInjector,
+        LatencyInjector,
+        MemoryStressInjector,
+        NetworkBlockInjector,
+        NodeFailureInjector,
+        PodKillInjector,
+        ProxyDownInjector,
+        ToxicInjector,
+    )
+    from .load_starter import LoadStarter
+    from .monitoring import Monitoring
+
+T = TypeVar("T")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -60,7 +85,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # SIGTERM (CI cancelling a job) becomes KeyboardInterrupt, so pytest runs every
     # fixture teardown and each fault is reverted, as on Ctrl-C.
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-        config.stash[_PREVIOUS_SIGTERM] = signal.signal(signal.SIGTERM, _sigterm)
+        config.stash[PREVIOUS_SIGTERM_KEY] = signal.signal(signal.SIGTERM, _sigterm)
 
 
 def _sigterm(signum: int, frame: object) -> None:
@@ -69,8 +94,8 @@ def _sigterm(signum: int, frame: object) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     revert_every_session()
-    if _PREVIOUS_SIGTERM in config.stash:
-        signal.signal(signal.SIGTERM, config.stash[_PREVIOUS_SIGTERM])
+    if PREVIOUS_SIGTERM_KEY in config.stash:
+        signal.signal(signal.SIGTERM, config.stash[PREVIOUS_SIGTERM_KEY])
     if RUN_KEY in config.stash:
         config.stash[RUN_KEY].close()
 
@@ -157,7 +182,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item):
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     """The safety net behind the preflight: a fault injected by hand (``inject(...)``)
     that finds a privilege missing skips its scenario, naming it; under CI it fails.
 
@@ -173,7 +198,7 @@ def pytest_runtest_call(item: pytest.Item):
             raise
         reason = str(exc)
     except AssertionError as exc:
-        if _twin_of(item) is None:
+        if twin_of(item) is None:
             raise
         from .baseline import expected_without_automation
 
@@ -183,24 +208,6 @@ def pytest_runtest_call(item: pytest.Item):
         item.stash[EXPECTED_KEY] = expected
         return None
     pytest.skip(f"this machine cannot inject the scenario's fault: {reason}")
-
-
-def _twin_of(item: pytest.Item) -> str | None:
-    """A baseline item's automated twin (its nodeid); None for every other item."""
-    if not item.config.stash[RUN_KEY].settings.remediation_baseline:
-        return None
-    from .baseline import TWIN_OF
-
-    return item.stash.get(TWIN_OF, None)
-
-
-def _baseline_of(item: pytest.Item) -> str | None:
-    """An automated item's baseline twin (its nodeid), when --remediation-baseline made one."""
-    if not item.config.stash[RUN_KEY].settings.remediation_baseline:
-        return None
-    from .baseline import BASELINE_OF
-
-    return item.stash.get(BASELINE_OF, None)
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -221,8 +228,11 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
         return None
     from .preflight import doctor_lines
 
+    reporter: pytest.TerminalReporter | None
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     for line in doctor_lines(run.settings, session.config.stash.get(VERDICTS_KEY, [])):
+        if reporter is None:  # -p no:terminal: nothing to print to
+            break
         reporter.write_line(line)
     return True
 
@@ -236,7 +246,7 @@ def chaos_target(request: pytest.FixtureRequest) -> Iterator[Target]:
     run = request.config.stash[RUN_KEY]
     work_dir = run.make_work_dir()  # owned (pid), so a later session can sweep it if we die
     try:
-        target = _or_fail(lambda: run.open_target(work_dir))
+        target = _or_fail(lambda: run.open_target(work_dir), failed="chaos target did not start")
         try:
             run.settle_leftovers(target)
             yield target
@@ -249,16 +259,12 @@ def chaos_target(request: pytest.FixtureRequest) -> Iterator[Target]:
 
 
 @pytest.fixture(scope="session")
-def chaos_monitoring(request: pytest.FixtureRequest, chaos_target: Target) -> Any:
+def chaos_monitoring(request: pytest.FixtureRequest, chaos_target: Target) -> Monitoring:
     """Real Prometheus + Alertmanager (managed, or ``--prometheus-url``) or the built-in
     probes; ``.probe_path`` says which. Requesting it routes the engine's alerts through
     Alertmanager (see ``remediation_alerts``)."""
     run = request.config.stash[RUN_KEY]
-    try:
-        return run.monitoring(chaos_target)
-    except ResilienceError as exc:
-        reason = str(exc)
-    pytest.fail(f"monitoring did not start: {reason}", pytrace=False)
+    return _or_fail(lambda: run.monitoring(chaos_target), failed="monitoring did not start")
 
 
 @pytest.fixture
@@ -284,7 +290,7 @@ def _print_phases(config: pytest.Config, line: Timeline) -> Callable[[], None]:
     capture = config.pluginmanager.get_plugin("capturemanager")
     lock = threading.Lock()
 
-    def show(event: Any) -> None:
+    def show(event: Event) -> None:
         phase = PHASE_OF_EVENT.get(event.kind)
         if phase is None:
             return
@@ -315,10 +321,11 @@ def slo(
 ) -> Iterator[SLOMonitor]:
     """Declare objectives (error rate, latency, availability, ``promql``); assert them."""
     run = request.config.stash[RUN_KEY]
+    monitor_class = SLOMonitor
     if run.settings.remediation_baseline:
-        from .baseline import WindowedSLOMonitor as monitor_class  # marks recovery windows
-    else:
-        monitor_class = SLOMonitor
+        from .baseline import WindowedSLOMonitor  # marks recovery windows
+
+        monitor_class = WindowedSLOMonitor
     monitor = monitor_class(
         timeline,
         prometheus=lambda name, expr, **kw: run.monitoring(chaos_target).probe(name, expr, **kw),
@@ -329,27 +336,23 @@ def slo(
 
 
 @pytest.fixture
-def load(request: pytest.FixtureRequest, chaos_target: Target, timeline: Timeline):
+def load(
+    request: pytest.FixtureRequest, chaos_target: Target, timeline: Timeline
+) -> Iterator[LoadStarter]:
     """``load(users=20)`` starts Locust out of process; stopped at teardown.
 
     ``workers=`` defaults to ``--load-workers``; ``rps=`` paces the users (see start_load).
     """
-    from .load import start_load
+    from .load_starter import LoadStarter
 
-    run = request.config.stash[RUN_KEY]
-    started = []
-
-    def start(*, host: str | None = None, **options: Any):
-        options.setdefault("workers", run.settings.load_workers)
-        load_run = start_load(
-            host=host or chaos_target.endpoint(run.settings.entry), timeline=timeline, **options
-        )
-        started.append(load_run)
-        return load_run
-
-    yield start
-    for load_run in started:
-        load_run.stop()
+    settings = request.config.stash[RUN_KEY].settings
+    starter = LoadStarter(
+        timeline=timeline,
+        default_host=lambda: chaos_target.endpoint(settings.entry),
+        default_workers=settings.load_workers,
+    )
+    yield starter
+    starter.stop_all()
 
 
 @pytest.fixture
@@ -365,83 +368,83 @@ def _chaos_faults(
 
 
 @pytest.fixture
-def pod_kill(_chaos_faults: FaultSession) -> Callable[..., Any]:
+def pod_kill(_chaos_faults: FaultSession) -> PodKillInjector:
     """``pod_kill("app=api", count=1)``; ``.revert()`` waits for the replacement."""
-    from .faults.pod_kill import PodKill
+    from .faults.injectors import PodKillInjector
 
-    return lambda selector, **options: _chaos_faults.inject(PodKill(selector, **options))
+    return PodKillInjector(_chaos_faults)
 
 
 @pytest.fixture
-def network_block(_chaos_faults: FaultSession) -> Callable[..., Any]:
+def network_block(_chaos_faults: FaultSession) -> NetworkBlockInjector:
     """``network_block("app=postgres", direction="ingress", action="drop")`` or ``(port=5432)``."""
-    from .faults.network import NetworkBlock
+    from .faults.injectors import NetworkBlockInjector
 
-    return lambda selector=None, **options: _chaos_faults.inject(NetworkBlock(selector, **options))
+    return NetworkBlockInjector(_chaos_faults)
 
 
 @pytest.fixture
-def disk_fill(_chaos_faults: FaultSession) -> Callable[..., Any]:
+def disk_fill(_chaos_faults: FaultSession) -> DiskFillInjector:
     """``disk_fill("postgres", percent=90)``: a real file on the service's bounded volume."""
-    from .faults.disk import DiskFill
+    from .faults.injectors import DiskFillInjector
 
-    return lambda service, **options: _chaos_faults.inject(DiskFill(service, **options))
+    return DiskFillInjector(_chaos_faults)
 
 
 @pytest.fixture
-def memory_stress(_chaos_faults: FaultSession) -> Callable[..., Any]:
+def memory_stress(_chaos_faults: FaultSession) -> MemoryStressInjector:
     """``memory_stress("api", share=0.8)``: a helper in each pod grows it to 80% of its limit."""
-    from .faults.memory import MemoryStress
+    from .faults.injectors import MemoryStressInjector
 
-    return lambda selector, **options: _chaos_faults.inject(MemoryStress(selector, **options))
+    return MemoryStressInjector(_chaos_faults)
 
 
 @pytest.fixture
-def latency(_chaos_faults: FaultSession) -> Callable[..., Any]:
+def latency(_chaos_faults: FaultSession) -> LatencyInjector:
     """``latency("postgres", ms=500, jitter_ms=50)`` on the dependency's Toxiproxy proxy."""
-    from .faults.toxics import Latency
+    from .faults.injectors import LatencyInjector
 
-    return lambda proxy, **options: _chaos_faults.inject(Latency(proxy, **options))
+    return LatencyInjector(_chaos_faults)
 
 
 @pytest.fixture
-def toxic(_chaos_faults: FaultSession) -> Callable[..., Any]:
+def toxic(_chaos_faults: FaultSession) -> ToxicInjector:
     """``toxic("redis", "bandwidth", rate=64)``: any Toxiproxy toxic, checked by name."""
-    from .faults.toxics import Toxic
+    from .faults.injectors import ToxicInjector
 
-    return lambda proxy, type, **options: _chaos_faults.inject(Toxic(proxy, type, **options))
+    return ToxicInjector(_chaos_faults)
 
 
 @pytest.fixture
-def proxy_down(_chaos_faults: FaultSession) -> Callable[..., Any]:
+def proxy_down(_chaos_faults: FaultSession) -> ProxyDownInjector:
     """``proxy_down("postgres")``: the dependency's proxy refuses and drops connections."""
-    from .faults.toxics import ProxyDown
+    from .faults.injectors import ProxyDownInjector
 
-    return lambda proxy: _chaos_faults.inject(ProxyDown(proxy))
+    return ProxyDownInjector(_chaos_faults)
 
 
 @pytest.fixture
-def node_failure(_chaos_faults: FaultSession) -> Callable[..., Any]:
+def node_failure(_chaos_faults: FaultSession) -> NodeFailureInjector:
     """``node_failure(node)``: every pod on the node hangs (local) or is drained (k8s);
     ``hang=True`` insists on the hang (capability ``node_outage``)."""
-    from .faults.node import NodeFailure
+    from .faults.injectors import NodeFailureInjector
 
-    return lambda node, *, hang=False: _chaos_faults.inject(NodeFailure(node, hang=hang))
+    return NodeFailureInjector(_chaos_faults)
 
 
 @pytest.fixture
-def bad_deploy(_chaos_faults: FaultSession) -> Callable[..., Any]:
+def bad_deploy(_chaos_faults: FaultSession) -> BadDeployInjector:
     """``bad_deploy("api", version="v2")``: roll out a faulty release; revert rolls it back."""
-    from .faults.deploy import BadDeploy
+    from .faults.injectors import BadDeployInjector
 
-    return lambda workload, version="v2": _chaos_faults.inject(BadDeploy(workload, version))
+    return BadDeployInjector(_chaos_faults)
 
 
 # -- the remediation engine -----------------------------------------------------------------
 
 
 @pytest.fixture
-def remediation_rules(request: pytest.FixtureRequest) -> list[Any]:
+def remediation_rules(request: pytest.FixtureRequest) -> list[Rule]:
     """The engine's probe rules; override this fixture to change thresholds or ``for``."""
     from .probes import scenario_rules
 
@@ -459,7 +462,7 @@ def remediation_alerts() -> str:
 
 
 @pytest.fixture
-def local_pager() -> Iterator[Any]:
+def local_pager() -> Iterator[LocalPager]:
     """A page receiver on a loopback port: the engine's escalations land here in tests."""
     from .engine.pager import LocalPager
 
@@ -473,11 +476,11 @@ def remediation_engine(
     chaos_target: Target,
     timeline: Timeline,
     _chaos_faults: FaultSession,
-    remediation_rules: list[Any],
-    local_pager: Any,
+    remediation_rules: list[Rule],
+    local_pager: LocalPager,
     tmp_path: Path,
     remediation_alerts: str,
-) -> Iterator[Any]:
+) -> Iterator[Engine | ObservingEngine]:
     """The auto-remediation engine watching this scenario; stopped before faults revert.
 
     In a ``--remediation-baseline`` run it observes only (dry run, no pager) on a target put
@@ -493,7 +496,7 @@ def remediation_engine(
         if remediation_alerts == "alertmanager" or "chaos_monitoring" in request.fixturenames
         else None
     )
-    alert_options = _or_fail_config(lambda: engine_alert_options(remediation_alerts, monitoring))
+    alert_options = _or_fail(lambda: engine_alert_options(remediation_alerts, monitoring))
     probes = BuiltinProbes(chaos_target, timeline, run.settings.entry)
     engine = make_engine(
         chaos_target,
@@ -528,19 +531,19 @@ def _prepare_baseline(request: pytest.FixtureRequest, target: Target, timeline: 
     """True for a baseline run, after the target is back where its twin started; for the
     twin itself, note that state (each workload's replicas and version)."""
     snapshots = request.config.stash.setdefault(SNAPSHOTS_KEY, {})
-    baseline = _baseline_of(request.node)
+    baseline = baseline_of(request.node)
     if baseline is not None:
         from .baseline import snapshot
 
         snapshots[baseline] = snapshot(target)
         return False
-    if _twin_of(request.node) is None:
+    if twin_of(request.node) is None:
         return False
     from .baseline import make_fresh
 
     run = request.config.stash[RUN_KEY]
     before = snapshots.get(request.node.nodeid)
-    restored = _or_fail_config(lambda: make_fresh(target, run.ledger, before))
+    restored = _or_fail(lambda: make_fresh(target, run.ledger, before))
     if restored:
         timeline.mark("baseline_restored", "; ".join(restored), changes=restored)
     return True
@@ -550,59 +553,17 @@ def _prepare_baseline(request: pytest.FixtureRequest, target: Target, timeline: 
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if (
-        report.failed
-        and call.excinfo is not None
-        and isinstance(call.excinfo.value, ResilienceError)
-        and item.config.getoption("tbstyle", "auto") == "auto"
-        and not item.config.getoption("fulltrace", False)
-    ):
-        report.longrepr = _short_failure(item, call.excinfo)
-    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-        item.stash[OUTCOME_KEY] = "error" if report.when == "setup" else report.outcome
-        item.stash[DURATION_KEY] = report.duration
-    if TIMELINE_KEY in item.stash:
-        _redact_report(report)
-    if report.when == "teardown" and TIMELINE_KEY in item.stash:
-        # At teardown every fault is reverted and the timeline is complete.
-        from .results import attach, scenario_result
-
-        run = item.config.stash[RUN_KEY]
-        outcome = item.stash.get(OUTCOME_KEY, "error")
-        if report.outcome == "failed" and outcome == "passed":
-            outcome = "error"
-        twin_of = _twin_of(item)
-        result = scenario_result(
-            nodeid=item.nodeid,
-            timeline=item.stash[TIMELINE_KEY],
-            slo=item.stash.get(SLO_KEY, None),
-            outcome=outcome,
-            duration_s=item.stash.get(DURATION_KEY, 0.0),
-            run=run,
-            mode="automated" if twin_of is None else "baseline",
-            twin=twin_of or _baseline_of(item) or "",
-            expected_failure=item.stash.get(EXPECTED_KEY, ""),
-        )
-        run.running.pop(item.nodeid, None)
-        run.results.append(result)
-        attach(report, result, run)
+    shorten_failure(report, item, call)
+    record_outcome(item, report)
+    if TIMELINE_KEY in item.stash:  # a chaos test: its report is redacted, then its result
+        redact_report(report)
+        if report.when == "teardown":  # every fault is reverted, the timeline complete
+            record_result(item, report)
     return report
-
-
-def _redact_report(report: pytest.TestReport) -> None:
-    """A chaos test's failure text, captured output and properties pass the secret filter
-    before pytest-html or JUnit write them: a DSN in an assertion is still a secret."""
-    from .redaction import redact, redact_text
-
-    if report.longrepr is not None:
-        text = str(report.longrepr)
-        cleaned = redact_text(text)
-        if cleaned != text:
-            report.longrepr = cleaned
-    report.sections = [(title, redact_text(body)) for title, body in report.sections]
-    report.user_properties = [(name, redact(value)) for name, value in report.user_properties]
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -616,31 +577,11 @@ def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
     yield
     if run is None:
         return
-    _settle_interrupted(run)
+    settle_interrupted(run)
     if run.results and run.settings.report is not None:
         from .results import write_report
 
         write_report(run)
-
-
-def _settle_interrupted(run: ChaosRun) -> None:
-    """A scenario cut short by Ctrl-C or SIGTERM gets no call or teardown report, so no
-    result: it enters the report as an error, with what its timeline recorded."""
-    from .results import scenario_result
-
-    for nodeid, item in list(run.running.items()):
-        run.running.pop(nodeid)
-        run.results.append(
-            scenario_result(
-                nodeid=nodeid,
-                timeline=item.stash[TIMELINE_KEY],
-                slo=item.stash.get(SLO_KEY, None),
-                outcome="error",
-                duration_s=item.stash.get(DURATION_KEY, 0.0),
-                run=run,
-            )
-        )
-        run.notices.append(f"{nodeid} was interrupted; its faults were reverted at teardown")
 
 
 def _junit_suite_properties(config: pytest.Config, run: ChaosRun) -> None:
@@ -657,7 +598,9 @@ def _junit_suite_properties(config: pytest.Config, run: ChaosRun) -> None:
         xml.add_global_property(name, value)
 
 
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
     run = config.stash.get(RUN_KEY, None)
     if run is None or not (run.results or run.notices):
         return
@@ -668,33 +611,13 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_line(line)
 
 
-def _or_fail(make: Callable[[], Target]) -> Target:
-    # A target that cannot start fails its tests with the reason, not a traceback.
+def _or_fail(make: Callable[[], T], *, failed: str = "") -> T:
+    """``make()``; a ResilienceError fails the test with its reason (after ``failed: ``, what
+    did not happen), not a traceback: a target or the monitoring that cannot start, a
+    configuration the engine refuses."""
     try:
         return make()
     except ResilienceError as exc:
         reason = str(exc)
     # Outside the except block: failing inside it would print the reason twice, chained.
-    pytest.fail(f"chaos target did not start: {reason}", pytrace=False)
-
-
-def _or_fail_config(make: Callable[[], Any]) -> Any:
-    try:
-        return make()
-    except ResilienceError as exc:
-        reason = str(exc)
-    pytest.fail(reason, pytrace=False)
-
-
-def _short_failure(item: pytest.Item, excinfo: pytest.ExceptionInfo[BaseException]) -> str:
-    """``test.py:12: SelectorMatchedNothing: ...``: the line of the test, then the reason.
-
-    A ResilienceError already names the file, field or value at fault; the plugin's own
-    frames under it would only bury that line.
-    """
-    where = ""
-    for entry in reversed(excinfo.traceback):
-        if Path(entry.path) == item.path:
-            where = f"{entry.path}:{entry.lineno + 1}: "
-            break
-    return f"{where}{type(excinfo.value).__name__}: {excinfo.value}"
+    pytest.fail(f"{failed}: {reason}" if failed else reason, pytrace=False)
