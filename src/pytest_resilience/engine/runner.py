@@ -90,14 +90,13 @@ class Engine(Dispatch, Inspection):
         self.store = Store(store_path)
         self.safety = Safety(self.store, safety or SafetyPolicy())
         self.outbox = Outbox(self.store, escalation)
-        # A rule given here replaces the playbook's rule for the same alert and target
-        # (tests shorten `for`; a site tunes a threshold) instead of evaluating both.
-        given = {(r.alert, r.target) for r in rules}
+        # A rule given here replaces the playbooks' rules for the same alert, whatever their
+        # target (tests shorten `for`; a site tunes a threshold or names its own entry
+        # service): a bundled `target: api` rule kept beside it would raise alerts about a
+        # workload the project may not have.
+        given = {r.alert for r in rules}
         all_rules = (
-            [
-                *rules,
-                *(r for b in self.playbooks for r in b.rules if (r.alert, r.target) not in given),
-            ]
+            [*rules, *(r for b in self.playbooks for r in b.rules if r.alert not in given)]
             if own_rules
             else []
         )
