@@ -315,3 +315,17 @@ def test_startup_failure_shows_the_server_log(tmp_path: Path):
     bad.write_text("groups:\n  - name: x\n    rules:\n      - alert: Broken\n        expr: sum(\n")
     with pytest.raises(DaemonError, match=r"exited before it was ready[\s\S]*bad\.yml"):
         ManagedPrometheus(rule_files=[bad]).start()
+
+
+def test_log_excerpt_keeps_the_error_lines_however_long_the_shutdown_chatter(tmp_path: Path):
+    """Prometheus logs the line naming the bad file before a shutdown of varying length;
+    the excerpt a failed start shows must keep that line, not only the last lines."""
+    daemon = ManagedPrometheus()
+    daemon.workdir = tmp_path
+    cause = 'level=error component="rule manager" err="/x/bad.yml: 5:15: parse error"'
+    chatter = [f'level=info msg="Stopping thing {i}..."' for i in range(40)]
+    (tmp_path / "server.log").write_text("\n".join(["level=info msg=start", cause, *chatter]))
+    excerpt = daemon.log_tail()
+    assert cause in excerpt
+    assert chatter[-1] in excerpt
+    assert "level=info msg=start" not in excerpt

@@ -30,6 +30,8 @@ log = logging.getLogger("pytest_resilience.prometheus")
 
 _POLL_S = 0.05
 _PORT_ATTEMPTS = 3
+_ERROR_LEVEL = "level=error"  # logfmt; Prometheus 3 writes ERROR
+_ERROR_LINES = 5
 
 
 class DaemonError(ResilienceError):
@@ -150,10 +152,18 @@ class ManagedDaemon:
             time.sleep(_POLL_S)
 
     def log_tail(self, lines: int = 15) -> str:
+        """The server's error lines, then its last ``lines`` lines.
+
+        The line that names the cause (the bad rule file, the busy port) comes before a
+        shutdown whose length varies from run to run; a plain tail loses it now and then.
+        """
         if self.workdir is None or not (self.workdir / "server.log").exists():
             return "(no log)"
         text = (self.workdir / "server.log").read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
+        tail = text[-lines:]
+        earlier = text[: len(text) - len(tail)]
+        errors = [line for line in earlier if _ERROR_LEVEL in line.lower()][-_ERROR_LINES:]
+        return "\n".join([*errors, "...", *tail] if errors else tail)
 
     # -- subclass hooks ------------------------------------------------------------------
 
