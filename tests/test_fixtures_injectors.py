@@ -88,8 +88,9 @@ def test_each_injector_takes_what_its_fault_takes(fixture: str) -> None:
 
 
 def test_the_load_starter_takes_what_start_load_takes() -> None:
-    # the timeline is the scenario's own; the host and workers have fixture defaults
-    theirs = _params(start_load, leave_out=("timeline",))
+    # the timeline is the scenario's own; the host and workers have fixture defaults, and
+    # where the workers run is the target's capability (start_load_on), not an argument
+    theirs = _params(start_load, leave_out=("timeline", "workers_in"))
     ours = _params(LoadStarter.__call__)
     by_name = {p.name: p for p in theirs}
     assert [p.name for p in ours] == [p.name for p in theirs]

@@ -27,6 +27,7 @@ from kube_kubelet import IMAGES, Image, KubeletCluster, PodContext, ProcessKubel
 
 from pytest_resilience.capabilities import missing, offered
 from pytest_resilience.load import LoadError, start_load_on
+from pytest_resilience.load_starter import LoadStarter
 from pytest_resilience.targets.base import LoadWorkers
 from pytest_resilience.targets.kubernetes import KubernetesTarget
 from pytest_resilience.targets.kubernetes.load_workers import (
@@ -241,6 +242,26 @@ def test_workers_run_as_the_deployment_make_the_load_and_go_with_the_run(
     assert sum(per_worker.values()) == run.totals.requests == served.count
     assert run.totals.failures == 0
     assert _deployment(kind) is None  # deleted with the run
+    assert _worker_pods_gone(kind, target)
+
+
+def test_the_load_fixture_runs_its_workers_on_the_cluster_and_one_process_here(
+    kind: KubeletCluster, target: KubernetesTarget, demo_paths: tuple[str, type[_DemoPaths]]
+) -> None:
+    """What ``load`` returns, built as the plugin builds it for ``--load-workers=2``: the
+    scenario says nothing of where, the target's capability decides."""
+    url, _ = demo_paths
+    timeline = Timeline("t")
+    load = LoadStarter(target=target, entry="api", timeline=timeline, default_workers=2)
+    with load(host=url, users=2, start_timeout=60) as run:
+        assert _deployment(kind) is not None  # --load-workers=2: on the cluster
+        run.wait_for_samples(2, timeout=30)
+    with load(host=url, users=2, workers=1) as run:
+        assert _deployment(kind) is None  # one process: here
+        run.wait_for_samples(2, timeout=30)
+    on_cluster, here = timeline.events(LOAD_STARTED)
+    assert on_cluster.detail["workers_in"] == f"deployment {NS}/{DEPLOYMENT}"
+    assert "workers_in" not in here.detail
     assert _worker_pods_gone(kind, target)
 
 

@@ -54,7 +54,7 @@ from .errors import ConfigError, FaultError
 from .timeline import LOAD_STARTED, LOAD_STOPPED, Timeline
 
 if TYPE_CHECKING:
-    from .targets.base import LoadWorkers, PlacedWorkers
+    from .targets.base import LoadWorkers, PlacedWorkers, Target
 
 __all__ = [
     "DEFAULT_LOCUSTFILE",
@@ -707,7 +707,7 @@ def _die_with_parent() -> Callable[[], None] | None:
 
 
 def start_load_on(
-    target: object,
+    target: Target,
     workload: str,
     *,
     host: str | None = None,
@@ -722,7 +722,7 @@ def start_load_on(
     if isinstance(workers, int) and workers > 1 and isinstance(target, LoadWorkers):
         url = host or target.load_endpoint(workload)
         return start_load(host=url, workers=workers, workers_in=target, **options)
-    url = host or target.endpoint(workload)  # type: ignore[attr-defined]
+    url = host or target.endpoint(workload)
     return start_load(host=url, workers=workers, **options)
 
 

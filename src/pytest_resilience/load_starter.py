@@ -1,20 +1,25 @@
 """What the ``load`` fixture returns: a typed starter of Locust runs against the target.
 
-``load(users=20)`` starts Locust out of process (:func:`~.load.start_load`) against the
+``load(users=20)`` starts Locust out of process (:func:`~.load.start_load_on`) against the
 scenario's entry workload, its samples on the scenario's timeline; every run it started is
 stopped at the test's teardown (:meth:`LoadStarter.stop_all`). ``load.py`` is imported on
 the first call, so a suite that puts no load pays nothing for it.
+
+Where the workers run is the target's to say, not the scenario's: ``workers`` > 1 on a
+target with the ``load_workers`` capability (Kubernetes) run on its nodes against the
+workload's in-cluster address; elsewhere (the local target) they are processes here. So
+``--load-workers=4`` means the same scenario, more load, on either target.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, final
 
 if TYPE_CHECKING:
     from .load import LoadRun
-    from .targets.base import LoadWorkers
+    from .targets.base import Target
     from .timeline import Timeline
 
 __all__ = ["LoadStarter"]
@@ -24,13 +29,14 @@ __all__ = ["LoadStarter"]
 class LoadStarter:
     """The ``load`` fixture: ``load(users=20)``, ``load(rps=50, workers=2)``."""
 
-    __slots__ = ("_default_host", "_default_workers", "_started", "_timeline")
+    __slots__ = ("_default_workers", "_entry", "_started", "_target", "_timeline")
 
     def __init__(
-        self, *, timeline: Timeline, default_host: Callable[[], str], default_workers: int
+        self, *, target: Target, entry: str, timeline: Timeline, default_workers: int
     ) -> None:
+        self._target = target
+        self._entry = entry
         self._timeline = timeline
-        self._default_host = default_host
         self._default_workers = default_workers
         self._started: list[LoadRun] = []
 
@@ -46,19 +52,20 @@ class LoadStarter:
         start_timeout: float = 60.0,
         workers: int | None = None,
         rps: float | None = None,
-        workers_in: LoadWorkers | None = None,
     ) -> LoadRun:
         """Start Locust and return once its users are spawning; see :func:`~.load.start_load`.
 
-        ``host`` defaults to the endpoint of the scenario's entry workload, ``workers`` to
-        ``--load-workers``; ``rps=`` paces the users to that many requests per second in all;
-        ``workers_in=`` a target with the ``load_workers`` capability runs the workers there.
-        The run is a context manager; it is stopped at teardown if still running.
+        ``host`` defaults to the endpoint of the scenario's entry workload as the load's
+        users reach it, ``workers`` to ``--load-workers``; ``rps=`` paces the users to that
+        many requests per second in all. The run is a context manager; it is stopped at
+        teardown if still running.
         """
-        from .load import start_load
+        from .load import start_load_on
 
-        run = start_load(
-            host=host or self._default_host(),
+        run = start_load_on(
+            self._target,
+            self._entry,
+            host=host,
             users=users,
             spawn_rate=spawn_rate,
             locustfile=locustfile,
@@ -68,7 +75,6 @@ class LoadStarter:
             start_timeout=start_timeout,
             workers=self._default_workers if workers is None else workers,
             rps=rps,
-            workers_in=workers_in,
         )
         self._started.append(run)
         return run

@@ -341,14 +341,16 @@ def load(
 ) -> Iterator[LoadStarter]:
     """``load(users=20)`` starts Locust out of process; stopped at teardown.
 
-    ``workers=`` defaults to ``--load-workers``; ``rps=`` paces the users (see start_load).
+    ``workers=`` defaults to ``--load-workers``, run on the target where it has the
+    ``load_workers`` capability; ``rps=`` paces the users (see start_load).
     """
     from .load_starter import LoadStarter
 
     settings = request.config.stash[RUN_KEY].settings
     starter = LoadStarter(
+        target=chaos_target,
+        entry=settings.entry,
         timeline=timeline,
-        default_host=lambda: chaos_target.endpoint(settings.entry),
         default_workers=settings.load_workers,
     )
     yield starter
