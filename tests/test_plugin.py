@@ -134,3 +134,37 @@ def test_the_main_job_starts_without_a_warning_when_the_test_extra_is_absent() -
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "warning" not in (done.stdout + done.stderr).lower(), done.stdout + done.stderr
+
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+current-context: kind-chaos
+clusters:
+- name: kind-chaos
+  cluster: {server: "https://127.0.0.1:1"}
+contexts:
+- name: kind-chaos
+  context: {cluster: kind-chaos, user: ci}
+users:
+- name: ci
+  user: {token: not-a-secret}
+"""
+
+
+def test_a_kubernetes_run_says_which_cluster_it_will_break_before_contacting_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kubeconfig = pytester.path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess(
+        "--chaos-target=kubernetes", "--chaos-namespace=chaos-demo", "--collect-only"
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "chaos target: kubernetes, context 'kind-chaos', API server https://127.0.0.1:1, "
+            f"namespace 'chaos-demo' (kubeconfig {kubeconfig})"
+        ]
+    )
+    assert "not-a-secret" not in result.stdout.str()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,3 +20,42 @@ def test_ruff_is_clean(command: list[str]) -> None:
     )
     done = subprocess.run([ruff, *command, "."], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+_XREF = re.compile(r":(?:mod|class|func|meth|data|attr):`~?(\.+[\w.]+)`")
+
+
+def _resolves(module: str, is_package: bool, ref: str) -> bool:
+    """A relative cross-reference as the docstrings write it, ``..targets.base.Pod`` from a
+    module of ``faults``: one dot is the module's own package, each more goes up one."""
+    dots = len(ref) - len(ref.lstrip("."))
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    parts = [*package[: len(package) - (dots - 1)], *ref.lstrip(".").split(".")]
+    for cut in range(len(parts), 0, -1):
+        name = ".".join(parts[:cut])
+        try:
+            found: object = importlib.import_module(name)
+        except ImportError:
+            continue
+        try:
+            for attribute in parts[cut:]:
+                found = getattr(found, attribute)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+def test_the_docstrings_cross_references_name_what_exists() -> None:
+    """A module moved into a package leaves ``:mod:`.base``` pointing at nothing; a reader
+    who follows it finds no such file."""
+    src = REPO / "src"
+    stale = []
+    for path in sorted((src / "pytest_resilience").rglob("*.py")):
+        parts = path.relative_to(src).with_suffix("").parts
+        is_package = parts[-1] == "__init__"
+        module = ".".join(parts[:-1] if is_package else parts)
+        for ref in _XREF.findall(path.read_text()):
+            if not _resolves(module, is_package, ref):
+                stale.append(f"{path.relative_to(REPO)}: {ref}")
+    assert stale == []

@@ -111,8 +111,6 @@ CLEAN = [
     "pytest_resilience.targets.hpa",
     "pytest_resilience.targets.hpa_spec",
     "pytest_resilience.targets.iptables",
-    "pytest_resilience.targets.kube_api",
-    "pytest_resilience.targets.kube_safety",
     "pytest_resilience.targets.kubernetes",
     "pytest_resilience.targets.kubernetes.api",
     "pytest_resilience.targets.kubernetes.autoscaling",

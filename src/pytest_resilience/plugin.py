@@ -215,7 +215,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     run = config.stash.get(RUN_KEY, None)
     if run is None or run.settings.target != "kubernetes":
         return None
-    from .targets.kube_api import describe_target
+    from .targets.kubernetes import describe_target
 
     return describe_target(context=run.settings.kube_context, namespace=run.settings.namespace)
 

@@ -337,10 +337,9 @@ def _check_target_options(args: argparse.Namespace) -> None:
 
 
 def _kubernetes_target(args: argparse.Namespace):
-    """The cluster, under the plugin's blast-radius policy (targets/kube_safety.py): a
+    """The cluster, under the plugin's blast-radius policy (targets/kubernetes/safety.py): a
     refused context or namespace stops serve before any request is sent."""
-    from ..targets.kube_safety import ChaosPolicy
-    from ..targets.kubernetes import KubernetesTarget
+    from ..targets.kubernetes import ChaosPolicy, KubernetesTarget
 
     ChaosPolicy.parse(args.allow)  # a malformed rule is named before connecting
     in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not (

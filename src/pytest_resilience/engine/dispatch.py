@@ -254,7 +254,7 @@ class Dispatch:
 
     def _release_held(self, closed: Alert) -> None:
         """Decide the held alerts the incident about ``closed`` held back, if nothing else
-        holds them now (still breaching ones; see :meth:`.Inhibitor.released_by`)."""
+        holds them now (still breaching ones; see :meth:`.inhibition.Inhibitor.released_by`)."""
         for alert in self.inhibitor.released_by(closed):
             # Held while its cause was handled: act only if it still breaches now,
             # not on the stale reading it was held with (the cause's fix may have fixed it).

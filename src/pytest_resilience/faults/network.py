@@ -4,7 +4,7 @@ The fault validates and names the block; the target carries it out
 (:meth:`~..targets.base.FaultPrimitives.network_block`): on the local target an iptables
 chain scoped by port and cgroup (:mod:`..targets.local.faults`), on Kubernetes an
 ephemeral container running iptables in each pod's network namespace
-(:mod:`..targets.kube_faults`). Either way the ledger holds the change records, and the
+(:mod:`..targets.kubernetes.network_block`). Either way the ledger holds the change records, and the
 target's ``undo`` reverts them, also from the ledger alone after SIGKILL.
 """
 

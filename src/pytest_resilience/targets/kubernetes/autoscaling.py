@@ -1,6 +1,6 @@
 """Autoscaling on Kubernetes: a real autoscaling/v2 HorizontalPodAutoscaler, watched.
 
-The spec (:class:`~.hpa_spec.AutoscalerSpec`, read from a manifest such as
+The spec (:class:`~..hpa_spec.AutoscalerSpec`, read from a manifest such as
 deploy/k8s/autoscaling/api-hpa.yaml) becomes an HPA object named after it in the target's
 namespace, created or replaced; the cluster's HPA controller acts on it with the pods' CPU
 from metrics-server. While any autoscaler of ours exists, a list+watch of the namespace's

@@ -62,7 +62,7 @@ class KubeDeployments(KubeEvents):
         )
 
     def rollout(self, workload: str, version: str) -> None:
-        """:class:`~.base.Releases`: set the release env (``release_env``) of the pod
+        """:class:`~..base.Releases`: set the release env (``release_env``) of the pod
         template to ``version``; the Deployment rolls it out (surge, readiness) and
         ``wait_ready`` waits for it. A JSON patch with a ``test`` of the old value, so a
         concurrent change of the template is a conflict, not overwritten."""

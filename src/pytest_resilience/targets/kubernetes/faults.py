@@ -1,8 +1,8 @@
 """Fault primitives on a Kubernetes cluster, each undoable from its record alone.
 
-Each primitive makes a :class:`~.base.ChangeRecord`: what was changed (pods, nodes,
+Each primitive makes a :class:`~..base.ChangeRecord`: what was changed (pods, nodes,
 NetworkPolicies) and what the undo needs (container, chain, file, previous state). It goes
-into the fault's :class:`~.base.ChangeLog` (the ledger) *before* the object is touched, so
+into the fault's :class:`~..base.ChangeLog` (the ledger) *before* the object is touched, so
 ``undo(record)`` reverts it in another process, after a crash, on another machine; an
 undo of what never happened (a container never added or never started) closes it, saying
 so. Then every changed object is annotated with ``pytest-resilience/fault: <ledger ids>``
@@ -60,9 +60,9 @@ log = logging.getLogger("pytest_resilience.targets.kubernetes")
 class KubeFaults(KubeNetworkBlock, KubeDiskFill, KubeMarks):
     """Fault primitives mixed into :class:`~.target.KubernetesTarget`.
 
-    The seam's primitives (:class:`~.base.FaultPrimitives`) pick the pods and call the
+    The seam's primitives (:class:`~..base.FaultPrimitives`) pick the pods and call the
     per-pod ones (``block_pod_network``, ``fill_pod_disk``, ``stress_pod_memory``,
-    ``fail_node``), putting each record in the fault's :class:`~.base.ChangeLog` once its
+    ``fail_node``), putting each record in the fault's :class:`~..base.ChangeLog` once its
     objects are annotated: a kill in between is found again by :meth:`undo_unrecorded`.
     """
 

@@ -1,7 +1,7 @@
 """Reaching a pod's HTTP endpoints and log from outside the cluster, via the API server.
 
-A CI runner cannot route to pod IPs, so metrics (:class:`~.base.PodMetrics`), admin hooks
-(:class:`~.base.PodAdmin`) and the log (:class:`~.base.PodLogs`) go through the API
+A CI runner cannot route to pod IPs, so metrics (:class:`~..base.PodMetrics`), admin hooks
+(:class:`~..base.PodAdmin`) and the log (:class:`~..base.PodLogs`) go through the API
 server with the kubeconfig's credentials: the pod proxy subresource
 ``/api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH`` (ProxyREST, RBAC ``pods/proxy``) and
 the log subresource (``pods/log``, ``tailLines``).
@@ -19,7 +19,7 @@ already returned (no extra request):
 
 Cost, per probe interval: the probes' one pod listing, then one proxied GET per pod;
 an admin hook is one proxied POST; a log tail is one GET. A pod the listing never
-returned (a :class:`~.base.Pod` built elsewhere) costs one pod read, once.
+returned (a :class:`~..base.Pod` built elsewhere) costs one pod read, once.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class KubePodAccess(KubeCalls):
     # ----------------------------------------------------------------- PodMetrics
 
     def scrape_pod(self, pod: Pod, *, timeout: float) -> str | None:
-        """:class:`~.base.PodMetrics`: GET /metrics through the pod proxy; None for a pod
+        """:class:`~..base.PodMetrics`: GET /metrics through the pod proxy; None for a pod
         that declares no metrics port, is gone, or does not answer 2xx."""
         try:
             port = self._ports_of(pod).metrics
@@ -134,7 +134,7 @@ class KubePodAccess(KubeCalls):
     # ------------------------------------------------------------------- PodAdmin
 
     def post_admin(self, pod: Pod, path: str, *, timeout: float) -> bytes:
-        """:class:`~.base.PodAdmin`: POST ``path`` (query kept) through the pod proxy."""
+        """:class:`~..base.PodAdmin`: POST ``path`` (query kept) through the pod proxy."""
         self.policy.check_namespace(pod.namespace)
         ports = self._ports_of(pod)
         if ports.admin is None:
@@ -155,7 +155,7 @@ class KubePodAccess(KubeCalls):
     # -------------------------------------------------------------------- PodLogs
 
     def log_tail(self, pod: Pod, *, lines: int = 3) -> str:
-        """:class:`~.base.PodLogs`: the last ``lines`` of its (first) container's log,
+        """:class:`~..base.PodLogs`: the last ``lines`` of its (first) container's log,
         joined by " | "; empty when the pod or its log is gone (for error messages)."""
         kwargs: dict[str, Any] = {"tail_lines": max(int(lines), 1)}
         try:

@@ -188,7 +188,7 @@ class KubernetesTarget(
         return [workload_of(o, self.release_env) for o in data.get("items") or ()]
 
     def version(self, workload: str) -> str:
-        """The release the workload's template runs (:class:`~.base.Releases`)."""
+        """The release the workload's template runs (:class:`~..base.Releases`)."""
         return workload_of(self._deployment(workload), self.release_env).version
 
     def nodes(self) -> list[Node]:
@@ -219,12 +219,12 @@ class KubernetesTarget(
         return f"http://{workload}.{self.namespace}.svc.cluster.local:{port}"
 
     def toxiproxy_server(self) -> str | None:
-        """:class:`~.base.DependencyProxies`: the server given with ``--toxiproxy-url``."""
+        """:class:`~..base.DependencyProxies`: the server given with ``--toxiproxy-url``."""
         return self.toxiproxy_url
 
     @classmethod
     def capabilities_missing(cls, settings: Any) -> dict[str, str]:
-        """:class:`~.base.ConfiguredCapabilities`: no Toxiproxy without its URL."""
+        """:class:`~..base.ConfiguredCapabilities`: no Toxiproxy without its URL."""
         if settings.toxiproxy_url:
             return {}
         return {

@@ -7,7 +7,7 @@ What a cluster splits over three components runs here in one thread per workload
   and turned into milli-cores over the last ``window_s``, as the kubelet's rate over its
   resolution; a pod seen for less than a window has no metric yet (``missing``), as a
   freshly started pod has none in metrics-server;
-- the HPA controller: :class:`~.hpa.HorizontalController` with the spec's min/max,
+- the HPA controller: :class:`~..hpa.HorizontalController` with the spec's min/max,
   tolerance, stabilization windows and policies, every ``sync_period_s`` (the cluster's
   ``--horizontal-pod-autoscaler-sync-period`` is 15 s; 2 s here, so a scenario that
   ramps load sees the scale-up in seconds);

@@ -2,7 +2,7 @@
 
 Network block: all pods share the host's loopback, so a block matches ingress by
 destination port (the service port and each pod's own port) and egress by the pod's cgroup
-v2 path (``-m cgroup --path``), in an iptables chain of its own (:mod:`.iptables`): a pod is
+v2 path (``-m cgroup --path``), in an iptables chain of its own (:mod:`..iptables`): a pod is
 cut off without touching any other process on the machine. Per-pod network namespaces were
 the other option; they would break the shared service port that keeps a service up while
 one replica dies.
@@ -13,7 +13,7 @@ never at risk. Memory stress: :mod:`.memory`. Node failure: every pod on the nod
 paused (SIGSTOP), so it holds its sockets and answers nothing, as on a NodeNotReady node.
 
 Each primitive checks its preconditions (root, iptables, the selector, the volume) before
-its first :meth:`~.base.ChangeLog.put`, and puts the record before it acts. ``undo`` works
+its first :meth:`~..base.ChangeLog.put`, and puts the record before it acts. ``undo`` works
 from the record alone (pids with their start times, chain and file names); in the process
 that made the change it also uses what it still holds (the helpers' ``Popen``, the paused
 pods), so helpers are reaped and pods drained meanwhile are not touched.
