@@ -72,6 +72,7 @@ CLEAN = [
     "pytest_resilience.faults.pod_kill",
     "pytest_resilience.faults.proof",
     "pytest_resilience.faults.toxics",
+    "pytest_resilience.fixtures",
     "pytest_resilience.item_results",
     "pytest_resilience.ledger",
     "pytest_resilience.load_starter",
