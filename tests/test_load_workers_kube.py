@@ -151,7 +151,10 @@ def target(kind: KubeletCluster, tmp_path: Path) -> Iterator[KubernetesTarget]:
 
 class _DemoPaths(http.server.BaseHTTPRequestHandler):
     """200 for the demo locustfile's reads and writes (``/items/N``, ``POST /items``),
-    each request counted: what the workers sent is what arrived."""
+    each request counted: what the workers sent is what arrived. A worker stopped
+    while its request is in flight hangs up before the answer (a broken pipe here);
+    that request arrived but was never recorded, so the count may run ahead of the
+    workers' totals by at most one request per user."""
 
     count = 0
     lock = threading.Lock()
@@ -163,8 +166,11 @@ class _DemoPaths(http.server.BaseHTTPRequestHandler):
             type(self).count += 1
         self.send_response(200 if self.path.startswith("/items") else 404)
         self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
+        try:
+            self.end_headers()
+            self.wfile.write(b"{}")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the worker was stopped mid-request; see the class docstring
 
     do_GET = do_POST = _answer
 
@@ -239,7 +245,9 @@ def test_workers_run_as_the_deployment_make_the_load_and_go_with_the_run(
     assert stopped.detail["reason"] == "stopped"
     per_worker = stopped.detail["worker_requests"]
     assert len(per_worker) == 2 and all(n > 0 for n in per_worker.values()), per_worker
-    assert sum(per_worker.values()) == run.totals.requests == served.count
+    assert sum(per_worker.values()) == run.totals.requests
+    # in flight at the stop: arrived, never answered to a worker (at most one per user)
+    assert run.totals.requests <= served.count <= run.totals.requests + 4
     assert run.totals.failures == 0
     assert _deployment(kind) is None  # deleted with the run
     assert _worker_pods_gone(kind, target)

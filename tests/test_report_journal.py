@@ -27,7 +27,8 @@ from signals import sigint_deliverable
 
 from pytest_resilience.chaostoolkit import Runner, load_experiment
 from pytest_resilience.report.html_extras import scenario_html
-from pytest_resilience.report.model import EXCERPT_CHARS, ScenarioResult
+from pytest_resilience.report.journal import EXCERPT_CHARS
+from pytest_resilience.report.model import ScenarioResult
 from pytest_resilience.report.standalone import build_report_data, write_resilience_report
 from pytest_resilience.timeline import FAULT_INJECTED, FAULT_REVERTED, Timeline
 

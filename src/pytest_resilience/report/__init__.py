@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..redaction import redact, redact_text, register_secret, register_secrets
-from .model import ActionRecord, ExperimentJournal, JournalRun, ScenarioResult, SLOVerdict
+from .journal import ExperimentJournal, JournalRun
+from .model import ActionRecord, ScenarioResult, SLOVerdict
 
 if TYPE_CHECKING:
     from .console import phase_line, terminal_summary_lines

@@ -32,7 +32,8 @@ from .charts import trend_chart_svg
 from .comparison import build_comparison
 from .html_extras import scenario_html
 from .impact import error_rate_downtime_s
-from .model import ScenarioResult, journal_from_events
+from .journal import journal_from_events
+from .model import ScenarioResult
 from .rendering import environment, template_text
 from .score import RECOVERY_BUDGET_S, SCORE_FORMULA, WEIGHTS, run_metrics, strategy_stats
 
