@@ -39,6 +39,10 @@ stderr, so a chatty locustfile cannot corrupt it):
 - with ``--rps``, every sample carries ``asked_rps``;
 - ``{"error": message, "kind": "locustfile", "locustfile": path}`` if the run cannot
   start (exit 2).
+
+Size: over 500 lines because this is one child process's whole script (Locust may be
+imported nowhere else): the local, master and worker roles share its arguments, its stats
+lines and its merge of the workers' stats.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ names the file, the line where we can tell, and the JSON path of the offending v
 
 Activities keep their JSON as written (``raw``): providers take JSON arguments, ``${name}``
 substitution works on JSON, and the ledger stores resolved rollbacks as JSON.
+
+Size: over 500 lines because it follows chaoslib's validation rule by rule (experiment,
+activity, provider, tolerance), so each check sits beside the chaoslib rule it mirrors.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ finish (its state is then unknown).
 
 Controls are named on the timeline and never loaded: they are the Chaos Toolkit CLI's
 plug-ins (reporting, Slack ...), and the report here is ours.
+
+Size: over 500 lines because chaoslib's run order (hypothesis, method with pauses and
+background activities, hypothesis, rollbacks, journal) is one Runner that reads top to
+bottom.
 """
 
 from __future__ import annotations

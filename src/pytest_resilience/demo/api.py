@@ -8,6 +8,9 @@ scenarios have something to roll back from.
 
 The service degrades rather than dies: it starts with the database or Redis down, serves cached
 items while the database circuit breaker is open, and fails cache misses fast with 503.
+
+Size: over 500 lines because the demo is one runnable example service (settings, degrading
+Postgres and Redis access, admin hooks, the faulty v2) a user reads in one file.
 """
 
 from __future__ import annotations

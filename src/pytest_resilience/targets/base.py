@@ -11,6 +11,9 @@ cleanup after SIGKILL; and the small capability protocols (:data:`CAPABILITIES`)
 not every target has. Code above the seam asks ``isinstance(target, PodAdmin)``, never
 ``target.name`` or ``getattr``; a scenario needing a capability its target lacks is
 skipped at collection (:mod:`pytest_resilience.capabilities`).
+
+Size: over 500 lines because it is the seam: the protocols and every value type crossing
+them in one file, so a target's author reads the whole contract in one place.
 """
 
 from __future__ import annotations
