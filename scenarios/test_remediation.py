@@ -48,9 +48,10 @@ def api_restored(chaos_target) -> Iterator[dict[str, bool]]:
     for node in chaos_target.nodes():
         if not node.schedulable:
             chaos_target.uncordon(node.name)
-    if chaos_target.version("api") != "v1":
+    api = next(w for w in chaos_target.workloads() if w.name == "api")
+    if api.version != "v1":
         chaos_target.rollout("api", "v1")
-    if next(w for w in chaos_target.workloads() if w.name == "api").replicas != 3:
+    if api.replicas != 3:
         chaos_target.scale("api", 3)
     if flags["restart"]:
         chaos_target.restart("api")

@@ -196,3 +196,38 @@ def test_kubernetes_without_a_toxiproxy_url_skips_the_toxiproxy_faults(
     result.stdout.fnmatch_lines(
         ["SKIPPED*lacks the capability 'dependency_proxies': no Toxiproxy server*--toxiproxy-url*"]
     )
+
+
+def _declared_on_the_seam() -> set[str]:
+    """What the Target protocol and its capability protocols declare (all a scenario may call)."""
+    from pytest_resilience.targets import base
+
+    protocols = [
+        value
+        for value in vars(base).values()
+        if isinstance(value, type) and getattr(value, "_is_protocol", False)
+    ]
+    return {
+        name
+        for protocol in protocols
+        for cls in protocol.__mro__
+        if cls.__module__ == base.__name__
+        for name in [*vars(cls), *getattr(cls, "__annotations__", {})]
+        if not name.startswith("_")
+    }
+
+
+def test_the_shipped_scenarios_ask_the_target_only_what_the_seam_declares() -> None:
+    """A scenario calling a method one target happens to have runs on that target only."""
+    declared = _declared_on_the_seam()
+    assert {"pods", "rollout", "workloads", "kill_pod"} <= declared  # the check sees the seam
+    outside = [
+        f"{path.name}:{node.lineno}: chaos_target.{node.attr}"
+        for path in sorted((Path(__file__).parent.parent / "scenarios").glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "chaos_target"
+        and node.attr not in declared
+    ]
+    assert outside == [], "\n".join(outside)
