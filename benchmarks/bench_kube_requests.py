@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "kubernetes"))
 
 from kube_controllers import DEPLOYMENTS, EmulatedCluster
 
@@ -34,7 +34,7 @@ def oldest(target: KubernetesTarget, cluster: EmulatedCluster) -> Pod:
 
     (Killing a fresh replacement before ``wait_ready`` has seen it replaced makes
     ``wait_ready`` wait for one replacement too many: see
-    test_wait_ready_after_killing_a_replacement in tests/test_kubernetes_target.py.)
+    test_wait_ready_after_killing_a_replacement in tests/kubernetes/test_kubernetes_target.py.)
     """
     pods = {p.name: p for p in target.select("app=api")}
     objs = [o for o in cluster.pods_of("chaos-demo", "api") if o["metadata"]["name"] in pods]

@@ -7,7 +7,7 @@ paged. The last one is the exception: a fault no playbook can fix, and exactly o
 
 HighCPU -> scale up has no scenario: on a 2-core machine shared with the load generator,
 adding a replica adds no CPU, so the only "fix" would be the load generator itself
-slowing down. Its strategy is covered by tests/test_engine_strategies.py.
+slowing down. Its strategy is covered by tests/engine/test_engine_strategies.py.
 """
 
 from __future__ import annotations

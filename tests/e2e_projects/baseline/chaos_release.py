@@ -1,6 +1,6 @@
 """A bad release under load, the engine watching: it rolls back, or (baseline) would have.
 
-Not named test_*.py: only tests/test_remediation_baseline_e2e.py collects it, by path.
+Not named test_*.py: only tests/plugin/test_remediation_baseline_e2e.py collects it, by path.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A chaos test that injects a fault, says so in a state file, then blocks.
 
-The driving test (tests/test_interrupts.py) interrupts this session while the fault is
+The driving test (tests/faults/test_interrupts.py) interrupts this session while the fault is
 active. The file is not named test_*.py so that only an explicit path collects it.
 """
 

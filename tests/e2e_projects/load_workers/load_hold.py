@@ -1,5 +1,5 @@
 """A test that runs load through the ``load`` fixture (workers from --load-workers), says
-so in a state file, then blocks until tests/test_load_workers.py interrupts the session.
+so in a state file, then blocks until tests/load/test_load_workers.py interrupts the session.
 
 Not named test_*.py, so only an explicit path collects it.
 """
