@@ -1,12 +1,19 @@
 """What installing pytest-resilience costs every other test suite: `pytest --collect-only`.
 
-    python benchmarks/bench_collect.py [--runs 20]
+    python benchmarks/bench_collect.py [--runs 20] [--venv] [--baseline COMMIT]
 
 Runs ``python -m pytest --collect-only -q`` in an empty project ``--runs`` times with the
 plugin disabled (``-p no:resilience``) and as many times with it, alternating so machine
-load hits both alike, and prints the medians and their difference: the time the plugin
-adds at startup. Then lists the plugin's heaviest imports (``-X importtime``), which is
-where that time goes.
+load hits both alike, and prints the medians, their difference and their ratio: what the
+plugin adds at startup. Then lists the plugin's heaviest imports (``-X importtime``), which
+is where that time goes.
+
+``--venv`` measures in a fresh virtual environment with only the runtime dependencies
+(``pip install .``, no test extra), as a user's suite meets the plugin; otherwise this
+interpreter. ``--baseline COMMIT`` measures that commit's package too, in the same
+alternation: its ``src/`` (``git archive``) goes first on ``PYTHONPATH``, so the installed
+entry point loads the baseline's plugin against the same dependencies. The before/after
+table then compares the two ratios, each against its own ``-p no:resilience`` run.
 """
 
 from __future__ import annotations
@@ -22,54 +29,97 @@ import tempfile
 import time
 from pathlib import Path
 
-COMMAND = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
+COMMAND = ["-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--venv", action="store_true", help="runtime dependencies only")
+    parser.add_argument("--baseline", metavar="COMMIT", help="also measure this commit")
     args = parser.parse_args()
 
-    project = Path(tempfile.mkdtemp(prefix="bench-collect-"))
+    work = Path(tempfile.mkdtemp(prefix="bench-collect-"))
     try:
+        project = work / "project"
+        project.mkdir()
         (project / "pytest.ini").write_text("[pytest]\n")  # own rootdir, no outer config
+        python = _venv_python(work) if args.venv else sys.executable
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-        _run(project, env, [])  # warm the page cache once, unmeasured
-        without, with_plugin = [], []
+        env.pop("PYTHONPATH", None)
+        variants = {"this tree": env}
+        if args.baseline:
+            variants[args.baseline] = {**env, "PYTHONPATH": str(_baseline_src(work, args.baseline))}
+        times: dict[tuple[str, bool], list[float]] = {}
+        for variant_env in variants.values():  # warm the page cache once, unmeasured
+            _run(python, project, variant_env, [])
         for _ in range(args.runs):
-            without.append(_run(project, env, ["-p", "no:resilience"]))
-            with_plugin.append(_run(project, env, []))
-        heaviest, imports_ms = _heaviest_imports(project, env)
+            for name, variant_env in variants.items():
+                for plugin in (False, True):
+                    extra = [] if plugin else ["-p", "no:resilience"]
+                    times.setdefault((name, plugin), []).append(
+                        _run(python, project, variant_env, extra)
+                    )
+        heaviest, imports_ms = _heaviest_imports(python, project, env)
     finally:
-        shutil.rmtree(project, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
-    base, plugin = statistics.median(without), statistics.median(with_plugin)
-    print(f"pytest --collect-only on an empty project, {args.runs} runs each, alternating")
-    print(f"  without the plugin (-p no:resilience): median {base * 1000:7.1f} ms")
-    print(f"  with the plugin:                       median {plugin * 1000:7.1f} ms")
-    print(f"  added by the plugin:                   {(plugin - base) * 1000:+7.1f} ms ", end="")
-    print(f"({plugin / base:.3f}x)")
+    where = "a venv with the runtime dependencies only" if args.venv else sys.executable
+    print(f"pytest --collect-only on an empty project, {args.runs} runs each, alternating;")
+    print(f"python: {where}")
+    print(
+        f"  {'package':<14} {'without (ms)':>13} {'with (ms)':>10} {'added (ms)':>11} {'ratio':>7}"
+    )
+    for name in variants:
+        base = statistics.median(times[(name, False)])
+        plugin = statistics.median(times[(name, True)])
+        print(
+            f"  {name:<14} {base * 1000:13.1f} {plugin * 1000:10.1f} "
+            f"{(plugin - base) * 1000:+11.1f} {plugin / base:6.3f}x"
+        )
     print(f"imports of pytest_resilience modules: {imports_ms:.1f} ms in all; heaviest (ms):")
     for name, ms in heaviest:
         print(f"  {ms:7.1f}  {name}")
     return 0
 
 
-def _run(project: Path, env: dict[str, str], extra: list[str]) -> float:
+def _venv_python(work: Path) -> str:
+    """A fresh venv holding this tree's package and its runtime dependencies, nothing else."""
+    venv = work / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "-q", str(REPO)], check=True)
+    return python
+
+
+def _baseline_src(work: Path, commit: str) -> Path:
+    """The commit's ``src/`` tree, unpacked (its package on PYTHONPATH shadows the installed)."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", commit, "src"], capture_output=True, check=True
+    )
+    target = work / "baseline"
+    target.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target / "src"
+
+
+def _run(python: str, project: Path, env: dict[str, str], extra: list[str]) -> float:
     started = time.perf_counter()
-    proc = subprocess.run([*COMMAND, *extra], cwd=project, env=env, capture_output=True)
+    command = [python, *COMMAND, *extra]
+    proc = subprocess.run(command, cwd=project, env=env, capture_output=True)
     elapsed = time.perf_counter() - started
     if proc.returncode not in (0, 5):  # 5: no tests collected, as expected
-        raise SystemExit(f"{' '.join(COMMAND + extra)} failed:\n{proc.stdout.decode()}")
+        raise SystemExit(f"{' '.join(command)} failed:\n{proc.stdout.decode()}")
     return elapsed
 
 
 def _heaviest_imports(
-    project: Path, env: dict[str, str], top: int = 8
+    python: str, project: Path, env: dict[str, str], top: int = 8
 ) -> tuple[list[tuple[str, float]], float]:
     """The package's imports by cumulative time (``-X importtime``), and their total."""
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", *COMMAND[1:]],
+        [python, "-X", "importtime", *COMMAND],
         cwd=project,
         env=env,
         capture_output=True,

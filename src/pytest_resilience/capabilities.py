@@ -13,6 +13,9 @@ A target class may also lack a capability for this run only, by its settings
 (:class:`~.targets.base.ConfiguredCapabilities`: Kubernetes without ``--toxiproxy-url``).
 
 Unknown capability names are a usage error naming the scenario and the known names.
+
+The capability protocols (targets/base.py) are imported by the functions that read them: a
+suite of plain tests runs ``required`` on every item and must not pay for the seam's import.
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pytest
-
-from .targets.base import CAPABILITIES, ConfiguredCapabilities
 
 __all__ = [
     "FIXTURE_NEEDS",
@@ -57,6 +58,8 @@ def target_class(kind: str) -> type:
 
 def offered(cls: type) -> frozenset[str]:
     """The capability names a target class implements."""
+    from .targets.base import CAPABILITIES
+
     return frozenset(name for name, protocol in CAPABILITIES.items() if issubclass(cls, protocol))
 
 
@@ -67,6 +70,8 @@ def required(item: pytest.Item) -> list[str]:
         asked = mark.kwargs.get("requires", ())
         names: Sequence[object] = [asked] if isinstance(asked, str) else list(asked)
         for name in names:
+            from .targets.base import CAPABILITIES
+
             if name not in CAPABILITIES:
                 raise pytest.UsageError(
                     f"{item.nodeid}: @pytest.mark.chaos(requires=...) names unknown capability "
@@ -83,6 +88,8 @@ def required(item: pytest.Item) -> list[str]:
 
 def missing(cls: type, settings: Any = None) -> dict[str, str]:
     """Capability name -> why a target of ``cls`` configured by ``settings`` lacks it."""
+    from .targets.base import CAPABILITIES, ConfiguredCapabilities
+
     gone = {name: _summary(name) for name in CAPABILITIES if name not in offered(cls)}
     if settings is not None and issubclass(cls, ConfiguredCapabilities):
         gone.update(cls.capabilities_missing(settings))
@@ -124,5 +131,7 @@ def faults_used(item: pytest.Item) -> list[str]:
 
 
 def _summary(name: str) -> str:
+    from .targets.base import CAPABILITIES
+
     doc = (CAPABILITIES[name].__doc__ or name).strip()
     return doc.splitlines()[0].rstrip(".")

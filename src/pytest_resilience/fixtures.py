@@ -3,8 +3,10 @@
 Registered by plugin.py (``pytest_plugins``), which holds the options and hooks. Each body
 only wires: it builds the room's object from the run's settings, yields it, and at teardown
 undoes what it started, so a test that fails or is interrupted leaves nothing behind.
-Heavy clients (kubernetes, locust, prometheus-api-client) are imported inside the fixtures
-that need them; the fault fixtures return the typed injectors of faults/injectors.py.
+Every room, not only the heavy clients (kubernetes, locust, prometheus-api-client), is
+imported inside the fixtures that use it: pytest loads this module in every session, and a
+suite without chaos must not pay for the faults, the SLOs or the timeline. The fault
+fixtures return the typed injectors of faults/injectors.py.
 """
 
 from __future__ import annotations
@@ -19,18 +21,15 @@ from typing import TYPE_CHECKING, TypeVar
 import pytest
 
 from .errors import ResilienceError
-from .faults.base import FaultSession, revert_every_session
 from .item_results import baseline_of, twin_of
-from .slo import SLOMonitor
 from .stash_keys import RUN_KEY, SLO_KEY, SNAPSHOTS_KEY, TIMELINE_KEY
-from .targets.base import Target, TargetEvent
-from .timeline import Event, Timeline
 
 if TYPE_CHECKING:
     from .baseline import ObservingEngine
     from .engine.alerts import Rule
     from .engine.pager import LocalPager
     from .engine.runner import Engine
+    from .faults.base import FaultSession
     from .faults.injectors import (
         BadDeployInjector,
         DiskFillInjector,
@@ -44,6 +43,9 @@ if TYPE_CHECKING:
     )
     from .load_starter import LoadStarter
     from .monitoring import Monitoring
+    from .slo import SLOMonitor
+    from .targets.base import Target, TargetEvent
+    from .timeline import Event, Timeline
 
 T = TypeVar("T")
 
@@ -51,6 +53,8 @@ T = TypeVar("T")
 @pytest.fixture(scope="session")
 def chaos_target(request: pytest.FixtureRequest) -> Iterator[Target]:
     """The system under test: the embedded local target, or a Kubernetes cluster."""
+    from .faults.base import revert_every_session
+
     run = request.config.stash[RUN_KEY]
     work_dir = run.make_work_dir()  # owned (pid), so a later session can sweep it if we die
     try:
@@ -78,6 +82,8 @@ def chaos_monitoring(request: pytest.FixtureRequest, chaos_target: Target) -> Mo
 @pytest.fixture
 def timeline(request: pytest.FixtureRequest, chaos_target: Target) -> Iterator[Timeline]:
     """Events and series of this scenario; the platform's pod events land here too."""
+    from .timeline import Timeline
+
     line = Timeline(request.node.nodeid)
     request.node.stash[TIMELINE_KEY] = line
     request.config.stash[RUN_KEY].running[request.node.nodeid] = request.node
@@ -128,6 +134,8 @@ def slo(
     request: pytest.FixtureRequest, timeline: Timeline, chaos_target: Target
 ) -> Iterator[SLOMonitor]:
     """Declare objectives (error rate, latency, availability, ``promql``); assert them."""
+    from .slo import SLOMonitor
+
     run = request.config.stash[RUN_KEY]
     monitor_class = SLOMonitor
     if run.settings.remediation_baseline:
@@ -169,6 +177,8 @@ def load(
 def _chaos_faults(
     request: pytest.FixtureRequest, chaos_target: Target, timeline: Timeline
 ) -> Iterator[FaultSession]:
+    from .faults.base import FaultSession
+
     run = request.config.stash[RUN_KEY]
     session = FaultSession(
         chaos_target, ledger=run.ledger, timeline=timeline, dry_run=run.settings.dry_run

@@ -9,12 +9,12 @@ are used, so installing this plugin costs other test suites little.
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
-from .faults.base import revert_every_session
 from .item_results import record_result, settle_interrupted, twin_of
 from .outcomes import record_outcome
 from .report_redaction import redact_report
@@ -62,7 +62,10 @@ def _sigterm(signum: int, frame: object) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    revert_every_session()
+    if "pytest_resilience.faults.base" in sys.modules:  # else no fault session ever existed
+        from .faults.base import revert_every_session
+
+        revert_every_session()
     if PREVIOUS_SIGTERM_KEY in config.stash:
         signal.signal(signal.SIGTERM, config.stash[PREVIOUS_SIGTERM_KEY])
     if RUN_KEY in config.stash:

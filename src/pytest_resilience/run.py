@@ -3,6 +3,10 @@
 One object the plugin keeps in ``config.stash``, so fixtures and hooks share it without
 module globals, and a run's leftovers (open ledger entries) are settled in one place
 before the first fault of the session acts.
+
+Every pytest session builds one, chaos or not, so this module imports only the settings at
+load: the ledger, the work dirs (psutil), the report model and the fault machinery come in
+with the first use (``benchmarks/bench_collect.py`` measures what a plain suite pays).
 """
 
 from __future__ import annotations
@@ -12,15 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .faults.base import FaultContext, revert_entries
-from .ledger import Ledger
-from .report.model import ScenarioResult
 from .settings import ChaosSettings
-from .targets.base import Target
-from .workdirs import make_work_dir, sweep_dead_work_dirs
 
 if TYPE_CHECKING:
+    from .ledger import Ledger
     from .monitoring import Monitoring
+    from .report.model import ScenarioResult
+    from .targets.base import Target
 
 __all__ = ["ChaosRun"]
 
@@ -45,11 +47,15 @@ class ChaosRun:
     @property
     def ledger(self) -> Ledger:
         if self._ledger is None:
+            from .ledger import Ledger
+
             self._ledger = Ledger(self.settings.ledger)
         return self._ledger
 
     def make_work_dir(self) -> Path:
         """This session's work dir, once the dirs of dead (SIGKILLed) sessions are gone."""
+        from .workdirs import make_work_dir, sweep_dead_work_dirs
+
         for swept in sweep_dead_work_dirs():
             line = f"removed work dir {swept.path} of dead session pid {swept.pid}"
             log.warning(line)
@@ -118,6 +124,8 @@ class ChaosRun:
         entries = self.ledger.open_entries()
         if not entries:
             return []
+        from .faults.base import FaultContext, revert_entries
+
         lines = [
             f"ledger #{e.id} {e.kind} ({e.description}) left open by pid {e.pid}: {outcome}"
             for e, outcome in revert_entries(
