@@ -17,7 +17,7 @@ import struct
 from collections.abc import Iterable
 
 from pytest_resilience.toxiproxy import apierrors
-from pytest_resilience.toxiproxy.toxics import Toxic, ToxicRun, draw_run
+from pytest_resilience.toxiproxy.toxics import ServedToxic, ToxicRun, draw_run
 
 logger = logging.getLogger("pytest_resilience.toxiproxy")
 
@@ -48,7 +48,7 @@ class Proxy:
         self.listen = listen
         self.upstream = upstream
         self.enabled = False
-        self.toxics: dict[str, Toxic] = {}
+        self.toxics: dict[str, ServedToxic] = {}
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
 
@@ -86,14 +86,14 @@ class Proxy:
         if server is not None:
             await server.wait_closed()
 
-    def add_toxic(self, toxic: Toxic) -> None:
+    def add_toxic(self, toxic: ServedToxic) -> None:
         if toxic.name in self.toxics:
             raise apierrors.TOXIC_EXISTS
         self.toxics[toxic.name] = toxic
         for connection in self._connections:
             connection.pipe(toxic.stream).attach(toxic)
 
-    def update_toxic(self, toxic: Toxic, *, redraw: bool) -> None:
+    def update_toxic(self, toxic: ServedToxic, *, redraw: bool) -> None:
         """Attributes are read live by runs; timers and a new toxicity need fresh runs."""
         if redraw or toxic.type in ("timeout", "reset_peer"):
             for connection in self._connections:
@@ -102,7 +102,7 @@ class Proxy:
                 pipe.attach(toxic)
                 pipe.reorder(self.toxics)
 
-    def remove_toxic(self, name: str) -> Toxic:
+    def remove_toxic(self, name: str) -> ServedToxic:
         toxic = self.toxics.pop(name, None)
         if toxic is None:
             raise apierrors.TOXIC_NOT_FOUND
@@ -134,7 +134,7 @@ class _Pipe:
         self.runs: dict[str, ToxicRun] = {}
         self._queue: asyncio.Queue[tuple[bytes, float] | None] = asyncio.Queue(_QUEUE_CHUNKS)
 
-    def attach(self, toxic: Toxic) -> None:
+    def attach(self, toxic: ServedToxic) -> None:
         run = draw_run(toxic, self._connection)
         if run is not None:
             self.runs[toxic.name] = run
@@ -204,7 +204,7 @@ class _Connection:
     def pipe(self, stream: str) -> _Pipe:
         return self._pipes[stream]
 
-    async def run(self, toxics: Iterable[Toxic]) -> None:
+    async def run(self, toxics: Iterable[ServedToxic]) -> None:
         client_reader, client_writer = self._client
         host, port = split_address(self._proxy.upstream)
         try:

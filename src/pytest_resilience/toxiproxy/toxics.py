@@ -75,8 +75,9 @@ def check_toxic(
 
 @final
 @dataclass
-class Toxic:
-    """One toxic as the API holds it; mutable because POST .../toxics/{name} updates it."""
+class ServedToxic:
+    """One toxic as the embedded server holds and serves it (the fault that asks for one is
+    faults.toxics.Toxic); mutable because POST .../toxics/{name} updates it."""
 
     name: str
     type: str
@@ -94,7 +95,7 @@ class Toxic:
         }
 
 
-def parse_toxic(body: object) -> Toxic:
+def parse_toxic(body: object) -> ServedToxic:
     """A new toxic from a request body, with toxiproxy's defaults; raises ApiError (400)."""
     if not isinstance(body, dict):
         raise apierrors.BAD_REQUEST_BODY.detail("expected a JSON object")
@@ -108,13 +109,13 @@ def parse_toxic(body: object) -> Toxic:
     name = body.get("name") or f"{toxic_type}_{stream}"
     if not isinstance(name, str):
         raise apierrors.BAD_REQUEST_BODY.detail("name must be a string")
-    toxic = Toxic(name=name, type=toxic_type, stream=stream)
+    toxic = ServedToxic(name=name, type=toxic_type, stream=stream)
     toxic.attributes = {attr: 0 for attr in TOXIC_ATTRIBUTES[toxic_type]}
     apply_update(toxic, body)
     return toxic
 
 
-def apply_update(toxic: Toxic, body: object) -> None:
+def apply_update(toxic: ServedToxic, body: object) -> None:
     """Set toxicity and attributes from a body; unknown attributes are ignored, as in Go."""
     if not isinstance(body, dict):
         raise apierrors.BAD_REQUEST_BODY.detail("expected a JSON object")
@@ -155,7 +156,7 @@ class ToxicRun:
     whatever the toxic was holding back, as toxiproxy's Interrupt channel does.
     """
 
-    def __init__(self, toxic: Toxic, link: Link) -> None:
+    def __init__(self, toxic: ServedToxic, link: Link) -> None:
         self.toxic = toxic
         self.link = link
         self.detached = asyncio.Event()
@@ -299,7 +300,7 @@ _RUNS: Mapping[str, type[ToxicRun]] = {
 }
 
 
-def draw_run(toxic: Toxic, link: Link) -> ToxicRun | None:
+def draw_run(toxic: ServedToxic, link: Link) -> ToxicRun | None:
     """The toxic's run on one direction, or None when its toxicity draw says it skips."""
     if toxic.toxicity < 1.0 and random.random() >= toxic.toxicity:
         return None
