@@ -401,7 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         seconds = _Seconds(lines.sample)
         seconds.start(started)
 
-        def on_request(response_time=None, exception=None, **_: Any) -> None:
+        def on_request(
+            response_time: float | None = None, exception: object = None, **_: Any
+        ) -> None:
             seconds.add(response_time, exception is not None)
 
         env.events.request.add_listener(on_request)
@@ -507,7 +509,7 @@ def _work(args: argparse.Namespace, env: Any, done: Any, orphaned: Callable[[], 
     seconds = _Seconds(send)
     seconds.start(time.time())
 
-    def on_request(response_time=None, exception=None, **_: Any) -> None:
+    def on_request(response_time: float | None = None, exception: object = None, **_: Any) -> None:
         seconds.add(response_time, exception is not None)
 
     env.events.request.add_listener(on_request)

@@ -25,7 +25,9 @@ from .targets.base import Target
 from .timeline import Timeline
 
 if TYPE_CHECKING:
-    from _pytest._code.code import TerminalRepr
+    from _pytest._code.code import TerminalRepr, TracebackStyle
+
+    from .faults.experiment_rollbacks import ExperimentRollbacks
 
 __all__ = ["ExperimentItem", "ScenarioFile", "ScenarioItem", "extra_paths"]
 
@@ -53,7 +55,9 @@ class ScenarioFile(pytest.File):
     class CollectError(Exception):
         pass
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:  # type: ignore[override]
+    def repr_failure(
+        self, excinfo: pytest.ExceptionInfo[BaseException], style: TracebackStyle | None = None
+    ) -> str | TerminalRepr:
         if isinstance(excinfo.value, self.CollectError):
             return str(excinfo.value)
         return super().repr_failure(excinfo)
@@ -65,7 +69,9 @@ class ScenarioItem(pytest.Function):
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, 0, f"scenario: {self.scenario.title}"
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str | TerminalRepr:
+    def repr_failure(  # type: ignore[override]  # as pytest.Function's own: Node's style dropped
+        self, excinfo: pytest.ExceptionInfo[BaseException]
+    ) -> str | TerminalRepr:
         # Assertion messages of SLOs and faults are the whole story; the runner's frames are noise.
         # (pytest's Function.repr_failure takes no style: passing one on was an INTERNALERROR.)
         if isinstance(excinfo.value, AssertionError | ConfigError):
@@ -157,7 +163,9 @@ class ExperimentItem(pytest.Function):
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, 0, f"chaostoolkit experiment: {self.experiment.title}"
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:  # type: ignore[override]
+    def repr_failure(
+        self, excinfo: pytest.ExceptionInfo[BaseException], style: TracebackStyle | None = None
+    ) -> str | TerminalRepr:
         if isinstance(excinfo.value, AssertionError | ResilienceError):
             return f"{self.path}: {self.experiment.title}\n{excinfo.value}"
         return super().repr_failure(excinfo)  # pytest 9's Function takes no style
@@ -174,7 +182,7 @@ class ExperimentAborted(ConfigError):
 class _Armed:
     """The runner's handle on the ledgered rollbacks (see ``faults/experiment_rollbacks``)."""
 
-    def __init__(self, session: FaultSession, fault: Any) -> None:
+    def __init__(self, session: FaultSession, fault: ExperimentRollbacks) -> None:
         self._fault = fault
         self._handle = session.inject(fault)
 

@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from .errors import ConfigError, FaultError
 from .timeline import LOAD_STARTED, LOAD_STOPPED, Timeline
@@ -726,6 +726,20 @@ def start_load_on(
     return start_load(host=url, workers=workers, **options)
 
 
+class _PopenText(TypedDict):
+    """What the driver and its workers are started with (a text pipe out)."""
+
+    stdin: int
+    stdout: int
+    text: Literal[True]
+    encoding: str
+    errors: str
+    bufsize: int
+    env: dict[str, str]
+    preexec_fn: Callable[[], None] | None
+    start_new_session: bool
+
+
 def start_load(
     *,
     host: str,
@@ -814,7 +828,7 @@ def start_load(
     if run_time is not None:
         command += ["--run-time", repr(float(run_time))]
     child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-    popen = {
+    popen: _PopenText = {
         "stdin": subprocess.DEVNULL,
         "stdout": subprocess.PIPE,
         "text": True,

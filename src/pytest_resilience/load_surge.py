@@ -13,10 +13,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import FaultError
-from .targets.base import Autoscaling, EventKind
+from .targets.base import Autoscaling, EventKind, Target
 from .targets.hpa_spec import AutoscalerSpec
 from .timeline import FAULT_INJECTED, FAULT_REVERTED, Event, Timeline
 
@@ -28,12 +28,16 @@ SCALED_UP = "scaled_up"
 """Timeline event: how long after the surge the first scale-up came, and its replicas."""
 
 
-def replicas_of(target: Any, workload: str) -> int:
+class AutoscaledTarget(Target, Autoscaling, Protocol):
+    """A target with the ``autoscaling`` capability: scaled by ``autoscaled`` and by hand."""
+
+
+def replicas_of(target: Target, workload: str) -> int:
     return int(next(w.replicas for w in target.workloads() if w.name == workload))
 
 
 @contextmanager
-def autoscaled(target: Autoscaling, spec: AutoscalerSpec) -> Iterator[AutoscalerSpec]:
+def autoscaled(target: AutoscaledTarget, spec: AutoscalerSpec) -> Iterator[AutoscalerSpec]:
     """``spec.workload`` under ``spec`` inside the block; afterwards no autoscaler and the
     replicas it had before (waited for)."""
     before = replicas_of(target, spec.workload)
@@ -43,8 +47,8 @@ def autoscaled(target: Autoscaling, spec: AutoscalerSpec) -> Iterator[Autoscaler
     finally:
         target.stop_autoscaling(spec.workload)
         if replicas_of(target, spec.workload) != before:
-            target.scale(spec.workload, before)  # type: ignore[attr-defined]
-        target.wait_ready(spec.workload, timeout=60, replicas=before)  # type: ignore[attr-defined]
+            target.scale(spec.workload, before)
+        target.wait_ready(spec.workload, timeout=60, replicas=before)
 
 
 def scaled_up(timeline: Timeline, since: float) -> list[Event]:

@@ -29,7 +29,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 from .errors import ConfigError
 from .ports import free_port
@@ -364,7 +364,7 @@ def _rule_query(url: str, alert: str) -> str | None:
     for group in _api(url, "rules", type="alert")["groups"]:
         for rule in group["rules"]:
             if rule.get("name") == alert:
-                return rule["query"]
+                return cast(str, rule["query"])  # Prometheus's rules API: the PromQL text
     return None
 
 

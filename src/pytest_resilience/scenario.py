@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .errors import ConfigError
 from .slo import Objective, SLOMonitor
@@ -204,7 +204,7 @@ def _typed(
     required: bool = False,
     default: Any = None,
 ) -> Any:
-    key = field_path[-1]
+    key = cast(str, field_path[-1])  # a field path ends at the key of a mapping
     if key not in mapping:
         if required:
             raise doc.error("is required", field_path)

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from .errors import ConfigError, SLOViolation
 from .timeline import SLO_BREACHED, SLO_RECOVERED, Sample, Timeline
@@ -210,6 +210,7 @@ class SLOMonitor:
                 source=f"SLO {name!r}",
                 field="below",
             )
+        direction: Literal["below", "above"]
         bound, direction = (below, "below") if below is not None else (above, "above")
         assert bound is not None
         objective = Objective(
@@ -524,9 +525,12 @@ class SLOMonitor:
             return {}
         started = time.monotonic()
         for name in sorted(unread, key=bounds.__getitem__):  # each up to its own bound
+
+            def judged(name: str = name) -> bool:
+                return _judged(self.evaluations(name, since=since, until=until))
+
             self.timeline.wait_for(
-                lambda name=name: _judged(self.evaluations(name, since=since, until=until)),
-                timeout=max(0.0, started + bounds[name] - time.monotonic()),
+                judged, timeout=max(0.0, started + bounds[name] - time.monotonic())
             )
         return {name: bounds[name] for name in unread}
 
@@ -591,7 +595,7 @@ def _worst(objective: Objective, evaluations: Sequence[Evaluation]) -> Evaluatio
         return None
     higher_is_better = objective.holds(float("inf")) and not objective.holds(float("-inf"))
     pick = min if higher_is_better else max
-    return pick(scored, key=lambda e: e.value)
+    return pick(scored, key=lambda e: cast(float, e.value))  # scored: each has a value
 
 
 def _breached_seconds(evaluations: Sequence[Evaluation]) -> float:

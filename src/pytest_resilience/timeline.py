@@ -70,7 +70,7 @@ class Figures:
 class Timeline:
     """Thread-safe: the load reader, the platform's event thread and the engine all write."""
 
-    def __init__(self, scenario: str = "", *, clock=time.time) -> None:
+    def __init__(self, scenario: str = "", *, clock: Callable[[], float] = time.time) -> None:
         self.scenario = scenario
         self._clock = clock
         self._lock = threading.Lock()

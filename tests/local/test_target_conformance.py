@@ -14,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src"
-CONFIG = REPO / "tests" / "mypy.ini"
+CONFIG = REPO / "pyproject.toml"  # [tool.mypy]
 CACHE = Path(tempfile.gettempdir()) / "pytest-resilience-mypy-cache"  # test_typing's
 
 TARGETS = {

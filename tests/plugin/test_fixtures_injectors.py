@@ -33,7 +33,7 @@ from pytest_resilience.load import start_load
 from pytest_resilience.load_starter import LoadStarter
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / "tests" / "mypy.ini"
+CONFIG = REPO / "pyproject.toml"  # [tool.mypy]
 #: apart from test_typing's cache: here the package is analysed as installed, not as source
 CACHE = Path(tempfile.gettempdir()) / "pytest-resilience-mypy-user-cache"
 

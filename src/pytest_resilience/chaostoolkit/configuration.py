@@ -28,7 +28,7 @@ def load_configuration(declared: Mapping[str, Any], *, source: str = "") -> dict
     loaded: dict[str, Any] = {}
     for key, value in declared.items():
         if isinstance(value, dict) and value.get("type") == "env":
-            env_key = value["key"]
+            env_key = _variable(value, source=source, where=f"$.configuration.{key}")
             if env_key not in os.environ and "default" not in value:
                 raise ConfigError(
                     f"configuration refers to the environment variable {env_key!r}, which is "
@@ -85,9 +85,21 @@ def load_secrets(declared: Mapping[str, Any], *, source: str = "") -> dict[str, 
     return loaded
 
 
+def _variable(entry: Mapping[str, Any], *, source: str, where: str) -> str:
+    """The environment variable a ``type: env`` entry names in ``key``."""
+    key = entry.get("key")
+    if not isinstance(key, str) or not key:
+        raise ConfigError(
+            f"a 'type: env' entry names its environment variable in 'key', got {key!r}",
+            source=source,
+            field=f"{where}.key",
+        )
+    return key
+
+
 def _secret(value: Any, *, source: str, where: str) -> Any:
     if isinstance(value, dict) and value.get("type") == "env":
-        key = value.get("key")
+        key = _variable(value, source=source, where=where)
         if key not in os.environ:
             raise ConfigError(
                 f"secret refers to the environment variable {key!r}, which is not set",
@@ -110,7 +122,8 @@ def _secret(value: Any, *, source: str, where: str) -> Any:
 def substitute(data: Any, configuration: Mapping[str, Any], secrets: Mapping[str, Any]) -> Any:
     """``${name}`` replaced from the configuration, then each secret scope, recursively."""
     scopes = [s for s in secrets.values() if isinstance(s, Mapping)]
-    return _substitute(data, ChainMap(dict(configuration), *scopes))
+    mapping = ChainMap(dict(configuration), *scopes)  # type: ignore[arg-type]  # read only: a Mapping does
+    return _substitute(data, mapping)
 
 
 def _substitute(data: Any, mapping: Mapping[str, Any]) -> Any:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ConfigError
 from ..slo import Objective, SLOMonitor
@@ -98,8 +98,14 @@ def parse_extensions(doc: YamlDocument, data: Mapping[str, Any]) -> ResilienceEx
     return ours
 
 
-def _typed(doc: YamlDocument, ext: Mapping[str, Any], where: list[str | int], kind, default):
-    key = where[-1]
+def _typed(
+    doc: YamlDocument,
+    ext: Mapping[str, Any],
+    where: list[str | int],
+    kind: type | tuple[type, ...],
+    default: object,
+) -> Any:
+    key = cast(str, where[-1])  # a field path ends at the key of a mapping
     if key not in ext:
         return default
     value = ext[key]

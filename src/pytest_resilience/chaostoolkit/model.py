@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Number
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -75,7 +75,7 @@ class Activity:
 
     @property
     def provider(self) -> Mapping[str, Any]:
-        return self.raw.get("provider", {})
+        return cast("Mapping[str, Any]", self.raw.get("provider", {}))  # checked a dict on load
 
     @property
     def background(self) -> bool:
@@ -232,7 +232,7 @@ class _Checker:
         required: bool = False,
         default: Any = None,
     ) -> Any:
-        key = where[-1]
+        key = cast(str, where[-1])  # a field path ends at the key of a mapping
         if key not in mapping:
             if required:
                 raise self.error("is required", where)
@@ -381,7 +381,7 @@ def _path_of(where: str) -> list[str | int]:
 
 def _strategy(check: _Checker, runtime: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:
     block = check.typed(runtime, ["runtime", key], dict, default={})
-    value = check.typed(block, ["runtime", key, "strategy"], str, default="default")
+    value: str = check.typed(block, ["runtime", key, "strategy"], str, default="default")
     if value not in allowed:
         raise check.error(
             f"unknown {key} strategy {value!r}; use one of {', '.join(allowed)}",
@@ -420,7 +420,7 @@ def _activity(check: _Checker, raw: Any, where: list[str | int]) -> Activity:
     provider = check.typed(raw, [*where, "provider"], dict, required=True)
     _check_provider(check, provider, [*where, "provider"], name)
     timeout = raw.get("timeout")
-    if timeout is not None and (not isinstance(timeout, Number) or isinstance(timeout, bool)):
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, Number)):
         raise check.error("activity timeout must be a number", [*where, "timeout"])
     pauses = check.typed(raw, [*where, "pauses"], dict, default={})
     for moment in ("before", "after"):
@@ -434,7 +434,7 @@ def _activity(check: _Checker, raw: Any, where: list[str | int]) -> Activity:
                     "configuration or secrets",
                     [*where, "pauses", moment],
                 )
-        elif not isinstance(pause, Number) or isinstance(pause, bool):
+        elif isinstance(pause, bool) or not isinstance(pause, Number):
             raise check.error(
                 f"activity {moment} pause must be a number", [*where, "pauses", moment]
             )
@@ -517,7 +517,7 @@ def _check_tolerance(check: _Checker, tolerance: Any, where: list[str | int]) ->
         if len(bounds) != 2:
             raise check.error("hypothesis range must be made of two values", [*where, "range"])
         for i, bound in enumerate(bounds):
-            if not isinstance(bound, Number) or isinstance(bound, bool):
+            if isinstance(bound, bool) or not isinstance(bound, Number):
                 raise check.error(
                     f"hypothesis range {('lower', 'upper')[i]} boundary must be a number",
                     [*where, "range", i],

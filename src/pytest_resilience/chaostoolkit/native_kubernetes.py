@@ -12,7 +12,7 @@ import math
 import random
 import re
 import signal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import TargetError
 from ..faults.base import FaultContext
@@ -98,7 +98,11 @@ def scale_deployment(call: _Call) -> None:
         raise ActivityFailed(f"failed to scale '{name}' to {replicas} replicas: not an integer")
     for held in call.actions.held:  # back to the count before an earlier scale: its undo
         fault = held.handle.fault
-        if held.key == ("scale", name) and held.handle.active and fault.previous == replicas:
+        if (
+            held.key == ("scale", name)
+            and held.handle.active
+            and cast(Scale, fault).previous == replicas  # that key is a Scale's (call.fault below)
+        ):
             held.handle.revert()
             return None
     try:

@@ -119,13 +119,19 @@ class Journal:
 
 
 class SLOJudged(Protocol):
-    """One SLO check (``extension.SLOJudgement``): recorded as a journal run of type slo."""
+    """One SLO check (``extension.SLOJudgement``): recorded as a journal run of type slo.
+    Read-only, so a frozen dataclass is one."""
 
-    name: str
-    met: bool
-    error: str | None
-    start: float
-    end: float
+    @property
+    def name(self) -> str: ...
+    @property
+    def met(self) -> bool: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def start(self) -> float: ...
+    @property
+    def end(self) -> float: ...
 
 
 class SLOGate(Protocol):

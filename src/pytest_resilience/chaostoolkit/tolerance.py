@@ -20,7 +20,7 @@ import logging
 import re
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ConfigError
 
@@ -32,7 +32,7 @@ log = logging.getLogger("pytest_resilience.chaostoolkit")
 ProbeRunner = Callable[[dict[str, Any], Any], Any]
 
 
-def within_tolerance(tolerance: Any, value: Any, *, run_probe: ProbeRunner) -> bool:
+def within_tolerance(tolerance: Any, value: object, *, run_probe: ProbeRunner) -> bool:
     """Whether the probe's output ``value`` is within ``tolerance`` (already substituted)."""
     if isinstance(tolerance, bool):  # before int: True is an int in Python, not in JSON
         return value == tolerance
@@ -40,14 +40,15 @@ def within_tolerance(tolerance: Any, value: Any, *, run_probe: ProbeRunner) -> b
         return value == tolerance
     if isinstance(tolerance, int | float):
         if isinstance(value, dict) and "status" in value:
-            return value["status"] == tolerance
+            status: object = value["status"]
+            return status == tolerance
         return value == tolerance
     if isinstance(tolerance, list):
         if isinstance(value, dict) and "status" in value:
             return value["status"] in tolerance
         if len(tolerance) == 2:
             try:
-                return tolerance[0] <= value <= tolerance[1]
+                return cast(bool, tolerance[0] <= value <= tolerance[1])  # numbers, strings: a bool
             except TypeError:
                 return False
         return value in tolerance
@@ -196,4 +197,5 @@ def _parser() -> Callable[[str], Any]:
         raise ConfigError(
             "a jsonpath tolerance needs the jsonpath-ng package: pip install jsonpath-ng"
         ) from None
-    return parse
+    compile_path: Callable[[str], Any] = parse  # jsonpath-ng is untyped
+    return compile_path

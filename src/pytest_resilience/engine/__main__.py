@@ -21,10 +21,12 @@ import re
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from ..errors import ConfigError, NotAllowed, ResilienceError, TargetError
-from .escalation import GenericWebhook, PagerDuty
+from .escalation import Channel, GenericWebhook, PagerDuty
 from .listing import incidents_json, incidents_table, list_incidents, parse_since
 from .playbooks import BUNDLED_PLAYBOOKS
 from .postmortem import build_postmortem
@@ -32,6 +34,10 @@ from .redaction import LOGGER
 from .runner import Engine
 from .safety import SafetyPolicy
 from .store import Store
+
+if TYPE_CHECKING:
+    from ..targets.base import Target
+    from ..targets.kubernetes import KubernetesTarget
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,11 +298,12 @@ def _scenario(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def _target(args: argparse.Namespace):
+def _target(args: argparse.Namespace) -> Target:
     if args.target_factory:
         module, _, name = args.target_factory.partition(":")
         try:
-            return getattr(importlib.import_module(module), name)()
+            factory: Callable[[], Target] = getattr(importlib.import_module(module), name)
+            return factory()  # --target-factory's contract: a function returning a Target
         except (ImportError, AttributeError) as exc:
             raise ConfigError(
                 f"cannot load {args.target_factory!r}: {exc}", field="--target-factory"
@@ -311,7 +318,7 @@ def _target(args: argparse.Namespace):
         target = LocalTarget.from_file(args.services, work_dir=args.store.parent / "local-target")
         target.start()
         return target
-    return _NoTarget()
+    return _NoTarget()  # type: ignore[return-value]  # no Target: __getattr__ refuses each call
 
 
 _KUBE_OPTIONS = ("kubeconfig", "context", "namespace", "allow")
@@ -336,7 +343,7 @@ def _check_target_options(args: argparse.Namespace) -> None:
         raise ConfigError(f"--services is for --target local, not {chosen}", field="--services")
 
 
-def _kubernetes_target(args: argparse.Namespace):
+def _kubernetes_target(args: argparse.Namespace) -> KubernetesTarget:
     """The cluster, under the plugin's blast-radius policy (targets/kubernetes/safety.py): a
     refused context or namespace stops serve before any request is sent."""
     from ..targets.kubernetes import ChaosPolicy, KubernetesTarget
@@ -385,11 +392,11 @@ class _NoTarget:
 
     name = "none"
 
-    def subscribe(self, callback: object):
+    def subscribe(self, callback: object) -> Callable[[], None]:
         return lambda: None
 
-    def __getattr__(self, attr: str):
-        def refuse(*args: object, **kwargs: object):
+    def __getattr__(self, attr: str) -> Callable[..., NoReturn]:
+        def refuse(*args: object, **kwargs: object) -> NoReturn:
             raise ResilienceError("serve was started without a target (--target/--target-factory)")
 
         return refuse
@@ -401,7 +408,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
     )
-    channels = []
+    channels: list[Channel] = []
     if args.pagerduty or args.pagerduty_url:
         channels.append(PagerDuty(**({"url": args.pagerduty_url} if args.pagerduty_url else {})))
     for i, url in enumerate(args.escalation_webhook):

@@ -176,9 +176,9 @@ class RuleEvaluator:
                     self._submit(alert)
             else:
                 self._pending.pop(index, None)
-                alert = self._firing.pop(index, None)
-                if alert is not None:
-                    self._submit(alert.resolved(now))
+                firing = self._firing.pop(index, None)
+                if firing is not None:
+                    self._submit(firing.resolved(now))
 
 
 def _probe_labels(probe: Probe) -> dict[str, str]:

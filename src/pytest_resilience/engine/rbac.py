@@ -4,9 +4,9 @@
 and ClusterRole grant exactly what the actions of the shipped playbooks request through
 :class:`~pytest_resilience.targets.kubernetes.KubernetesTarget`, plus the engine's own reads
 (the event watches, finding an alert's target, the ``ready`` verify). The table lives next to
-the actions so a new action cannot ship without saying what it needs; tests/test_engine_rbac.py
-runs each action against the API emulator and checks the table against the requests it really
-made, and the manifest's rules against the table.
+the actions so a new action cannot ship without saying what it needs;
+tests/kubernetes/test_engine_rbac.py runs each action against the API emulator and checks
+the table against the requests it really made, and the manifest's rules against the table.
 
 Verbs are the API server's (apiserver pkg/endpoints/request/requestinfo.go): GET on a collection
 is ``list``, with ``watch=true`` ``watch``; a named GET ``get``; POST ``create``; PATCH ``patch``;

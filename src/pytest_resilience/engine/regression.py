@@ -314,8 +314,8 @@ def _method(
     selector = f"app={subject}"
     hold = _number(_hold(incident, ttr))
     if replay.fault == "pod_kill":
-        kill = {"fault": "pod_kill", "args": {"selector": selector, "count": 1,
-                                              "replaced_within_s": 30}}  # fmt: skip
+        kill: dict[str, Any] = {"fault": "pod_kill", "args": {"selector": selector, "count": 1,
+                                                              "replaced_within_s": 30}}  # fmt: skip
         _needs_workload(incident, kind, subject)
         if replay.cause != "crash loop":
             return [kill]

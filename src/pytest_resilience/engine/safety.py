@@ -13,6 +13,7 @@ restarted engine keeps its cooldowns and an open breaker stays open.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from .store import Store
 
@@ -36,6 +37,13 @@ class Decision:
 
 
 _BREAKER = "breaker"
+
+
+class _Breaker(TypedDict):
+    """The breaker's state as stored under ``_BREAKER`` (JSON written by this module)."""
+
+    failures: int
+    open_until: float
 
 
 class Safety:
@@ -70,7 +78,7 @@ class Safety:
         return Decision(True)
 
     def breaker_open(self, now: float) -> bool:
-        state = self.store.get_state(_BREAKER, {"failures": 0, "open_until": 0.0})
+        state: _Breaker = self.store.get_state(_BREAKER, {"failures": 0, "open_until": 0.0})
         return now < state["open_until"]
 
     def record_outcome(self, fixed: bool, now: float) -> bool:

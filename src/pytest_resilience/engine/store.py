@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .alerts import Alert
 from .redaction import LOGGER, redact, text_redactor
@@ -208,7 +208,7 @@ class Store:
         # in a transaction, rows of the append-only tables wait here and go in as one
         # multi-row INSERT per table (at commit, or before any read): each statement
         # executed releases and re-takes the GIL, which a storm pays per alert otherwise
-        self._appends: dict[str, list[tuple]] = {}
+        self._appends: dict[str, list[tuple[object, ...]]] = {}
         # safety state as stored (JSON text, None for absent): read on every decision,
         # written only through this connection; forgotten on a rollback
         self._state: dict[str, str | None] = {}
@@ -217,7 +217,7 @@ class Store:
         self._state_loaded = False  # the whole safety table is in _state
         self._parsed: dict[str, Any] = {}  # _state's values decoded, on first read
         # webhook alerts' encoded rows from the inbox write, reused by their decision
-        self._encoded: dict[int, tuple[Alert, tuple]] = {}
+        self._encoded: dict[int, tuple[Alert, tuple[object, ...]]] = {}
         # SQLite allows one writer at a time: the engine's connection and the intake's take
         # this lock around their write transactions, so one waits on a lock that wakes it
         # when the other commits rather than in SQLite's busy handler, which sleeps 1..100 ms
@@ -236,7 +236,7 @@ class Store:
                 self._count_started(at, target)
         # action ids handed out here (the row goes in with the transaction's other rows):
         # this connection is the only one that writes actions
-        self._action_next = self._db.execute(
+        self._action_next: int = self._db.execute(
             "SELECT COALESCE(MAX(id), 0) + 1 FROM actions"
         ).fetchone()[0]
         # a transaction is open (under _lock); it holds _writer and has begun in SQLite
@@ -246,7 +246,7 @@ class Store:
         self._writing = False
         # in a transaction, keyed UPDATE/DELETE/UPSERT statements wait here, in order, and
         # run at its commit after the appended rows (which they may refer to, never precede)
-        self._later: list[tuple[str, tuple]] = []
+        self._later: list[tuple[str, tuple[object, ...]]] = []
         # incidents opened in the open transaction, not written yet: id -> their row's index
         # in _appends, so the transaction's updates of them go into that one INSERT
         self._new_incidents: dict[str, int] = {}
@@ -330,7 +330,7 @@ class Store:
         self._writing = True
         self._db.execute("BEGIN IMMEDIATE")  # a failure: the transaction's except releases
 
-    def _write_later(self, sql: str, args: tuple) -> None:
+    def _write_later(self, sql: str, args: tuple[object, ...]) -> None:
         """Run a keyed write now, or in a transaction at its commit (see ``_later``)."""
         with self._lock:
             if self._in_tx:
@@ -343,7 +343,7 @@ class Store:
         bisect.insort(self._started, at)
         bisect.insort(self._started_on.setdefault(target, []), at)
 
-    def _append(self, table: str, columns: str, row: tuple) -> None:
+    def _append(self, table: str, columns: str, row: tuple[object, ...]) -> None:
         """INSERT ``row``; in a transaction, batched with the rows like it (see _flush)."""
         with self._lock:
             if self._in_tx:
@@ -368,14 +368,14 @@ class Store:
         redactor: Callable[[str], str] | None = getattr(self._local, "redact", None)
         return redactor(text) if redactor is not None else redact(text)
 
-    def _rows(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+    def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             if self._appends or self._later:  # a read in a transaction sees its own writes
                 self._begin()
                 self._flush()
             return self._db.execute(sql, args).fetchall()
 
-    def _now(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+    def _now(self, sql: str, args: tuple[object, ...] = ()) -> sqlite3.Cursor:
         """Run a statement whose answer (rowcount) is needed now, in order with the rest."""
         with self._lock:
             if self._in_tx:
@@ -385,7 +385,7 @@ class Store:
 
     # -- alerts ------------------------------------------------------------------------
 
-    def _alert_row(self, alert: Alert) -> tuple:
+    def _alert_row(self, alert: Alert) -> tuple[object, ...]:
         return (
             alert.fingerprint,
             alert.name,
@@ -434,7 +434,7 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             try:
                 ids: list[list[int]] = []
-                flat: list[tuple] = []
+                flat: list[tuple[object, ...]] = []
                 next_id = first
                 for delivery, encoded in zip(deliveries, rows, strict=True):
                     ids.append(list(range(next_id, next_id + len(delivery))))
@@ -755,7 +755,8 @@ class Store:
     def outbox(
         self, *, status: str | None = None, due_before: float | None = None
     ) -> list[OutboxItem]:
-        sql, args = "SELECT * FROM outbox WHERE 1=1", []
+        sql = "SELECT * FROM outbox WHERE 1=1"
+        args: list[str | float] = []
         if status is not None:
             sql += " AND status=?"
             args.append(status)
@@ -798,7 +799,7 @@ class Store:
 
     def next_outbox_due(self) -> float | None:
         rows = self._rows("SELECT MIN(next_attempt_at) FROM outbox WHERE status='pending'")
-        return rows[0][0]
+        return cast("float | None", rows[0][0])  # MIN of a REAL column; NULL: none pending
 
     # -- safety state ------------------------------------------------------------------
 
@@ -858,7 +859,7 @@ _INCIDENT_INDEX = {name.strip(): i for i, name in enumerate(_INCIDENT_COLUMNS.sp
 _CHECKPOINT_EVERY_S = 0.5
 
 
-def _insert_rows(db: sqlite3.Connection, into: str, rows: list[tuple]) -> None:
+def _insert_rows(db: sqlite3.Connection, into: str, rows: list[tuple[object, ...]]) -> None:
     """INSERT ``rows`` into ``into`` ("table (columns)"): few statements, <= 999 values each.
 
     Each statement executed hands the GIL over and back, which a storm pays per alert

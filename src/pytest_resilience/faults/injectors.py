@@ -10,7 +10,7 @@ context manager::
         with pod_kill("app=api", count=1):
             ...
 
-The signatures are the fault classes' own (``tests/test_fixtures_injectors.py`` keeps them
+The signatures are the fault classes' own (``tests/plugin/test_fixtures_injectors.py`` keeps them
 so), options keyword-only, so an editor completes them and a type checker catches a wrong
 keyword. Each fault module is imported on the first call, not here: a suite that never
 injects a toxic never imports the Toxiproxy client.

@@ -17,7 +17,7 @@ in a loop of its own (``local/autoscaler.py``). Followed from kubernetes/kuberne
   stabilization windows and the rate policies over each policy period's scale events.
 
 Time is passed in (``now``, seconds), so the arithmetic is checked against the cases of
-the Kubernetes tests without waiting for anything (tests/test_autoscaler_algorithm.py).
+the Kubernetes tests without waiting for anything (tests/local/test_autoscaler_algorithm.py).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from typing import cast
 
 from ..errors import TargetError
 
@@ -20,7 +21,8 @@ def get_text(url: str, *, timeout: float) -> str | None:
     """The body of ``GET url``, None when it does not answer (a pod that is not there)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.read().decode("utf-8", errors="replace")
+            body = cast(bytes, response.read())  # urlopen is typed Any; its responses read bytes
+            return body.decode("utf-8", errors="replace")
     except (OSError, ValueError):  # URLError and HTTPError are OSErrors
         return None
 
@@ -30,7 +32,7 @@ def post(url: str, *, timeout: float) -> bytes:
     request = urllib.request.Request(url, data=b"", method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.read()
+            return cast(bytes, response.read())  # urlopen is typed Any; its responses read bytes
     except urllib.error.HTTPError as exc:
         raise TargetError(f"POST {url} answered {exc.code}") from None
     except OSError as exc:
