@@ -91,3 +91,15 @@ def test_a_module_over_the_size_bounds_says_why_in_its_docstring() -> None:
         if not re.search(r"^Size: \S", docstring, re.MULTILINE):
             unexplained.append(f"{path.relative_to(REPO)}: {', '.join(found)}")
     assert not unexplained, "add a 'Size: <reason>' line or split:\n" + "\n".join(unexplained)
+
+
+def test_no_two_public_classes_share_a_name() -> None:
+    """One name, one idea (issue 14 found two ActionRecord, Rule and Toxic classes): a
+    reader, a traceback or a search that meets the name knows which class it is."""
+    where: dict[str, list[str]] = {}
+    for path in sorted((REPO / "src").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                where.setdefault(node.name, []).append(str(path.relative_to(REPO / "src")))
+    shared = {name: paths for name, paths in where.items() if len(paths) > 1}
+    assert shared == {}, shared

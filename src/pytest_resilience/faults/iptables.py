@@ -3,6 +3,6 @@ target now (:mod:`pytest_resilience.targets.iptables`), which is what writes the
 
 from __future__ import annotations
 
-from ..targets.iptables import HOOKS, Rule, check_privilege, install, remove, rules_of
+from ..targets.iptables import HOOKS, FilterRule, check_privilege, install, remove, rules_of
 
-__all__ = ["HOOKS", "Rule", "check_privilege", "install", "remove", "rules_of"]
+__all__ = ["HOOKS", "FilterRule", "check_privilege", "install", "remove", "rules_of"]

@@ -23,7 +23,7 @@ from .promql import (
     PrometheusUnreachable,
     PromQLProbe,
 )
-from .server import RULES_DIR, Alert, ManagedPrometheus, TargetHealth, default_rule_files
+from .server import RULES_DIR, ManagedPrometheus, PrometheusAlert, TargetHealth, default_rule_files
 
 __all__ = [
     "CACHE_HIT_RATIO",
@@ -34,11 +34,11 @@ __all__ = [
     "MEMORY_SHARE",
     "POOL_USE",
     "RULES_DIR",
-    "Alert",
     "DaemonError",
     "ManagedAlertmanager",
     "ManagedPrometheus",
     "PromQLProbe",
+    "PrometheusAlert",
     "PrometheusQueryError",
     "PrometheusUnreachable",
     "ScrapeTarget",

@@ -29,8 +29,8 @@ from .daemon import DaemonError, ManagedDaemon
 
 __all__ = [
     "RULES_DIR",
-    "Alert",
     "ManagedPrometheus",
+    "PrometheusAlert",
     "TargetHealth",
     "default_rule_files",
     "parse_api_time",
@@ -60,7 +60,7 @@ def parse_api_time(text: str | None) -> float | None:
 
 
 @dataclass(frozen=True)
-class Alert:
+class PrometheusAlert:
     """One alert as Prometheus reports it on ``/api/v1/alerts``."""
 
     name: str
@@ -183,10 +183,10 @@ class ManagedPrometheus(ManagedDaemon):
         data: dict[str, Any] = body["data"]
         return data
 
-    def alerts(self) -> list[Alert]:
+    def alerts(self) -> list[PrometheusAlert]:
         """Pending and firing alerts now."""
         return [
-            Alert(
+            PrometheusAlert(
                 name=a["labels"].get("alertname", ""),
                 state=a["state"],
                 labels=a["labels"],
@@ -216,7 +216,7 @@ class ManagedPrometheus(ManagedDaemon):
         *,
         state: str = "firing",
         labels: Mapping[str, str] | None = None,
-    ) -> Alert:
+    ) -> PrometheusAlert:
         """Poll ``/api/v1/alerts`` until alert ``name`` is in ``state`` (and has ``labels``)."""
         deadline = time.monotonic() + timeout
         while True:

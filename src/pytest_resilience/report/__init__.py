@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..redaction import redact, redact_text, register_secret, register_secrets
 from .journal import ExperimentJournal, JournalRun
-from .model import ActionRecord, ScenarioResult, SLOVerdict
+from .model import ReportedAction, ScenarioResult, SLOVerdict
 
 if TYPE_CHECKING:
     from .console import phase_line, terminal_summary_lines
@@ -19,9 +19,9 @@ if TYPE_CHECKING:
     from .standalone import write_resilience_report
 
 __all__ = [
-    "ActionRecord",
     "ExperimentJournal",
     "JournalRun",
+    "ReportedAction",
     "SLOVerdict",
     "ScenarioResult",
     "html_extras",

@@ -45,7 +45,7 @@ __all__ = [
     "MODES",
     "OUTCOMES",
     "PROBE_PATHS",
-    "ActionRecord",
+    "ReportedAction",
     "SLOVerdict",
     "ScenarioResult",
 ]
@@ -79,7 +79,7 @@ class SLOVerdict:
 
 
 @dataclass
-class ActionRecord:
+class ReportedAction:
     """One remediation action the engine took; times in seconds from T0 (or the start)."""
 
     strategy: str
@@ -95,7 +95,7 @@ class ActionRecord:
     dry_run: bool = False
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "action") -> ActionRecord:
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "action") -> ReportedAction:
         return _build(cls, data, source)
 
     @property
@@ -111,7 +111,7 @@ class ScenarioResult:
     duration_s: float
     timeline: dict[str, Any]
     slo_verdicts: list[SLOVerdict] = field(default_factory=list)
-    actions: list[ActionRecord] = field(default_factory=list)
+    actions: list[ReportedAction] = field(default_factory=list)
     pages_sent: int = 0
     target: str = "local"
     probe_path: str = "built-in"
@@ -183,7 +183,7 @@ class ScenarioResult:
             SLOVerdict.from_dict(v, source=where) for v in _list(data, "slo_verdicts", where)
         ]
         values["actions"] = [
-            ActionRecord.from_dict(a, source=where) for a in _list(data, "actions", where)
+            ReportedAction.from_dict(a, source=where) for a in _list(data, "actions", where)
         ]
         return _build(cls, values, source)
 
@@ -197,7 +197,7 @@ class ScenarioResult:
         duration_s: float,
         name: str | None = None,
         slo_verdicts: Iterable[SLOVerdict | Mapping[str, Any]] = (),
-        actions: Iterable[ActionRecord | Mapping[str, Any]] | None = None,
+        actions: Iterable[ReportedAction | Mapping[str, Any]] | None = None,
         pages_sent: int | None = None,
         target: str = "local",
         probe_path: str = "built-in",
@@ -231,10 +231,7 @@ class ScenarioResult:
             actions=(
                 actions_from_events(data)
                 if actions is None
-                else [
-                    a if isinstance(a, ActionRecord) else ActionRecord.from_dict(a, source=nodeid)
-                    for a in actions
-                ]
+                else [_action(a, nodeid) for a in actions]
             ),
             pages_sent=pages_from_events(data) if pages_sent is None else int(pages_sent),
             target=target,
@@ -259,7 +256,13 @@ class ScenarioResult:
 _FIGURE_FIELDS = dataclasses.fields(Figures)
 
 
-def actions_from_events(timeline: Mapping[str, Any]) -> list[ActionRecord]:
+def _action(action: ReportedAction | Mapping[str, Any], nodeid: str) -> ReportedAction:
+    if isinstance(action, ReportedAction):
+        return action
+    return ReportedAction.from_dict(action, source=nodeid)
+
+
+def actions_from_events(timeline: Mapping[str, Any]) -> list[ReportedAction]:
     """The engine's actions as its events tell them.
 
     Event contract (engine side): ``ACTION_STARTED`` and ``ACTION_FINISHED`` named after the
@@ -269,14 +272,14 @@ def actions_from_events(timeline: Mapping[str, Any]) -> list[ActionRecord]:
     pairs with the oldest open start of the same name.
     """
     zero = time_zero(timeline)
-    records: list[ActionRecord] = []
-    open_by_key: dict[Any, list[ActionRecord]] = {}
-    last_by_key: dict[Any, ActionRecord] = {}
+    records: list[ReportedAction] = []
+    open_by_key: dict[Any, list[ReportedAction]] = {}
+    last_by_key: dict[Any, ReportedAction] = {}
     for event in timeline.get("events", ()):
         kind, detail = event["kind"], event.get("detail") or {}
         key = detail.get("action_id") or event.get("name", "")
         if kind == ACTION_STARTED:
-            record = ActionRecord(
+            record = ReportedAction(
                 strategy=str(detail.get("strategy", "")),
                 action=event.get("name", ""),
                 started_at=seconds_since(event["at"], zero),
@@ -293,7 +296,7 @@ def actions_from_events(timeline: Mapping[str, Any]) -> list[ActionRecord]:
             if pending:
                 record = pending.pop(0)
             else:  # a finish without a start: keep it, the trail must not lose actions
-                record = ActionRecord(
+                record = ReportedAction(
                     strategy=str(detail.get("strategy", "")),
                     action=event.get("name", ""),
                     started_at=None,

@@ -44,10 +44,10 @@ __all__ = [
     "AutoscalerSpec",
     "AutoscalerStatus",
     "Behavior",
-    "Decision",
     "HorizontalController",
     "MetricTarget",
     "PodSample",
+    "ScaleDecision",
     "ScalingPolicy",
     "ScalingRules",
     "default_scale_down",
@@ -222,7 +222,7 @@ def resource_replicas(
 
 
 @dataclass(frozen=True)
-class Decision:
+class ScaleDecision:
     """One reconcile: the replicas to set (== current: no change) and why."""
 
     current: int
@@ -268,19 +268,21 @@ class HorizontalController:
 
     def reconcile(
         self, current: int, metric_desired: int, *, now: float, metric_name: str = "cpu"
-    ) -> Decision:
+    ) -> ScaleDecision:
         """From the metric's proposal to the replicas to set; records the scale event."""
         spec = self.spec
         if not self.recommendations:  # recordInitialRecommendation
             self.recommendations.append((current, now))
         if current == 0 and spec.min_replicas != 0:
-            return Decision(
+            return ScaleDecision(
                 0, 0, "scaling is disabled since the replica count of the target is zero"
             )
         if current > spec.max_replicas:
-            decision = Decision(current, spec.max_replicas, "current replicas above maxReplicas")
+            above = "current replicas above maxReplicas"
+            decision = ScaleDecision(current, spec.max_replicas, above)
         elif current < spec.min_replicas:
-            decision = Decision(current, spec.min_replicas, "current replicas below minReplicas")
+            below = "current replicas below minReplicas"
+            decision = ScaleDecision(current, spec.min_replicas, below)
         else:
             desired = max(metric_desired, 0)
             reason = ""
@@ -292,7 +294,7 @@ class HorizontalController:
                 desired, condition = self.normalize(current, desired, now=now)
             else:
                 desired, condition = self.normalize_with_behaviors(current, desired, now=now)
-            decision = Decision(current, desired, reason or "within tolerance", condition)
+            decision = ScaleDecision(current, desired, reason or "within tolerance", condition)
         if decision.rescale:
             self.store_scale_event(current, decision.desired, now=now)
         return decision

@@ -16,13 +16,15 @@ from dataclasses import dataclass
 
 from ..errors import FaultError, PrivilegeError
 
-__all__ = ["Rule", "check_privilege", "install", "remove", "rules_of"]
+__all__ = ["FilterRule", "check_privilege", "install", "remove", "rules_of"]
 
 HOOKS = ("INPUT", "OUTPUT")
 
 
 @dataclass(frozen=True)
-class Rule:
+class FilterRule:
+    """One rule of the filter table: the hook it joins and what it matches."""
+
     hook: str  # INPUT (ingress on this host) or OUTPUT (egress of a local process)
     match: tuple[str, ...]
 
@@ -42,7 +44,7 @@ def check_privilege() -> str:
     return binary
 
 
-def install(chain: str, rules: Sequence[Rule], *, action: str) -> None:
+def install(chain: str, rules: Sequence[FilterRule], *, action: str) -> None:
     """Create ``chain`` with ``rules`` and jump to it; half-done work is undone on error."""
     if action not in ("DROP", "REJECT"):
         raise FaultError(f"network_block action must be 'drop' or 'reject', got {action!r}")

@@ -276,17 +276,17 @@ def _held(target: object) -> dict[str, list[Any]]:
 
 def _rules(
     target: _LocalHost, selector: str | Mapping[str, str] | None, port: int | None, direction: str
-) -> list[iptables.Rule]:
+) -> list[iptables.FilterRule]:
     tcp = ("-p", "tcp")
     if port is not None:
         _check_listened(port)
     if selector is None:
         assert port is not None
-        return [iptables.Rule("INPUT", ("-i", "lo", *tcp, "--dport", str(port)))]
+        return [iptables.FilterRule("INPUT", ("-i", "lo", *tcp, "--dport", str(port)))]
     pods = target.pods(selector)
     if not pods:
         raise SelectorMatchedNothing(f"network_block: no pod matches selector {selector!r}")
-    rules: list[iptables.Rule] = []
+    rules: list[iptables.FilterRule] = []
     if direction in ("ingress", "both"):
         ports = sorted({p for pod in pods for p in pod.ports})
         if port is not None:
@@ -296,7 +296,9 @@ def _rules(
                 f"network_block: pods {selector!r} listen on no known port; "
                 "give port= to block ingress"
             )
-        rules += [iptables.Rule("INPUT", ("-i", "lo", *tcp, "--dport", str(p))) for p in ports]
+        rules += [
+            iptables.FilterRule("INPUT", ("-i", "lo", *tcp, "--dport", str(p))) for p in ports
+        ]
     if direction in ("egress", "both"):
         for pod in pods:
             if pod.cgroup is None:
@@ -306,7 +308,7 @@ def _rules(
                 )
             dport = ("--dport", str(port)) if port else ()
             match = ("-m", "cgroup", "--path", pod.cgroup, *tcp, *dport)
-            rules.append(iptables.Rule("OUTPUT", match))
+            rules.append(iptables.FilterRule("OUTPUT", match))
     return rules
 
 
