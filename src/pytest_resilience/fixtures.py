@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from .load_starter import LoadStarter
     from .monitoring import Monitoring
     from .slo import SLOMonitor
-    from .targets.base import Target, TargetEvent
+    from .targets.base import Target
     from .timeline import Event, Timeline
 
 T = TypeVar("T")
@@ -87,7 +87,7 @@ def timeline(request: pytest.FixtureRequest, chaos_target: Target) -> Iterator[T
     line = Timeline(request.node.nodeid)
     request.node.stash[TIMELINE_KEY] = line
     request.config.stash[RUN_KEY].running[request.node.nodeid] = request.node
-    unsubscribe = chaos_target.subscribe(lambda e: _mark_target_event(line, e))
+    unsubscribe = chaos_target.subscribe(line.mark_target_event)
     stop_phases = _print_phases(request.config, line)
     yield line
     stop_phases()
@@ -115,18 +115,6 @@ def _print_phases(config: pytest.Config, line: Timeline) -> Callable[[], None]:
             reporter.write_line(text)
 
     return line.on_mark(show)
-
-
-def _mark_target_event(line: Timeline, event: TargetEvent) -> None:
-    line.mark(
-        str(event.kind),
-        event.pod or event.node or event.workload or "",
-        at=event.at,
-        workload=event.workload,
-        node=event.node,
-        restarts=event.restarts,
-        detail=event.detail,
-    )
 
 
 @pytest.fixture

@@ -12,7 +12,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .targets.base import TargetEvent
 
 __all__ = ["Event", "Figures", "Sample", "Timeline"]
 
@@ -93,6 +96,20 @@ class Timeline:
         for watcher in watchers:
             watcher(event)
         return event
+
+    def mark_target_event(self, event: TargetEvent) -> None:
+        """The target's event as the report reads it: its kind, named after the pod, else
+        the node, else the workload it concerns; subscribe it to a target
+        (``target.subscribe(timeline.mark_target_event)``)."""
+        self.mark(
+            str(event.kind),
+            event.pod or event.node or event.workload or "",
+            at=event.at,
+            workload=event.workload,
+            node=event.node,
+            restarts=event.restarts,
+            detail=event.detail,
+        )
 
     def record(self, series: str, values: dict[str, float], *, at: float | None = None) -> Sample:
         sample = Sample(at=self._clock() if at is None else at, values=dict(values))

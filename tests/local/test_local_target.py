@@ -437,7 +437,9 @@ def test_timeline_hook_marks_every_event(tmp_path: Path):
     timeline = Timeline("local")
     text = (HERE / "family.yaml").read_text().split("  - name: family")[0]
     with LocalTarget.from_file(
-        services_file(tmp_path, "one.yaml", text), work_dir=tmp_path, timeline_hook=timeline
+        services_file(tmp_path, "one.yaml", text),
+        work_dir=tmp_path,
+        timeline_hook=timeline.mark_target_event,
     ) as target:
         target.kill_pod(target.pods()[0])
         target.wait_ready("web", timeout=10)
@@ -445,6 +447,24 @@ def test_timeline_hook_marks_every_event(tmp_path: Path):
     assert kinds.count("pod_started") == 3 and "pod_died" in kinds
     died = timeline.events("pod_died")[0]
     assert (died.name, died.detail["workload"], died.detail["restarts"]) == ("web-1", "web", 1)
+
+
+def test_a_target_event_is_named_after_its_pod_else_its_node_else_its_workload():
+    """One mapping from target events to the timeline (the plugin's and the hook's
+    disagreed on node and workload): the report groups a node's events under the node."""
+    timeline = Timeline("names")
+    on_node = TargetEvent(EventKind.NODE_NOT_READY, workload="web", node="node-a", at=1.0)
+    in_pod = TargetEvent(EventKind.POD_DIED, workload="web", pod="web-1", node="node-a", at=2.0)
+    scaled = TargetEvent(EventKind.SCALED, workload="web", detail="3 -> 4", at=3.0)
+    for event in (on_node, in_pod, scaled):
+        timeline.mark_target_event(event)
+    marked = timeline.events()
+    assert [(e.kind, e.name) for e in marked] == [
+        ("node_not_ready", "node-a"),
+        ("pod_died", "web-1"),
+        ("scaled", "web"),
+    ]
+    assert marked[2].at == 3.0 and marked[2].detail["detail"] == "3 -> 4"
 
 
 def test_shipped_yaml_files_load():

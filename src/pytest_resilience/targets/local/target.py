@@ -61,9 +61,9 @@ log = logging.getLogger("pytest_resilience.targets.local")
 class LocalTarget(LocalFaults):
     """Services from a YAML file as supervised local processes; implements ``Target``.
 
-    ``timeline_hook`` is subscribed before anything starts: a callable taking a
-    :class:`TargetEvent`, or an object with ``mark(kind, name, **detail)`` such as a
-    :class:`~pytest_resilience.timeline.Timeline`. ``toxiproxy_url`` is the Toxiproxy
+    ``timeline_hook`` is subscribed before anything starts, so it sees the first pods
+    start: a callable taking a :class:`TargetEvent` (for a timeline, its
+    ``mark_target_event``). ``toxiproxy_url`` is the Toxiproxy
     server for ``proxied: true`` services (``--toxiproxy-url``); without it the
     ``toxiproxy-server`` binary on PATH is started, else the embedded server.
     """
@@ -75,7 +75,7 @@ class LocalTarget(LocalFaults):
         specs: Sequence[ServiceSpec],
         *,
         work_dir: Path,
-        timeline_hook: Any = None,
+        timeline_hook: Callable[[TargetEvent], None] | None = None,
         stop_grace_s: float = 3.0,
         toxiproxy_url: str | None = None,
     ) -> None:
@@ -92,7 +92,7 @@ class LocalTarget(LocalFaults):
         self._closed = False
         self._autoscalers = LocalAutoscalers(self, self._announce_autoscaled)
         if timeline_hook is not None:
-            self.subscribe(_as_callback(timeline_hook))
+            self.subscribe(timeline_hook)
 
     @classmethod
     def from_file(
@@ -100,7 +100,7 @@ class LocalTarget(LocalFaults):
         path: str | Path,
         *,
         work_dir: Path,
-        timeline_hook: Any = None,
+        timeline_hook: Callable[[TargetEvent], None] | None = None,
         **options: Any,
     ) -> LocalTarget:
         """Load and check a services YAML (ConfigError on any mistake), nothing started."""
@@ -448,26 +448,3 @@ class LocalTarget(LocalFaults):
     def _announce_autoscaled(self, workload: str, detail: str) -> None:
         with contextlib.suppress(TargetError):  # closing: nobody left to tell
             self._controller.announce(EventKind.AUTOSCALED, workload, detail)
-
-
-def _as_callback(hook: Any) -> Callable[[TargetEvent], None]:
-    """Accept a plain callback or a Timeline-like object with ``mark``."""
-    mark = getattr(hook, "mark", None)
-    if mark is None:
-        if not callable(hook):
-            raise TypeError(f"timeline_hook must be callable or have .mark(), got {hook!r}")
-        callback: Callable[[TargetEvent], None] = hook
-        return callback
-
-    def to_timeline(event: TargetEvent) -> None:
-        mark(
-            str(event.kind),
-            event.pod or event.workload or event.node or "",
-            at=event.at,
-            workload=event.workload,
-            node=event.node,
-            restarts=event.restarts,
-            detail=event.detail,
-        )
-
-    return to_timeline
