@@ -192,10 +192,10 @@ def _split(path: str) -> list[tuple[str, str]]:
 
 def _parser() -> Callable[[str], Any]:
     try:
-        from jsonpath_ng.ext import parse
+        from jsonpath_ng.ext.parser import parse
     except ImportError:
         raise ConfigError(
             "a jsonpath tolerance needs the jsonpath-ng package: pip install jsonpath-ng"
         ) from None
-    compile_path: Callable[[str], Any] = parse  # jsonpath-ng is untyped
+    compile_path: Callable[[str], Any] = parse  # typed in recent jsonpath-ng, Any in old
     return compile_path
