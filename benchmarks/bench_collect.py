@@ -1,6 +1,6 @@
 """What installing pytest-resilience costs every other test suite: `pytest --collect-only`.
 
-    python benchmarks/bench_collect.py [--runs 20] [--venv] [--baseline COMMIT]
+    python benchmarks/bench_collect.py [--runs 20] [--venv] [--baseline COMMIT] [--no-bytecode]
 
 Runs ``python -m pytest --collect-only -q`` in an empty project ``--runs`` times with the
 plugin disabled (``-p no:resilience``) and as many times with it, alternating so machine
@@ -14,6 +14,11 @@ interpreter. ``--baseline COMMIT`` measures that commit's package too, in the sa
 alternation: its ``src/`` (``git archive``) goes first on ``PYTHONPATH``, so the installed
 entry point loads the baseline's plugin against the same dependencies. The before/after
 table then compares the two ratios, each against its own ``-p no:resilience`` run.
+
+Bytecode caching is on, as on a user's machine: pytest rewrites the asserts of every
+plugin module it loads from an entry point and caches the result beside the module's own
+pyc. ``--no-bytecode`` (``PYTHONDONTWRITEBYTECODE=1``, as some CI images set) measures
+the cold case, where that rewrite is paid on every run.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from pathlib import Path
 
 COMMAND = ["-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
 REPO = Path(__file__).resolve().parents[1]
+#: this shell's settings that would change what is measured
+_OUTER = ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")
 
 
 def main() -> int:
@@ -38,6 +45,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--venv", action="store_true", help="runtime dependencies only")
     parser.add_argument("--baseline", metavar="COMMIT", help="also measure this commit")
+    parser.add_argument("--no-bytecode", action="store_true", help="PYTHONDONTWRITEBYTECODE=1")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-collect-"))
@@ -46,8 +54,9 @@ def main() -> int:
         project.mkdir()
         (project / "pytest.ini").write_text("[pytest]\n")  # own rootdir, no outer config
         python = _venv_python(work) if args.venv else sys.executable
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-        env.pop("PYTHONPATH", None)
+        env = {k: v for k, v in os.environ.items() if k not in _OUTER}
+        if args.no_bytecode:
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
         variants = {"this tree": env}
         if args.baseline:
             variants[args.baseline] = {**env, "PYTHONPATH": str(_baseline_src(work, args.baseline))}
@@ -67,7 +76,8 @@ def main() -> int:
 
     where = "a venv with the runtime dependencies only" if args.venv else sys.executable
     print(f"pytest --collect-only on an empty project, {args.runs} runs each, alternating;")
-    print(f"python: {where}")
+    bytecode = "off (PYTHONDONTWRITEBYTECODE=1)" if args.no_bytecode else "cached"
+    print(f"python: {where}; bytecode {bytecode}")
     print(
         f"  {'package':<14} {'without (ms)':>13} {'with (ms)':>10} {'added (ms)':>11} {'ratio':>7}"
     )
