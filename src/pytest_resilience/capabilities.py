@@ -66,12 +66,12 @@ def offered(cls: type) -> frozenset[str]:
 def required(item: pytest.Item) -> list[str]:
     """The capabilities ``item`` needs, in the order first named; UsageError on a typo."""
     needs: list[str] = []
-    for mark in item.iter_markers("chaos"):
+    for mark in item.iter_markers("chaos"):  # a chaos suite: the seam is loaded anyway
+        from .targets.base import CAPABILITIES
+
         asked = mark.kwargs.get("requires", ())
         names: Sequence[object] = [asked] if isinstance(asked, str) else list(asked)
         for name in names:
-            from .targets.base import CAPABILITIES
-
             if name not in CAPABILITIES:
                 raise pytest.UsageError(
                     f"{item.nodeid}: @pytest.mark.chaos(requires=...) names unknown capability "

@@ -65,10 +65,8 @@ def test_the_docstrings_cross_references_name_what_exists() -> None:
 MODULE_LINES, CLASS_LINES = 500, 400
 
 
-def _oversized(path: Path) -> list[str]:
+def _oversized(source: str, tree: ast.Module) -> list[str]:
     """What makes a module too big to hold in mind: its own length, or one class's."""
-    source = path.read_text()
-    tree = ast.parse(source)
     found = []
     if (lines := len(source.splitlines())) > MODULE_LINES:
         found.append(f"{lines} lines")
@@ -85,10 +83,11 @@ def test_a_module_over_the_size_bounds_says_why_in_its_docstring() -> None:
     reader sees first: a ``Size:`` line in the module docstring."""
     unexplained = []
     for path in sorted((REPO / "src").rglob("*.py")):
-        if not (found := _oversized(path)):
+        source = path.read_text()
+        tree = ast.parse(source)
+        if not (found := _oversized(source, tree)):
             continue
-        docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
-        if not re.search(r"^Size: \S", docstring, re.MULTILINE):
+        if not re.search(r"^Size: \S", ast.get_docstring(tree) or "", re.MULTILINE):
             unexplained.append(f"{path.relative_to(REPO)}: {', '.join(found)}")
     assert not unexplained, "add a 'Size: <reason>' line or split:\n" + "\n".join(unexplained)
 

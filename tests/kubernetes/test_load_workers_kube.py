@@ -41,6 +41,7 @@ from pytest_resilience.timeline import LOAD_STARTED, LOAD_STOPPED, Timeline
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "deploy" / "k8s" / "load" / "locust-workers.yaml"
 NS = "chaos-demo"
+USERS = 4  # also the most requests in flight when the workers stop
 
 
 def test_the_manifest_is_valid_kubernetes_and_is_the_object_the_target_creates() -> None:
@@ -223,7 +224,7 @@ def test_workers_run_as_the_deployment_make_the_load_and_go_with_the_run(
     url, served = demo_paths
     timeline = Timeline("t")
     run = start_load_on(
-        target, "api", host=url, users=4, workers=2, timeline=timeline, start_timeout=60
+        target, "api", host=url, users=USERS, workers=2, timeline=timeline, start_timeout=60
     )
     with run:
         deployment = _deployment(kind)
@@ -247,7 +248,7 @@ def test_workers_run_as_the_deployment_make_the_load_and_go_with_the_run(
     assert len(per_worker) == 2 and all(n > 0 for n in per_worker.values()), per_worker
     assert sum(per_worker.values()) == run.totals.requests
     # in flight at the stop: arrived, never answered to a worker (at most one per user)
-    assert run.totals.requests <= served.count <= run.totals.requests + 4
+    assert run.totals.requests <= served.count <= run.totals.requests + USERS
     assert run.totals.failures == 0
     assert _deployment(kind) is None  # deleted with the run
     assert _worker_pods_gone(kind, target)
